@@ -1,0 +1,29 @@
+//! umbra-fs: the two FUSE filesystems of umbra.
+//!
+//! - `live`: a volume served read-write over its backing directory, which
+//!   preserves, before each mutation, whatever the newest shadow copy still
+//!   needs (the copy-on-write provider).
+//! - `snap`: the read-only browser of every shadow copy set.
+//!
+//! Each is a core that tests drive without the kernel and a thin fuser
+//! adapter. This crate knows the store; it never opens the control socket
+//! and never parses configuration.
+
+mod backing;
+mod cow;
+mod error;
+mod live;
+mod mount;
+mod shadow;
+mod snap;
+mod volume;
+
+pub use error::{FsError, Result};
+pub use mount::{MountHandle, MountOptions, mount_live, mount_snapshots};
+pub use shadow::{commit_set, delete_set};
+pub use snap::Browser;
+pub use volume::Volume;
+
+/// The hidden folder the daemon owns at the root of every backing
+/// directory: moved-aside inodes live there. Never shown by the live mount.
+pub const HIDDEN_DIR: &str = ".umbra";

@@ -1,0 +1,187 @@
+//! The catalog's schema and connections: one writer connection and a small
+//! pool of readers over the same SQLite database in WAL mode, so snapshot
+//! reads never wait for a pre-image transaction. Migrations from older
+//! schema versions live here too. Queries live with their callers in
+//! store.rs; this file owns only the database's shape.
+
+use std::path::Path;
+use std::sync::{Condvar, Mutex, MutexGuard};
+
+use rusqlite::{Connection, OpenFlags};
+
+use crate::{Error, Result};
+
+/// The schema this build writes. Bump it with a migration in `migrate`.
+pub(crate) const SCHEMA_VERSION: i64 = 1;
+
+const SCHEMA_V1: &str = "
+CREATE TABLE meta (key TEXT PRIMARY KEY, value ANY) STRICT;
+CREATE TABLE volumes (
+    id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    epoch INTEGER NOT NULL
+) STRICT;
+CREATE TABLE sets (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    name TEXT NOT NULL UNIQUE,
+    created_secs INTEGER NOT NULL,
+    created_nanos INTEGER NOT NULL,
+    label TEXT
+) STRICT;
+CREATE TABLE set_volumes (
+    set_id INTEGER NOT NULL REFERENCES sets(id) ON DELETE CASCADE,
+    volume_id INTEGER NOT NULL REFERENCES volumes(id),
+    epoch INTEGER NOT NULL,
+    PRIMARY KEY (set_id, volume_id)
+) STRICT;
+CREATE INDEX set_volumes_by_epoch ON set_volumes(volume_id, epoch);
+CREATE TABLE chunks (
+    hash BLOB PRIMARY KEY,
+    pack INTEGER NOT NULL,
+    offset INTEGER NOT NULL,
+    len INTEGER NOT NULL
+) STRICT, WITHOUT ROWID;
+CREATE INDEX chunks_by_pack ON chunks(pack, offset);
+CREATE TABLE block_records (
+    volume_id INTEGER NOT NULL,
+    object INTEGER NOT NULL,
+    block INTEGER NOT NULL,
+    hi INTEGER NOT NULL,
+    hash BLOB NOT NULL,
+    PRIMARY KEY (volume_id, object, block, hi)
+) STRICT, WITHOUT ROWID;
+CREATE TABLE attr_records (
+    volume_id INTEGER NOT NULL,
+    object INTEGER NOT NULL,
+    hi INTEGER NOT NULL,
+    attrs BLOB NOT NULL,
+    PRIMARY KEY (volume_id, object, hi)
+) STRICT, WITHOUT ROWID;
+CREATE TABLE dir_records (
+    volume_id INTEGER NOT NULL,
+    object INTEGER NOT NULL,
+    hi INTEGER NOT NULL,
+    entries BLOB NOT NULL,
+    PRIMARY KEY (volume_id, object, hi)
+) STRICT, WITHOUT ROWID;
+CREATE TABLE handles (
+    volume_id INTEGER NOT NULL,
+    object INTEGER NOT NULL,
+    handle BLOB NOT NULL,
+    PRIMARY KEY (volume_id, object)
+) STRICT, WITHOUT ROWID;
+CREATE TABLE aside (
+    volume_id INTEGER NOT NULL,
+    object INTEGER NOT NULL,
+    since_epoch INTEGER NOT NULL,
+    PRIMARY KEY (volume_id, object)
+) STRICT, WITHOUT ROWID;
+";
+
+const READERS: usize = 4;
+
+pub(crate) struct Catalog {
+    writer: Mutex<Connection>,
+    readers: Mutex<Vec<Connection>>,
+    reader_returned: Condvar,
+}
+
+/// A reader connection borrowed from the pool; returned on drop.
+pub(crate) struct Reader<'a> {
+    conn: Option<Connection>,
+    catalog: &'a Catalog,
+}
+
+impl std::ops::Deref for Reader<'_> {
+    type Target = Connection;
+    fn deref(&self) -> &Connection {
+        self.conn.as_ref().expect("a reader holds its connection until dropped")
+    }
+}
+
+impl Drop for Reader<'_> {
+    fn drop(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            lock(&self.catalog.readers).push(conn);
+            self.catalog.reader_returned.notify_one();
+        }
+    }
+}
+
+impl Catalog {
+    pub fn open(path: &Path) -> Result<Catalog> {
+        let writer = Connection::open(path)?;
+        writer.pragma_update(None, "journal_mode", "WAL")?;
+        // NORMAL in WAL mode: a commit survives a process crash without an
+        // fsync per transaction.
+        writer.pragma_update(None, "synchronous", "NORMAL")?;
+        writer.pragma_update(None, "foreign_keys", "ON")?;
+        writer.busy_timeout(std::time::Duration::from_secs(30))?;
+        migrate(&writer)?;
+        let mut readers = Vec::with_capacity(READERS);
+        for _ in 0..READERS {
+            let r = Connection::open_with_flags(
+                path,
+                OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            )?;
+            r.busy_timeout(std::time::Duration::from_secs(30))?;
+            readers.push(r);
+        }
+        Ok(Catalog {
+            writer: Mutex::new(writer),
+            readers: Mutex::new(readers),
+            reader_returned: Condvar::new(),
+        })
+    }
+
+    pub fn writer(&self) -> MutexGuard<'_, Connection> {
+        lock(&self.writer)
+    }
+
+    pub fn reader(&self) -> Reader<'_> {
+        let mut pool = lock(&self.readers);
+        loop {
+            if let Some(conn) = pool.pop() {
+                return Reader {
+                    conn: Some(conn),
+                    catalog: self,
+                };
+            }
+            pool = self
+                .reader_returned
+                .wait(pool)
+                .unwrap_or_else(|p| p.into_inner());
+        }
+    }
+}
+
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn migrate(conn: &Connection) -> Result<()> {
+    let has_meta: bool = conn.query_row(
+        "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'meta'",
+        [],
+        |r| r.get::<_, i64>(0).map(|n| n > 0),
+    )?;
+    if !has_meta {
+        conn.execute_batch(&format!(
+            "BEGIN; {SCHEMA_V1} INSERT INTO meta VALUES ('schema_version', {SCHEMA_VERSION}); COMMIT;"
+        ))?;
+        return Ok(());
+    }
+    let found: i64 = conn.query_row(
+        "SELECT value FROM meta WHERE key = 'schema_version'",
+        [],
+        |r| r.get(0),
+    )?;
+    if found > SCHEMA_VERSION {
+        return Err(Error::SchemaTooNew {
+            found,
+            supported: SCHEMA_VERSION,
+        });
+    }
+    // Version 1 is the first; older versions get their steps here.
+    Ok(())
+}

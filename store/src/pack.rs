@@ -1,0 +1,181 @@
+//! Pack files: append-only files of chunks, so that a million pre-images are
+//! a few large files, not a million small ones.
+//!
+//! A pack is `packs/NNNNNNNN.pack`: the 8-byte magic `UMBRAPK1`, then chunks,
+//! each `len: u32 LE`, `blake3: [u8; 32]`, `data: [u8; len]`. The catalog's
+//! `chunks` table names where each chunk's data starts. Bytes past the last
+//! chunk the catalog names are an unfinished append and are cut off at open.
+//! This file never decides whether a chunk is needed; the catalog does.
+
+use std::collections::HashMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use crate::error::io_err;
+use crate::{ChunkHash, Error, Result};
+
+const MAGIC: &[u8; 8] = b"UMBRAPK1";
+const CHUNK_HEADER: u64 = 4 + 32;
+/// A pack is closed for appends once it passes this size.
+const PACK_TARGET_SIZE: u64 = 256 * 1024 * 1024;
+
+/// Where a chunk's data lies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct ChunkLocation {
+    pub pack: u32,
+    pub offset: u64,
+    pub len: u32,
+}
+
+struct Appender {
+    pack: u32,
+    file: File,
+    end: u64,
+}
+
+pub(crate) struct Packs {
+    dir: PathBuf,
+    appender: Mutex<Appender>,
+    readers: Mutex<HashMap<u32, Arc<File>>>,
+}
+
+impl Packs {
+    /// Opens the pack directory. `committed_end` is, for the newest pack, the
+    /// end of the last chunk the catalog names; anything after it is cut.
+    pub fn open(dir: &Path, newest: Option<(u32, u64)>) -> Result<Packs> {
+        fs::create_dir_all(dir).map_err(io_err(format!("creating {}", dir.display())))?;
+        let (pack, end) = match newest {
+            Some((pack, end)) => (pack, end.max(MAGIC.len() as u64)),
+            None => (newest_pack_on_disk(dir)?.unwrap_or(0), MAGIC.len() as u64),
+        };
+        let file = open_pack_for_append(dir, pack)?;
+        file.set_len(end)
+            .map_err(io_err(format!("cutting the tail of pack {pack}")))?;
+        Ok(Packs {
+            dir: dir.to_path_buf(),
+            appender: Mutex::new(Appender { pack, file, end }),
+            readers: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Appends one chunk and returns where its data lies. The data reaches
+    /// the kernel before this returns, so a process crash keeps it.
+    pub fn append(&self, hash: &ChunkHash, data: &[u8]) -> Result<ChunkLocation> {
+        let mut app = self.appender.lock().unwrap_or_else(|p| p.into_inner());
+        if app.end >= PACK_TARGET_SIZE {
+            let next = app.pack + 1;
+            let file = open_pack_for_append(&self.dir, next)?;
+            *app = Appender {
+                pack: next,
+                file,
+                end: MAGIC.len() as u64,
+            };
+        }
+        let len = u32::try_from(data.len()).map_err(|_| Error::CorruptPack {
+            pack: app.pack,
+            offset: app.end,
+            why: "chunk larger than 4 GiB".into(),
+        })?;
+        let mut record = Vec::with_capacity(CHUNK_HEADER as usize + data.len());
+        record.extend_from_slice(&len.to_le_bytes());
+        record.extend_from_slice(&hash.0);
+        record.extend_from_slice(data);
+        let at = app.end;
+        app.file
+            .write_all_at(&record, at)
+            .map_err(io_err(format!("appending to pack {}", app.pack)))?;
+        app.end += record.len() as u64;
+        Ok(ChunkLocation {
+            pack: app.pack,
+            offset: at + CHUNK_HEADER,
+            len,
+        })
+    }
+
+    pub fn read(&self, loc: ChunkLocation) -> Result<Vec<u8>> {
+        let file = self.reader(loc.pack)?;
+        let mut buf = vec![0u8; loc.len as usize];
+        file.read_exact_at(&mut buf, loc.offset)
+            .map_err(|e| Error::CorruptPack {
+                pack: loc.pack,
+                offset: loc.offset,
+                why: e.to_string(),
+            })?;
+        Ok(buf)
+    }
+
+    /// Bytes the packs take on disk.
+    pub fn disk_bytes(&self) -> Result<u64> {
+        let mut total = 0;
+        for entry in fs::read_dir(&self.dir).map_err(io_err("listing packs"))? {
+            let entry = entry.map_err(io_err("listing packs"))?;
+            total += entry.metadata().map_err(io_err("sizing a pack"))?.len();
+        }
+        Ok(total)
+    }
+
+    fn reader(&self, pack: u32) -> Result<Arc<File>> {
+        let mut readers = self.readers.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(f) = readers.get(&pack) {
+            return Ok(f.clone());
+        }
+        let path = pack_path(&self.dir, pack);
+        let file = Arc::new(File::open(&path).map_err(io_err(format!("opening {}", path.display())))?);
+        readers.insert(pack, file.clone());
+        Ok(file)
+    }
+}
+
+fn pack_path(dir: &Path, pack: u32) -> PathBuf {
+    dir.join(format!("{pack:08}.pack"))
+}
+
+fn open_pack_for_append(dir: &Path, pack: u32) -> Result<File> {
+    let path = pack_path(dir, pack);
+    let mut file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(io_err(format!("opening {}", path.display())))?;
+    let len = file
+        .metadata()
+        .map_err(io_err(format!("sizing {}", path.display())))?
+        .len();
+    if len < MAGIC.len() as u64 {
+        file.set_len(0).map_err(io_err("resetting a new pack"))?;
+        file.write_all(MAGIC).map_err(io_err("writing a pack header"))?;
+    } else {
+        let mut magic = [0u8; 8];
+        file.read_exact_at(&mut magic, 0).map_err(io_err("reading a pack header"))?;
+        if &magic != MAGIC {
+            return Err(Error::CorruptPack {
+                pack,
+                offset: 0,
+                why: "not an umbra pack (bad magic)".into(),
+            });
+        }
+    }
+    Ok(file)
+}
+
+fn newest_pack_on_disk(dir: &Path) -> Result<Option<u32>> {
+    let mut newest = None;
+    for entry in fs::read_dir(dir).map_err(io_err("listing packs"))? {
+        let entry = entry.map_err(io_err("listing packs"))?;
+        let name = entry.file_name();
+        let Some(n) = name
+            .to_str()
+            .and_then(|s| s.strip_suffix(".pack"))
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        newest = newest.max(Some(n));
+    }
+    Ok(newest)
+}

@@ -1,0 +1,526 @@
+//! The `Store` facade: what the filesystem and the daemon ask of the diff
+//! area. Preservation (the write side) stores chunks and records in one
+//! catalog transaction; resolution (the read side) finds the record with the
+//! smallest `hi >= e`, or says "unchanged: read the live object".
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rusqlite::{OptionalExtension, Transaction, params};
+
+use crate::cache::ChunkCache;
+use crate::catalog::Catalog;
+use crate::error::io_err;
+use crate::pack::{ChunkLocation, Packs};
+use crate::records::{decode, encode};
+use crate::{AttrRecord, ChunkHash, DirEntry, Epoch, Error, ObjectId, Result, SetId, Timestamp, VolumeId};
+
+#[derive(Clone, Debug)]
+pub struct StoreOptions {
+    /// Bytes of hot chunks kept in memory.
+    pub cache_bytes: usize,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            cache_bytes: 64 * 1024 * 1024,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VolumeInfo {
+    pub id: VolumeId,
+    pub name: String,
+    /// The current (open) epoch.
+    pub epoch: Epoch,
+}
+
+/// One volume of a set: the epoch the set closed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SetVolume {
+    pub volume: VolumeId,
+    pub name: String,
+    pub epoch: Epoch,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SetInfo {
+    pub id: SetId,
+    pub name: String,
+    pub created: Timestamp,
+    pub label: Option<String>,
+    pub volumes: Vec<SetVolume>,
+}
+
+/// A set to commit. `name` is the wanted name; if a set already has it, the
+/// first free of `name-1`, `name-2`, ... is taken.
+#[derive(Clone, Debug)]
+pub struct NewSet {
+    pub name: String,
+    pub label: Option<String>,
+    pub created: Timestamp,
+    pub volumes: Vec<VolumeId>,
+}
+
+/// Everything one live mutation must preserve before it is applied, for one
+/// volume, tagged with `hi` (the newest snapshot's epoch, `current - 1`).
+#[derive(Debug, Default)]
+pub struct PreImages<'a> {
+    pub blocks: Vec<(ObjectId, u64, &'a [u8])>,
+    pub attrs: Vec<(ObjectId, AttrRecord)>,
+    pub dirs: Vec<(ObjectId, Vec<DirEntry>)>,
+    pub handles: Vec<(ObjectId, Vec<u8>)>,
+    /// Objects whose backing inode was moved into the volume's hidden folder.
+    pub aside: Vec<ObjectId>,
+}
+
+impl PreImages<'_> {
+    pub fn is_empty(&self) -> bool {
+        self.blocks.is_empty()
+            && self.attrs.is_empty()
+            && self.dirs.is_empty()
+            && self.handles.is_empty()
+            && self.aside.is_empty()
+    }
+}
+
+/// What the diff area holds.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StoreStats {
+    /// Bytes of distinct chunk data the catalog names.
+    pub chunk_bytes: u64,
+    pub chunks: u64,
+    /// Bytes on disk: packs plus catalog.
+    pub disk_bytes: u64,
+    pub block_records: u64,
+    pub attr_records: u64,
+    pub dir_records: u64,
+}
+
+/// What one object has had preserved in one epoch, for rebuilding the write
+/// side's memory after a restart.
+#[derive(Clone, Debug, Default)]
+pub struct Preserved {
+    pub attr: Option<AttrRecord>,
+    pub dir: bool,
+    pub blocks: Vec<u64>,
+}
+
+pub struct Store {
+    dir: PathBuf,
+    catalog: Catalog,
+    packs: Packs,
+    cache: ChunkCache,
+}
+
+impl Store {
+    /// Opens (or creates) the store under `dir`: `dir/catalog.db` and
+    /// `dir/packs/`.
+    pub fn open(dir: &Path, options: StoreOptions) -> Result<Store> {
+        std::fs::create_dir_all(dir).map_err(io_err(format!("creating {}", dir.display())))?;
+        let catalog = Catalog::open(&dir.join("catalog.db"))?;
+        let newest: Option<(u32, u64)> = catalog
+            .writer()
+            .query_row(
+                "SELECT pack, offset + len FROM chunks ORDER BY pack DESC, offset DESC LIMIT 1",
+                [],
+                |r| Ok((r.get::<_, u32>(0)?, r.get::<_, i64>(1)? as u64)),
+            )
+            .optional()?;
+        let packs = Packs::open(&dir.join("packs"), newest)?;
+        Ok(Store {
+            dir: dir.to_path_buf(),
+            catalog,
+            packs,
+            cache: ChunkCache::new(options.cache_bytes),
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The volume named `name`, registered at epoch 1 if it is new.
+    pub fn ensure_volume(&self, name: &str) -> Result<VolumeInfo> {
+        let conn = self.catalog.writer();
+        conn.execute(
+            "INSERT INTO volumes (name, epoch) VALUES (?1, 1) ON CONFLICT(name) DO NOTHING",
+            [name],
+        )?;
+        let (id, epoch) = conn.query_row(
+            "SELECT id, epoch FROM volumes WHERE name = ?1",
+            [name],
+            |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)),
+        )?;
+        Ok(VolumeInfo {
+            id: VolumeId(id),
+            name: name.to_string(),
+            epoch: Epoch(epoch as u64),
+        })
+    }
+
+    pub fn volumes(&self) -> Result<Vec<VolumeInfo>> {
+        let conn = self.catalog.reader();
+        let mut stmt = conn.prepare_cached("SELECT id, name, epoch FROM volumes ORDER BY id")?;
+        let rows = stmt.query_map([], |r| {
+            Ok(VolumeInfo {
+                id: VolumeId(r.get(0)?),
+                name: r.get(1)?,
+                epoch: Epoch(r.get::<_, i64>(2)? as u64),
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Closes the current epoch of every volume of the set in one
+    /// transaction: the whole cost of a shadow copy set.
+    pub fn commit_set(&self, new: &NewSet) -> Result<SetInfo> {
+        let mut conn = self.catalog.writer();
+        let tx = conn.transaction()?;
+        let name = free_name(&tx, &new.name)?;
+        tx.execute(
+            "INSERT INTO sets (name, created_secs, created_nanos, label) VALUES (?1, ?2, ?3, ?4)",
+            params![name, new.created.secs, new.created.nanos, new.label],
+        )?;
+        let id = SetId(tx.last_insert_rowid());
+        let mut volumes = Vec::with_capacity(new.volumes.len());
+        for volume in &new.volumes {
+            let (vname, epoch): (String, i64) = tx
+                .query_row(
+                    "SELECT name, epoch FROM volumes WHERE id = ?1",
+                    [volume.0],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional()?
+                .ok_or_else(|| Error::UnknownVolume(format!("#{}", volume.0)))?;
+            tx.execute(
+                "INSERT INTO set_volumes (set_id, volume_id, epoch) VALUES (?1, ?2, ?3)",
+                params![id.0, volume.0, epoch],
+            )?;
+            tx.execute(
+                "UPDATE volumes SET epoch = epoch + 1 WHERE id = ?1",
+                [volume.0],
+            )?;
+            volumes.push(SetVolume {
+                volume: *volume,
+                name: vname,
+                epoch: Epoch(epoch as u64),
+            });
+        }
+        tx.commit()?;
+        Ok(SetInfo {
+            id,
+            name,
+            created: new.created,
+            label: new.label.clone(),
+            volumes,
+        })
+    }
+
+    /// Every set, oldest first.
+    pub fn sets(&self) -> Result<Vec<SetInfo>> {
+        let conn = self.catalog.reader();
+        let mut stmt = conn.prepare_cached(
+            "SELECT s.id, s.name, s.created_secs, s.created_nanos, s.label, v.id, v.name, sv.epoch
+             FROM sets s JOIN set_volumes sv ON sv.set_id = s.id JOIN volumes v ON v.id = sv.volume_id
+             ORDER BY s.id, v.name",
+        )?;
+        let mut rows = stmt.query([])?;
+        let mut sets: Vec<SetInfo> = Vec::new();
+        while let Some(r) = rows.next()? {
+            let id = SetId(r.get(0)?);
+            let volume = SetVolume {
+                volume: VolumeId(r.get(5)?),
+                name: r.get(6)?,
+                epoch: Epoch(r.get::<_, i64>(7)? as u64),
+            };
+            match sets.last_mut() {
+                Some(last) if last.id == id => last.volumes.push(volume),
+                _ => sets.push(SetInfo {
+                    id,
+                    name: r.get(1)?,
+                    created: Timestamp {
+                        secs: r.get(2)?,
+                        nanos: r.get::<_, i64>(3)? as u32,
+                    },
+                    label: r.get(4)?,
+                    volumes: vec![volume],
+                }),
+            }
+        }
+        Ok(sets)
+    }
+
+    /// The set whose name or id is `key`.
+    pub fn find_set(&self, key: &str) -> Result<SetInfo> {
+        self.sets()?
+            .into_iter()
+            .find(|s| s.name == key || s.id.0.to_string() == key)
+            .ok_or_else(|| Error::UnknownSet(key.to_string()))
+    }
+
+    /// Deletes a set and every record no remaining set needs. Returns the
+    /// number of records dropped.
+    pub fn delete_set(&self, id: SetId) -> Result<u64> {
+        let mut conn = self.catalog.writer();
+        let tx = conn.transaction()?;
+        let volumes: Vec<i64> = {
+            let mut stmt = tx.prepare("SELECT volume_id FROM set_volumes WHERE set_id = ?1")?;
+            stmt.query_map([id.0], |r| r.get(0))?
+                .collect::<rusqlite::Result<_>>()?
+        };
+        if tx.execute("DELETE FROM sets WHERE id = ?1", [id.0])? == 0 {
+            return Err(Error::UnknownSet(id.to_string()));
+        }
+        let mut dropped = 0;
+        for volume in volumes {
+            dropped += prune_records(&tx, volume)?;
+        }
+        tx.execute(
+            "DELETE FROM chunks WHERE hash NOT IN (SELECT hash FROM block_records)
+                                  AND hash NOT IN (SELECT entries FROM dir_records)",
+            [],
+        )?;
+        tx.commit()?;
+        Ok(dropped)
+    }
+
+    /// Stores `pre` as the state at the end of epoch `hi`, in one
+    /// transaction. When this returns, a later read of a snapshot at an
+    /// epoch `<= hi` finds these records, and a process crash keeps them.
+    pub fn preserve(&self, volume: VolumeId, hi: Epoch, pre: &PreImages<'_>) -> Result<()> {
+        if pre.is_empty() {
+            return Ok(());
+        }
+        let mut conn = self.catalog.writer();
+        let tx = conn.transaction()?;
+        let v = volume.0;
+        let hi = hi.0 as i64;
+        for (object, block, data) in &pre.blocks {
+            let hash = self.put_chunk(&tx, data)?;
+            tx.prepare_cached(
+                "INSERT OR IGNORE INTO block_records (volume_id, object, block, hi, hash) VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?
+            .execute(params![v, object.0 as i64, *block as i64, hi, &hash.0[..]])?;
+        }
+        for (object, attrs) in &pre.attrs {
+            tx.prepare_cached(
+                "INSERT OR IGNORE INTO attr_records (volume_id, object, hi, attrs) VALUES (?1, ?2, ?3, ?4)",
+            )?
+            .execute(params![v, object.0 as i64, hi, encode(attrs)?])?;
+        }
+        for (object, entries) in &pre.dirs {
+            let hash = self.put_chunk(&tx, &encode(entries)?)?;
+            tx.prepare_cached(
+                "INSERT OR IGNORE INTO dir_records (volume_id, object, hi, entries) VALUES (?1, ?2, ?3, ?4)",
+            )?
+            .execute(params![v, object.0 as i64, hi, &hash.0[..]])?;
+        }
+        for (object, handle) in &pre.handles {
+            tx.prepare_cached(
+                "INSERT OR IGNORE INTO handles (volume_id, object, handle) VALUES (?1, ?2, ?3)",
+            )?
+            .execute(params![v, object.0 as i64, handle])?;
+        }
+        for object in &pre.aside {
+            tx.prepare_cached(
+                "INSERT OR IGNORE INTO aside (volume_id, object, since_epoch) VALUES (?1, ?2, ?3)",
+            )?
+            .execute(params![v, object.0 as i64, hi + 1])?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// What `object` had preserved with exactly `hi`: the write side's
+    /// "already preserved in this epoch" after a restart.
+    pub fn preserved(&self, volume: VolumeId, object: ObjectId, hi: Epoch) -> Result<Preserved> {
+        let conn = self.catalog.reader();
+        let args = params![volume.0, object.0 as i64, hi.0 as i64];
+        let attr = conn
+            .prepare_cached("SELECT attrs FROM attr_records WHERE volume_id = ?1 AND object = ?2 AND hi = ?3")?
+            .query_row(args, |r| r.get::<_, Vec<u8>>(0))
+            .optional()?
+            .map(|b| decode(&b))
+            .transpose()?;
+        let dir = conn
+            .prepare_cached("SELECT 1 FROM dir_records WHERE volume_id = ?1 AND object = ?2 AND hi = ?3")?
+            .exists(args)?;
+        let blocks = conn
+            .prepare_cached("SELECT block FROM block_records WHERE volume_id = ?1 AND object = ?2 AND hi = ?3")?
+            .query_map(args, |r| r.get::<_, i64>(0).map(|b| b as u64))?
+            .collect::<rusqlite::Result<_>>()?;
+        Ok(Preserved { attr, dir, blocks })
+    }
+
+    /// Block `block` of `object` as of epoch `at`, or `None`: unchanged
+    /// since, read the live object.
+    pub fn resolve_block(
+        &self,
+        volume: VolumeId,
+        object: ObjectId,
+        block: u64,
+        at: Epoch,
+    ) -> Result<Option<Arc<[u8]>>> {
+        let hash: Option<Vec<u8>> = {
+            let conn = self.catalog.reader();
+            conn.prepare_cached(
+                "SELECT hash FROM block_records WHERE volume_id = ?1 AND object = ?2 AND block = ?3 AND hi >= ?4
+                 ORDER BY hi LIMIT 1",
+            )?
+            .query_row(params![volume.0, object.0 as i64, block as i64, at.0 as i64], |r| r.get(0))
+            .optional()?
+        };
+        hash.map(|h| self.chunk(&to_hash(&h))).transpose()
+    }
+
+    /// `object`'s metadata as of epoch `at`, or `None`: unchanged since.
+    pub fn resolve_attr(&self, volume: VolumeId, object: ObjectId, at: Epoch) -> Result<Option<AttrRecord>> {
+        let conn = self.catalog.reader();
+        let bytes: Option<Vec<u8>> = conn
+            .prepare_cached(
+                "SELECT attrs FROM attr_records WHERE volume_id = ?1 AND object = ?2 AND hi >= ?3 ORDER BY hi LIMIT 1",
+            )?
+            .query_row(params![volume.0, object.0 as i64, at.0 as i64], |r| r.get(0))
+            .optional()?;
+        bytes.map(|b| decode(&b)).transpose()
+    }
+
+    /// The directory `object`'s entries as of epoch `at`, or `None`:
+    /// unchanged since.
+    pub fn resolve_dir(&self, volume: VolumeId, object: ObjectId, at: Epoch) -> Result<Option<Vec<DirEntry>>> {
+        let hash: Option<Vec<u8>> = {
+            let conn = self.catalog.reader();
+            conn.prepare_cached(
+                "SELECT entries FROM dir_records WHERE volume_id = ?1 AND object = ?2 AND hi >= ?3 ORDER BY hi LIMIT 1",
+            )?
+            .query_row(params![volume.0, object.0 as i64, at.0 as i64], |r| r.get(0))
+            .optional()?
+        };
+        match hash {
+            Some(h) => Ok(Some(decode(&self.chunk(&to_hash(&h))?)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// The file handle recorded for `object`, if any.
+    pub fn handle(&self, volume: VolumeId, object: ObjectId) -> Result<Option<Vec<u8>>> {
+        let conn = self.catalog.reader();
+        Ok(conn
+            .prepare_cached("SELECT handle FROM handles WHERE volume_id = ?1 AND object = ?2")?
+            .query_row(params![volume.0, object.0 as i64], |r| r.get(0))
+            .optional()?)
+    }
+
+    pub fn stats(&self) -> Result<StoreStats> {
+        let conn = self.catalog.reader();
+        let count = |table: &str| -> Result<u64> {
+            Ok(conn.query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get::<_, i64>(0))? as u64)
+        };
+        let (chunks, chunk_bytes): (i64, i64) =
+            conn.query_row("SELECT count(*), coalesce(sum(len), 0) FROM chunks", [], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })?;
+        let mut catalog_bytes = 0;
+        for suffix in ["catalog.db", "catalog.db-wal"] {
+            if let Ok(m) = std::fs::metadata(self.dir.join(suffix)) {
+                catalog_bytes += m.len();
+            }
+        }
+        Ok(StoreStats {
+            chunk_bytes: chunk_bytes as u64,
+            chunks: chunks as u64,
+            disk_bytes: self.packs.disk_bytes()? + catalog_bytes,
+            block_records: count("block_records")?,
+            attr_records: count("attr_records")?,
+            dir_records: count("dir_records")?,
+        })
+    }
+
+    fn put_chunk(&self, tx: &Transaction<'_>, data: &[u8]) -> Result<ChunkHash> {
+        let hash = ChunkHash::of(data);
+        let known = tx
+            .prepare_cached("SELECT 1 FROM chunks WHERE hash = ?1")?
+            .exists([&hash.0[..]])?;
+        if !known {
+            let loc = self.packs.append(&hash, data)?;
+            tx.prepare_cached("INSERT INTO chunks (hash, pack, offset, len) VALUES (?1, ?2, ?3, ?4)")?
+                .execute(params![&hash.0[..], loc.pack, loc.offset as i64, loc.len])?;
+        }
+        Ok(hash)
+    }
+
+    fn chunk(&self, hash: &ChunkHash) -> Result<Arc<[u8]>> {
+        if let Some(data) = self.cache.get(hash) {
+            return Ok(data);
+        }
+        let loc = {
+            let conn = self.catalog.reader();
+            conn.prepare_cached("SELECT pack, offset, len FROM chunks WHERE hash = ?1")?
+                .query_row([&hash.0[..]], |r| {
+                    Ok(ChunkLocation {
+                        pack: r.get(0)?,
+                        offset: r.get::<_, i64>(1)? as u64,
+                        len: r.get(2)?,
+                    })
+                })
+                .optional()?
+                .ok_or(Error::MissingChunk(*hash))?
+        };
+        let data: Arc<[u8]> = Arc::from(self.packs.read(loc)?);
+        self.cache.insert(*hash, data.clone());
+        Ok(data)
+    }
+}
+
+fn to_hash(bytes: &[u8]) -> ChunkHash {
+    let mut h = [0u8; 32];
+    let n = bytes.len().min(32);
+    h[..n].copy_from_slice(&bytes[..n]);
+    ChunkHash(h)
+}
+
+fn free_name(tx: &Transaction<'_>, wanted: &str) -> Result<String> {
+    let taken = |name: &str| -> Result<bool> {
+        Ok(tx
+            .prepare_cached("SELECT 1 FROM sets WHERE name = ?1")?
+            .exists([name])?)
+    };
+    if !taken(wanted)? {
+        return Ok(wanted.to_string());
+    }
+    let mut n = 1;
+    loop {
+        let candidate = format!("{wanted}-{n}");
+        if !taken(&candidate)? {
+            return Ok(candidate);
+        }
+        n += 1;
+    }
+}
+
+/// Drops the records of `volume` that serve no remaining set. A record with
+/// `hi = h` whose predecessor (same object and key) has `hi = p` serves the
+/// epochs `(p, h]`; it stays only if a set of the volume has such an epoch.
+fn prune_records(tx: &Transaction<'_>, volume: i64) -> Result<u64> {
+    let mut dropped = 0;
+    for (table, key) in [
+        ("block_records", "object, block"),
+        ("attr_records", "object"),
+        ("dir_records", "object"),
+    ] {
+        let sql = format!(
+            "DELETE FROM {table} WHERE volume_id = ?1 AND ({key}, hi) IN (
+                SELECT {key}, hi FROM (
+                    SELECT {key}, hi, lag(hi) OVER (PARTITION BY {key} ORDER BY hi) AS prev
+                    FROM {table} WHERE volume_id = ?1)
+                WHERE NOT EXISTS (
+                    SELECT 1 FROM set_volumes sv
+                    WHERE sv.volume_id = ?1 AND sv.epoch <= hi AND (prev IS NULL OR sv.epoch > prev)))"
+        );
+        dropped += tx.execute(&sql, [volume])? as u64;
+    }
+    Ok(dropped)
+}
