@@ -1,1 +1,320 @@
-//! placeholder
+//! The copy-on-write rule, in one place: before a mutation of the live
+//! volume takes effect, preserve whatever the newest shadow copy still needs
+//! and no record of this epoch already holds.
+//!
+//! A `Mutation` holds the volume's epoch gate shared (so a set commit waits
+//! for it) and the write locks of the objects it touches (so a snapshot
+//! reader of those objects sees either the old live state or the record,
+//! never the new live state without the record). It gathers pre-images,
+//! stores them in one catalog transaction (`preserve`), and only then may the
+//! caller apply the change. It never applies a change itself.
+
+use std::collections::{HashMap, HashSet};
+use std::ffi::OsStr;
+use std::fs::File;
+use std::hash::{Hash, Hasher};
+use std::os::fd::BorrowedFd;
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use umbra_store::{AttrRecord, BLOCK_SIZE, DirEntry, Epoch, ObjectId, PreImages, Store, VolumeId};
+
+use crate::backing::{self, cstr};
+use crate::{HIDDEN_DIR, Result};
+
+const STRIPES: usize = 1024;
+
+/// The volume's position in time.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Clock {
+    /// The open epoch.
+    pub current: Epoch,
+    /// Whether any set of this volume exists: if none, nothing is preserved.
+    pub any_set: bool,
+    /// Whether the open epoch began in this process: then every record of
+    /// it was written by this process and the in-memory state is complete.
+    pub began_here: bool,
+}
+
+/// What one object has already had preserved in the open epoch.
+#[derive(Clone, Debug, Default)]
+struct Preserved {
+    /// The size at the start of the epoch, once the attributes are kept.
+    attr_size: Option<u64>,
+    dir: bool,
+    blocks: HashSet<u64>,
+}
+
+pub(crate) struct Cow {
+    store: Arc<Store>,
+    volume: VolumeId,
+    root: ObjectId,
+    gate: RwLock<Clock>,
+    stripes: Box<[RwLock<()>]>,
+    preserved: Mutex<HashMap<ObjectId, Preserved>>,
+    births: Mutex<HashSet<ObjectId>>,
+}
+
+impl Cow {
+    pub fn new(store: Arc<Store>, volume: VolumeId, root: ObjectId, clock: Clock) -> Cow {
+        Cow {
+            store,
+            volume,
+            root,
+            gate: RwLock::new(clock),
+            stripes: (0..STRIPES).map(|_| RwLock::new(())).collect(),
+            preserved: Mutex::new(HashMap::new()),
+            births: Mutex::new(HashSet::new()),
+        }
+    }
+
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
+    pub fn clock(&self) -> Clock {
+        *self.gate.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Starts a mutation of `objects`: the gate shared, their locks held.
+    pub fn begin(&self, objects: &[ObjectId]) -> Mutation<'_> {
+        let gate = self.gate.read().unwrap_or_else(|p| p.into_inner());
+        let mut stripes: Vec<usize> = objects.iter().map(|o| stripe_of(*o)).collect();
+        stripes.sort_unstable();
+        stripes.dedup();
+        let locks = stripes
+            .into_iter()
+            .map(|s| self.stripes[s].write().unwrap_or_else(|p| p.into_inner()))
+            .collect();
+        let hi = if gate.any_set && gate.current.0 > 1 {
+            Some(Epoch(gate.current.0 - 1))
+        } else {
+            None
+        };
+        Mutation {
+            cow: self,
+            gate,
+            _locks: locks,
+            hi,
+            attrs: Vec::new(),
+            dirs: Vec::new(),
+            blocks: Vec::new(),
+            handles: Vec::new(),
+            aside: Vec::new(),
+        }
+    }
+
+    /// Holds `object` still for a snapshot read: no mutation of it can be
+    /// between "no record" and "read the live object".
+    pub fn read_lock(&self, object: ObjectId) -> RwLockReadGuard<'_, ()> {
+        self.stripes[stripe_of(object)]
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Holds every mutation of the volume off: the commit of a set.
+    pub fn freeze(&self) -> RwLockWriteGuard<'_, Clock> {
+        self.gate.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Called with the gate held exclusive once the set is committed.
+    pub fn advance(&self, clock: &mut Clock, closed: Epoch) {
+        clock.current = Epoch(closed.0 + 1);
+        clock.any_set = true;
+        clock.began_here = true;
+        lock(&self.preserved).clear();
+        lock(&self.births).clear();
+    }
+
+    /// After a deletion: whether any set of the volume is left.
+    pub fn set_any_set(&self, any: bool) {
+        self.gate.write().unwrap_or_else(|p| p.into_inner()).any_set = any;
+    }
+
+    fn known(&self, object: ObjectId, hi: Epoch, began_here: bool) -> Result<Preserved> {
+        if let Some(p) = lock(&self.preserved).get(&object) {
+            return Ok(p.clone());
+        }
+        if began_here {
+            return Ok(Preserved::default());
+        }
+        let stored = self.store.preserved(self.volume, object, hi)?;
+        let p = Preserved {
+            attr_size: stored.attr.map(|a| a.size),
+            dir: stored.dir,
+            blocks: stored.blocks.into_iter().collect(),
+        };
+        lock(&self.preserved).insert(object, p.clone());
+        Ok(p)
+    }
+}
+
+fn stripe_of(object: ObjectId) -> usize {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    object.hash(&mut h);
+    (h.finish() as usize) % STRIPES
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// One mutation's pre-images, gathered and then stored before the change.
+pub(crate) struct Mutation<'a> {
+    cow: &'a Cow,
+    gate: RwLockReadGuard<'a, Clock>,
+    _locks: Vec<RwLockWriteGuard<'a, ()>>,
+    /// The epoch records are tagged with, or None when no set needs them.
+    hi: Option<Epoch>,
+    attrs: Vec<(ObjectId, AttrRecord)>,
+    dirs: Vec<(ObjectId, Vec<DirEntry>)>,
+    blocks: Vec<(ObjectId, u64, Vec<u8>)>,
+    handles: Vec<(ObjectId, Vec<u8>)>,
+    aside: Vec<ObjectId>,
+}
+
+impl Mutation<'_> {
+    /// Whether `object` existed at the newest snapshot as far as we know:
+    /// objects born in the open epoch need nothing preserved.
+    pub fn needs(&self, object: ObjectId) -> bool {
+        self.hi.is_some() && !lock(&self.cow.births).contains(&object)
+    }
+
+    fn state(&self, object: ObjectId) -> Result<Preserved> {
+        match self.hi {
+            Some(hi) => self.cow.known(object, hi, self.gate.began_here),
+            None => Ok(Preserved::default()),
+        }
+    }
+
+    /// Keeps the metadata of `object` (behind `fd`, O_PATH is enough) as it
+    /// is now, if this is its first change in the epoch. Returns the size at
+    /// the start of the epoch.
+    pub fn attr(&mut self, object: ObjectId, fd: BorrowedFd<'_>) -> Result<Option<u64>> {
+        if !self.needs(object) {
+            return Ok(None);
+        }
+        if let Some(size) = self.state(object)?.attr_size {
+            return Ok(Some(size));
+        }
+        if let Some((_, a)) = self.attrs.iter().find(|(o, _)| *o == object) {
+            return Ok(Some(a.size));
+        }
+        let st = backing::fstat(fd)?;
+        let xattrs = backing::all_xattrs(fd)?;
+        let record = backing::attr_record(&st, xattrs);
+        let size = record.size;
+        self.attrs.push((object, record));
+        Ok(Some(size))
+    }
+
+    /// Keeps a directory's entries (and its metadata) as they are now.
+    pub fn dir(&mut self, object: ObjectId, fd: BorrowedFd<'_>) -> Result<()> {
+        if !self.needs(object) {
+            return Ok(());
+        }
+        self.attr(object, fd)?;
+        if self.state(object)?.dir || self.dirs.iter().any(|(o, _)| *o == object) {
+            return Ok(());
+        }
+        let hidden = (object == self.cow.root).then_some(OsStr::new(HIDDEN_DIR));
+        let entries = backing::dir_record(fd, hidden)?;
+        self.dirs.push((object, entries));
+        Ok(())
+    }
+
+    /// Keeps the blocks of `[start, end)` that existed at the start of the
+    /// epoch and are not kept yet, read from `file`; and the metadata.
+    pub fn blocks(
+        &mut self,
+        object: ObjectId,
+        fd: BorrowedFd<'_>,
+        file: &File,
+        start: u64,
+        end: u64,
+    ) -> Result<()> {
+        let Some(size_at_start) = self.attr(object, fd)? else {
+            return Ok(());
+        };
+        let end = end.min(size_at_start);
+        if start >= end {
+            return Ok(());
+        }
+        let kept = self.state(object)?.blocks;
+        for block in start / BLOCK_SIZE..end.div_ceil(BLOCK_SIZE) {
+            if kept.contains(&block)
+                || self
+                    .blocks
+                    .iter()
+                    .any(|(o, b, _)| *o == object && *b == block)
+            {
+                continue;
+            }
+            let mut data = vec![0u8; BLOCK_SIZE as usize];
+            let n = backing::pread_full(file, &mut data, block * BLOCK_SIZE)?;
+            data.truncate(n);
+            self.blocks.push((object, block, data));
+        }
+        Ok(())
+    }
+
+    /// Records the file handle of `object`, reached as `name` in `dir`,
+    /// before it leaves that name: snapshots find it by handle afterwards.
+    pub fn handle(&mut self, object: ObjectId, dir: BorrowedFd<'_>, name: &OsStr) -> Result<()> {
+        if !self.needs(object) {
+            return Ok(());
+        }
+        let handle = backing::name_to_handle(dir, &cstr(name)?)?;
+        self.handles.push((object, handle));
+        Ok(())
+    }
+
+    /// Notes that `object`'s inode is being moved into the hidden folder.
+    pub fn aside(&mut self, object: ObjectId) {
+        if self.needs(object) {
+            self.aside.push(object);
+        }
+    }
+
+    /// Stores every gathered pre-image in one transaction. The change may
+    /// be applied only after this returns Ok.
+    pub fn preserve(&mut self) -> Result<()> {
+        let Some(hi) = self.hi else {
+            return Ok(());
+        };
+        let pre = PreImages {
+            blocks: self
+                .blocks
+                .iter()
+                .map(|(o, b, d)| (*o, *b, d.as_slice()))
+                .collect(),
+            attrs: std::mem::take(&mut self.attrs),
+            dirs: std::mem::take(&mut self.dirs),
+            handles: std::mem::take(&mut self.handles),
+            aside: std::mem::take(&mut self.aside),
+        };
+        if pre.is_empty() {
+            return Ok(());
+        }
+        self.cow.store.preserve(self.cow.volume, hi, &pre)?;
+        let mut preserved = lock(&self.cow.preserved);
+        for (object, a) in &pre.attrs {
+            preserved.entry(*object).or_default().attr_size = Some(a.size);
+        }
+        for (object, _) in &pre.dirs {
+            preserved.entry(*object).or_default().dir = true;
+        }
+        drop(pre);
+        for (object, block, _) in self.blocks.drain(..) {
+            preserved.entry(object).or_default().blocks.insert(block);
+        }
+        Ok(())
+    }
+
+    /// Registers an object the mutation created: nothing of it is needed by
+    /// any existing snapshot.
+    pub fn born(&self, object: ObjectId) {
+        if self.hi.is_some() {
+            lock(&self.cow.births).insert(object);
+        }
+    }
+}

@@ -20,7 +20,9 @@ pub enum FsError {
 impl FsError {
     pub fn errno(&self) -> i32 {
         match self {
-            FsError::Io(e) | FsError::Context { source: e, .. } => e.raw_os_error().unwrap_or(libc::EIO),
+            FsError::Io(e) | FsError::Context { source: e, .. } => {
+                e.raw_os_error().unwrap_or(libc::EIO)
+            }
             FsError::Store(_) => libc::EIO,
         }
     }

@@ -9,6 +9,7 @@
 //! adapter. This crate knows the store; it never opens the control socket
 //! and never parses configuration.
 
+mod attr;
 mod backing;
 mod cow;
 mod error;

@@ -1,1 +1,11 @@
-//! placeholder
+//! The live read-write filesystem of one volume: a passthrough over the
+//! backing directory that runs every mutation through the copy-on-write
+//! rule first. `core` is the filesystem (driven by tests without FUSE);
+//! `fuse` is the thin fuser adapter.
+
+mod core;
+mod fuse;
+mod nodes;
+
+pub(crate) use self::core::LiveFs;
+pub(crate) use self::fuse::{LiveAdapter, xattr_reply};

@@ -3,24 +3,62 @@
 
 use std::sync::Arc;
 
-use umbra_store::{SetId, SetInfo, Store, Timestamp};
+use umbra_store::{NewSet, SetId, SetInfo, Store, Timestamp};
 
 use crate::{Result, Volume};
 
 /// Commits a set of `volumes` at one instant: waits for the mutations in
 /// flight, closes every volume's epoch in one catalog transaction, and lets
 /// mutations go on. `name` is the wanted name (a suffix is added if taken).
+/// Nothing is walked and nothing is copied: the cost does not depend on the
+/// number of files or bytes.
 pub fn commit_set(
-    _store: &Store,
-    _volumes: &[Arc<Volume>],
-    _name: String,
-    _label: Option<String>,
-    _created: Timestamp,
+    store: &Store,
+    volumes: &[Arc<Volume>],
+    name: String,
+    label: Option<String>,
+    created: Timestamp,
 ) -> Result<SetInfo> {
-    todo!()
+    let mut ordered: Vec<&Arc<Volume>> = volumes.iter().collect();
+    ordered.sort_by_key(|v| v.id());
+    ordered.dedup_by_key(|v| v.id());
+    // Gates are taken in volume-id order, so two commits cannot deadlock.
+    let mut gates: Vec<_> = ordered.iter().map(|v| v.cow.freeze()).collect();
+    let set = store.commit_set(&NewSet {
+        name,
+        label,
+        created,
+        volumes: ordered.iter().map(|v| v.id()).collect(),
+    })?;
+    for (vol, gate) in ordered.iter().zip(gates.iter_mut()) {
+        if let Some(sv) = set.volumes.iter().find(|sv| sv.volume == vol.id()) {
+            vol.cow.advance(gate, sv.epoch);
+        }
+    }
+    Ok(set)
 }
 
-/// Deletes a set and whatever no other set needs.
-pub fn delete_set(_store: &Store, _set: SetId) -> Result<()> {
-    todo!()
+/// Deletes a set and the records no other set needs. Snapshot reads of
+/// the set's volumes wait while the records are pruned.
+pub fn delete_set(store: &Store, volumes: &[Arc<Volume>], set: SetId) -> Result<()> {
+    let info = store.sets()?.into_iter().find(|s| s.id == set);
+    let involved: Vec<&Arc<Volume>> = volumes
+        .iter()
+        .filter(|v| {
+            info.as_ref()
+                .is_some_and(|s| s.volumes.iter().any(|sv| sv.volume == v.id()))
+        })
+        .collect();
+    {
+        let _retiring: Vec<_> = involved.iter().map(|v| v.retiring()).collect();
+        store.delete_set(set)?;
+    }
+    let remaining = store.sets()?;
+    for vol in involved {
+        let any = remaining
+            .iter()
+            .any(|s| s.volumes.iter().any(|sv| sv.volume == vol.id()));
+        vol.cow.set_any_set(any);
+    }
+    Ok(())
 }

@@ -1,23 +1,10 @@
-//! The shadow copy browser: `/snapshots/<set>/<volume>/...`, read-only.
+//! The shadow copy browser: `/<set>/<volume>/...` read-only, plus `latest`.
+//! `core` resolves every object of a set from its pre-image records or from
+//! the unchanged live object; `fuse` is the thin adapter.
 
-use std::sync::Arc;
+mod core;
+mod fuse;
+mod inodes;
 
-use umbra_store::Store;
-
-use crate::{Result, Volume};
-
-pub struct Browser {
-    _store: Arc<Store>,
-}
-
-impl Browser {
-    pub fn new(store: Arc<Store>, _volumes: Vec<Arc<Volume>>) -> Result<Arc<Browser>> {
-        Ok(Arc::new(Browser { _store: store }))
-    }
-
-    /// Re-reads the list of sets after a create or delete, and tells the
-    /// kernel to forget what it cached of the ones that changed.
-    pub fn refresh(&self) -> Result<()> {
-        todo!()
-    }
-}
+pub use self::core::Browser;
+pub(crate) use self::fuse::SnapAdapter;

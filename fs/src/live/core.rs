@@ -1,0 +1,736 @@
+//! The live filesystem's logic, independent of FUSE: every operation a
+//! program uses, as a passthrough to the backing directory, with each
+//! mutation preceded by its copy-on-write preservation (see cow.rs).
+//! Operations take FUSE inode numbers and return `Result`s carrying errnos;
+//! the adapter in fuse.rs only converts.
+
+use std::collections::HashMap;
+use std::ffi::{CStr, OsStr, OsString};
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::unix::fs::FileExt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use umbra_store::{FileKind, ObjectId, Timestamp};
+
+use super::nodes::{Node, Nodes, ROOT};
+use crate::attr::Attr;
+use crate::backing::{self, cstr};
+use crate::{FsError, HIDDEN_DIR, Result, Volume};
+
+/// Who asks: new files belong to them.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Caller {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum TimeSet {
+    Now,
+    At(Timestamp),
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct SetAttrs {
+    pub mode: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub size: Option<u64>,
+    pub atime: Option<TimeSet>,
+    pub mtime: Option<TimeSet>,
+    pub fh: Option<u64>,
+}
+
+pub(crate) struct OpenFile {
+    pub file: File,
+    pub object: ObjectId,
+}
+
+#[derive(Clone, Debug)]
+pub(crate) struct ListEntry {
+    pub ino: u64,
+    pub kind: FileKind,
+    pub name: OsString,
+}
+
+pub(crate) struct LiveFs {
+    vol: Arc<Volume>,
+    nodes: Nodes,
+    files: Mutex<HashMap<u64, Arc<OpenFile>>>,
+    dirs: Mutex<HashMap<u64, Arc<Vec<ListEntry>>>>,
+    next_fh: AtomicU64,
+}
+
+fn errno(e: i32) -> FsError {
+    FsError::from_errno(e)
+}
+
+fn check(ret: libc::c_int) -> io::Result<()> {
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+fn is_dir(st: &libc::stat64) -> bool {
+    st.st_mode & libc::S_IFMT == libc::S_IFDIR
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl LiveFs {
+    pub fn new(vol: Arc<Volume>) -> Result<LiveFs> {
+        let root_fd = backing::reopen_path(vol.root_fd())?;
+        let nodes = Nodes::new(root_fd, vol.root_object());
+        Ok(LiveFs {
+            vol,
+            nodes,
+            files: Mutex::new(HashMap::new()),
+            dirs: Mutex::new(HashMap::new()),
+            next_fh: AtomicU64::new(1),
+        })
+    }
+
+    fn hidden(parent: u64, name: &OsStr) -> bool {
+        parent == ROOT && name == OsStr::new(HIDDEN_DIR)
+    }
+
+    /// A name that must not be created: the daemon's folder at the root.
+    fn creatable(parent: u64, name: &OsStr) -> Result<()> {
+        if Self::hidden(parent, name) {
+            return Err(errno(libc::EPERM));
+        }
+        Ok(())
+    }
+
+    fn attr_of(&self, object: ObjectId, fd: BorrowedFd<'_>) -> Result<Attr> {
+        let st = backing::fstat(fd)?;
+        let mut attr = Attr::from_stat(&st, self.nodes.ino_of(object));
+        if self.vol.is_aside(object) {
+            attr.nlink = attr.nlink.saturating_sub(1);
+        }
+        Ok(attr)
+    }
+
+    fn child(&self, parent: &Node, name: &OsStr) -> Result<(OwnedFd, libc::stat64)> {
+        let fd = backing::open_path(parent.fd.as_fd(), &cstr(name)?)?;
+        let st = backing::fstat(fd.as_fd())?;
+        Ok((fd, st))
+    }
+
+    fn file(&self, fh: u64) -> Result<Arc<OpenFile>> {
+        lock(&self.files)
+            .get(&fh)
+            .cloned()
+            .ok_or_else(|| errno(libc::EBADF))
+    }
+
+    fn add_file(&self, file: File, object: ObjectId) -> u64 {
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        lock(&self.files).insert(fh, Arc::new(OpenFile { file, object }));
+        fh
+    }
+
+    pub fn lookup(&self, parent: u64, name: &OsStr) -> Result<Attr> {
+        if Self::hidden(parent, name) {
+            return Err(errno(libc::ENOENT));
+        }
+        let pnode = self.nodes.get(parent)?;
+        let (fd, st) = self.child(&pnode, name)?;
+        let object = ObjectId(st.st_ino);
+        let attr = self.attr_of(object, fd.as_fd())?;
+        self.nodes.remember(object, fd);
+        Ok(attr)
+    }
+
+    pub fn forget(&self, ino: u64, n: u64) {
+        self.nodes.forget(ino, n);
+    }
+
+    pub fn getattr(&self, ino: u64) -> Result<Attr> {
+        let node = self.nodes.get(ino)?;
+        self.attr_of(node.object, node.fd.as_fd())
+    }
+
+    pub fn readlink(&self, ino: u64) -> Result<Vec<u8>> {
+        let node = self.nodes.get(ino)?;
+        Ok(backing::readlinkat(node.fd.as_fd(), c"")?)
+    }
+
+    pub fn setattr(&self, ino: u64, set: SetAttrs) -> Result<Attr> {
+        let node = self.nodes.get(ino)?;
+        let object = node.object;
+        let handle_file = set.fh.map(|fh| self.file(fh)).transpose()?;
+        let mut m = self.vol.cow.begin(&[object]);
+        let mut truncate_file = None;
+        if let Some(size) = set.size {
+            let file = match &handle_file {
+                Some(of) => of.file.try_clone(),
+                None => backing::reopen(node.fd.as_fd(), libc::O_RDWR).map(backing::as_file),
+            }?;
+            let current = file.metadata()?.len();
+            if size < current {
+                m.blocks(object, node.fd.as_fd(), &file, size, current)?;
+            } else {
+                m.attr(object, node.fd.as_fd())?;
+            }
+            truncate_file = Some(file);
+        }
+        if set.mode.is_some()
+            || set.uid.is_some()
+            || set.gid.is_some()
+            || set.atime.is_some()
+            || set.mtime.is_some()
+        {
+            m.attr(object, node.fd.as_fd())?;
+        }
+        m.preserve()?;
+        let raw = node.fd.as_raw_fd();
+        if set.uid.is_some() || set.gid.is_some() {
+            // SAFETY: the empty path with AT_EMPTY_PATH names the fd itself.
+            check(unsafe {
+                libc::fchownat(
+                    raw,
+                    c"".as_ptr(),
+                    set.uid.unwrap_or(u32::MAX),
+                    set.gid.unwrap_or(u32::MAX),
+                    libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW,
+                )
+            })?;
+        }
+        if let Some(mode) = set.mode {
+            let path = backing::proc_path(raw);
+            // SAFETY: path is a valid C string.
+            check(unsafe { libc::chmod(path.as_ptr(), mode & 0o7777) })?;
+        }
+        if let (Some(size), Some(file)) = (set.size, &truncate_file) {
+            file.set_len(size)?;
+        }
+        if set.atime.is_some() || set.mtime.is_some() {
+            let spec = |t: Option<TimeSet>| match t {
+                None => libc::timespec {
+                    tv_sec: 0,
+                    tv_nsec: libc::UTIME_OMIT,
+                },
+                Some(TimeSet::Now) => libc::timespec {
+                    tv_sec: 0,
+                    tv_nsec: libc::UTIME_NOW,
+                },
+                Some(TimeSet::At(t)) => libc::timespec {
+                    tv_sec: t.secs,
+                    tv_nsec: i64::from(t.nanos),
+                },
+            };
+            let times = [spec(set.atime), spec(set.mtime)];
+            // SAFETY: times points at two timespecs.
+            check(unsafe {
+                libc::utimensat(
+                    raw,
+                    c"".as_ptr(),
+                    times.as_ptr(),
+                    libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW,
+                )
+            })?;
+        }
+        drop(m);
+        self.attr_of(object, node.fd.as_fd())
+    }
+
+    /// Creates a name in `parent` with `make`, after preserving the
+    /// directory; the new object is the caller's and is born in this epoch.
+    fn make(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        caller: Caller,
+        fix_mode: Option<u32>,
+        make: impl FnOnce(BorrowedFd<'_>, &CStr) -> io::Result<Option<File>>,
+    ) -> Result<(Attr, ObjectId, Option<File>)> {
+        Self::creatable(parent, name)?;
+        let cname = cstr(name)?;
+        let _ns = self.vol.namespace_lock();
+        let pnode = self.nodes.get(parent)?;
+        let mut m = self.vol.cow.begin(&[pnode.object]);
+        m.dir(pnode.object, pnode.fd.as_fd())?;
+        m.preserve()?;
+        let file = make(pnode.fd.as_fd(), &cname)?;
+        let fd = backing::open_path(pnode.fd.as_fd(), &cname)?;
+        let st = backing::fstat(fd.as_fd())?;
+        let object = ObjectId(st.st_ino);
+        m.born(object);
+        drop(m);
+        let pst = backing::fstat(pnode.fd.as_fd())?;
+        let gid = if pst.st_mode & libc::S_ISGID != 0 {
+            pst.st_gid
+        } else {
+            caller.gid
+        };
+        if st.st_uid != caller.uid || st.st_gid != gid {
+            // SAFETY: the empty path with AT_EMPTY_PATH names the fd itself.
+            check(unsafe {
+                libc::fchownat(
+                    fd.as_raw_fd(),
+                    c"".as_ptr(),
+                    caller.uid,
+                    gid,
+                    libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW,
+                )
+            })?;
+            // chown clears the set-id bits the caller asked for.
+            if let Some(mode) = fix_mode.filter(|m| m & (libc::S_ISUID | libc::S_ISGID) != 0) {
+                let path = backing::proc_path(fd.as_raw_fd());
+                // SAFETY: path is a valid C string.
+                check(unsafe { libc::chmod(path.as_ptr(), mode & 0o7777) })?;
+            }
+        }
+        let attr = self.attr_of(object, fd.as_fd())?;
+        self.nodes.remember(object, fd);
+        Ok((attr, object, file))
+    }
+
+    pub fn mknod(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        mode: u32,
+        rdev: u64,
+        caller: Caller,
+    ) -> Result<Attr> {
+        let (attr, _, _) = self.make(parent, name, caller, Some(mode), |dir, c| {
+            // SAFETY: c is a valid C string.
+            check(unsafe { libc::mknodat(dir.as_raw_fd(), c.as_ptr(), mode, rdev) }).map(|_| None)
+        })?;
+        Ok(attr)
+    }
+
+    pub fn mkdir(&self, parent: u64, name: &OsStr, mode: u32, caller: Caller) -> Result<Attr> {
+        let (attr, _, _) = self.make(
+            parent,
+            name,
+            caller,
+            Some(mode | libc::S_IFDIR),
+            |dir, c| {
+                // SAFETY: c is a valid C string.
+                check(unsafe { libc::mkdirat(dir.as_raw_fd(), c.as_ptr(), mode & 0o7777) })
+                    .map(|_| None)
+            },
+        )?;
+        Ok(attr)
+    }
+
+    pub fn symlink(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        target: &OsStr,
+        caller: Caller,
+    ) -> Result<Attr> {
+        let target = cstr(target)?;
+        let (attr, _, _) = self.make(parent, name, caller, None, |dir, c| {
+            // SAFETY: both are valid C strings.
+            check(unsafe { libc::symlinkat(target.as_ptr(), dir.as_raw_fd(), c.as_ptr()) })
+                .map(|_| None)
+        })?;
+        Ok(attr)
+    }
+
+    /// Creates and opens a regular file. If the name exists and the caller
+    /// did not ask for O_EXCL, opens it instead (the kernel raced a lookup).
+    pub fn create(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        mode: u32,
+        flags: i32,
+        caller: Caller,
+    ) -> Result<(Attr, u64)> {
+        let made = self.make(parent, name, caller, Some(mode), |dir, c| {
+            let fd = backing::openat(
+                dir,
+                c,
+                libc::O_CREAT | libc::O_EXCL | libc::O_RDWR | libc::O_NOFOLLOW,
+                mode & 0o7777,
+            )?;
+            Ok(Some(backing::as_file(fd)))
+        });
+        match made {
+            Ok((attr, object, Some(file))) => Ok((attr, self.add_file(file, object))),
+            Ok((_, _, None)) => Err(errno(libc::EIO)),
+            Err(e) if e.errno() == libc::EEXIST && flags & libc::O_EXCL == 0 => {
+                let attr = self.lookup(parent, name)?;
+                let fh = self.open(attr.ino, flags)?;
+                let attr = if flags & libc::O_TRUNC != 0 {
+                    self.setattr(
+                        attr.ino,
+                        SetAttrs {
+                            size: Some(0),
+                            fh: Some(fh),
+                            ..Default::default()
+                        },
+                    )?
+                } else {
+                    attr
+                };
+                Ok((attr, fh))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    pub fn link(&self, ino: u64, newparent: u64, newname: &OsStr) -> Result<Attr> {
+        Self::creatable(newparent, newname)?;
+        let cname = cstr(newname)?;
+        let _ns = self.vol.namespace_lock();
+        let node = self.nodes.get(ino)?;
+        if self.vol.is_aside(node.object) {
+            return Err(errno(libc::ENOENT));
+        }
+        let pnode = self.nodes.get(newparent)?;
+        let mut m = self.vol.cow.begin(&[pnode.object, node.object]);
+        m.dir(pnode.object, pnode.fd.as_fd())?;
+        m.attr(node.object, node.fd.as_fd())?;
+        m.preserve()?;
+        // SAFETY: AT_EMPTY_PATH links the inode behind the fd itself.
+        check(unsafe {
+            libc::linkat(
+                node.fd.as_raw_fd(),
+                c"".as_ptr(),
+                pnode.fd.as_raw_fd(),
+                cname.as_ptr(),
+                libc::AT_EMPTY_PATH,
+            )
+        })?;
+        drop(m);
+        let attr = self.attr_of(node.object, node.fd.as_fd())?;
+        self.nodes
+            .remember(node.object, backing::reopen_path(node.fd.as_fd())?);
+        Ok(attr)
+    }
+
+    pub fn unlink(&self, parent: u64, name: &OsStr) -> Result<()> {
+        self.remove(parent, name, false)
+    }
+
+    pub fn rmdir(&self, parent: u64, name: &OsStr) -> Result<()> {
+        self.remove(parent, name, true)
+    }
+
+    /// unlink and rmdir: an inode a snapshot may need loses its last name by
+    /// moving into the hidden folder, O(1), instead of being freed.
+    fn remove(&self, parent: u64, name: &OsStr, dir: bool) -> Result<()> {
+        if Self::hidden(parent, name) {
+            return Err(errno(libc::ENOENT));
+        }
+        let cname = cstr(name)?;
+        let _ns = self.vol.namespace_lock();
+        let pnode = self.nodes.get(parent)?;
+        let (fd, st) = self.child(&pnode, name)?;
+        match (dir, is_dir(&st)) {
+            (true, false) => return Err(errno(libc::ENOTDIR)),
+            (false, true) => return Err(errno(libc::EISDIR)),
+            _ => {}
+        }
+        let object = ObjectId(st.st_ino);
+        let mut m = self.vol.cow.begin(&[pnode.object, object]);
+        m.dir(pnode.object, pnode.fd.as_fd())?;
+        let last_name = dir || st.st_nlink <= 1;
+        let aside = m.needs(object) && last_name;
+        if m.needs(object) {
+            if dir && !backing::list_dir(fd.as_fd())?.is_empty() {
+                return Err(errno(libc::ENOTEMPTY));
+            }
+            m.attr(object, fd.as_fd())?;
+            m.handle(object, pnode.fd.as_fd(), name)?;
+            if aside {
+                m.aside(object);
+            }
+        }
+        m.preserve()?;
+        if aside {
+            let aname = Volume::aside_name(object);
+            // SAFETY: both names are valid C strings.
+            check(unsafe {
+                libc::renameat(
+                    pnode.fd.as_raw_fd(),
+                    cname.as_ptr(),
+                    self.vol.aside_fd().as_raw_fd(),
+                    aname.as_ptr(),
+                )
+            })?;
+            self.vol.mark_aside(object);
+        } else {
+            let flags = if dir { libc::AT_REMOVEDIR } else { 0 };
+            // SAFETY: cname is a valid C string.
+            check(unsafe { libc::unlinkat(pnode.fd.as_raw_fd(), cname.as_ptr(), flags) })?;
+        }
+        Ok(())
+    }
+
+    pub fn rename(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        newparent: u64,
+        newname: &OsStr,
+        flags: u32,
+    ) -> Result<()> {
+        if Self::hidden(parent, name) {
+            return Err(errno(libc::ENOENT));
+        }
+        Self::creatable(newparent, newname)?;
+        let exchange = flags & libc::RENAME_EXCHANGE != 0;
+        let (csrc, cdst) = (cstr(name)?, cstr(newname)?);
+        let _ns = self.vol.namespace_lock();
+        let pnode = self.nodes.get(parent)?;
+        let npnode = self.nodes.get(newparent)?;
+        let (src_fd, src_st) = self.child(&pnode, name)?;
+        let dst = match self.child(&npnode, newname) {
+            Ok(found) => Some(found),
+            Err(e) if e.errno() == libc::ENOENT => None,
+            Err(e) => return Err(e),
+        };
+        let src = ObjectId(src_st.st_ino);
+        let mut objects = vec![pnode.object, npnode.object, src];
+        if let Some((_, st)) = &dst {
+            objects.push(ObjectId(st.st_ino));
+        }
+        let mut m = self.vol.cow.begin(&objects);
+        m.dir(pnode.object, pnode.fd.as_fd())?;
+        m.dir(npnode.object, npnode.fd.as_fd())?;
+        m.attr(src, src_fd.as_fd())?;
+        m.handle(src, pnode.fd.as_fd(), name)?;
+        // The replaced inode, if a snapshot may need it, goes aside.
+        let mut aside = None;
+        if let Some((dst_fd, dst_st)) = &dst {
+            let object = ObjectId(dst_st.st_ino);
+            if object != src && m.needs(object) {
+                m.attr(object, dst_fd.as_fd())?;
+                m.handle(object, npnode.fd.as_fd(), newname)?;
+                if !exchange
+                    && flags & libc::RENAME_NOREPLACE == 0
+                    && (is_dir(dst_st) || dst_st.st_nlink <= 1)
+                {
+                    if is_dir(dst_st) {
+                        if !is_dir(&src_st) {
+                            return Err(errno(libc::EISDIR));
+                        }
+                        if !backing::list_dir(dst_fd.as_fd())?.is_empty() {
+                            return Err(errno(libc::ENOTEMPTY));
+                        }
+                    } else if is_dir(&src_st) {
+                        return Err(errno(libc::ENOTDIR));
+                    }
+                    m.aside(object);
+                    aside = Some((object, is_dir(dst_st)));
+                }
+            }
+        }
+        m.preserve()?;
+        let (pfd, npfd, afd) = (
+            pnode.fd.as_raw_fd(),
+            npnode.fd.as_raw_fd(),
+            self.vol.aside_fd().as_raw_fd(),
+        );
+        match aside {
+            None => renameat2(pfd, &csrc, npfd, &cdst, flags)?,
+            Some((object, false)) => {
+                // Keep the replaced file by a second name first, so the
+                // rename itself stays one atomic replacement.
+                let aname = Volume::aside_name(object);
+                // SAFETY: both names are valid C strings.
+                check(unsafe { libc::linkat(npfd, cdst.as_ptr(), afd, aname.as_ptr(), 0) })?;
+                if let Err(e) = renameat2(pfd, &csrc, npfd, &cdst, flags) {
+                    // SAFETY: aname is a valid C string.
+                    unsafe { libc::unlinkat(afd, aname.as_ptr(), 0) };
+                    return Err(e.into());
+                }
+                self.vol.mark_aside(object);
+            }
+            Some((object, true)) => {
+                // Directories cannot be linked: swap, then move the (empty)
+                // replaced directory aside from the source name.
+                renameat2(pfd, &csrc, npfd, &cdst, libc::RENAME_EXCHANGE)?;
+                let aname = Volume::aside_name(object);
+                // SAFETY: both names are valid C strings.
+                check(unsafe { libc::renameat(pfd, csrc.as_ptr(), afd, aname.as_ptr()) })?;
+                self.vol.mark_aside(object);
+            }
+        }
+        Ok(())
+    }
+
+    pub fn open(&self, ino: u64, flags: i32) -> Result<u64> {
+        let node = self.nodes.get(ino)?;
+        let access = if flags & libc::O_ACCMODE == libc::O_RDONLY {
+            libc::O_RDONLY
+        } else {
+            libc::O_RDWR
+        };
+        let keep = flags & (libc::O_SYNC | libc::O_DSYNC | libc::O_NONBLOCK);
+        let file = backing::as_file(backing::reopen(node.fd.as_fd(), access | keep)?);
+        let fh = self.add_file(file, node.object);
+        if flags & libc::O_TRUNC != 0 && access == libc::O_RDWR {
+            self.setattr(
+                ino,
+                SetAttrs {
+                    size: Some(0),
+                    fh: Some(fh),
+                    ..Default::default()
+                },
+            )?;
+        }
+        Ok(fh)
+    }
+
+    pub fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>> {
+        let of = self.file(fh)?;
+        let mut buf = vec![0u8; size as usize];
+        let n = backing::pread_full(&of.file, &mut buf, offset)?;
+        buf.truncate(n);
+        Ok(buf)
+    }
+
+    pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> Result<u32> {
+        let of = self.file(fh)?;
+        let end = offset + data.len() as u64;
+        let mut m = self.vol.cow.begin(&[of.object]);
+        m.blocks(of.object, of.file.as_fd(), &of.file, offset, end)?;
+        m.preserve()?;
+        of.file.write_all_at(data, offset)?;
+        Ok(data.len() as u32)
+    }
+
+    pub fn fsync(&self, fh: u64, datasync: bool) -> Result<()> {
+        let of = self.file(fh)?;
+        if datasync {
+            of.file.sync_data()?
+        } else {
+            of.file.sync_all()?
+        }
+        Ok(())
+    }
+
+    pub fn release(&self, fh: u64) {
+        lock(&self.files).remove(&fh);
+    }
+
+    pub fn fallocate(&self, fh: u64, offset: u64, length: u64, mode: i32) -> Result<()> {
+        let of = self.file(fh)?;
+        let fd = of.file.as_fd();
+        let mut m = self.vol.cow.begin(&[of.object]);
+        if mode & (libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_ZERO_RANGE) != 0 {
+            m.blocks(
+                of.object,
+                fd,
+                &of.file,
+                offset,
+                offset.saturating_add(length),
+            )?;
+        } else if mode & (libc::FALLOC_FL_COLLAPSE_RANGE | libc::FALLOC_FL_INSERT_RANGE) != 0 {
+            m.blocks(of.object, fd, &of.file, offset, u64::MAX)?;
+        } else {
+            m.attr(of.object, fd)?;
+        }
+        m.preserve()?;
+        // SAFETY: plain syscall on an owned descriptor.
+        check(unsafe { libc::fallocate64(fd.as_raw_fd(), mode, offset as i64, length as i64) })?;
+        Ok(())
+    }
+
+    pub fn opendir(&self, ino: u64) -> Result<u64> {
+        let node = self.nodes.get(ino)?;
+        let parent = backing::statat(node.fd.as_fd(), c"..")?;
+        let parent_ino = if ino == ROOT {
+            ROOT
+        } else {
+            self.nodes.ino_of(ObjectId(parent.st_ino))
+        };
+        let mut entries = vec![
+            ListEntry {
+                ino,
+                kind: FileKind::Directory,
+                name: ".".into(),
+            },
+            ListEntry {
+                ino: parent_ino,
+                kind: FileKind::Directory,
+                name: "..".into(),
+            },
+        ];
+        for (name, backing_ino, kind) in backing::list_dir(node.fd.as_fd())? {
+            if Self::hidden(ino, &name) {
+                continue;
+            }
+            entries.push(ListEntry {
+                ino: self.nodes.ino_of(ObjectId(backing_ino)),
+                kind,
+                name,
+            });
+        }
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        lock(&self.dirs).insert(fh, Arc::new(entries));
+        Ok(fh)
+    }
+
+    pub fn readdir(&self, fh: u64) -> Result<Arc<Vec<ListEntry>>> {
+        lock(&self.dirs)
+            .get(&fh)
+            .cloned()
+            .ok_or_else(|| errno(libc::EBADF))
+    }
+
+    pub fn releasedir(&self, fh: u64) {
+        lock(&self.dirs).remove(&fh);
+    }
+
+    pub fn statfs(&self) -> Result<libc::statvfs64> {
+        let path = backing::proc_path(self.vol.root_fd().as_raw_fd());
+        // SAFETY: zeroed statvfs64 is a valid out-buffer.
+        let mut st: libc::statvfs64 = unsafe { std::mem::zeroed() };
+        // SAFETY: path is a valid C string.
+        check(unsafe { libc::statvfs64(path.as_ptr(), &mut st) })?;
+        Ok(st)
+    }
+
+    pub fn getxattr(&self, ino: u64, name: &OsStr) -> Result<Vec<u8>> {
+        let node = self.nodes.get(ino)?;
+        Ok(backing::get_xattr(node.fd.as_fd(), &cstr(name)?)?)
+    }
+
+    pub fn listxattr(&self, ino: u64) -> Result<Vec<u8>> {
+        let node = self.nodes.get(ino)?;
+        Ok(backing::list_xattrs(node.fd.as_fd())?)
+    }
+
+    pub fn setxattr(&self, ino: u64, name: &OsStr, value: &[u8], flags: i32) -> Result<()> {
+        let node = self.nodes.get(ino)?;
+        let mut m = self.vol.cow.begin(&[node.object]);
+        m.attr(node.object, node.fd.as_fd())?;
+        m.preserve()?;
+        Ok(backing::set_xattr(
+            node.fd.as_fd(),
+            &cstr(name)?,
+            value,
+            flags,
+        )?)
+    }
+
+    pub fn removexattr(&self, ino: u64, name: &OsStr) -> Result<()> {
+        let node = self.nodes.get(ino)?;
+        let mut m = self.vol.cow.begin(&[node.object]);
+        m.attr(node.object, node.fd.as_fd())?;
+        m.preserve()?;
+        Ok(backing::remove_xattr(node.fd.as_fd(), &cstr(name)?)?)
+    }
+}
+
+fn renameat2(olddir: i32, old: &CStr, newdir: i32, new: &CStr, flags: u32) -> io::Result<()> {
+    // SAFETY: both names are valid C strings.
+    check(unsafe { libc::renameat2(olddir, old.as_ptr(), newdir, new.as_ptr(), flags) })
+}
