@@ -235,3 +235,40 @@ fn an_open_unlinked_file_keeps_posix_link_counts_and_its_snapshot() {
     assert_eq!(read(&rig.at("one").join("f")), b"kept");
     assert!(fs::read_dir(&rig.live).expect("ls").next().is_none());
 }
+
+#[test]
+fn truncating_a_large_file_to_zero_moves_it_aside_instead_of_copying() {
+    let rig = Rig::new();
+    let big: Vec<u8> = (0..4_000_000u32).map(|i| (i % 251) as u8).collect();
+    fs::write(rig.live.join("log"), &big).expect("write");
+    let ino = fs::metadata(rig.live.join("log")).expect("stat").ino();
+    rig.snapshot("one");
+    let before = rig.store.stats().expect("stats").chunk_bytes;
+    // `echo > log`: open with O_TRUNC, then write.
+    fs::write(rig.live.join("log"), b"fresh").expect("truncate and write");
+    let after = rig.store.stats().expect("stats").chunk_bytes;
+    assert!(
+        after - before < 1_000_000,
+        "truncation copied {} bytes into the diff area",
+        after - before
+    );
+    assert_eq!(read(&rig.live.join("log")), b"fresh");
+    assert_eq!(
+        fs::metadata(rig.live.join("log")).expect("stat").ino(),
+        ino,
+        "the live inode number stays"
+    );
+    assert_eq!(read(&rig.at("one").join("log")), big);
+    rig.snapshot("two");
+    let rig = rig.restart();
+    assert_eq!(
+        fs::metadata(rig.live.join("log")).expect("stat").ino(),
+        ino,
+        "and survives a restart"
+    );
+    assert_eq!(read(&rig.at("one").join("log")), big);
+    assert_eq!(read(&rig.at("two").join("log")), b"fresh");
+    fs::write(rig.live.join("log"), b"again").expect("truncate again");
+    assert_eq!(read(&rig.at("two").join("log")), b"fresh");
+    assert_eq!(read(&rig.live.join("log")), b"again");
+}

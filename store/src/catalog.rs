@@ -70,6 +70,12 @@ CREATE TABLE handles (
     handle BLOB NOT NULL,
     PRIMARY KEY (volume_id, object)
 ) STRICT, WITHOUT ROWID;
+CREATE TABLE aliases (
+    volume_id INTEGER NOT NULL,
+    object INTEGER NOT NULL,
+    presented INTEGER NOT NULL,
+    PRIMARY KEY (volume_id, object)
+) STRICT, WITHOUT ROWID;
 CREATE TABLE aside (
     volume_id INTEGER NOT NULL,
     object INTEGER NOT NULL,

@@ -432,6 +432,38 @@ impl Store {
             .optional()?)
     }
 
+    /// Records that the live inode `object` presents itself with the inode
+    /// number `presented`: it took the place of an inode moved aside.
+    pub fn set_alias(&self, volume: VolumeId, object: ObjectId, presented: u64) -> Result<()> {
+        self.catalog.writer().execute(
+            "INSERT OR REPLACE INTO aliases (volume_id, object, presented) VALUES (?1, ?2, ?3)",
+            params![volume.0, object.0 as i64, presented as i64],
+        )?;
+        Ok(())
+    }
+
+    pub fn drop_alias(&self, volume: VolumeId, object: ObjectId) -> Result<()> {
+        self.catalog.writer().execute(
+            "DELETE FROM aliases WHERE volume_id = ?1 AND object = ?2",
+            params![volume.0, object.0 as i64],
+        )?;
+        Ok(())
+    }
+
+    /// Every alias of a volume: (live inode, presented inode number).
+    pub fn aliases(&self, volume: VolumeId) -> Result<Vec<(ObjectId, u64)>> {
+        let conn = self.catalog.reader();
+        let mut stmt =
+            conn.prepare_cached("SELECT object, presented FROM aliases WHERE volume_id = ?1")?;
+        let rows = stmt.query_map([volume.0], |r| {
+            Ok((
+                ObjectId(r.get::<_, i64>(0)? as u64),
+                r.get::<_, i64>(1)? as u64,
+            ))
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
     pub fn stats(&self) -> Result<StoreStats> {
         let conn = self.catalog.reader();
         let count = |table: &str| -> Result<u64> {

@@ -47,6 +47,8 @@ pub(crate) struct SetAttrs {
 pub(crate) struct OpenFile {
     pub file: File,
     pub object: ObjectId,
+    /// O_RDONLY or O_RDWR, as the backing file was opened.
+    pub access: i32,
 }
 
 #[derive(Clone, Debug)]
@@ -87,7 +89,8 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 impl LiveFs {
     pub fn new(vol: Arc<Volume>) -> Result<LiveFs> {
         let root_fd = backing::reopen_path(vol.root_fd())?;
-        let nodes = Nodes::new(root_fd, vol.root_object());
+        let aliases = vol.store().aliases(vol.id())?;
+        let nodes = Nodes::new(root_fd, vol.root_object(), aliases);
         Ok(LiveFs {
             vol,
             nodes,
@@ -131,9 +134,16 @@ impl LiveFs {
             .ok_or_else(|| errno(libc::EBADF))
     }
 
-    fn add_file(&self, file: File, object: ObjectId) -> u64 {
+    fn add_file(&self, file: File, object: ObjectId, access: i32) -> u64 {
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        lock(&self.files).insert(fh, Arc::new(OpenFile { file, object }));
+        lock(&self.files).insert(
+            fh,
+            Arc::new(OpenFile {
+                file,
+                object,
+                access,
+            }),
+        );
         fh
     }
 
@@ -145,7 +155,7 @@ impl LiveFs {
         let (fd, st) = self.child(&pnode, name)?;
         let object = ObjectId(st.st_ino);
         let attr = self.attr_of(object, fd.as_fd())?;
-        self.nodes.remember(object, fd);
+        self.nodes.remember(object, fd, parent, name.to_owned());
         Ok(attr)
     }
 
@@ -164,6 +174,10 @@ impl LiveFs {
     }
 
     pub fn setattr(&self, ino: u64, set: SetAttrs) -> Result<Attr> {
+        let mut set = set;
+        if set.size == Some(0) && self.truncate_by_swap(ino)? {
+            set.size = None;
+        }
         let node = self.nodes.get(ino)?;
         let object = node.object;
         let handle_file = set.fh.map(|fh| self.file(fh)).transpose()?;
@@ -242,6 +256,105 @@ impl LiveFs {
         self.attr_of(object, node.fd.as_fd())
     }
 
+    /// Truncates a large single-link file to zero in O(1) when a set still
+    /// needs its data: its inode moves aside whole and a new, empty inode
+    /// takes its name and its inode number (an alias). Declines (Ok(false))
+    /// whenever it cannot be sure: another link, an unknown or stale name,
+    /// nothing to keep. Open handles of the file follow it to the successor,
+    /// as they would follow a truncation in place.
+    fn truncate_by_swap(&self, ino: u64) -> Result<bool> {
+        const WORTH_IT: u64 = 4 * umbra_store::BLOCK_SIZE;
+        let node = self.nodes.get(ino)?;
+        let st = backing::fstat(node.fd.as_fd())?;
+        if st.st_mode & libc::S_IFMT != libc::S_IFREG
+            || st.st_nlink != 1
+            || (st.st_size as u64) < WORTH_IT
+        {
+            return Ok(false);
+        }
+        let Some((parent, name)) = node.name() else {
+            return Ok(false);
+        };
+        let _ns = self.vol.namespace_lock();
+        let pnode = self.nodes.get(parent)?;
+        let cname = cstr(&name)?;
+        match backing::statat(pnode.fd.as_fd(), &cname) {
+            Ok(now) if now.st_ino == node.object.0 => {}
+            _ => return Ok(false),
+        }
+        let object = node.object;
+        let mut m = self.vol.cow.begin(&[pnode.object, object]);
+        if !m.needs(object) {
+            return Ok(false);
+        }
+        m.dir(pnode.object, pnode.fd.as_fd())?;
+        m.attr(object, node.fd.as_fd())?;
+        m.handle(object, pnode.fd.as_fd(), &name)?;
+        m.aside(object);
+        // The successor, built in the hidden folder with the same owner,
+        // mode, xattrs and atime; its mtime and ctime are now, as a
+        // truncation's are.
+        let aside = self.vol.aside_fd();
+        let tmp =
+            std::ffi::CString::new(format!("new-{}", object.0)).map_err(|_| errno(libc::EINVAL))?;
+        // SAFETY: tmp is a valid C string; a leftover from a crash goes.
+        unsafe { libc::unlinkat(aside.as_raw_fd(), tmp.as_ptr(), 0) };
+        let new = backing::openat(
+            aside,
+            &tmp,
+            libc::O_CREAT | libc::O_EXCL | libc::O_RDWR,
+            0o600,
+        )?;
+        // SAFETY: plain syscalls on an owned descriptor.
+        check(unsafe { libc::fchown(new.as_raw_fd(), st.st_uid, st.st_gid) })?;
+        // SAFETY: as above.
+        check(unsafe { libc::fchmod(new.as_raw_fd(), st.st_mode & 0o7777) })?;
+        for (xname, value) in backing::all_xattrs(node.fd.as_fd())? {
+            let xname = std::ffi::CString::new(xname).map_err(|_| errno(libc::EINVAL))?;
+            backing::set_xattr(new.as_fd(), &xname, &value, 0)?;
+        }
+        let times = [
+            libc::timespec {
+                tv_sec: st.st_atime,
+                tv_nsec: st.st_atime_nsec,
+            },
+            libc::timespec {
+                tv_sec: 0,
+                tv_nsec: libc::UTIME_NOW,
+            },
+        ];
+        // SAFETY: times points at two timespecs.
+        check(unsafe { libc::futimens(new.as_raw_fd(), times.as_ptr()) })?;
+        let successor = ObjectId(backing::fstat(new.as_fd())?.st_ino);
+        m.preserve()?;
+        let aname = Volume::aside_name(object);
+        let (pfd, afd) = (pnode.fd.as_raw_fd(), aside.as_raw_fd());
+        // SAFETY: both names are valid C strings.
+        check(unsafe { libc::linkat(pfd, cname.as_ptr(), afd, aname.as_ptr(), 0) })?;
+        // SAFETY: both names are valid C strings.
+        if let Err(e) = check(unsafe { libc::renameat(afd, tmp.as_ptr(), pfd, cname.as_ptr()) }) {
+            // SAFETY: aname is a valid C string.
+            unsafe { libc::unlinkat(afd, aname.as_ptr(), 0) };
+            return Err(e.into());
+        }
+        m.born(successor);
+        self.vol.mark_aside(object);
+        self.vol.store().set_alias(self.vol.id(), successor, ino)?;
+        let path_fd = backing::open_path(pnode.fd.as_fd(), &cname)?;
+        self.nodes
+            .repoint(ino, successor, path_fd, Some((parent, name)));
+        let mut files = lock(&self.files);
+        for of in files.values_mut().filter(|f| f.object == object) {
+            let file = backing::as_file(backing::reopen(new.as_fd(), of.access)?);
+            *of = Arc::new(OpenFile {
+                file,
+                object: successor,
+                access: of.access,
+            });
+        }
+        Ok(true)
+    }
+
     /// Creates a name in `parent` with `make`, after preserving the
     /// directory; the new object is the caller's and is born in this epoch.
     fn make(
@@ -290,7 +403,7 @@ impl LiveFs {
             }
         }
         let attr = self.attr_of(object, fd.as_fd())?;
-        self.nodes.remember(object, fd);
+        self.nodes.remember(object, fd, parent, name.to_owned());
         Ok((attr, object, file))
     }
 
@@ -360,7 +473,7 @@ impl LiveFs {
             Ok(Some(backing::as_file(fd)))
         });
         match made {
-            Ok((attr, object, Some(file))) => Ok((attr, self.add_file(file, object))),
+            Ok((attr, object, Some(file))) => Ok((attr, self.add_file(file, object, libc::O_RDWR))),
             Ok((_, _, None)) => Err(errno(libc::EIO)),
             Err(e) if e.errno() == libc::EEXIST && flags & libc::O_EXCL == 0 => {
                 let attr = self.lookup(parent, name)?;
@@ -408,8 +521,9 @@ impl LiveFs {
         })?;
         drop(m);
         let attr = self.attr_of(node.object, node.fd.as_fd())?;
+        let fd = backing::reopen_path(node.fd.as_fd())?;
         self.nodes
-            .remember(node.object, backing::reopen_path(node.fd.as_fd())?);
+            .remember(node.object, fd, newparent, newname.to_owned());
         Ok(attr)
     }
 
@@ -468,6 +582,9 @@ impl LiveFs {
             let flags = if dir { libc::AT_REMOVEDIR } else { 0 };
             // SAFETY: cname is a valid C string.
             check(unsafe { libc::unlinkat(pnode.fd.as_raw_fd(), cname.as_ptr(), flags) })?;
+            if last_name && self.nodes.unalias(object) {
+                self.vol.store().drop_alias(self.vol.id(), object)?;
+            }
         }
         Ok(())
     }
@@ -562,7 +679,20 @@ impl LiveFs {
                 self.vol.mark_aside(object);
             }
         }
+        self.renamed(src, newparent, newname);
+        if exchange && let Some((_, st)) = &dst {
+            self.renamed(ObjectId(st.st_ino), parent, name);
+        }
         Ok(())
+    }
+
+    /// Keeps the name hint of a moved inode current.
+    fn renamed(&self, object: ObjectId, parent: u64, name: &OsStr) {
+        if let Ok(node) = self.nodes.get(self.nodes.ino_of(object))
+            && node.object == object
+        {
+            node.set_name(Some((parent, name.to_owned())));
+        }
     }
 
     pub fn open(&self, ino: u64, flags: i32) -> Result<u64> {
@@ -574,7 +704,7 @@ impl LiveFs {
         };
         let keep = flags & (libc::O_SYNC | libc::O_DSYNC | libc::O_NONBLOCK);
         let file = backing::as_file(backing::reopen(node.fd.as_fd(), access | keep)?);
-        let fh = self.add_file(file, node.object);
+        let fh = self.add_file(file, node.object, access);
         if flags & libc::O_TRUNC != 0 && access == libc::O_RDWR {
             self.setattr(
                 ino,
