@@ -22,6 +22,8 @@ use crate::backing::{self, cstr};
 use crate::{HIDDEN_DIR, Result};
 
 const STRIPES: usize = 1024;
+/// Pre-images gathered past this size are stored before gathering more.
+const FLUSH_BYTES: usize = 16 * 1024 * 1024;
 
 /// The volume's position in time.
 #[derive(Clone, Copy, Debug)]
@@ -98,6 +100,8 @@ impl Cow {
             attrs: Vec::new(),
             dirs: Vec::new(),
             blocks: Vec::new(),
+            pending: HashSet::new(),
+            pending_bytes: 0,
             handles: Vec::new(),
             aside: Vec::new(),
         }
@@ -130,21 +134,31 @@ impl Cow {
         self.gate.write().unwrap_or_else(|p| p.into_inner()).any_set = any;
     }
 
-    fn known(&self, object: ObjectId, hi: Epoch, began_here: bool) -> Result<Preserved> {
-        if let Some(p) = lock(&self.preserved).get(&object) {
-            return Ok(p.clone());
+    /// Runs `f` on what `object` has had preserved in the open epoch, loading
+    /// it from the catalog first if the epoch began before this process.
+    fn with_known<T>(
+        &self,
+        object: ObjectId,
+        hi: Epoch,
+        began_here: bool,
+        f: impl FnOnce(&Preserved) -> T,
+    ) -> Result<T> {
+        let mut map = lock(&self.preserved);
+        if !map.contains_key(&object) && !began_here {
+            drop(map);
+            let stored = self.store.preserved(self.volume, object, hi)?;
+            let loaded = Preserved {
+                attr_size: stored.attr.map(|a| a.size),
+                dir: stored.dir,
+                blocks: stored.blocks.into_iter().collect(),
+            };
+            map = lock(&self.preserved);
+            map.entry(object).or_insert(loaded);
         }
-        if began_here {
-            return Ok(Preserved::default());
-        }
-        let stored = self.store.preserved(self.volume, object, hi)?;
-        let p = Preserved {
-            attr_size: stored.attr.map(|a| a.size),
-            dir: stored.dir,
-            blocks: stored.blocks.into_iter().collect(),
-        };
-        lock(&self.preserved).insert(object, p.clone());
-        Ok(p)
+        Ok(match map.get(&object) {
+            Some(p) => f(p),
+            None => f(&Preserved::default()),
+        })
     }
 }
 
@@ -168,6 +182,9 @@ pub(crate) struct Mutation<'a> {
     attrs: Vec<(ObjectId, AttrRecord)>,
     dirs: Vec<(ObjectId, Vec<DirEntry>)>,
     blocks: Vec<(ObjectId, u64, Vec<u8>)>,
+    /// The (object, block) pairs gathered by this mutation.
+    pending: HashSet<(ObjectId, u64)>,
+    pending_bytes: usize,
     handles: Vec<(ObjectId, Vec<u8>)>,
     aside: Vec<ObjectId>,
 }
@@ -179,10 +196,10 @@ impl Mutation<'_> {
         self.hi.is_some() && !lock(&self.cow.births).contains(&object)
     }
 
-    fn state(&self, object: ObjectId) -> Result<Preserved> {
+    fn known<T>(&self, object: ObjectId, f: impl FnOnce(&Preserved) -> T) -> Result<T> {
         match self.hi {
-            Some(hi) => self.cow.known(object, hi, self.gate.began_here),
-            None => Ok(Preserved::default()),
+            Some(hi) => self.cow.with_known(object, hi, self.gate.began_here, f),
+            None => Ok(f(&Preserved::default())),
         }
     }
 
@@ -193,7 +210,7 @@ impl Mutation<'_> {
         if !self.needs(object) {
             return Ok(None);
         }
-        if let Some(size) = self.state(object)?.attr_size {
+        if let Some(size) = self.known(object, |p| p.attr_size)? {
             return Ok(Some(size));
         }
         if let Some((_, a)) = self.attrs.iter().find(|(o, _)| *o == object) {
@@ -213,7 +230,7 @@ impl Mutation<'_> {
             return Ok(());
         }
         self.attr(object, fd)?;
-        if self.state(object)?.dir || self.dirs.iter().any(|(o, _)| *o == object) {
+        if self.known(object, |p| p.dir)? || self.dirs.iter().any(|(o, _)| *o == object) {
             return Ok(());
         }
         let hidden = (object == self.cow.root).then_some(OsStr::new(HIDDEN_DIR));
@@ -239,20 +256,26 @@ impl Mutation<'_> {
         if start >= end {
             return Ok(());
         }
-        let kept = self.state(object)?.blocks;
-        for block in start / BLOCK_SIZE..end.div_ceil(BLOCK_SIZE) {
-            if kept.contains(&block)
-                || self
-                    .blocks
-                    .iter()
-                    .any(|(o, b, _)| *o == object && *b == block)
-            {
+        let first = start / BLOCK_SIZE;
+        let wanted: Vec<u64> = self.known(object, |p| {
+            (first..end.div_ceil(BLOCK_SIZE))
+                .filter(|b| !p.blocks.contains(b))
+                .collect()
+        })?;
+        for block in wanted {
+            if !self.pending.insert((object, block)) {
                 continue;
             }
             let mut data = vec![0u8; BLOCK_SIZE as usize];
             let n = backing::pread_full(file, &mut data, block * BLOCK_SIZE)?;
             data.truncate(n);
+            self.pending_bytes += data.len();
             self.blocks.push((object, block, data));
+            if self.pending_bytes >= FLUSH_BYTES {
+                // A large truncation or punch must not hold gigabytes in
+                // memory: store what is gathered; the change still waits.
+                self.preserve()?;
+            }
         }
         Ok(())
     }
@@ -307,6 +330,7 @@ impl Mutation<'_> {
         for (object, block, _) in self.blocks.drain(..) {
             preserved.entry(object).or_default().blocks.insert(block);
         }
+        self.pending_bytes = 0;
         Ok(())
     }
 
