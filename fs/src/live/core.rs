@@ -115,7 +115,9 @@ impl LiveFs {
     fn attr_of(&self, object: ObjectId, fd: BorrowedFd<'_>) -> Result<Attr> {
         let st = backing::fstat(fd)?;
         let mut attr = Attr::from_stat(&st, self.nodes.ino_of(object));
-        if self.vol.is_aside(object) {
+        // An aside inode keeps one hidden name; the root counts the hidden
+        // folder among its subdirectories. Neither is visible.
+        if self.vol.is_aside(object) || object == self.vol.root_object() {
             attr.nlink = attr.nlink.saturating_sub(1);
         }
         Ok(attr)
