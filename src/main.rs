@@ -1,7 +1,8 @@
-//! The `umbra` binary. For now it only carries the configuration and the
-//! naming of sets; the commands follow.
+//! The `umbra` binary. For now it only carries the configuration, the
+//! naming of sets and the control protocol; the commands follow.
 
 mod config;
 mod naming;
+mod protocol;
 
 fn main() {}
