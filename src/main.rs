@@ -5,6 +5,7 @@
 mod cli;
 mod client;
 mod config;
+mod daemon;
 mod naming;
 mod protocol;
 mod render;
@@ -41,10 +42,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     } = cli;
     let client = || Client::find(socket.as_deref(), config.as_deref(), &cwd);
     match command {
-        Command::Up => {
-            let _config = daemon_config(socket.as_deref(), config.as_deref(), &cwd)?;
-            anyhow::bail!("the daemon is not wired in yet")
-        }
+        Command::Up => daemon::up(daemon_config(socket.as_deref(), config.as_deref(), &cwd)?)?,
         Command::Create {
             volumes,
             label,
