@@ -10,6 +10,9 @@ mod naming;
 mod protocol;
 mod render;
 
+#[cfg(test)]
+mod man;
+
 use std::io::IsTerminal;
 use std::path::Path;
 use std::process::ExitCode;
