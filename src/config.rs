@@ -78,7 +78,10 @@ pub enum ConfigError {
         message: String,
     },
     #[error("{origin}: {problem}")]
-    Invalid { origin: Origin, problem: Problem },
+    Invalid {
+        origin: Origin,
+        problem: Box<Problem>,
+    },
 }
 
 fn line_prefix(line: Option<usize>) -> String {
@@ -119,11 +122,12 @@ pub enum Problem {
         second: String,
         path: PathBuf,
     },
-    #[error("state_dir {} is inside {what} {}", .state_dir.display(), .path.display())]
-    StateInsideVolume {
-        state_dir: PathBuf,
-        what: String,
+    #[error("{key} {} is inside {what} {}", .path.display(), .place.display())]
+    InsideVolume {
+        key: String,
         path: PathBuf,
+        what: String,
+        place: PathBuf,
     },
     #[error("threads must be at least 1")]
     ZeroThreads,
@@ -177,7 +181,10 @@ impl Config {
             message: e.message().trim().replace('\n', " "),
         })?;
         raw.resolve(base, origin.clone())
-            .map_err(|problem| ConfigError::Invalid { origin, problem })
+            .map_err(|problem| ConfigError::Invalid {
+                origin,
+                problem: Box::new(problem),
+            })
     }
 
     /// Every mountpoint with what is mounted there: the volumes in order,
@@ -238,7 +245,8 @@ impl Config {
                 }
             }
         }
-        // The diff area must not record its own writes, nor hide under a mount.
+        // The diff area must not record its own writes, and neither it nor
+        // the control socket may be hidden by a mount made after them.
         let mut places: Vec<(String, &Path)> = mountpoints;
         for volume in &self.volumes {
             places.push((
@@ -246,12 +254,13 @@ impl Config {
                 &volume.backing,
             ));
         }
-        for (what, path) in places {
-            if self.state_dir.starts_with(path) {
-                return Err(Problem::StateInsideVolume {
-                    state_dir: self.state_dir.clone(),
-                    what,
-                    path: path.to_path_buf(),
+        for (key, path) in [("state_dir", &self.state_dir), ("socket", &self.socket)] {
+            if let Some((what, place)) = places.iter().find(|(_, place)| path.starts_with(place)) {
+                return Err(Problem::InsideVolume {
+                    key: key.to_string(),
+                    path: path.clone(),
+                    what: what.clone(),
+                    place: place.to_path_buf(),
                 });
             }
         }
@@ -350,7 +359,7 @@ mod tests {
 
     fn problem(text: &str) -> Problem {
         match parse(text) {
-            Err(ConfigError::Invalid { problem, .. }) => problem,
+            Err(ConfigError::Invalid { problem, .. }) => *problem,
             other => panic!("expected a validation error, got {other:?}"),
         }
     }
@@ -534,12 +543,21 @@ mount = "/mnt/logs"
     }
 
     #[test]
-    fn state_dir_stays_out_of_volumes() {
+    fn state_and_socket_stay_out_of_volumes_and_mounts() {
         let inside = MINIMAL.replace("/var/lib/umbra", "/srv/data/.state");
-        assert!(matches!(
-            problem(&inside),
-            Problem::StateInsideVolume { .. }
-        ));
+        assert!(
+            matches!(problem(&inside), Problem::InsideVolume { key, .. } if key == "state_dir")
+        );
+        let socket = format!("socket = \"/snapshots/ctl.sock\"\n{MINIMAL}");
+        assert_eq!(
+            problem(&socket),
+            Problem::InsideVolume {
+                key: "socket".into(),
+                path: "/snapshots/ctl.sock".into(),
+                what: "snapshots".into(),
+                place: "/snapshots".into(),
+            }
+        );
     }
 
     #[test]

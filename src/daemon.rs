@@ -67,7 +67,7 @@ pub enum DaemonError {
 
 /// Runs the daemon of `config` until SIGINT or SIGTERM.
 pub fn up(config: Config) -> Result<(), DaemonError> {
-    tracing::info!("starting from the {}", describe(&config));
+    tracing::info!(config = %config.origin, "starting");
     create_private_dir(&config.state_dir)?;
     let _lock = StateLock::acquire(&config.state_dir)?;
     // A dead mount answers ENOTCONN even to mkdir: recover before creating.
@@ -158,13 +158,6 @@ fn start(
     announce(&format!("umbra: control socket at {socket}"))?;
     announce("umbra: ready")?;
     Ok((service, socket_file))
-}
-
-fn describe(config: &Config) -> String {
-    match &config.origin {
-        crate::config::Origin::File(path) => format!("config {}", path.display()),
-        crate::config::Origin::Embedded => "embedded default config".to_string(),
-    }
 }
 
 fn signal_name(signal: Option<i32>) -> &'static str {

@@ -157,7 +157,7 @@ fn accept_loop(listener: &UnixListener, service: &Arc<Service>) {
 
 /// Answers the requests of one client, one line each, until it hangs up or
 /// sends a line that does not parse.
-pub fn serve_client(stream: &UnixStream, service: &Service) {
+fn serve_client(stream: &UnixStream, service: &Service) {
     let mut reader = BufReader::new(stream);
     let mut writer = stream;
     loop {

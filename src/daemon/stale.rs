@@ -48,14 +48,14 @@ pub fn recover(mountpoint: &Path) -> Result<bool, StaleError> {
     Err(StaleError::Stuck(target))
 }
 
+/// Mountinfo is read first: a stat of a FUSE mount whose daemon is stopped
+/// but not dead would hang.
 fn is_stale(path: &Path) -> Result<bool, StaleError> {
-    if let Err(e) = std::fs::metadata(path)
-        && e.raw_os_error() == Some(libc::ENOTCONN)
-    {
+    let mountinfo = std::fs::read_to_string(MOUNTINFO).map_err(StaleError::Mountinfo)?;
+    if fuse_mountpoints(&mountinfo).any(|m| m == path) {
         return Ok(true);
     }
-    let mountinfo = std::fs::read_to_string(MOUNTINFO).map_err(StaleError::Mountinfo)?;
-    Ok(fuse_mountpoints(&mountinfo).any(|m| m == path))
+    Ok(matches!(std::fs::metadata(path), Err(e) if e.raw_os_error() == Some(libc::ENOTCONN)))
 }
 
 /// `path` as the kernel names it in mountinfo: symlinks in its parent
