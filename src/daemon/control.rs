@@ -41,7 +41,7 @@ impl ControlSocket {
     /// Binds `path` with mode 0600. A socket file nobody answers on is a
     /// leftover of a crash and is replaced.
     pub fn bind(path: &Path) -> Result<ControlSocket, ControlError> {
-        remove_stale(path)?;
+        refuse_live_socket(path)?;
         let listener = bind_private(path).map_err(|source| ControlError::Io {
             path: path.to_path_buf(),
             source,
@@ -88,7 +88,9 @@ impl Drop for SocketFile {
     }
 }
 
-fn remove_stale(path: &Path) -> Result<(), ControlError> {
+/// Refuses a path that is not a socket, or a socket someone answers on; a
+/// dead socket file is left for the rename in `bind_private` to replace.
+fn refuse_live_socket(path: &Path) -> Result<(), ControlError> {
     let io_err = |source| ControlError::Io {
         path: path.to_path_buf(),
         source,
