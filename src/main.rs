@@ -1,1 +1,87 @@
-fn main() {}
+//! The `umbra` binary: parses the command line, sets up logging, runs the
+//! daemon or a client command, and turns any error into one line,
+//! `umbra: <message>`, with a non-zero exit status. Nothing else lives here.
+
+mod cli;
+mod client;
+mod config;
+mod daemon;
+mod naming;
+mod protocol;
+mod render;
+
+#[cfg(test)]
+mod man;
+
+use std::io::IsTerminal;
+use std::path::Path;
+use std::process::ExitCode;
+
+use clap::Parser;
+use tracing_subscriber::EnvFilter;
+
+use cli::{Cli, Command};
+use client::Client;
+use config::Config;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("umbra: {}", protocol::one_line(&err.to_string()));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let cwd = std::env::current_dir().map_err(|e| anyhow::anyhow!("the current directory: {e}"))?;
+    let Cli {
+        socket,
+        config,
+        command,
+    } = cli;
+    let client = || Client::find(socket.as_deref(), config.as_deref(), &cwd);
+    match command {
+        Command::Up => daemon::up(daemon_config(socket.as_deref(), config.as_deref(), &cwd)?)?,
+        Command::Create {
+            volumes,
+            label,
+            output,
+        } => client()?.create(volumes, label, output.json)?,
+        Command::List { output } => client()?.list(output.json)?,
+        Command::Delete { sets } => client()?.delete(sets)?,
+        Command::Status { output } => client()?.status(output.json)?,
+    }
+    Ok(())
+}
+
+/// The daemon's config: `--config` or the embedded default, its socket
+/// replaced by `--socket` (or `UMBRA_SOCKET`) when given.
+fn daemon_config(
+    socket: Option<&Path>,
+    file: Option<&Path>,
+    cwd: &Path,
+) -> Result<Config, config::ConfigError> {
+    let mut config = match file {
+        Some(file) => Config::load(file, cwd)?,
+        None => Config::embedded(cwd)?,
+    };
+    if let Some(socket) = socket {
+        config.socket = config::normalize(&cwd.join(socket));
+    }
+    Ok(config)
+}
+
+/// Logs go to stderr, filtered by `UMBRA_LOG` (e.g. `debug`,
+/// `umbra=debug,umbra_fs=trace`); `info` when it is unset or unreadable.
+fn init_logging() {
+    let filter = EnvFilter::try_from_env("UMBRA_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+}

@@ -50,7 +50,7 @@ pub fn delete_set(store: &Store, volumes: &[Arc<Volume>], set: SetId) -> Result<
         })
         .collect();
     {
-        let _retiring: Vec<_> = involved.iter().map(|v| v.retiring()).collect();
+        let _retiring: Vec<_> = involved.iter().map(|v| v.retiring(set)).collect();
         store.delete_set(set)?;
     }
     let remaining = store.sets()?;

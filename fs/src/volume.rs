@@ -36,6 +36,8 @@ pub struct Volume {
     /// Held shared by every snapshot read of this volume, exclusive while a
     /// set is deleted: a reader never resolves against half-pruned records.
     retire: RwLock<()>,
+    /// Sets deleted while this daemon runs: their records may be pruned.
+    retired: Mutex<HashSet<umbra_store::SetId>>,
     pub(crate) cow: Cow,
 }
 
@@ -85,6 +87,7 @@ impl Volume {
             aside: Mutex::new(aside),
             namespace: Mutex::new(()),
             retire: RwLock::new(()),
+            retired: Mutex::new(HashSet::new()),
             cow,
         }))
     }
@@ -130,8 +133,18 @@ impl Volume {
         self.retire.read().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub(crate) fn retiring(&self) -> RwLockWriteGuard<'_, ()> {
-        self.retire.write().unwrap_or_else(|p| p.into_inner())
+    /// Holds snapshot reads off and marks `set` as gone for them.
+    pub(crate) fn retiring(&self, set: umbra_store::SetId) -> RwLockWriteGuard<'_, ()> {
+        let guard = self.retire.write().unwrap_or_else(|p| p.into_inner());
+        self.retired.lock().unwrap_or_else(|p| p.into_inner()).insert(set);
+        guard
+    }
+
+    pub(crate) fn is_retired(&self, set: umbra_store::SetId) -> bool {
+        self.retired
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&set)
     }
 
     pub(crate) fn is_aside(&self, object: ObjectId) -> bool {

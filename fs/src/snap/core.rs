@@ -209,7 +209,7 @@ impl Browser {
     /// Holds deletion off and checks the set is still there.
     fn alive<'a>(&self, vol: &'a Volume, set: SetId) -> Result<std::sync::RwLockReadGuard<'a, ()>> {
         let guard = vol.reading();
-        if self.set(set).is_none() {
+        if vol.is_retired(set) || self.set(set).is_none() {
             return Err(errno(libc::ESTALE));
         }
         Ok(guard)

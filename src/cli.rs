@@ -1,0 +1,183 @@
+//! The command line: every command, flag and help text, in one clap
+//! definition that `--help` and the man page umbra(1) are both made from.
+//! It only describes; it never reads a config, opens a socket or prints.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+const ABOUT: &str =
+    "Volume Shadow Copy for Linux: consistent point-in-time shadow copies of live directory trees";
+
+const LONG_ABOUT: &str = "\
+Volume Shadow Copy for Linux: consistent point-in-time shadow copies of live directory trees.
+
+`umbra up` runs the daemon: it serves each configured volume live through a FUSE mount and keeps, \
+in a copy-on-write diff area, whatever a shadow copy still needs before a change overwrites it. \
+Every shadow copy set is browsable read-only under the snapshots mountpoint as \
+<snapshots>/<set name>/<volume>/..., with <snapshots>/latest pointing at the newest set.
+
+The other commands are clients: they talk to the running daemon through its control socket, \
+found through --socket, then $UMBRA_SOCKET, then the socket of --config, then the embedded \
+default's ./.umbra/control.sock, so that `umbra create` works next to `umbra up` without set-up.";
+
+const AFTER_HELP: &str = "\
+Errors are printed as one line, `umbra: <message>`, and the exit status is then non-zero. \
+The configuration file is described in umbra.toml(5).";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "umbra",
+    version,
+    about = ABOUT,
+    long_about = LONG_ABOUT,
+    after_long_help = AFTER_HELP,
+    disable_help_subcommand = true
+)]
+pub struct Cli {
+    /// The daemon's control socket [default: the socket of --config, else ./.umbra/control.sock]
+    ///
+    /// For `umbra up`, serve the control socket here instead of at the configuration's `socket`.
+    #[arg(long, global = true, env = "UMBRA_SOCKET", value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+
+    /// Configuration file (TOML, see umbra.toml(5)) [default: the embedded default]
+    ///
+    /// `umbra up` runs it; a client reads it only to find the daemon's socket. Relative paths in
+    /// the file resolve against the file's directory. Without it, the embedded default keeps its
+    /// state under ./.umbra, serves one volume `data` in place at ./data and the shadow copies at
+    /// ./snapshots.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the daemon in the foreground
+    ///
+    /// Mounts every volume of the configuration live and the shadow copy browser read-only,
+    /// prints one line per mount and then `umbra: ready`, and serves the control socket until
+    /// SIGINT or SIGTERM, when it unmounts everything and exits. Mounts left by a crashed daemon
+    /// are cleaned up first; a second daemon on the same state directory is refused.
+    Up,
+
+    /// Make a shadow copy set of some or all volumes
+    ///
+    /// All named volumes are copied at one instant. The set is named after its UTC creation time
+    /// (name_format; e.g. 2026-11-25T084250Z, with a suffix -1, -2, ... if that name is taken) and
+    /// prints as `<name> (id <id>): <volumes>`. An unknown volume is an error, and then nothing is
+    /// created.
+    Create {
+        /// Volumes to copy [default: every volume]
+        #[arg(value_name = "VOLUME")]
+        volumes: Vec<String>,
+
+        /// A free text kept with the set and shown by `umbra list`
+        #[arg(long, value_name = "TEXT")]
+        label: Option<String>,
+
+        #[command(flatten)]
+        output: Output,
+    },
+
+    /// List the shadow copy sets, oldest first
+    ///
+    /// Prints a table of name, id, creation time (RFC 3339, UTC), volumes and label.
+    List {
+        #[command(flatten)]
+        output: Output,
+    },
+
+    /// Delete shadow copy sets
+    ///
+    /// Every SET (a name or an id) is checked first: if one is unknown, none is deleted. What no
+    /// remaining set needs is freed from the diff area.
+    Delete {
+        /// Sets to delete, by name or id
+        #[arg(value_name = "SET", required = true)]
+        sets: Vec<String>,
+    },
+
+    /// Show the volumes, mounts, diff area and sets of the running daemon
+    ///
+    /// Prints each volume's backing directory, mountpoint and current epoch, the snapshots
+    /// mountpoint, the bytes of the diff area (distinct pre-image chunks, and on disk) and the
+    /// number of sets.
+    Status {
+        #[command(flatten)]
+        output: Output,
+    },
+}
+
+#[derive(Clone, Copy, Debug, Args)]
+pub struct Output {
+    /// Print one JSON document on stdout instead of text
+    ///
+    /// A set is an object with id, name, created (RFC 3339), label and volumes (names).
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("umbra").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn create_takes_volumes_label_and_json() {
+        let cli =
+            parse(&["create", "data", "logs", "--label", "nightly", "--json"]).expect("parses");
+        match cli.command {
+            Command::Create {
+                volumes,
+                label,
+                output,
+            } => {
+                assert_eq!(volumes, ["data", "logs"]);
+                assert_eq!(label.as_deref(), Some("nightly"));
+                assert!(output.json);
+            }
+            other => panic!("parsed as {other:?}"),
+        }
+    }
+
+    #[test]
+    fn global_flags_go_anywhere() {
+        let cli = parse(&["up", "--config", "/etc/umbra.toml"]).expect("parses");
+        assert_eq!(cli.config, Some(PathBuf::from("/etc/umbra.toml")));
+        let cli = parse(&["--socket", "/run/u.sock", "list"]).expect("parses");
+        assert_eq!(cli.socket, Some(PathBuf::from("/run/u.sock")));
+    }
+
+    #[test]
+    fn delete_needs_a_set() {
+        assert!(parse(&["delete"]).is_err());
+        let cli = parse(&["delete", "3", "2026-11-25T084250Z"]).expect("parses");
+        assert!(
+            matches!(cli.command, Command::Delete { sets } if sets == ["3", "2026-11-25T084250Z"])
+        );
+    }
+
+    #[test]
+    fn socket_flag_reads_umbra_socket() {
+        let command = Cli::command();
+        let socket = command
+            .get_arguments()
+            .find(|a| a.get_id() == "socket")
+            .expect("--socket exists");
+        assert_eq!(socket.get_env(), Some(std::ffi::OsStr::new("UMBRA_SOCKET")));
+    }
+}

@@ -1,0 +1,60 @@
+//! One connection to the daemon's control socket: send a request line, read
+//! the response line, turn `{"error": ...}` into an error. It never prints.
+
+use std::io::{BufReader, ErrorKind};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+
+use serde::de::DeserializeOwned;
+
+use crate::protocol::{self, LineError, MAX_RESPONSE_LINE, Request, Response};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("no umbra daemon is listening at {} (is `umbra up` running?)", .socket.display())]
+    NoDaemon { socket: PathBuf },
+    #[error("connecting to {}: {source}", .socket.display())]
+    Connect {
+        socket: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("talking to the daemon at {}: {source}", .socket.display())]
+    Io {
+        socket: PathBuf,
+        #[source]
+        source: LineError,
+    },
+    #[error("the daemon closed the connection without answering")]
+    NoAnswer,
+    #[error("the daemon's answer does not parse: {0}")]
+    BadAnswer(#[source] serde_json::Error),
+    /// The daemon refused the request; its message is the error.
+    #[error("{0}")]
+    Refused(String),
+}
+
+/// Sends `request` to the daemon at `socket` and returns its answer.
+pub fn call<T: DeserializeOwned>(socket: &Path, request: &Request) -> Result<T, ClientError> {
+    let stream = UnixStream::connect(socket).map_err(|source| match source.kind() {
+        ErrorKind::NotFound | ErrorKind::ConnectionRefused => ClientError::NoDaemon {
+            socket: socket.to_path_buf(),
+        },
+        _ => ClientError::Connect {
+            socket: socket.to_path_buf(),
+            source,
+        },
+    })?;
+    let io_err = |source: LineError| ClientError::Io {
+        socket: socket.to_path_buf(),
+        source,
+    };
+    protocol::write_message(&mut &stream, request).map_err(|e| io_err(e.into()))?;
+    let line = protocol::read_line(&mut BufReader::new(&stream), MAX_RESPONSE_LINE)
+        .map_err(io_err)?
+        .ok_or(ClientError::NoAnswer)?;
+    match serde_json::from_slice(&line).map_err(ClientError::BadAnswer)? {
+        Response::Ok(answer) => Ok(answer),
+        Response::Error(message) => Err(ClientError::Refused(message)),
+    }
+}

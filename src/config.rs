@@ -1,0 +1,578 @@
+//! The daemon's configuration: the TOML text (a file, or the embedded default
+//! in `default.toml`), every path in it made absolute, and the checks that
+//! keep volumes, mountpoints and the state directory apart. It reads the
+//! config file and nothing else: it never creates a directory, never looks
+//! at what is mounted and never talks to the daemon.
+
+use std::fmt;
+use std::io;
+use std::path::{Component, Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::naming::{DEFAULT_NAME_FORMAT, LATEST, NameFormat, NameFormatError};
+
+/// The embedded default: `umbra up` without `--config` runs it, and a client
+/// told nothing looks for the daemon at its socket. It is documentation too.
+pub const DEFAULT_CONFIG: &str = include_str!("default.toml");
+
+const DEFAULT_THREADS: usize = 4;
+const SOCKET_FILE: &str = "control.sock";
+
+/// A checked configuration whose paths are all absolute and normalized.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    pub origin: Origin,
+    pub state_dir: PathBuf,
+    pub socket: PathBuf,
+    /// The mountpoint of the shadow copy browser.
+    pub snapshots: PathBuf,
+    pub name_format: NameFormat,
+    /// FUSE worker threads per mount.
+    pub threads: usize,
+    pub volumes: Vec<VolumeConfig>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VolumeConfig {
+    pub name: String,
+    pub backing: PathBuf,
+    pub mount: PathBuf,
+}
+
+impl VolumeConfig {
+    /// The live mount is stacked over the backing directory itself.
+    pub fn in_place(&self) -> bool {
+        self.backing == self.mount
+    }
+}
+
+/// Where a configuration came from, for error messages.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Origin {
+    File(PathBuf),
+    Embedded,
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Origin::File(path) => write!(f, "{}", path.display()),
+            Origin::Embedded => f.write_str("embedded default config"),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("reading config {}: {source}", .path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{origin}: {}{message}", line_prefix(*.line))]
+    Syntax {
+        origin: Origin,
+        line: Option<usize>,
+        message: String,
+    },
+    #[error("{origin}: {problem}")]
+    Invalid {
+        origin: Origin,
+        problem: Box<Problem>,
+    },
+}
+
+fn line_prefix(line: Option<usize>) -> String {
+    line.map(|n| format!("line {n}: ")).unwrap_or_default()
+}
+
+/// What makes a well-formed configuration unusable.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Problem {
+    #[error("no [[volume]] table: at least one volume is needed")]
+    NoVolumes,
+    #[error("a volume has an empty name")]
+    EmptyVolumeName,
+    #[error("volume name {0:?} contains '/' or NUL")]
+    BadVolumeName(String),
+    #[error("volume name {0:?} is reserved")]
+    ReservedVolumeName(String),
+    #[error("two volumes are named {0:?}")]
+    DuplicateVolume(String),
+    #[error("{0} is empty")]
+    EmptyPath(String),
+    #[error("{first} and {second} have the same mountpoint {}", .path.display())]
+    SameMountpoint {
+        first: String,
+        second: String,
+        path: PathBuf,
+    },
+    #[error("the mountpoint of {inner} ({}) is inside the mountpoint of {outer} ({})", .inner_path.display(), .outer_path.display())]
+    NestedMountpoint {
+        inner: String,
+        inner_path: PathBuf,
+        outer: String,
+        outer_path: PathBuf,
+    },
+    #[error("{first} and {second} have the same backing directory {}", .path.display())]
+    SameBacking {
+        first: String,
+        second: String,
+        path: PathBuf,
+    },
+    #[error("{key} {} is inside {what} {}", .path.display(), .place.display())]
+    InsideVolume {
+        key: String,
+        path: PathBuf,
+        what: String,
+        place: PathBuf,
+    },
+    #[error("threads must be at least 1")]
+    ZeroThreads,
+    #[error("name_format: {0}")]
+    NameFormat(#[from] NameFormatError),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    state_dir: PathBuf,
+    socket: Option<PathBuf>,
+    snapshots: PathBuf,
+    name_format: Option<String>,
+    threads: Option<usize>,
+    #[serde(default, rename = "volume")]
+    volumes: Vec<RawVolume>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawVolume {
+    name: String,
+    backing: PathBuf,
+    mount: PathBuf,
+}
+
+impl Config {
+    /// Reads the config file `file`; relative paths in it resolve against
+    /// its directory (and `file` itself, if relative, against `cwd`).
+    pub fn load(file: &Path, cwd: &Path) -> Result<Config, ConfigError> {
+        let path = normalize(&cwd.join(file));
+        let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Read {
+            path: path.clone(),
+            source,
+        })?;
+        let base = path.parent().unwrap_or(Path::new("/")).to_path_buf();
+        Config::parse(&text, Origin::File(path), &base)
+    }
+
+    /// The embedded default, its relative paths resolved against `cwd`.
+    pub fn embedded(cwd: &Path) -> Result<Config, ConfigError> {
+        Config::parse(DEFAULT_CONFIG, Origin::Embedded, cwd)
+    }
+
+    /// Parses and checks `text`; relative paths resolve against `base`.
+    pub fn parse(text: &str, origin: Origin, base: &Path) -> Result<Config, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Syntax {
+            origin: origin.clone(),
+            line: e.span().map(|span| line_of(text, span.start)),
+            message: e.message().trim().replace('\n', " "),
+        })?;
+        raw.resolve(base, origin.clone())
+            .map_err(|problem| ConfigError::Invalid {
+                origin,
+                problem: Box::new(problem),
+            })
+    }
+
+    /// Every mountpoint with what is mounted there: the volumes in order,
+    /// then the snapshot browser.
+    pub fn mountpoints(&self) -> impl Iterator<Item = (String, &Path)> {
+        self.volumes
+            .iter()
+            .map(|v| (format!("volume {:?}", v.name), v.mount.as_path()))
+            .chain(std::iter::once((
+                "snapshots".to_string(),
+                self.snapshots.as_path(),
+            )))
+    }
+
+    fn check(&self) -> Result<(), Problem> {
+        if self.volumes.is_empty() {
+            return Err(Problem::NoVolumes);
+        }
+        if self.threads == 0 {
+            return Err(Problem::ZeroThreads);
+        }
+        for (i, volume) in self.volumes.iter().enumerate() {
+            check_volume_name(&volume.name)?;
+            if self.volumes[..i].iter().any(|v| v.name == volume.name) {
+                return Err(Problem::DuplicateVolume(volume.name.clone()));
+            }
+            if let Some(other) = self.volumes[..i]
+                .iter()
+                .find(|v| v.backing == volume.backing)
+            {
+                return Err(Problem::SameBacking {
+                    first: format!("volume {:?}", other.name),
+                    second: format!("volume {:?}", volume.name),
+                    path: volume.backing.clone(),
+                });
+            }
+        }
+        let mountpoints: Vec<_> = self.mountpoints().collect();
+        for (i, (inner, inner_path)) in mountpoints.iter().enumerate() {
+            for (j, (outer, outer_path)) in mountpoints.iter().enumerate() {
+                if i == j {
+                    continue;
+                }
+                if inner_path == outer_path && j < i {
+                    return Err(Problem::SameMountpoint {
+                        first: outer.clone(),
+                        second: inner.clone(),
+                        path: inner_path.to_path_buf(),
+                    });
+                }
+                if inner_path != outer_path && inner_path.starts_with(outer_path) {
+                    return Err(Problem::NestedMountpoint {
+                        inner: inner.clone(),
+                        inner_path: inner_path.to_path_buf(),
+                        outer: outer.clone(),
+                        outer_path: outer_path.to_path_buf(),
+                    });
+                }
+            }
+        }
+        // The diff area must not record its own writes, and neither it nor
+        // the control socket may be hidden by a mount made after them.
+        let mut places: Vec<(String, &Path)> = mountpoints;
+        for volume in &self.volumes {
+            places.push((
+                format!("the backing of volume {:?}", volume.name),
+                &volume.backing,
+            ));
+        }
+        for (key, path) in [("state_dir", &self.state_dir), ("socket", &self.socket)] {
+            if let Some((what, place)) = places.iter().find(|(_, place)| path.starts_with(place)) {
+                return Err(Problem::InsideVolume {
+                    key: key.to_string(),
+                    path: path.clone(),
+                    what: what.clone(),
+                    place: place.to_path_buf(),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+impl RawConfig {
+    fn resolve(self, base: &Path, origin: Origin) -> Result<Config, Problem> {
+        let path = |key: &str, p: &Path| -> Result<PathBuf, Problem> {
+            if p.as_os_str().is_empty() {
+                return Err(Problem::EmptyPath(key.to_string()));
+            }
+            Ok(normalize(&base.join(p)))
+        };
+        let state_dir = path("state_dir", &self.state_dir)?;
+        let socket = match &self.socket {
+            Some(socket) => path("socket", socket)?,
+            None => state_dir.join(SOCKET_FILE),
+        };
+        let mut volumes = Vec::with_capacity(self.volumes.len());
+        for raw in &self.volumes {
+            let key = |k: &str| format!("{k} of volume {:?}", raw.name);
+            volumes.push(VolumeConfig {
+                name: raw.name.clone(),
+                backing: path(&key("backing"), &raw.backing)?,
+                mount: path(&key("mount"), &raw.mount)?,
+            });
+        }
+        let config = Config {
+            origin,
+            socket,
+            snapshots: path("snapshots", &self.snapshots)?,
+            name_format: NameFormat::new(
+                self.name_format.as_deref().unwrap_or(DEFAULT_NAME_FORMAT),
+            )?,
+            threads: self.threads.unwrap_or(DEFAULT_THREADS),
+            state_dir,
+            volumes,
+        };
+        config.check()?;
+        Ok(config)
+    }
+}
+
+fn check_volume_name(name: &str) -> Result<(), Problem> {
+    if name.is_empty() {
+        return Err(Problem::EmptyVolumeName);
+    }
+    if name.contains(['/', '\0']) {
+        return Err(Problem::BadVolumeName(name.to_string()));
+    }
+    if [LATEST, ".", ".."].contains(&name) {
+        return Err(Problem::ReservedVolumeName(name.to_string()));
+    }
+    Ok(())
+}
+
+/// The 1-based line of byte `offset` in `text`.
+fn line_of(text: &str, offset: usize) -> usize {
+    let end = offset.min(text.len());
+    text.as_bytes()[..end]
+        .iter()
+        .filter(|&&b| b == b'\n')
+        .count()
+        + 1
+}
+
+/// `path` without `.` components and with each `..` taking away the
+/// component before it (lexically, as a config file's reader expects).
+pub fn normalize(path: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for component in path.components() {
+        match component {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                out.pop();
+            }
+            other => out.push(other),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(
+            text,
+            Origin::File("/etc/umbra/umbra.toml".into()),
+            Path::new("/etc/umbra"),
+        )
+    }
+
+    fn problem(text: &str) -> Problem {
+        match parse(text) {
+            Err(ConfigError::Invalid { problem, .. }) => *problem,
+            other => panic!("expected a validation error, got {other:?}"),
+        }
+    }
+
+    const MINIMAL: &str = r#"
+state_dir = "/var/lib/umbra"
+snapshots = "/snapshots"
+[[volume]]
+name = "data"
+backing = "/srv/data"
+mount = "/srv/data"
+"#;
+
+    #[test]
+    fn embedded_default_resolves_against_the_current_directory() {
+        let config = Config::embedded(Path::new("/home/u/clone")).expect("default parses");
+        assert_eq!(config.origin, Origin::Embedded);
+        assert_eq!(config.state_dir, Path::new("/home/u/clone/.umbra"));
+        assert_eq!(
+            config.socket,
+            Path::new("/home/u/clone/.umbra/control.sock")
+        );
+        assert_eq!(config.snapshots, Path::new("/home/u/clone/snapshots"));
+        assert_eq!(config.name_format, NameFormat::default());
+        assert_eq!(config.threads, 4);
+        assert_eq!(
+            config.volumes,
+            vec![VolumeConfig {
+                name: "data".into(),
+                backing: "/home/u/clone/data".into(),
+                mount: "/home/u/clone/data".into(),
+            }]
+        );
+        assert!(config.volumes[0].in_place());
+    }
+
+    #[test]
+    fn defaults_fill_what_a_file_leaves_out() {
+        let config = parse(MINIMAL).expect("valid");
+        assert_eq!(config.socket, Path::new("/var/lib/umbra/control.sock"));
+        assert_eq!(config.threads, 4);
+        assert_eq!(config.name_format, NameFormat::default());
+    }
+
+    #[test]
+    fn relative_paths_resolve_against_the_config_files_directory() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("conf/umbra.toml");
+        std::fs::create_dir_all(file.parent().expect("parent")).expect("mkdir");
+        std::fs::write(
+            &file,
+            r#"
+state_dir = "state"
+socket = "../run/umbra.sock"
+snapshots = "./snaps"
+name_format = "@GMT-%Y.%m.%d-%H.%M.%S"
+threads = 2
+[[volume]]
+name = "logs"
+backing = "backing/logs"
+mount = "/mnt/logs"
+"#,
+        )
+        .expect("write");
+        // The file is named relative to the current directory.
+        let config = Config::load(Path::new("conf/umbra.toml"), dir.path()).expect("valid");
+        let conf = dir.path().join("conf");
+        assert_eq!(config.origin, Origin::File(file.clone()));
+        assert_eq!(config.state_dir, conf.join("state"));
+        assert_eq!(config.socket, dir.path().join("run/umbra.sock"));
+        assert_eq!(config.snapshots, conf.join("snaps"));
+        assert_eq!(config.threads, 2);
+        assert_eq!(config.volumes[0].backing, conf.join("backing/logs"));
+        assert_eq!(config.volumes[0].mount, Path::new("/mnt/logs"));
+        assert!(!config.volumes[0].in_place());
+    }
+
+    #[test]
+    fn an_unknown_key_is_named_with_its_line() {
+        let err =
+            parse(&format!("# umbra\ncolour = \"blue\"\n{MINIMAL}")).expect_err("unknown key");
+        let text = err.to_string();
+        assert!(
+            text.starts_with("/etc/umbra/umbra.toml: line 2: unknown field `colour`"),
+            "{text}"
+        );
+        assert!(!text.contains('\n'), "{text}");
+    }
+
+    #[test]
+    fn an_unknown_key_in_a_volume_is_named() {
+        let err = parse(&MINIMAL.replace("mount = ", "mountpoint = ")).expect_err("unknown key");
+        assert!(
+            err.to_string().contains("unknown field `mountpoint`"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_missing_key_is_named() {
+        let err =
+            parse(&MINIMAL.replace("snapshots = \"/snapshots\"", "")).expect_err("missing key");
+        assert!(
+            err.to_string().contains("missing field `snapshots`"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_syntax_error_is_one_line() {
+        let err = parse("state_dir = \n").expect_err("bad toml");
+        assert!(
+            err.to_string()
+                .starts_with("/etc/umbra/umbra.toml: line 1: "),
+            "{err}"
+        );
+        assert!(!err.to_string().contains('\n'), "{err}");
+    }
+
+    #[test]
+    fn a_missing_file_is_named() {
+        let err = Config::load(Path::new("/nonexistent/umbra.toml"), Path::new("/"))
+            .expect_err("missing");
+        assert!(
+            err.to_string()
+                .starts_with("reading config /nonexistent/umbra.toml: "),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn volume_names_are_checked() {
+        assert_eq!(
+            problem(&MINIMAL.replace("\"data\"", "\"\"")),
+            Problem::EmptyVolumeName
+        );
+        assert_eq!(
+            problem(&MINIMAL.replace("\"data\"", "\"a/b\"")),
+            Problem::BadVolumeName("a/b".into())
+        );
+        assert_eq!(
+            problem(&MINIMAL.replace("\"data\"", "\"latest\"")),
+            Problem::ReservedVolumeName("latest".into())
+        );
+        let twice = format!(
+            "{MINIMAL}[[volume]]\nname = \"data\"\nbacking = \"/srv/other\"\nmount = \"/srv/other\"\n"
+        );
+        assert_eq!(problem(&twice), Problem::DuplicateVolume("data".into()));
+    }
+
+    #[test]
+    fn at_least_one_volume_is_needed() {
+        let none = "state_dir = \"/var/lib/umbra\"\nsnapshots = \"/snapshots\"\n";
+        assert_eq!(problem(none), Problem::NoVolumes);
+    }
+
+    #[test]
+    fn mountpoints_are_distinct_and_not_nested() {
+        let same = format!(
+            "{MINIMAL}[[volume]]\nname = \"b\"\nbacking = \"/srv/b\"\nmount = \"/srv/./data/\"\n"
+        );
+        assert!(matches!(problem(&same), Problem::SameMountpoint { .. }));
+        let snaps = MINIMAL.replace("snapshots = \"/snapshots\"", "snapshots = \"/srv/data\"");
+        assert_eq!(
+            problem(&snaps),
+            Problem::SameMountpoint {
+                first: "volume \"data\"".into(),
+                second: "snapshots".into(),
+                path: "/srv/data".into(),
+            }
+        );
+        let nested = MINIMAL.replace(
+            "snapshots = \"/snapshots\"",
+            "snapshots = \"/srv/data/snaps\"",
+        );
+        assert!(matches!(problem(&nested), Problem::NestedMountpoint { .. }));
+        let backing = format!(
+            "{MINIMAL}[[volume]]\nname = \"b\"\nbacking = \"/srv/data\"\nmount = \"/mnt/b\"\n"
+        );
+        assert!(matches!(problem(&backing), Problem::SameBacking { .. }));
+    }
+
+    #[test]
+    fn state_and_socket_stay_out_of_volumes_and_mounts() {
+        let inside = MINIMAL.replace("/var/lib/umbra", "/srv/data/.state");
+        assert!(
+            matches!(problem(&inside), Problem::InsideVolume { key, .. } if key == "state_dir")
+        );
+        let socket = format!("socket = \"/snapshots/ctl.sock\"\n{MINIMAL}");
+        assert_eq!(
+            problem(&socket),
+            Problem::InsideVolume {
+                key: "socket".into(),
+                path: "/snapshots/ctl.sock".into(),
+                what: "snapshots".into(),
+                place: "/snapshots".into(),
+            }
+        );
+    }
+
+    #[test]
+    fn threads_and_name_format_are_checked() {
+        assert_eq!(
+            problem(&format!("threads = 0\n{MINIMAL}")),
+            Problem::ZeroThreads
+        );
+        let err = parse(&format!("name_format = \"%Y/%m\"\n{MINIMAL}")).expect_err("slash");
+        assert!(err.to_string().contains("name_format: "), "{err}");
+    }
+
+    #[test]
+    fn normalize_is_lexical() {
+        assert_eq!(normalize(Path::new("/a/./b/../c/")), Path::new("/a/c"));
+        assert_eq!(normalize(Path::new("/../a")), Path::new("/a"));
+    }
+}

@@ -1,0 +1,304 @@
+//! The control socket: binding it (mode 0600, replacing a stale socket file
+//! left by a crash), accepting clients, one thread each, and framing
+//! their requests and answers. A malformed or oversized line gets an error
+//! answer and its connection is dropped; the daemon goes on. What a request
+//! does is the service's business, not this file's.
+
+use std::fs;
+use std::io::{self, BufReader, ErrorKind};
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::thread;
+use std::time::Duration;
+
+use super::service::{Answer, Service};
+use crate::protocol::{self, LineError, MAX_REQUEST_LINE, Response};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error("another daemon is serving the control socket {}", .0.display())]
+    InUse(PathBuf),
+    #[error("{} exists and is not a socket; refusing to replace it", .0.display())]
+    NotASocket(PathBuf),
+    #[error("control socket {}: {source}", .path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// The bound control socket; its file is removed when this is dropped.
+pub struct ControlSocket {
+    listener: UnixListener,
+    file: SocketFile,
+}
+
+impl ControlSocket {
+    /// Binds `path` with mode 0600. A socket file nobody answers on is a
+    /// leftover of a crash and is replaced.
+    pub fn bind(path: &Path) -> Result<ControlSocket, ControlError> {
+        refuse_live_socket(path)?;
+        let listener = bind_private(path).map_err(|source| ControlError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Ok(ControlSocket {
+            listener,
+            file: SocketFile {
+                path: path.to_path_buf(),
+            },
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.file.path
+    }
+
+    /// Serves clients on a thread of its own for as long as the process
+    /// lives. The returned guard removes the socket file when dropped.
+    pub fn serve(self, service: Arc<Service>) -> Result<SocketFile, ControlError> {
+        let ControlSocket { listener, file } = self;
+        thread::Builder::new()
+            .name("control".into())
+            .spawn(move || accept_loop(&listener, &service))
+            .map_err(|source| ControlError::Io {
+                path: file.path.clone(),
+                source,
+            })?;
+        Ok(file)
+    }
+}
+
+/// Removes the socket file when dropped.
+pub struct SocketFile {
+    path: PathBuf,
+}
+
+impl Drop for SocketFile {
+    fn drop(&mut self) {
+        if let Err(e) = fs::remove_file(&self.path)
+            && e.kind() != ErrorKind::NotFound
+        {
+            tracing::warn!("removing {}: {e}", self.path.display());
+        }
+    }
+}
+
+/// Refuses a path that is not a socket, or a socket someone answers on; a
+/// dead socket file is left for the rename in `bind_private` to replace.
+fn refuse_live_socket(path: &Path) -> Result<(), ControlError> {
+    let io_err = |source| ControlError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    match fs::symlink_metadata(path) {
+        Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(io_err(e)),
+        Ok(meta) if !meta.file_type().is_socket() => {
+            Err(ControlError::NotASocket(path.to_path_buf()))
+        }
+        Ok(_) if UnixStream::connect(path).is_ok() => Err(ControlError::InUse(path.to_path_buf())),
+        Ok(_) => {
+            tracing::info!("replacing the stale control socket {}", path.display());
+            Ok(())
+        }
+    }
+}
+
+/// Binds the socket in a fresh directory of mode 0700, makes it 0600 and
+/// only then renames it to `path`: nobody else can reach it at any instant,
+/// whatever the umask, and without touching the process-wide umask.
+fn bind_private(path: &Path) -> io::Result<UnixListener> {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let parent = path.parent().unwrap_or(Path::new("/"));
+    let private = parent.join(format!(
+        ".umbra-bind-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    ));
+    fs::DirBuilder::new().mode(0o700).create(&private)?;
+    let inner = private.join("control.sock");
+    let bound = UnixListener::bind(&inner).and_then(|listener| {
+        fs::set_permissions(&inner, fs::Permissions::from_mode(0o600))?;
+        fs::rename(&inner, path)?;
+        Ok(listener)
+    });
+    if bound.is_err()
+        && let Err(e) = fs::remove_file(&inner)
+    {
+        tracing::debug!("removing {}: {e}", inner.display());
+    }
+    fs::remove_dir(&private)?;
+    bound
+}
+
+fn accept_loop(listener: &UnixListener, service: &Arc<Service>) {
+    for stream in listener.incoming() {
+        match stream {
+            Ok(stream) => {
+                let service = service.clone();
+                let spawned = thread::Builder::new()
+                    .name("control-client".into())
+                    .spawn(move || serve_client(&stream, &service));
+                if let Err(e) = spawned {
+                    tracing::error!("cannot start a thread for a control client: {e}");
+                }
+            }
+            Err(e) => {
+                // Out of file descriptors, say: wait rather than spin.
+                tracing::error!("accepting a control client: {e}");
+                thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+}
+
+/// Answers the requests of one client, one line each, until it hangs up or
+/// sends a line that does not parse.
+fn serve_client(stream: &UnixStream, service: &Service) {
+    let mut reader = BufReader::new(stream);
+    let mut writer = stream;
+    loop {
+        let line = match protocol::read_line(&mut reader, MAX_REQUEST_LINE) {
+            Ok(Some(line)) => line,
+            Ok(None) => return,
+            Err(LineError::Io(e)) => {
+                tracing::debug!("control client went away: {e}");
+                return;
+            }
+            Err(e @ LineError::TooLong { .. }) => {
+                refuse(&mut writer, format!("request {e}"));
+                return;
+            }
+        };
+        let request = match protocol::parse_request(&line) {
+            Ok(request) => request,
+            Err(e) => {
+                refuse(&mut writer, format!("malformed request: {e}"));
+                return;
+            }
+        };
+        tracing::debug!(?request, "control request");
+        let sent = match service.handle(request) {
+            Ok(answer) => protocol::write_message(&mut writer, &Response::Ok(answer)),
+            Err(e) => {
+                tracing::info!("request refused: {e}");
+                protocol::write_message(&mut writer, &Response::<Answer>::error(e))
+            }
+        };
+        if let Err(e) = sent {
+            tracing::debug!("control client went away: {e}");
+            return;
+        }
+    }
+}
+
+fn refuse(writer: &mut &UnixStream, message: String) {
+    tracing::warn!("dropping a control client: {message}");
+    if let Err(e) = protocol::write_message(writer, &Response::<Answer>::error(message)) {
+        tracing::debug!("control client went away: {e}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{BufRead, Write};
+
+    use super::*;
+    use crate::daemon::service::tests::fixture;
+
+    fn answers(stream: &UnixStream) -> Vec<String> {
+        BufReader::new(stream)
+            .lines()
+            .map(|l| l.expect("reads"))
+            .collect()
+    }
+
+    #[test]
+    fn requests_are_answered_line_by_line() {
+        let f = fixture();
+        let (mut client, server) = UnixStream::pair().expect("pair");
+        client
+            .write_all(b"{\"op\":\"list\"}\n{\"op\":\"delete\",\"sets\":[\"x\"]}\n")
+            .expect("writes");
+        client
+            .shutdown(std::net::Shutdown::Write)
+            .expect("shutdown");
+        serve_client(&server, &f.service);
+        drop(server);
+        assert_eq!(
+            answers(&client),
+            [
+                "{\"ok\":[]}",
+                "{\"error\":\"no shadow copy set named \\\"x\\\"\"}"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_malformed_line_is_answered_and_the_connection_dropped() {
+        let f = fixture();
+        let (mut client, server) = UnixStream::pair().expect("pair");
+        client
+            .write_all(b"{\"op\":\"launch\"}\n{\"op\":\"list\"}\n")
+            .expect("writes");
+        serve_client(&server, &f.service);
+        drop(server);
+        let answers = answers(&client);
+        assert_eq!(answers.len(), 1, "{answers:?}");
+        assert!(
+            answers[0].starts_with("{\"error\":\"malformed request: unknown variant `launch`"),
+            "{answers:?}"
+        );
+    }
+
+    #[test]
+    fn an_oversized_line_is_refused() {
+        let f = fixture();
+        let (client, server) = UnixStream::pair().expect("pair");
+        let writer = thread::spawn(move || {
+            let mut client = client;
+            // The daemon stops reading after the cap, so this write may fail.
+            let _ = client.write_all(&vec![b'x'; MAX_REQUEST_LINE + 2]);
+            client
+        });
+        serve_client(&server, &f.service);
+        drop(server);
+        let client = writer.join().expect("writer");
+        let answers = answers(&client);
+        assert_eq!(answers.len(), 1, "{answers:?}");
+        assert!(
+            answers[0].contains("request line longer than 1048576 bytes"),
+            "{answers:?}"
+        );
+    }
+
+    #[test]
+    fn the_socket_is_private_and_a_stale_one_is_replaced() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("control.sock");
+        // A crashed daemon's socket: bound, then abandoned.
+        drop(UnixListener::bind(&path).expect("bind"));
+        assert!(path.exists());
+        let socket = ControlSocket::bind(&path).expect("replaces a stale socket");
+        let mode = fs::metadata(&path).expect("stat").permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert!(matches!(
+            ControlSocket::bind(&path),
+            Err(ControlError::InUse(_))
+        ));
+        drop(socket);
+        assert!(!path.exists(), "the socket file goes with the daemon");
+
+        fs::write(&path, "not a socket").expect("write");
+        assert!(matches!(
+            ControlSocket::bind(&path),
+            Err(ControlError::NotASocket(_))
+        ));
+    }
+}

@@ -1,0 +1,328 @@
+//! What the daemon does for each control request: create, list, delete and
+//! status over the store, the live volumes and the snapshot browser. Creates
+//! and deletes run one at a time, and every change is followed by a refresh
+//! of the browser. It never reads a socket and never mounts anything.
+
+use std::sync::{Arc, Mutex, PoisonError};
+
+use chrono::Utc;
+use serde::Serialize;
+use umbra_fs::{Browser, FsError, Volume};
+use umbra_store::{SetInfo, Store};
+
+use crate::config::Config;
+use crate::naming::{self, NameFormat};
+use crate::protocol::{DiffAreaView, Request, SetView, StatusView, VolumeView};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error("no volume named {0:?}")]
+    UnknownVolume(String),
+    #[error("no shadow copy set named {0:?}")]
+    UnknownSet(String),
+    #[error("name at least one set to delete")]
+    NothingToDelete,
+    #[error("diff area: {0}")]
+    Store(#[from] umbra_store::Error),
+    #[error("{0}")]
+    Fs(#[from] FsError),
+    #[error("deleted {deleted} of {wanted} sets, then: {source}")]
+    PartialDelete {
+        deleted: usize,
+        wanted: usize,
+        #[source]
+        source: FsError,
+    },
+}
+
+/// An answer to a request, serialized as the `ok` payload.
+#[derive(Debug, Serialize)]
+#[serde(untagged)]
+pub enum Answer {
+    Set(SetView),
+    Sets(Vec<SetView>),
+    Status(StatusView),
+}
+
+pub struct Service {
+    store: Arc<Store>,
+    volumes: Vec<Arc<Volume>>,
+    browser: Arc<Browser>,
+    config: Config,
+    /// Held by create and delete: one change of the set list at a time, and
+    /// none while the daemon shuts down.
+    changes: Mutex<()>,
+}
+
+impl Service {
+    pub fn new(
+        store: Arc<Store>,
+        volumes: Vec<Arc<Volume>>,
+        browser: Arc<Browser>,
+        config: Config,
+    ) -> Service {
+        Service {
+            store,
+            volumes,
+            browser,
+            config,
+            changes: Mutex::new(()),
+        }
+    }
+
+    pub fn handle(&self, request: Request) -> Result<Answer, ServiceError> {
+        match request {
+            Request::Create { volumes, label } => self.create(&volumes, label).map(Answer::Set),
+            Request::List {} => self.list().map(Answer::Sets),
+            Request::Delete { sets } => self.delete(&sets).map(Answer::Sets),
+            Request::Status {} => self.status().map(Answer::Status),
+        }
+    }
+
+    /// Commits a set of the named volumes (all when `names` is empty). An
+    /// unknown name is an error before anything is committed.
+    pub fn create(&self, names: &[String], label: Option<String>) -> Result<SetView, ServiceError> {
+        let volumes = self.pick_volumes(names)?;
+        let _changing = self.changes.lock().unwrap_or_else(PoisonError::into_inner);
+        let now = Utc::now();
+        let name = self.name_format().name(now);
+        let set = umbra_fs::commit_set(&self.store, &volumes, name, label, naming::timestamp(now))?;
+        tracing::info!(set = %set.name, id = %set.id, "created shadow copy set");
+        self.refresh();
+        Ok(view(&set))
+    }
+
+    pub fn list(&self) -> Result<Vec<SetView>, ServiceError> {
+        Ok(self.store.sets()?.iter().map(view).collect())
+    }
+
+    /// Deletes the named sets (by name or id). Every name is checked first:
+    /// if one is unknown, none is deleted.
+    pub fn delete(&self, keys: &[String]) -> Result<Vec<SetView>, ServiceError> {
+        if keys.is_empty() {
+            return Err(ServiceError::NothingToDelete);
+        }
+        let _changing = self.changes.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut doomed: Vec<SetInfo> = Vec::with_capacity(keys.len());
+        for key in keys {
+            let set = self.store.find_set(key).map_err(|e| match e {
+                umbra_store::Error::UnknownSet(_) => ServiceError::UnknownSet(key.clone()),
+                other => ServiceError::Store(other),
+            })?;
+            if !doomed.iter().any(|d| d.id == set.id) {
+                doomed.push(set);
+            }
+        }
+        for (done, set) in doomed.iter().enumerate() {
+            if let Err(source) = umbra_fs::delete_set(&self.store, &self.volumes, set.id) {
+                self.refresh();
+                return Err(ServiceError::PartialDelete {
+                    deleted: done,
+                    wanted: doomed.len(),
+                    source,
+                });
+            }
+            tracing::info!(set = %set.name, id = %set.id, "deleted shadow copy set");
+        }
+        self.refresh();
+        Ok(doomed.iter().map(view).collect())
+    }
+
+    pub fn status(&self) -> Result<StatusView, ServiceError> {
+        let known = self.store.volumes()?;
+        let volumes = self
+            .config
+            .volumes
+            .iter()
+            .map(|v| VolumeView {
+                name: v.name.clone(),
+                backing: v.backing.display().to_string(),
+                mount: v.mount.display().to_string(),
+                epoch: known
+                    .iter()
+                    .find(|k| k.name == v.name)
+                    .map_or(0, |k| k.epoch.0),
+            })
+            .collect();
+        let stats = self.store.stats()?;
+        Ok(StatusView {
+            state_dir: self.config.state_dir.display().to_string(),
+            socket: self.config.socket.display().to_string(),
+            snapshots: self.config.snapshots.display().to_string(),
+            volumes,
+            diff_area: DiffAreaView {
+                chunk_bytes: stats.chunk_bytes,
+                chunks: stats.chunks,
+                disk_bytes: stats.disk_bytes,
+            },
+            sets: self.store.sets()?.len() as u64,
+        })
+    }
+
+    /// Waits for a create or delete in progress, and keeps new ones out for
+    /// as long as the guard lives.
+    pub fn quiesce(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.changes.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn name_format(&self) -> &NameFormat {
+        &self.config.name_format
+    }
+
+    fn pick_volumes(&self, names: &[String]) -> Result<Vec<Arc<Volume>>, ServiceError> {
+        if names.is_empty() {
+            return Ok(self.volumes.clone());
+        }
+        let mut picked: Vec<Arc<Volume>> = Vec::with_capacity(names.len());
+        for name in names {
+            let volume = self
+                .volumes
+                .iter()
+                .find(|v| v.name() == name)
+                .ok_or_else(|| ServiceError::UnknownVolume(name.clone()))?;
+            if !picked.iter().any(|p| Arc::ptr_eq(p, volume)) {
+                picked.push(volume.clone());
+            }
+        }
+        Ok(picked)
+    }
+
+    fn refresh(&self) {
+        if let Err(e) = self.browser.refresh() {
+            tracing::warn!("the snapshot browser did not refresh: {e}");
+        }
+    }
+}
+
+/// A set as clients see it.
+fn view(set: &SetInfo) -> SetView {
+    SetView {
+        id: set.id.0,
+        name: set.name.clone(),
+        created: naming::rfc3339(set.created),
+        label: set.label.clone(),
+        volumes: set.volumes.iter().map(|v| v.name.clone()).collect(),
+    }
+}
+
+#[cfg(test)]
+pub(super) mod tests {
+    use std::path::Path;
+
+    use umbra_store::{NewSet, StoreOptions, Timestamp};
+
+    use super::*;
+    use crate::config::Origin;
+
+    pub(crate) struct Fixture {
+        _dir: tempfile::TempDir,
+        pub store: Arc<Store>,
+        pub service: Service,
+    }
+
+    /// A service over a fresh store with volumes `data` (in place) and `logs`.
+    pub(crate) fn fixture() -> Fixture {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let text = "state_dir = \"state\"\nsnapshots = \"snaps\"\n\
+            [[volume]]\nname = \"data\"\nbacking = \"data\"\nmount = \"data\"\n\
+            [[volume]]\nname = \"logs\"\nbacking = \"b/logs\"\nmount = \"m/logs\"\n";
+        let config = Config::parse(text, Origin::Embedded, dir.path()).expect("config");
+        let store = Arc::new(
+            Store::open(&config.state_dir.join("store"), StoreOptions::default()).expect("store"),
+        );
+        let volumes = config
+            .volumes
+            .iter()
+            .map(|v| Volume::open(store.clone(), &v.name, &v.backing).expect("volume"))
+            .collect::<Vec<_>>();
+        let browser = Browser::new(store.clone(), volumes.clone()).expect("browser");
+        let service = Service::new(store.clone(), volumes, browser, config);
+        Fixture {
+            _dir: dir,
+            store,
+            service,
+        }
+    }
+
+    /// A set committed straight through the store (the fs provider is not
+    /// needed to test what the service checks before it).
+    fn commit(store: &Store, name: &str, label: Option<&str>) -> SetInfo {
+        let volumes = store
+            .volumes()
+            .expect("volumes")
+            .iter()
+            .map(|v| v.id)
+            .collect();
+        store
+            .commit_set(&NewSet {
+                name: name.into(),
+                label: label.map(Into::into),
+                created: Timestamp {
+                    secs: 1_795_596_170,
+                    nanos: 0,
+                },
+                volumes,
+            })
+            .expect("commit")
+    }
+
+    #[test]
+    fn list_shows_sets_as_clients_see_them() {
+        let f = fixture();
+        assert!(f.service.list().expect("list").is_empty());
+        let set = commit(&f.store, "2026-11-25T084250Z", Some("nightly"));
+        let sets = f.service.list().expect("list");
+        assert_eq!(
+            sets,
+            vec![SetView {
+                id: set.id.0,
+                name: "2026-11-25T084250Z".into(),
+                created: "2026-11-25T08:42:50Z".into(),
+                label: Some("nightly".into()),
+                volumes: vec!["data".into(), "logs".into()],
+            }]
+        );
+    }
+
+    #[test]
+    fn create_with_an_unknown_volume_creates_nothing() {
+        let f = fixture();
+        let err = f
+            .service
+            .create(&["data".into(), "nope".into()], None)
+            .expect_err("unknown volume");
+        assert_eq!(err.to_string(), "no volume named \"nope\"");
+        assert!(f.store.sets().expect("sets").is_empty());
+    }
+
+    #[test]
+    fn delete_checks_every_set_before_deleting_any() {
+        let f = fixture();
+        let set = commit(&f.store, "2026-11-25T084250Z", None);
+        let err = f
+            .service
+            .delete(&[set.name.clone(), "x".into()])
+            .expect_err("unknown set");
+        assert_eq!(err.to_string(), "no shadow copy set named \"x\"");
+        assert_eq!(f.store.sets().expect("sets").len(), 1);
+        assert!(matches!(
+            f.service.delete(&[]),
+            Err(ServiceError::NothingToDelete)
+        ));
+    }
+
+    #[test]
+    fn status_reports_volumes_epochs_and_sets() {
+        let f = fixture();
+        commit(&f.store, "first", None);
+        let status = f.service.status().expect("status");
+        assert_eq!(status.sets, 1);
+        assert_eq!(status.volumes.len(), 2);
+        assert_eq!(status.volumes[0].name, "data");
+        assert_eq!(status.volumes[0].epoch, 2);
+        assert_eq!(status.volumes[0].backing, status.volumes[0].mount);
+        assert!(Path::new(&status.volumes[1].mount).ends_with("m/logs"));
+        assert!(Path::new(&status.socket).ends_with("state/control.sock"));
+        assert_eq!(status.diff_area.chunks, 0);
+    }
+}

@@ -1,0 +1,291 @@
+//! The control socket protocol, shared by the daemon and its clients: one
+//! JSON object per line each way. A request is tagged by `"op"`; a response
+//! is `{"ok": <payload>}` or `{"error": "<one line>"}`. This module owns the
+//! message shapes and the line framing (with the 1 MiB cap on a request); it
+//! never decides what a request does and never opens a socket.
+
+use std::io::{self, BufRead, Read, Write};
+
+use serde::{Deserialize, Serialize};
+
+/// The longest request line the daemon reads; a longer one is an error and
+/// the connection is dropped.
+pub const MAX_REQUEST_LINE: usize = 1024 * 1024;
+
+/// The longest response line a client reads (a list of many sets is long).
+pub const MAX_RESPONSE_LINE: usize = 256 * 1024 * 1024;
+
+/// What a client asks of the daemon.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Request {
+    /// Make a set of the named volumes (all when empty). Answer: a [`SetView`].
+    Create {
+        #[serde(default)]
+        volumes: Vec<String>,
+        #[serde(default)]
+        label: Option<String>,
+    },
+    /// Answer: every set, oldest first, as `[SetView]`. (A struct variant,
+    /// if empty, so that unknown fields are refused as for the others.)
+    List {},
+    /// Delete the named sets (by name or id), all or none if one is
+    /// unknown. Answer: the deleted sets, as `[SetView]`.
+    Delete { sets: Vec<String> },
+    /// Answer: a [`StatusView`].
+    Status {},
+}
+
+/// The answer to one request.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum Response<T> {
+    Ok(T),
+    Error(String),
+}
+
+impl<T> Response<T> {
+    /// An error response; the message is made one line.
+    pub fn error(message: impl std::fmt::Display) -> Response<T> {
+        Response::Error(one_line(&message.to_string()))
+    }
+}
+
+/// A shadow copy set as clients see it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SetView {
+    pub id: i64,
+    pub name: String,
+    /// RFC 3339, UTC.
+    pub created: String,
+    pub label: Option<String>,
+    /// The names of the set's volumes.
+    pub volumes: Vec<String>,
+}
+
+/// What `umbra status` shows.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusView {
+    pub state_dir: String,
+    pub socket: String,
+    /// The mountpoint of the shadow copy browser.
+    pub snapshots: String,
+    pub volumes: Vec<VolumeView>,
+    pub diff_area: DiffAreaView,
+    /// How many sets exist.
+    pub sets: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeView {
+    pub name: String,
+    pub backing: String,
+    pub mount: String,
+    /// The current (open) epoch.
+    pub epoch: u64,
+}
+
+/// The size of the diff area.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiffAreaView {
+    /// Bytes of distinct pre-image chunks.
+    pub chunk_bytes: u64,
+    pub chunks: u64,
+    /// Bytes on disk: packs plus catalog.
+    pub disk_bytes: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LineError {
+    #[error("{0}")]
+    Io(#[from] io::Error),
+    #[error("line longer than {limit} bytes")]
+    TooLong { limit: usize },
+}
+
+/// Reads one line of at most `limit` bytes (the newline not counted), or
+/// `None` at the end of the stream. A last line without a newline counts.
+pub fn read_line(reader: &mut impl BufRead, limit: usize) -> Result<Option<Vec<u8>>, LineError> {
+    let mut line = Vec::new();
+    let cap = u64::try_from(limit).unwrap_or(u64::MAX).saturating_add(1);
+    if Read::take(&mut *reader, cap).read_until(b'\n', &mut line)? == 0 {
+        return Ok(None);
+    }
+    if line.last() == Some(&b'\n') {
+        line.pop();
+    } else if line.len() > limit {
+        return Err(LineError::TooLong { limit });
+    }
+    Ok(Some(line))
+}
+
+/// Parses a request line.
+pub fn parse_request(line: &[u8]) -> Result<Request, serde_json::Error> {
+    serde_json::from_slice(line)
+}
+
+/// Writes `message` as one JSON line and flushes.
+pub fn write_message(writer: &mut impl Write, message: &impl Serialize) -> io::Result<()> {
+    let mut line = serde_json::to_vec(message).map_err(io::Error::other)?;
+    line.push(b'\n');
+    writer.write_all(&line)?;
+    writer.flush()
+}
+
+/// `text` with line breaks turned into spaces.
+pub fn one_line(text: &str) -> String {
+    text.trim().replace(['\r', '\n'], " ")
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Cursor;
+
+    use serde_json::json;
+
+    use super::*;
+
+    fn round_trip(request: Request, wire: serde_json::Value) {
+        assert_eq!(serde_json::to_value(&request).expect("serializes"), wire);
+        let parsed = parse_request(wire.to_string().as_bytes()).expect("parses");
+        assert_eq!(parsed, request);
+    }
+
+    #[test]
+    fn requests_round_trip() {
+        round_trip(
+            Request::Create {
+                volumes: vec!["data".into(), "logs".into()],
+                label: Some("nightly".into()),
+            },
+            json!({"op": "create", "volumes": ["data", "logs"], "label": "nightly"}),
+        );
+        round_trip(Request::List {}, json!({"op": "list"}));
+        round_trip(
+            Request::Delete {
+                sets: vec!["2026-11-25T084250Z".into(), "3".into()],
+            },
+            json!({"op": "delete", "sets": ["2026-11-25T084250Z", "3"]}),
+        );
+        round_trip(Request::Status {}, json!({"op": "status"}));
+    }
+
+    #[test]
+    fn create_fields_are_optional() {
+        let parsed = parse_request(br#"{"op":"create"}"#).expect("parses");
+        assert_eq!(
+            parsed,
+            Request::Create {
+                volumes: vec![],
+                label: None
+            }
+        );
+    }
+
+    #[test]
+    fn malformed_requests_are_errors() {
+        for line in [
+            &b"not json"[..],
+            b"",
+            b"{}",
+            br#"{"op":"explode"}"#,
+            br#"{"op":"delete"}"#,
+            br#"{"op":"delete","sets":"x"}"#,
+            br#"{"op":"list","extra":1}"#,
+            br#"{"op":"create","volumes":["a"],"lable":"typo"}"#,
+            b"\xff\xfe",
+        ] {
+            assert!(
+                parse_request(line).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(line)
+            );
+        }
+    }
+
+    #[test]
+    fn responses_are_ok_or_error() {
+        let set = SetView {
+            id: 3,
+            name: "2026-11-25T084250Z".into(),
+            created: "2026-11-25T08:42:50Z".into(),
+            label: None,
+            volumes: vec!["data".into()],
+        };
+        let ok = Response::Ok(set.clone());
+        let wire = json!({"ok": {"id": 3, "name": "2026-11-25T084250Z",
+            "created": "2026-11-25T08:42:50Z", "label": null, "volumes": ["data"]}});
+        assert_eq!(serde_json::to_value(&ok).expect("serializes"), wire);
+        let back: Response<SetView> = serde_json::from_value(wire).expect("parses");
+        assert_eq!(back, ok);
+
+        let err: Response<SetView> = Response::error("no volume named \"x\"\nsecond line");
+        let wire = json!({"error": "no volume named \"x\" second line"});
+        assert_eq!(serde_json::to_value(&err).expect("serializes"), wire);
+        let back: Response<Vec<SetView>> = serde_json::from_value(wire).expect("parses");
+        assert_eq!(
+            back,
+            Response::Error("no volume named \"x\" second line".into())
+        );
+    }
+
+    #[test]
+    fn lines_are_framed_and_capped() {
+        let mut input = Cursor::new(b"one\n\nthree\n\n".to_vec());
+        assert_eq!(
+            read_line(&mut input, 16).expect("line"),
+            Some(b"one".to_vec())
+        );
+        assert_eq!(read_line(&mut input, 16).expect("line"), Some(Vec::new()));
+        assert_eq!(
+            read_line(&mut input, 16).expect("line"),
+            Some(b"three".to_vec())
+        );
+        assert_eq!(read_line(&mut input, 16).expect("line"), Some(Vec::new()));
+        assert_eq!(read_line(&mut input, 16).expect("end"), None);
+        let mut unterminated = Cursor::new(b"last".to_vec());
+        assert_eq!(
+            read_line(&mut unterminated, 16).expect("line"),
+            Some(b"last".to_vec())
+        );
+        assert_eq!(read_line(&mut unterminated, 16).expect("end"), None);
+
+        let mut exact = Cursor::new(b"12345678\n".to_vec());
+        assert_eq!(
+            read_line(&mut exact, 8).expect("fits"),
+            Some(b"12345678".to_vec())
+        );
+        let mut long = Cursor::new(b"123456789\n".to_vec());
+        assert!(matches!(
+            read_line(&mut long, 8),
+            Err(LineError::TooLong { limit: 8 })
+        ));
+    }
+
+    #[test]
+    fn a_request_over_one_mebibyte_is_refused() {
+        let mut big = format!(
+            r#"{{"op":"create","label":"{}"}}"#,
+            "x".repeat(MAX_REQUEST_LINE)
+        )
+        .into_bytes();
+        big.push(b'\n');
+        let result = read_line(&mut Cursor::new(big), MAX_REQUEST_LINE);
+        assert!(matches!(result, Err(LineError::TooLong { .. })));
+    }
+
+    #[test]
+    fn messages_are_one_line() {
+        let mut out = Vec::new();
+        write_message(
+            &mut out,
+            &Request::Create {
+                volumes: vec![],
+                label: Some("a\nb".into()),
+            },
+        )
+        .expect("writes");
+        assert_eq!(out.iter().filter(|&&b| b == b'\n').count(), 1);
+        assert_eq!(out.last(), Some(&b'\n'));
+    }
+}

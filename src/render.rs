@@ -1,0 +1,191 @@
+//! The text a person reads: the answers of `create`, `delete`, `list` and
+//! `status` laid out as lines and tables. Pure functions from protocol views
+//! to strings; it never writes anywhere and never shapes `--json` output
+//! (that is the protocol views themselves).
+
+use std::fmt::Write as _;
+
+use crate::protocol::{SetView, StatusView};
+
+/// `2026-11-25T084250Z (id 3): data, logs`
+pub fn created(set: &SetView) -> String {
+    format!("{} (id {}): {}\n", set.name, set.id, set.volumes.join(", "))
+}
+
+/// One `deleted <name> (id <id>)` line per set.
+pub fn deleted(sets: &[SetView]) -> String {
+    let mut out = String::new();
+    for set in sets {
+        let _ = writeln!(out, "deleted {} (id {})", set.name, set.id);
+    }
+    out
+}
+
+/// A table of the sets: name, id, created, volumes, label.
+pub fn list(sets: &[SetView]) -> String {
+    let rows = sets.iter().map(|set| {
+        vec![
+            set.name.clone(),
+            set.id.to_string(),
+            set.created.clone(),
+            set.volumes.join(","),
+            set.label.clone().unwrap_or_default(),
+        ]
+    });
+    table(&["NAME", "ID", "CREATED", "VOLUMES", "LABEL"], rows)
+}
+
+/// The volumes as a table (a mount equal to its backing is in place), then the snapshots, the diff area and the sets.
+pub fn status(status: &StatusView) -> String {
+    let rows = status.volumes.iter().map(|v| {
+        let epoch = v.epoch.to_string();
+        vec![v.name.clone(), v.backing.clone(), v.mount.clone(), epoch]
+    });
+    let mut out = table(&["VOLUME", "BACKING", "MOUNT", "EPOCH"], rows);
+    out.push('\n');
+    let lines = [
+        ("snapshots", status.snapshots.clone()),
+        (
+            "diff area",
+            format!(
+                "{} in {} chunks, {} on disk",
+                bytes(status.diff_area.chunk_bytes),
+                status.diff_area.chunks,
+                bytes(status.diff_area.disk_bytes)
+            ),
+        ),
+        ("sets", status.sets.to_string()),
+        ("state dir", status.state_dir.clone()),
+        ("socket", status.socket.clone()),
+    ];
+    for (key, value) in lines {
+        let _ = writeln!(out, "{:<10} {value}", format!("{key}:"));
+    }
+    out
+}
+
+/// Columns padded to their widest cell, two spaces apart; the last column
+/// is not padded.
+fn table(header: &[&str], rows: impl Iterator<Item = Vec<String>>) -> String {
+    let mut cells: Vec<Vec<String>> = vec![header.iter().map(ToString::to_string).collect()];
+    cells.extend(rows);
+    let mut widths = vec![0; header.len()];
+    for row in &cells {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    for row in &cells {
+        let mut line = String::new();
+        for (i, (cell, width)) in row.iter().zip(&widths).enumerate() {
+            if i + 1 == row.len() {
+                line.push_str(cell);
+            } else {
+                let _ = write!(line, "{cell:<width$}  ");
+            }
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+/// `1234567` → `1.2 MiB (1234567 bytes)`; small sizes stay in bytes.
+fn bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["KiB", "MiB", "GiB", "TiB", "PiB"];
+    if n < 1024 {
+        return format!("{n} bytes");
+    }
+    let mut value = n as f64;
+    let mut unit = "bytes";
+    for next in UNITS {
+        if value < 1024.0 {
+            break;
+        }
+        value /= 1024.0;
+        unit = next;
+    }
+    format!("{value:.1} {unit} ({n} bytes)")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::{DiffAreaView, VolumeView};
+
+    fn set(id: i64, name: &str, label: Option<&str>, volumes: &[&str]) -> SetView {
+        SetView {
+            id,
+            name: name.into(),
+            created: "2026-11-25T08:42:50Z".into(),
+            label: label.map(Into::into),
+            volumes: volumes.iter().map(ToString::to_string).collect(),
+        }
+    }
+
+    #[test]
+    fn created_names_the_set_and_its_id() {
+        let text = created(&set(3, "2026-11-25T084250Z", None, &["data"]));
+        assert_eq!(text, "2026-11-25T084250Z (id 3): data\n");
+    }
+
+    #[test]
+    fn list_is_a_table() {
+        let sets = [
+            set(
+                1,
+                "2026-11-25T084250Z",
+                Some("before upgrade"),
+                &["data", "logs"],
+            ),
+            set(12, "2026-11-25T084250Z-1", None, &["data"]),
+        ];
+        assert_eq!(
+            list(&sets),
+            "NAME                  ID  CREATED               VOLUMES    LABEL\n\
+             2026-11-25T084250Z    1   2026-11-25T08:42:50Z  data,logs  before upgrade\n\
+             2026-11-25T084250Z-1  12  2026-11-25T08:42:50Z  data\n"
+        );
+    }
+
+    #[test]
+    fn status_shows_volumes_and_the_diff_area() {
+        let view = StatusView {
+            state_dir: "/s".into(),
+            socket: "/s/control.sock".into(),
+            snapshots: "/snapshots".into(),
+            volumes: vec![
+                VolumeView {
+                    name: "data".into(),
+                    backing: "/srv/data".into(),
+                    mount: "/srv/data".into(),
+                    epoch: 4,
+                },
+                VolumeView {
+                    name: "logs".into(),
+                    backing: "/b/logs".into(),
+                    mount: "/mnt/logs".into(),
+                    epoch: 1,
+                },
+            ],
+            diff_area: DiffAreaView {
+                chunk_bytes: 3 * 1024 * 1024,
+                chunks: 48,
+                disk_bytes: 500,
+            },
+            sets: 3,
+        };
+        let text = status(&view);
+        assert!(text.starts_with(
+            "VOLUME  BACKING    MOUNT      EPOCH\n\
+             data    /srv/data  /srv/data  4\n\
+             logs    /b/logs    /mnt/logs  1\n\n"
+        ));
+        assert!(
+            text.contains("diff area: 3.0 MiB (3145728 bytes) in 48 chunks, 500 bytes on disk\n"),
+            "{text}"
+        );
+        assert!(text.contains("sets:      3\n"), "{text}");
+    }
+}
