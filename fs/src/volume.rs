@@ -136,7 +136,10 @@ impl Volume {
     /// Holds snapshot reads off and marks `set` as gone for them.
     pub(crate) fn retiring(&self, set: umbra_store::SetId) -> RwLockWriteGuard<'_, ()> {
         let guard = self.retire.write().unwrap_or_else(|p| p.into_inner());
-        self.retired.lock().unwrap_or_else(|p| p.into_inner()).insert(set);
+        self.retired
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(set);
         guard
     }
 

@@ -500,6 +500,9 @@ impl Browser {
     }
 
     fn xattrs(&self, ino: u64) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        if ino == ROOT || ino == LATEST {
+            return Ok(Vec::new());
+        }
         let Node::Object(node) = &*self.node(ino)? else {
             return Ok(Vec::new());
         };
