@@ -11,6 +11,8 @@
 
 mod attr;
 mod backing;
+#[cfg(test)]
+mod core_tests;
 mod cow;
 mod error;
 mod live;

@@ -8,4 +8,6 @@ mod fuse;
 mod nodes;
 
 pub(crate) use self::core::LiveFs;
+#[cfg(test)]
+pub(crate) use self::core::{Caller, SetAttrs};
 pub(crate) use self::fuse::{LiveAdapter, xattr_reply};
