@@ -67,7 +67,7 @@ pub enum DaemonError {
 
 /// Runs the daemon of `config` until SIGINT or SIGTERM.
 pub fn up(config: Config) -> Result<(), DaemonError> {
-    tracing::info!(config = %config.origin, "starting");
+    tracing::debug!(config = %config.origin, "starting");
     create_private_dir(&config.state_dir)?;
     let _lock = StateLock::acquire(&config.state_dir)?;
     // A dead mount answers ENOTCONN even to mkdir: recover before creating.
