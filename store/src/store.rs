@@ -227,7 +227,7 @@ impl Store {
         let mut stmt = conn.prepare_cached(
             "SELECT s.id, s.name, s.created_secs, s.created_nanos, s.label, v.id, v.name, sv.epoch
              FROM sets s JOIN set_volumes sv ON sv.set_id = s.id JOIN volumes v ON v.id = sv.volume_id
-             ORDER BY s.id, v.name",
+             ORDER BY s.id, v.id",
         )?;
         let mut rows = stmt.query([])?;
         let mut sets: Vec<SetInfo> = Vec::new();
