@@ -329,6 +329,9 @@ impl LiveFs {
         check(unsafe { libc::futimens(new.as_raw_fd(), times.as_ptr()) })?;
         let successor = ObjectId(backing::fstat(new.as_fd())?.st_ino);
         m.preserve()?;
+        // A truncation never touches its directory: the swap's link and
+        // rename must not show in the parent's times either.
+        let pst = backing::fstat(pnode.fd.as_fd())?;
         let aname = Volume::aside_name(object);
         let (pfd, afd) = (pnode.fd.as_raw_fd(), aside.as_raw_fd());
         // SAFETY: both names are valid C strings.
@@ -339,6 +342,12 @@ impl LiveFs {
             unsafe { libc::unlinkat(afd, aname.as_ptr(), 0) };
             return Err(e.into());
         }
+        let parent_times = [
+            libc::timespec { tv_sec: pst.st_atime, tv_nsec: pst.st_atime_nsec },
+            libc::timespec { tv_sec: pst.st_mtime, tv_nsec: pst.st_mtime_nsec },
+        ];
+        // SAFETY: parent_times points at two timespecs.
+        check(unsafe { libc::utimensat(pfd, c"".as_ptr(), parent_times.as_ptr(), libc::AT_EMPTY_PATH) })?;
         m.born(successor);
         self.vol.mark_aside(object);
         self.vol.store().set_alias(self.vol.id(), successor, ino)?;
