@@ -398,6 +398,7 @@ impl Daemon {
 
     /// Prepares and launches; panics with the daemon's stderr if it is not
     /// ready within READY_TIMEOUT.
+    #[track_caller]
     pub fn start(config: Config) -> Daemon {
         let mut d = Daemon::prepare(config);
         d.launch();

@@ -856,7 +856,7 @@ impl Default for GenConfig {
             restart_every: 900,
             delete_every: 1500,
             max_file: 6 << 20,
-            max_total: 12 << 20,
+            max_total: 8 << 20,
         }
     }
 }
