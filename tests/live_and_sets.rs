@@ -10,7 +10,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{ErrorKind, Write};
-use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt, symlink};
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt, symlink};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -319,7 +319,7 @@ fn live_operations_and_sets_with_a_separate_mount() {
 
 #[test]
 fn live_operations_and_sets_mounted_in_place() {
-    live_operations_interleaved_with_sets(Config::empty().in_place("data"));
+    live_operations_interleaved_with_sets(Config::empty().in_place("data").threads(2));
 }
 
 #[test]
@@ -475,6 +475,10 @@ fn all_volumes_of_a_set_show_one_instant() {
     // A writer bumps a counter in `data`, then the same counter in `logs`,
     // as fast as it can. At any one instant data == logs or data == logs + 1;
     // a set that took its volumes at two instants shows something else.
+    // The writes are O_SYNC so that each write() returns only once the
+    // daemon has it: with a writeback cache, pages dirtied while the set is
+    // being flushed may reach the daemon in either order, and the only
+    // promise is that every write() that returned before Freeze is in it.
     let d = Daemon::start(Config::volumes(&["data", "logs"]));
     let (a, b) = (
         d.live("data").join("counter"),
@@ -485,8 +489,16 @@ fn all_volumes_of_a_set_show_one_instant() {
     let stop = Arc::new(AtomicBool::new(false));
     let writer = {
         let (fa, fb) = (
-            OpenOptions::new().write(true).open(&a).unwrap(),
-            OpenOptions::new().write(true).open(&b).unwrap(),
+            OpenOptions::new()
+                .write(true)
+                .custom_flags(libc::O_SYNC)
+                .open(&a)
+                .unwrap(),
+            OpenOptions::new()
+                .write(true)
+                .custom_flags(libc::O_SYNC)
+                .open(&b)
+                .unwrap(),
         );
         let stop = stop.clone();
         thread::spawn(move || {
@@ -554,5 +566,85 @@ fn a_file_written_through_an_open_handle_is_in_the_set() {
     assert_eq!(
         fs::read(d.browse(&s2, "data").join("open.log")).unwrap(),
         both
+    );
+}
+
+#[test]
+fn sets_carry_labels_unique_names_and_rising_ids() {
+    let d = Daemon::start(Config::default().threads(2));
+    let labeled = d.create_set_with(&["--label", "before the upgrade"]);
+    assert_eq!(labeled.label.as_deref(), Some("before the upgrade"));
+    assert_eq!(labeled.volumes, ["data"]);
+    // Several sets within one second get distinct names (a `-N` suffix).
+    let quick: Vec<SetJson> = (0..3).map(|_| d.create_set()).collect();
+    let mut all = vec![labeled.clone()];
+    all.extend(quick);
+    let names: std::collections::BTreeSet<&str> = all.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names.len(), all.len(), "set names are unique: {all:#?}");
+    assert!(
+        all.windows(2).all(|w| w[0].id < w[1].id),
+        "ids rise: {all:#?}"
+    );
+    assert!(all.iter().skip(1).all(|s| s.label.is_none()));
+    let mut listed = d.list_sets();
+    listed.sort_by_key(|s| s.id);
+    assert_eq!(
+        listed, all,
+        "`umbra list --json` shows every set as `create --json` did"
+    );
+
+    // Without --json, create prints the id and name; list names every set.
+    let text = d.umbra_ok(&["create"]);
+    let newest = d.list_sets().into_iter().max_by_key(|s| s.id).unwrap();
+    assert!(
+        text.contains(&newest.name),
+        "`umbra create` printed {text:?}, not the name {}",
+        newest.name
+    );
+    assert!(
+        text.contains(&newest.id.to_string()),
+        "`umbra create` printed {text:?}, not the id {}",
+        newest.id
+    );
+    let list = d.umbra_ok(&["list"]);
+    for s in &all {
+        assert!(
+            list.contains(&s.name),
+            "`umbra list` does not name {}: {list}",
+            s.name
+        );
+    }
+    assert!(
+        d.status().is_object(),
+        "`umbra status --json` prints one JSON object"
+    );
+    assert_eq!(
+        fs::read_link(d.snapshots().join("latest")).unwrap(),
+        PathBuf::from(&newest.name)
+    );
+}
+
+#[test]
+fn a_name_format_names_sets_after_their_creation_time() {
+    let d = Daemon::start(Config::default().name_format("@GMT-%Y.%m.%d-%H.%M.%S"));
+    fs::write(d.live("data").join("f"), "samba").unwrap();
+    let set = d.create_set();
+    let created = chrono::DateTime::parse_from_rfc3339(&set.created).unwrap();
+    let stem = created
+        .with_timezone(&chrono::Utc)
+        .format("@GMT-%Y.%m.%d-%H.%M.%S")
+        .to_string();
+    assert!(
+        set.name.starts_with(&stem),
+        "set {} should be named {stem}",
+        set.name
+    );
+    assert_eq!(
+        fs::read(d.browse(&set, "data").join("f")).unwrap(),
+        b"samba"
+    );
+    assert_eq!(
+        fs::read_link(d.snapshots().join("latest")).unwrap(),
+        PathBuf::from(&set.name)
     );
 }
