@@ -1,0 +1,331 @@
+//! What bad input gets: a clear one-line error and nothing lost. Unknown
+//! sets, malformed configs, writes into the snapshot browser (EROFS), a
+//! second daemon on a state dir already served, a client with no daemon.
+
+#![allow(clippy::unwrap_used)] // in a test, an unwrap is an assertion
+
+mod common;
+
+use std::fs;
+use std::os::unix::fs::symlink;
+use std::path::Path;
+use std::process::Output;
+use std::time::Duration;
+
+use common::manifest::{self, Manifest};
+use common::{Config, Daemon, assert_one_line_error, run_with_timeout, sys, toml_str, umbra_cmd};
+
+/// `umbra up --config FILE`, which must give up by itself.
+fn run_up(d: &Daemon, config: &Path) -> Output {
+    let mut cmd = umbra_cmd();
+    cmd.arg("up")
+        .arg("--config")
+        .arg(config)
+        .current_dir(d.root());
+    run_with_timeout(&mut cmd, Duration::from_secs(20))
+}
+
+fn assert_nothing_mounted(d: &Daemon, context: &str) {
+    for mp in d.layout.mountpoints() {
+        assert!(
+            !sys::is_mounted(&mp),
+            "{context}: {} was left mounted",
+            mp.display()
+        );
+    }
+}
+
+#[test]
+fn deleting_an_unknown_set_is_a_one_line_error_and_deletes_nothing() {
+    let d = Daemon::start(Config::default());
+    fs::write(d.live("data").join("f"), "one").unwrap();
+    let s1 = d.create_set();
+    fs::write(d.live("data").join("f"), "two").unwrap();
+    let s2 = d.create_set();
+    let before = d.list_sets();
+    assert_eq!(before.len(), 2);
+
+    let line = assert_one_line_error(
+        &d.umbra(&["delete", "no-such-set"]),
+        "delete of an unknown set",
+    );
+    assert!(
+        line.contains("no-such-set"),
+        "the error names the set: {line}"
+    );
+    assert_eq!(d.list_sets(), before);
+
+    // A known set named beside an unknown one is not deleted either.
+    assert_one_line_error(
+        &d.umbra(&["delete", &s1.name, "no-such-set"]),
+        "delete of a known and an unknown set",
+    );
+    assert_eq!(d.list_sets(), before, "a failed delete deletes nothing");
+    assert_eq!(fs::read(d.browse(&s1, "data").join("f")).unwrap(), b"one");
+
+    d.umbra_ok(&["delete", &s1.name]);
+    assert_eq!(d.list_sets(), std::slice::from_ref(&s2));
+    assert!(
+        !d.snapshots().join(&s1.name).exists(),
+        "a deleted set leaves the browser"
+    );
+    assert_one_line_error(&d.umbra(&["delete", &s1.name]), "deleting a set twice");
+    assert_eq!(fs::read(d.browse(&s2, "data").join("f")).unwrap(), b"two");
+}
+
+#[test]
+fn an_unknown_config_key_is_named_in_a_one_line_error() {
+    let d = Daemon::prepare(Config::default());
+    let good = fs::read_to_string(&d.layout.config_path).unwrap();
+    let cases = [
+        ("colour", format!("colour = \"blue\"\n{good}")),
+        ("bakcing", format!("{good}bakcing = \"/tmp\"\n")), // inside the last [[volume]]
+    ];
+    for (key, text) in cases {
+        let path = d.root().join(format!("bad-{key}.toml"));
+        fs::write(&path, &text).unwrap();
+        let out = run_up(&d, &path);
+        let line = assert_one_line_error(&out, &format!("config with unknown key {key}"));
+        assert!(line.contains(key), "the error names the key {key}: {line}");
+        assert!(!String::from_utf8_lossy(&out.stdout).contains("umbra: ready"));
+        assert_nothing_mounted(&d, key);
+    }
+}
+
+#[test]
+fn a_malformed_config_is_a_one_line_error() {
+    let d = Daemon::prepare(Config::default());
+    let l = &d.layout;
+    let head = format!(
+        "state_dir = {}\nsocket = {}\nsnapshots = {}\n",
+        toml_str(&l.state_dir.to_string_lossy()),
+        toml_str(&l.socket.to_string_lossy()),
+        toml_str(&l.snapshots.to_string_lossy())
+    );
+    let (backing, mount) = (
+        l.volumes[0].1.to_string_lossy(),
+        l.volumes[0].2.to_string_lossy(),
+    );
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        (
+            "an unterminated string",
+            format!("state_dir = \"{}\n", l.state_dir.display()).into(),
+        ),
+        (
+            "a broken table header",
+            format!("{head}[[volume]\nname = \"data\"\n").into(),
+        ),
+        (
+            "a key with no value",
+            format!("{head}[[volume]]\nname =\n").into(),
+        ),
+        (
+            "a string where a table belongs",
+            format!("{head}volume = \"data\"\n").into(),
+        ),
+        (
+            "a volume without a backing",
+            format!(
+                "{head}[[volume]]\nname = \"data\"\nmount = {}\n",
+                toml_str(&mount)
+            )
+            .into(),
+        ),
+        (
+            "a number where a path belongs",
+            format!(
+                "{head}[[volume]]\nname = \"data\"\nbacking = 7\nmount = {}\n",
+                toml_str(&mount)
+            )
+            .into(),
+        ),
+        ("bytes that are not UTF-8", {
+            let mut b = format!("{head}[[volume]]\nname = \"").into_bytes();
+            b.extend_from_slice(b"\xff\xfe\"\n");
+            b.extend_from_slice(
+                format!(
+                    "backing = {}\nmount = {}\n",
+                    toml_str(&backing),
+                    toml_str(&mount)
+                )
+                .as_bytes(),
+            );
+            b
+        }),
+    ];
+    for (what, text) in cases {
+        let path = d.root().join("bad.toml");
+        fs::write(&path, text).unwrap();
+        let out = run_up(&d, &path);
+        assert_one_line_error(&out, &format!("a config with {what}"));
+        assert_nothing_mounted(&d, what);
+    }
+    // A config file that is not there at all.
+    let out = run_up(&d, &d.root().join("missing.toml"));
+    assert_one_line_error(&out, "a missing config file");
+}
+
+#[test]
+fn every_change_in_the_snapshot_browser_gives_erofs() {
+    let d = Daemon::start(Config::default());
+    let live = d.live("data");
+    fs::write(live.join("f"), "frozen").unwrap();
+    fs::create_dir(live.join("empty")).unwrap();
+    fs::create_dir(live.join("dir")).unwrap();
+    fs::write(live.join("dir/g"), "g").unwrap();
+    symlink("f", live.join("sym")).unwrap();
+    let set = d.create_set();
+    let snap = d.snapshots().to_path_buf();
+    let root = d.browse(&set, "data");
+    let before = Manifest::capture(&root);
+
+    let at = |rel: &str| root.join(rel);
+    let io = |r: std::io::Result<()>| r.map_err(|e| sys::errno_of(&e));
+    let open = |path: &Path, write: bool, create: bool| {
+        io(fs::OpenOptions::new()
+            .read(!write)
+            .write(write)
+            .create(create)
+            .truncate(false)
+            .open(path)
+            .map(drop))
+    };
+    let attempts: Vec<(&str, Result<(), i32>)> = vec![
+        ("open f for writing", open(&at("f"), true, false)),
+        ("create a new file", open(&at("new"), true, true)),
+        ("mkdir", io(fs::create_dir(at("newdir")))),
+        ("unlink", io(fs::remove_file(at("f")))),
+        ("rmdir of an empty dir", io(fs::remove_dir(at("empty")))),
+        (
+            "chmod",
+            io(fs::set_permissions(
+                at("f"),
+                std::os::unix::fs::PermissionsExt::from_mode(0o777),
+            )),
+        ),
+        ("chown", sys::lchown(&at("f"), 1234, 1234)),
+        ("utimens", sys::set_mtime(&at("f"), 5, 5)),
+        ("truncate", {
+            let c = sys::cstr(&at("f"));
+            // SAFETY: valid path.
+            if unsafe { libc::truncate(c.as_ptr(), 0) } == 0 {
+                Ok(())
+            } else {
+                Err(sys::last_errno())
+            }
+        }),
+        ("setxattr", sys::lsetxattr(&at("f"), "user.x", b"1")),
+        ("removexattr", sys::lremovexattr(&at("f"), "user.x")),
+        ("rename", sys::renameat2(&at("f"), &at("f2"), 0)),
+        (
+            "rename out of a dir",
+            sys::renameat2(&at("dir/g"), &at("g"), 0),
+        ),
+        ("link", io(fs::hard_link(at("f"), at("f3")))),
+        ("symlink", io(symlink("f", at("s2")))),
+        ("mknod fifo", sys::mknod_fifo(&at("p"), 0o644)),
+        (
+            "mkdir in a set",
+            io(fs::create_dir(snap.join(&set.name).join("vol2"))),
+        ),
+        (
+            "mkdir at the browser root",
+            io(fs::create_dir(snap.join("x"))),
+        ),
+        (
+            "rename a set",
+            sys::renameat2(&snap.join(&set.name), &snap.join("renamed"), 0),
+        ),
+        ("unlink latest", io(fs::remove_file(snap.join("latest")))),
+        ("rmdir a set", io(fs::remove_dir(snap.join(&set.name)))),
+    ];
+    let wrong: Vec<String> = attempts
+        .iter()
+        .filter(|(_, r)| *r != Err(libc::EROFS))
+        .map(|(what, r)| format!("{what}: {:?}", r.map_err(sys::errno_name)))
+        .collect();
+    assert!(
+        wrong.is_empty(),
+        "expected EROFS from each of:\n  {}",
+        wrong.join("\n  ")
+    );
+    manifest::assert_same(
+        &before,
+        &Manifest::capture(&root),
+        "the set after the refused changes",
+    );
+    assert_eq!(fs::read(live.join("f")).unwrap(), b"frozen");
+    assert_eq!(d.list_sets(), [set]);
+}
+
+/// The first daemon still answers, serves its live mount and takes sets.
+fn assert_still_serving(d: &Daemon, sets_before: usize, context: &str) {
+    assert_eq!(d.list_sets().len(), sets_before, "{context}: list");
+    for mp in d.layout.mountpoints() {
+        assert_eq!(
+            sys::mount_count(&mp),
+            1,
+            "{context}: {} should be mounted exactly once",
+            mp.display()
+        );
+    }
+    let f = d.live("data").join(format!("still-{sets_before}"));
+    fs::write(&f, context).unwrap();
+    assert_eq!(fs::read_to_string(&f).unwrap(), context);
+    let set = d.create_set();
+    assert_eq!(
+        fs::read_to_string(d.browse(&set, "data").join(f.file_name().unwrap())).unwrap(),
+        context
+    );
+}
+
+#[test]
+fn a_second_daemon_on_the_same_state_dir_is_refused() {
+    let d = Daemon::start(Config::default());
+    fs::write(d.live("data").join("f"), "first").unwrap();
+    d.create_set();
+
+    // The same config again: the natural mistake.
+    let out = run_up(&d, &d.layout.config_path);
+    assert_one_line_error(&out, "a second `umbra up` with the same config");
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("umbra: ready"));
+    assert_still_serving(&d, 1, "after a second daemon with the same config");
+
+    // Another socket, browser and mounts, but the same state dir.
+    let other = Daemon::prepare(Config::default());
+    let text = fs::read_to_string(&other.layout.config_path)
+        .unwrap()
+        .replace(
+            &toml_str(&other.layout.state_dir.to_string_lossy()),
+            &toml_str(&d.layout.state_dir.to_string_lossy()),
+        );
+    let config = other.root().join("same-state.toml");
+    fs::write(&config, text).unwrap();
+    let out = run_up(&other, &config);
+    assert_one_line_error(&out, "a second `umbra up` on the same state dir");
+    assert_nothing_mounted(&other, "the refused daemon");
+    assert_still_serving(&d, 2, "after a second daemon on the same state dir");
+}
+
+#[test]
+fn a_client_with_no_daemon_is_a_one_line_error() {
+    let d = Daemon::prepare(Config::default());
+    for args in [
+        ["list", "--json"],
+        ["status", "--json"],
+        ["create", "--json"],
+    ] {
+        let mut cmd = umbra_cmd();
+        cmd.arg(args[0])
+            .arg("--socket")
+            .arg(&d.layout.socket)
+            .arg(args[1])
+            .current_dir(d.root());
+        let out = run_with_timeout(&mut cmd, Duration::from_secs(20));
+        assert_one_line_error(&out, &format!("`umbra {}` with no daemon", args[0]));
+        assert!(
+            out.stdout.is_empty(),
+            "a failed --json command prints nothing on stdout"
+        );
+    }
+}

@@ -1,0 +1,698 @@
+//! The end-to-end harness: a `Daemon` runs the real `umbra up` binary in a
+//! temp dir of its own (state, socket, snapshot browser, backing and mount
+//! dirs), and runs client commands against it. Every daemon it starts is
+//! stopped, and every mountpoint it configured is lazily unmounted, when the
+//! `Daemon` drops, panics included, so no test leaves a mount or a process
+//! behind and tests run in parallel.
+//!
+//! Set `UMBRA_BIN` to run the suite against another build of umbra; by
+//! default it is the binary cargo built for this test.
+
+#![allow(dead_code)] // each test binary uses a different part of the harness
+
+pub mod manifest;
+pub mod ops;
+pub mod shrink;
+pub mod sys;
+
+use std::fmt::Write as _;
+use std::fs;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use serde::Deserialize;
+
+/// How long `umbra up` may take to print `umbra: ready`.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long the daemon may take to exit after SIGTERM before it is killed.
+pub const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a client command may run.
+pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The umbra binary under test.
+pub fn umbra_bin() -> PathBuf {
+    match std::env::var_os("UMBRA_BIN") {
+        Some(bin) => PathBuf::from(bin),
+        None => PathBuf::from(env!("CARGO_BIN_EXE_umbra")),
+    }
+}
+
+/// A command running the umbra binary, with no UMBRA_SOCKET inherited.
+pub fn umbra_cmd() -> Command {
+    let mut cmd = Command::new(umbra_bin());
+    cmd.env_remove("UMBRA_SOCKET");
+    cmd
+}
+
+/// Runs `cmd` to completion, killing it (and panicking) after `timeout`.
+pub fn run_with_timeout(cmd: &mut Command, timeout: Duration) -> Output {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawning {cmd:?}: {e}"));
+    let (tx, rx) = mpsc::channel();
+    let stdout = child.stdout.take().expect("piped");
+    let stderr = child.stderr.take().expect("piped");
+    let out_reader = thread::spawn(move || read_all(stdout));
+    let err_reader = thread::spawn(move || read_all(stderr));
+    let pid = child.id();
+    let waiter = thread::spawn(move || {
+        let status = child.wait();
+        let _ = tx.send(());
+        status
+    });
+    if rx.recv_timeout(timeout).is_err() {
+        // SAFETY: plain kill(2) of the child we spawned.
+        unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+        let _ = waiter.join();
+        panic!("{cmd:?} did not finish within {timeout:?}; killed it");
+    }
+    let status = waiter
+        .join()
+        .expect("waiter thread")
+        .expect("waiting for a client");
+    Output {
+        status,
+        stdout: out_reader.join().expect("stdout reader"),
+        stderr: err_reader.join().expect("stderr reader"),
+    }
+}
+
+fn read_all(mut r: impl std::io::Read) -> Vec<u8> {
+    let mut buf = Vec::new();
+    let _ = r.read_to_end(&mut buf);
+    buf
+}
+
+/// Asserts that `out` is a failed command that printed exactly one line
+/// `umbra: ...` on stderr; returns that line.
+#[track_caller]
+pub fn assert_one_line_error(out: &Output, context: &str) -> String {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "{context}: expected a failure, got {}\nstdout: {}\nstderr: {stderr}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(
+        lines.len(),
+        1,
+        "{context}: expected exactly one line on stderr, got:\n{stderr}"
+    );
+    assert!(
+        lines[0].starts_with("umbra: "),
+        "{context}: the error line should start with `umbra: `: {:?}",
+        lines[0]
+    );
+    lines[0].to_string()
+}
+
+/// One shadow copy set as `--json` prints it.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+pub struct SetJson {
+    pub id: u64,
+    pub name: String,
+    pub created: String,
+    pub label: Option<String>,
+    pub volumes: Vec<String>,
+}
+
+impl SetJson {
+    /// Checks the contract's default naming: the UTC creation time to the
+    /// second without colons, maybe with a `-N` suffix, and `created` in
+    /// RFC 3339 naming the same second.
+    #[track_caller]
+    pub fn assert_well_formed(&self) {
+        let created = chrono::DateTime::parse_from_rfc3339(&self.created)
+            .unwrap_or_else(|e| panic!("set {self:?}: `created` is not RFC 3339: {e}"));
+        let stem = created
+            .with_timezone(&chrono::Utc)
+            .format("%Y-%m-%dT%H%M%SZ")
+            .to_string();
+        let suffix_ok = match self.name.strip_prefix(&stem) {
+            Some("") => true,
+            Some(rest) => rest
+                .strip_prefix('-')
+                .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())),
+            None => false,
+        };
+        assert!(
+            suffix_ok,
+            "set {self:?}: name should be {stem} or {stem}-N (the UTC creation time)"
+        );
+        assert!(
+            !self.name.contains(':'),
+            "set names never contain colons: {self:?}"
+        );
+    }
+}
+
+/// Where a volume lives.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Placement {
+    /// Backing and mount are separate directories.
+    Separate,
+    /// The live mount is stacked over the backing directory.
+    InPlace,
+}
+
+#[derive(Clone, Debug)]
+pub struct VolumeSpec {
+    pub name: String,
+    pub placement: Placement,
+}
+
+/// The configuration a `Daemon` writes; paths are filled in by the harness.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub volumes: Vec<VolumeSpec>,
+    pub name_format: Option<String>,
+    pub threads: Option<u32>,
+}
+
+impl Default for Config {
+    /// One volume `data`, separate backing and mount.
+    fn default() -> Self {
+        Config::empty().volume("data")
+    }
+}
+
+impl Config {
+    pub fn empty() -> Config {
+        Config {
+            volumes: Vec::new(),
+            name_format: None,
+            threads: None,
+        }
+    }
+
+    /// Adds a volume with separate backing and mount directories.
+    pub fn volume(mut self, name: &str) -> Config {
+        self.volumes.push(VolumeSpec {
+            name: name.to_string(),
+            placement: Placement::Separate,
+        });
+        self
+    }
+
+    /// Adds a volume mounted in place over its backing directory.
+    pub fn in_place(mut self, name: &str) -> Config {
+        self.volumes.push(VolumeSpec {
+            name: name.to_string(),
+            placement: Placement::InPlace,
+        });
+        self
+    }
+
+    pub fn volumes(names: &[&str]) -> Config {
+        names.iter().fold(Config::empty(), |c, n| c.volume(n))
+    }
+
+    pub fn name_format(mut self, format: &str) -> Config {
+        self.name_format = Some(format.to_string());
+        self
+    }
+
+    pub fn threads(mut self, n: u32) -> Config {
+        self.threads = Some(n);
+        self
+    }
+}
+
+/// A TOML basic string.
+pub fn toml_str(s: &str) -> String {
+    let mut out = String::from("\"");
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// The directories of one daemon, all inside its temp dir.
+#[derive(Clone, Debug)]
+pub struct Layout {
+    pub root: PathBuf,
+    pub config_path: PathBuf,
+    pub state_dir: PathBuf,
+    pub socket: PathBuf,
+    pub snapshots: PathBuf,
+    /// (name, backing, mount)
+    pub volumes: Vec<(String, PathBuf, PathBuf)>,
+}
+
+impl Layout {
+    fn new(root: &Path, config: &Config) -> Layout {
+        let volumes = config
+            .volumes
+            .iter()
+            .map(|v| {
+                let backing = root.join("backing").join(&v.name);
+                let mount = match v.placement {
+                    Placement::Separate => root.join("live").join(&v.name),
+                    Placement::InPlace => backing.clone(),
+                };
+                (v.name.clone(), backing, mount)
+            })
+            .collect();
+        Layout {
+            root: root.to_path_buf(),
+            config_path: root.join("umbra.toml"),
+            state_dir: root.join("state"),
+            socket: root.join("umbra.sock"),
+            snapshots: root.join("snapshots"),
+            volumes,
+        }
+    }
+
+    /// The config file text.
+    pub fn toml(&self, config: &Config) -> String {
+        let mut t = String::new();
+        let _ = writeln!(
+            t,
+            "state_dir = {}",
+            toml_str(&self.state_dir.to_string_lossy())
+        );
+        let _ = writeln!(t, "socket = {}", toml_str(&self.socket.to_string_lossy()));
+        let _ = writeln!(
+            t,
+            "snapshots = {}",
+            toml_str(&self.snapshots.to_string_lossy())
+        );
+        if let Some(f) = &config.name_format {
+            let _ = writeln!(t, "name_format = {}", toml_str(f));
+        }
+        if let Some(n) = config.threads {
+            let _ = writeln!(t, "threads = {n}");
+        }
+        for (name, backing, mount) in &self.volumes {
+            let _ = writeln!(t, "\n[[volume]]");
+            let _ = writeln!(t, "name = {}", toml_str(name));
+            let _ = writeln!(t, "backing = {}", toml_str(&backing.to_string_lossy()));
+            let _ = writeln!(t, "mount = {}", toml_str(&mount.to_string_lossy()));
+        }
+        t
+    }
+
+    /// Every mountpoint the config names: each live mount and the browser.
+    pub fn mountpoints(&self) -> Vec<PathBuf> {
+        let mut m: Vec<PathBuf> = self.volumes.iter().map(|v| v.2.clone()).collect();
+        m.push(self.snapshots.clone());
+        m
+    }
+}
+
+/// Stops a leftover process and unmounts every path in `mounts`, quietly.
+fn teardown(child: Option<&mut Child>, mounts: &[PathBuf]) {
+    if let Some(child) = child
+        && matches!(child.try_wait(), Ok(None))
+    {
+        signal(child, libc::SIGTERM);
+        if wait_timeout(child, STOP_TIMEOUT).is_none() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+    for mp in mounts {
+        // Stacked mounts (in place) may need more than one pass.
+        for _ in 0..4 {
+            if !sys::is_mounted(mp) {
+                break;
+            }
+            let _ = sys::lazy_unmount(mp);
+        }
+    }
+}
+
+fn signal(child: &Child, sig: libc::c_int) {
+    // SAFETY: plain kill(2) of a child we spawned and have not reaped.
+    unsafe { libc::kill(child.id() as libc::pid_t, sig) };
+}
+
+fn wait_timeout(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) => return Some(status),
+            Ok(None) if Instant::now() < deadline => thread::sleep(Duration::from_millis(20)),
+            _ => return None,
+        }
+    }
+}
+
+/// A running `umbra up` in its own temp dir.
+pub struct Daemon {
+    pub config: Config,
+    pub layout: Layout,
+    child: Option<Child>,
+    /// Every stdout line of the current run.
+    stdout: Arc<Mutex<Vec<String>>>,
+    stderr_path: PathBuf,
+    runs: u32,
+    // Dropped last, after Drop has unmounted everything.
+    _dir: tempfile::TempDir,
+}
+
+impl Daemon {
+    /// Writes the config and the directories, but starts nothing: a test may
+    /// fill backing directories first, then call `launch`.
+    pub fn prepare(config: Config) -> Daemon {
+        let dir = tempfile::Builder::new()
+            .prefix("umbra-e2e-")
+            .tempdir()
+            .expect("creating a temp dir");
+        let root = fs::canonicalize(dir.path()).expect("canonicalizing the temp dir");
+        let layout = Layout::new(&root, &config);
+        for (_, backing, mount) in &layout.volumes {
+            fs::create_dir_all(backing).expect("creating a backing dir");
+            fs::create_dir_all(mount).expect("creating a mount dir");
+        }
+        fs::create_dir_all(&layout.snapshots).expect("creating the snapshots dir");
+        fs::write(&layout.config_path, layout.toml(&config)).expect("writing the config");
+        Daemon {
+            config,
+            layout,
+            child: None,
+            stdout: Arc::new(Mutex::new(Vec::new())),
+            stderr_path: root.join("daemon-0.stderr"),
+            runs: 0,
+            _dir: dir,
+        }
+    }
+
+    /// Prepares and launches; panics with the daemon's stderr if it is not
+    /// ready within READY_TIMEOUT.
+    #[track_caller]
+    pub fn start(config: Config) -> Daemon {
+        let mut d = Daemon::prepare(config);
+        d.launch();
+        d
+    }
+
+    pub fn try_start(config: Config) -> Result<Daemon, String> {
+        let mut d = Daemon::prepare(config);
+        d.try_launch()?;
+        Ok(d)
+    }
+
+    #[track_caller]
+    pub fn launch(&mut self) {
+        if let Err(e) = self.try_launch() {
+            panic!("{e}");
+        }
+    }
+
+    /// Spawns `umbra up --config FILE` and waits for `umbra: ready`.
+    pub fn try_launch(&mut self) -> Result<(), String> {
+        assert!(self.child.is_none(), "the daemon is already running");
+        self.runs += 1;
+        self.stderr_path = self
+            .layout
+            .root
+            .join(format!("daemon-{}.stderr", self.runs));
+        let stderr = fs::File::create(&self.stderr_path)
+            .map_err(|e| format!("creating the stderr file: {e}"))?;
+        let mut child = umbra_cmd()
+            .arg("up")
+            .arg("--config")
+            .arg(&self.layout.config_path)
+            .current_dir(&self.layout.root)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(stderr))
+            .spawn()
+            .map_err(|e| format!("spawning {}: {e}", umbra_bin().display()))?;
+        let stdout = child.stdout.take().expect("piped");
+        self.child = Some(child);
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        self.stdout = lines.clone();
+        let (tx, rx) = mpsc::channel();
+        // Keeps draining stdout for the daemon's whole life, so it never
+        // blocks on a full pipe.
+        thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                let ready = line == "umbra: ready";
+                lines.lock().expect("stdout lines").push(line);
+                if ready {
+                    let _ = tx.send(());
+                }
+            }
+        });
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            match rx.recv_timeout(Duration::from_millis(50)) {
+                Ok(()) => break,
+                Err(mpsc::RecvTimeoutError::Timeout)
+                | Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    let child = self.child.as_mut().expect("spawned");
+                    if let Ok(Some(status)) = child.try_wait() {
+                        self.child = None;
+                        return Err(self.failure(&format!(
+                            "umbra up exited with {status} before `umbra: ready`"
+                        )));
+                    }
+                    if Instant::now() >= deadline {
+                        teardown(self.child.as_mut(), &self.layout.mountpoints());
+                        self.child = None;
+                        return Err(self.failure(&format!(
+                            "umbra up printed no `umbra: ready` within {READY_TIMEOUT:?}"
+                        )));
+                    }
+                }
+            }
+        }
+        // Ready means everything is mounted.
+        for mp in self.layout.mountpoints() {
+            if !sys::is_mounted(&mp) {
+                return Err(self.failure(&format!(
+                    "after `umbra: ready`, {} is not a mountpoint",
+                    mp.display()
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// A message naming what happened, with the daemon's stdout and stderr.
+    pub fn failure(&self, what: &str) -> String {
+        let stderr = fs::read_to_string(&self.stderr_path).unwrap_or_default();
+        let stdout = self.stdout_lines().join("\n");
+        format!(
+            "{what}\nconfig {}:\n{}\n--- daemon stdout ---\n{stdout}\n--- daemon stderr ---\n{stderr}",
+            self.layout.config_path.display(),
+            fs::read_to_string(&self.layout.config_path).unwrap_or_default()
+        )
+    }
+
+    /// The stdout lines of the current run so far.
+    pub fn stdout_lines(&self) -> Vec<String> {
+        self.stdout.lock().expect("stdout lines").clone()
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Sends SIGTERM and checks the contract: exit 0, nothing left mounted.
+    #[track_caller]
+    pub fn stop(&mut self) {
+        if let Err(e) = self.try_stop_with(libc::SIGTERM) {
+            panic!("{e}");
+        }
+    }
+
+    pub fn try_stop(&mut self) -> Result<(), String> {
+        self.try_stop_with(libc::SIGTERM)
+    }
+
+    /// Sends `sig` (SIGTERM or SIGINT); the daemon must unmount everything
+    /// and exit 0 within STOP_TIMEOUT.
+    pub fn try_stop_with(&mut self, sig: libc::c_int) -> Result<(), String> {
+        let Some(mut child) = self.child.take() else {
+            return Err("the daemon is not running".to_string());
+        };
+        signal(&child, sig);
+        let status = wait_timeout(&mut child, STOP_TIMEOUT);
+        let still_mounted: Vec<PathBuf> = self
+            .layout
+            .mountpoints()
+            .into_iter()
+            .filter(|m| sys::is_mounted(m))
+            .collect();
+        teardown(Some(&mut child), &self.layout.mountpoints());
+        match status {
+            None => Err(self.failure(&format!(
+                "the daemon did not exit within {STOP_TIMEOUT:?} of signal {sig}"
+            ))),
+            Some(s) if !s.success() => {
+                Err(self.failure(&format!("the daemon exited with {s} on signal {sig}")))
+            }
+            Some(_) if !still_mounted.is_empty() => Err(self.failure(&format!(
+                "after the daemon exited, still mounted: {still_mounted:?}"
+            ))),
+            Some(_) => Ok(()),
+        }
+    }
+
+    #[track_caller]
+    pub fn restart(&mut self) {
+        if let Err(e) = self.try_restart() {
+            panic!("{e}");
+        }
+    }
+
+    pub fn try_restart(&mut self) -> Result<(), String> {
+        self.try_stop()?;
+        self.try_launch()
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.layout.root
+    }
+
+    /// A fresh directory in this daemon's temp dir (same filesystem as the
+    /// backing directories), e.g. for a native reference tree.
+    pub fn scratch(&self, name: &str) -> PathBuf {
+        let p = self.layout.root.join("scratch").join(name);
+        fs::create_dir_all(&p).expect("creating a scratch dir");
+        p
+    }
+
+    fn volume(&self, name: &str) -> &(String, PathBuf, PathBuf) {
+        self.layout
+            .volumes
+            .iter()
+            .find(|v| v.0 == name)
+            .unwrap_or_else(|| panic!("no volume {name} in this config"))
+    }
+
+    /// The live mount of `volume`.
+    pub fn live(&self, volume: &str) -> PathBuf {
+        self.volume(volume).2.clone()
+    }
+
+    /// The backing directory of `volume` (under the mount when in place).
+    pub fn backing(&self, volume: &str) -> PathBuf {
+        self.volume(volume).1.clone()
+    }
+
+    pub fn snapshots(&self) -> &Path {
+        &self.layout.snapshots
+    }
+
+    /// `<snapshots>/<set>/<volume>`.
+    pub fn browse(&self, set: &SetJson, volume: &str) -> PathBuf {
+        self.layout.snapshots.join(&set.name).join(volume)
+    }
+
+    /// Runs `umbra ARGS` with `--socket` added after the subcommand.
+    pub fn umbra(&self, args: &[&str]) -> Output {
+        let mut cmd = umbra_cmd();
+        cmd.current_dir(&self.layout.root);
+        if let Some((sub, rest)) = args.split_first() {
+            cmd.arg(sub)
+                .arg("--socket")
+                .arg(&self.layout.socket)
+                .args(rest);
+        }
+        run_with_timeout(&mut cmd, CLIENT_TIMEOUT)
+    }
+
+    /// Runs a client command that must succeed; returns its stdout.
+    pub fn try_umbra_ok(&self, args: &[&str]) -> Result<String, String> {
+        let out = self.umbra(args);
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        } else {
+            Err(self.failure(&format!(
+                "`umbra {}` failed with {}\nstdout: {}\nstderr: {}",
+                args.join(" "),
+                out.status,
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            )))
+        }
+    }
+
+    #[track_caller]
+    pub fn umbra_ok(&self, args: &[&str]) -> String {
+        self.try_umbra_ok(args).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// `umbra create [ARGS] --json`, parsed and checked.
+    pub fn try_create_set_with(&self, args: &[&str]) -> Result<SetJson, String> {
+        let mut all = vec!["create"];
+        all.extend_from_slice(args);
+        all.push("--json");
+        let stdout = self.try_umbra_ok(&all)?;
+        serde_json::from_str(&stdout)
+            .map_err(|e| format!("`umbra create --json` printed no set ({e}): {stdout:?}"))
+    }
+
+    #[track_caller]
+    pub fn create_set_with(&self, args: &[&str]) -> SetJson {
+        let set = self
+            .try_create_set_with(args)
+            .unwrap_or_else(|e| panic!("{e}"));
+        if self.config.name_format.is_none() {
+            set.assert_well_formed();
+        }
+        set
+    }
+
+    /// A set of every volume.
+    #[track_caller]
+    pub fn create_set(&self) -> SetJson {
+        self.create_set_with(&[])
+    }
+
+    pub fn try_create_set(&self) -> Result<SetJson, String> {
+        self.try_create_set_with(&[])
+    }
+
+    pub fn try_list_sets(&self) -> Result<Vec<SetJson>, String> {
+        let stdout = self.try_umbra_ok(&["list", "--json"])?;
+        serde_json::from_str(&stdout)
+            .map_err(|e| format!("`umbra list --json` printed no array of sets ({e}): {stdout:?}"))
+    }
+
+    #[track_caller]
+    pub fn list_sets(&self) -> Vec<SetJson> {
+        self.try_list_sets().unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    pub fn try_delete_set(&self, name: &str) -> Result<(), String> {
+        self.try_umbra_ok(&["delete", name]).map(|_| ())
+    }
+
+    #[track_caller]
+    pub fn status(&self) -> serde_json::Value {
+        let stdout = self.umbra_ok(&["status", "--json"]);
+        serde_json::from_str(&stdout)
+            .unwrap_or_else(|e| panic!("`umbra status --json` printed no JSON ({e}): {stdout:?}"))
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        teardown(self.child.as_mut(), &self.layout.mountpoints());
+        self.child = None;
+    }
+}
