@@ -328,10 +328,17 @@ fn every_mount_is_announced_before_ready() {
     let lines = d.stdout_lines();
     let ready = lines.iter().position(|l| l == "umbra: ready").unwrap();
     let mounts = d.layout.mountpoints();
+    // One line per mount and one naming the control socket, then ready.
     assert_eq!(
         ready,
-        mounts.len(),
-        "one line per mount, then `umbra: ready`; got {lines:#?}"
+        mounts.len() + 1,
+        "one line per mount and the socket's, then `umbra: ready`; got {lines:#?}"
+    );
+    assert!(
+        lines[..ready]
+            .iter()
+            .any(|l| l.contains("control socket at")),
+        "no line names the control socket: {lines:#?}"
     );
     for mp in &mounts {
         let shown = mp.to_string_lossy();

@@ -343,11 +343,24 @@ impl LiveFs {
             return Err(e.into());
         }
         let parent_times = [
-            libc::timespec { tv_sec: pst.st_atime, tv_nsec: pst.st_atime_nsec },
-            libc::timespec { tv_sec: pst.st_mtime, tv_nsec: pst.st_mtime_nsec },
+            libc::timespec {
+                tv_sec: pst.st_atime,
+                tv_nsec: pst.st_atime_nsec,
+            },
+            libc::timespec {
+                tv_sec: pst.st_mtime,
+                tv_nsec: pst.st_mtime_nsec,
+            },
         ];
         // SAFETY: parent_times points at two timespecs.
-        check(unsafe { libc::utimensat(pfd, c"".as_ptr(), parent_times.as_ptr(), libc::AT_EMPTY_PATH) })?;
+        check(unsafe {
+            libc::utimensat(
+                pfd,
+                c"".as_ptr(),
+                parent_times.as_ptr(),
+                libc::AT_EMPTY_PATH,
+            )
+        })?;
         m.born(successor);
         self.vol.mark_aside(object);
         self.vol.store().set_alias(self.vol.id(), successor, ino)?;
