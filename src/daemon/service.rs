@@ -233,7 +233,10 @@ pub(super) mod tests {
         let volumes = config
             .volumes
             .iter()
-            .map(|v| Volume::open(store.clone(), &v.name, &v.backing).expect("volume"))
+            .map(|v| {
+                std::fs::create_dir_all(&v.backing).expect("backing dir");
+                Volume::open(store.clone(), &v.name, &v.backing).expect("volume")
+            })
             .collect::<Vec<_>>();
         let browser = Browser::new(store.clone(), volumes.clone()).expect("browser");
         let service = Service::new(store.clone(), volumes, browser, config);
