@@ -17,6 +17,7 @@ mod cow;
 mod error;
 mod live;
 mod mount;
+mod reply;
 mod shadow;
 mod snap;
 mod volume;

@@ -10,4 +10,4 @@ mod nodes;
 pub(crate) use self::core::LiveFs;
 #[cfg(test)]
 pub(crate) use self::core::{Caller, SetAttrs};
-pub(crate) use self::fuse::{LiveAdapter, xattr_reply};
+pub(crate) use self::fuse::LiveAdapter;

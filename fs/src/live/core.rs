@@ -5,7 +5,7 @@
 //! the adapter in fuse.rs only converts.
 
 use std::collections::HashMap;
-use std::ffi::{CStr, OsStr, OsString};
+use std::ffi::{CStr, OsStr};
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
@@ -18,6 +18,7 @@ use umbra_store::{FileKind, ObjectId, Timestamp};
 use super::nodes::{Node, Nodes, ROOT};
 use crate::attr::Attr;
 use crate::backing::{self, cstr};
+use crate::reply::Listing;
 use crate::{FsError, HIDDEN_DIR, Result, Volume};
 
 /// Who asks: new files belong to them.
@@ -51,18 +52,11 @@ pub(crate) struct OpenFile {
     pub access: i32,
 }
 
-#[derive(Clone, Debug)]
-pub(crate) struct ListEntry {
-    pub ino: u64,
-    pub kind: FileKind,
-    pub name: OsString,
-}
-
 pub(crate) struct LiveFs {
     vol: Arc<Volume>,
     nodes: Nodes,
     files: Mutex<HashMap<u64, Arc<OpenFile>>>,
-    dirs: Mutex<HashMap<u64, Arc<Vec<ListEntry>>>>,
+    dirs: Mutex<HashMap<u64, Arc<Vec<Listing>>>>,
     next_fh: AtomicU64,
 }
 
@@ -806,12 +800,12 @@ impl LiveFs {
             self.nodes.ino_of(ObjectId(parent.st_ino))
         };
         let mut entries = vec![
-            ListEntry {
+            Listing {
                 ino,
                 kind: FileKind::Directory,
                 name: ".".into(),
             },
-            ListEntry {
+            Listing {
                 ino: parent_ino,
                 kind: FileKind::Directory,
                 name: "..".into(),
@@ -821,7 +815,7 @@ impl LiveFs {
             if Self::hidden(ino, &name) {
                 continue;
             }
-            entries.push(ListEntry {
+            entries.push(Listing {
                 ino: self.nodes.ino_of(ObjectId(backing_ino)),
                 kind,
                 name,
@@ -832,7 +826,7 @@ impl LiveFs {
         Ok(fh)
     }
 
-    pub fn readdir(&self, fh: u64) -> Result<Arc<Vec<ListEntry>>> {
+    pub fn readdir(&self, fh: u64) -> Result<Arc<Vec<Listing>>> {
         lock(&self.dirs)
             .get(&fh)
             .cloned()

@@ -6,15 +6,14 @@ use std::path::Path;
 use std::time::{Duration, UNIX_EPOCH};
 
 use fuser::{
-    Errno, FileHandle, Filesystem, FopenFlags, Generation, INodeNo, KernelConfig, LockOwner,
-    OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty,
-    ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    FileHandle, Filesystem, FopenFlags, Generation, INodeNo, KernelConfig, LockOwner, OpenFlags,
+    RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry,
+    ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use umbra_store::Timestamp;
 
 use super::core::{Caller, LiveFs, SetAttrs, TimeSet};
-use crate::FsError;
-use crate::attr::file_type;
+use crate::reply::{self, errno};
 
 /// Only umbra changes the backing directory while it is mounted, so the
 /// kernel may keep what it learned for long.
@@ -29,10 +28,6 @@ fn caller(req: &Request) -> Caller {
         uid: req.uid(),
         gid: req.gid(),
     }
-}
-
-fn err(e: &FsError) -> Errno {
-    Errno::from_i32(e.errno())
 }
 
 fn time_set(t: TimeOrNow) -> TimeSet {
@@ -60,7 +55,7 @@ macro_rules! entry {
     ($reply:expr, $result:expr) => {
         match $result {
             Ok(attr) => $reply.entry(&TTL, &attr.to_fuser(), Generation(0)),
-            Err(e) => $reply.error(err(&e)),
+            Err(e) => $reply.error(errno(&e)),
         }
     };
 }
@@ -69,7 +64,7 @@ macro_rules! empty {
     ($reply:expr, $result:expr) => {
         match $result {
             Ok(()) => $reply.ok(),
-            Err(e) => $reply.error(err(&e)),
+            Err(e) => $reply.error(errno(&e)),
         }
     };
 }
@@ -92,7 +87,7 @@ impl Filesystem for LiveAdapter {
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         match self.fs.getattr(ino.0) {
             Ok(attr) => reply.attr(&TTL, &attr.to_fuser()),
-            Err(e) => reply.error(err(&e)),
+            Err(e) => reply.error(errno(&e)),
         }
     }
 
@@ -125,15 +120,12 @@ impl Filesystem for LiveAdapter {
         };
         match self.fs.setattr(ino.0, set) {
             Ok(attr) => reply.attr(&TTL, &attr.to_fuser()),
-            Err(e) => reply.error(err(&e)),
+            Err(e) => reply.error(errno(&e)),
         }
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
-        match self.fs.readlink(ino.0) {
-            Ok(target) => reply.data(&target),
-            Err(e) => reply.error(err(&e)),
-        }
+        reply::data(self.fs.readlink(ino.0), reply)
     }
 
     fn mknod(
@@ -217,10 +209,7 @@ impl Filesystem for LiveAdapter {
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        match self.fs.open(ino.0, flags.0) {
-            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
-            Err(e) => reply.error(err(&e)),
-        }
+        reply::opened(self.fs.open(ino.0, flags.0), FopenFlags::empty(), reply)
     }
 
     fn read(
@@ -234,10 +223,7 @@ impl Filesystem for LiveAdapter {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        match self.fs.read(fh.0, offset, size) {
-            Ok(data) => reply.data(&data),
-            Err(e) => reply.error(err(&e)),
-        }
+        reply::data(self.fs.read(fh.0, offset, size), reply)
     }
 
     fn write(
@@ -254,7 +240,7 @@ impl Filesystem for LiveAdapter {
     ) {
         match self.fs.write(fh.0, offset, data) {
             Ok(n) => reply.written(n),
-            Err(e) => reply.error(err(&e)),
+            Err(e) => reply.error(errno(&e)),
         }
     }
 
@@ -295,10 +281,7 @@ impl Filesystem for LiveAdapter {
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        match self.fs.opendir(ino.0) {
-            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
-            Err(e) => reply.error(err(&e)),
-        }
+        reply::opened(self.fs.opendir(ino.0), FopenFlags::empty(), reply)
     }
 
     fn readdir(
@@ -307,19 +290,9 @@ impl Filesystem for LiveAdapter {
         _ino: INodeNo,
         fh: FileHandle,
         offset: u64,
-        mut reply: ReplyDirectory,
+        reply: ReplyDirectory,
     ) {
-        match self.fs.readdir(fh.0) {
-            Ok(entries) => {
-                for (i, e) in entries.iter().enumerate().skip(offset as usize) {
-                    if reply.add(INodeNo(e.ino), (i + 1) as u64, file_type(e.kind), &e.name) {
-                        break;
-                    }
-                }
-                reply.ok();
-            }
-            Err(e) => reply.error(err(&e)),
-        }
+        reply::directory(self.fs.readdir(fh.0), offset, reply)
     }
 
     fn releasedir(
@@ -346,19 +319,7 @@ impl Filesystem for LiveAdapter {
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
-        match self.fs.statfs() {
-            Ok(s) => reply.statfs(
-                s.f_blocks,
-                s.f_bfree,
-                s.f_bavail,
-                s.f_files,
-                s.f_ffree,
-                s.f_bsize as u32,
-                s.f_namemax as u32,
-                s.f_frsize as u32,
-            ),
-            Err(e) => reply.error(err(&e)),
-        }
+        reply::statfs(self.fs.statfs(), false, reply)
     }
 
     fn setxattr(
@@ -375,11 +336,11 @@ impl Filesystem for LiveAdapter {
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
-        xattr_reply(self.fs.getxattr(ino.0, name), size, reply)
+        reply::xattr(self.fs.getxattr(ino.0, name), size, reply)
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
-        xattr_reply(self.fs.listxattr(ino.0), size, reply)
+        reply::xattr(self.fs.listxattr(ino.0), size, reply)
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
@@ -404,7 +365,7 @@ impl Filesystem for LiveAdapter {
                 FileHandle(fh),
                 FopenFlags::empty(),
             ),
-            Err(e) => reply.error(err(&e)),
+            Err(e) => reply.error(errno(&e)),
         }
     }
 
@@ -419,16 +380,5 @@ impl Filesystem for LiveAdapter {
         reply: ReplyEmpty,
     ) {
         empty!(reply, self.fs.fallocate(fh.0, offset, length, mode))
-    }
-}
-
-/// Answers an xattr request: the size when asked for it, ERANGE when the
-/// caller's buffer is too small.
-pub(crate) fn xattr_reply(result: crate::Result<Vec<u8>>, size: u32, reply: ReplyXattr) {
-    match result {
-        Ok(data) if size == 0 => reply.size(data.len() as u32),
-        Ok(data) if data.len() > size as usize => reply.error(Errno::ERANGE),
-        Ok(data) => reply.data(&data),
-        Err(e) => reply.error(err(&e)),
     }
 }

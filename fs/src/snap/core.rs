@@ -19,6 +19,7 @@ use umbra_store::{BLOCK_SIZE, DirEntry, FileKind, SetId, SetInfo, Store, Timesta
 use super::inodes::{Inodes, LATEST, Node, ObjectNode, ROOT};
 use crate::attr::Attr;
 use crate::backing;
+use crate::reply::Listing;
 use crate::{FsError, HIDDEN_DIR, Result, Volume};
 
 const CACHE_ENTRIES: usize = 64 * 1024;
@@ -26,13 +27,6 @@ const LIVE_FDS: usize = 1024;
 
 /// Tells the kernel to forget a name it cached (set by the FUSE mount).
 pub(crate) type Invalidate = Box<dyn Fn(u64, &OsStr) + Send + Sync>;
-
-#[derive(Clone, Debug)]
-pub(crate) struct Listing {
-    pub ino: u64,
-    pub kind: FileKind,
-    pub name: OsString,
-}
 
 pub(crate) struct SnapFile {
     ino: u64,

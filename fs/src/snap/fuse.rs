@@ -16,8 +16,7 @@ use fuser::{
 
 use super::core::Browser;
 use super::inodes::{LATEST, ROOT};
-use crate::attr::file_type;
-use crate::live::xattr_reply;
+use crate::reply::{self, errno};
 
 const FROZEN_TTL: Duration = Duration::from_secs(24 * 3600);
 const TOP_TTL: Duration = Duration::from_secs(1);
@@ -32,10 +31,6 @@ fn ttl_of(ino: u64) -> Duration {
     } else {
         FROZEN_TTL
     }
-}
-
-fn err(e: &crate::FsError) -> Errno {
-    Errno::from_i32(e.errno())
 }
 
 impl Filesystem for SnapAdapter {
@@ -59,32 +54,30 @@ impl Filesystem for SnapAdapter {
                     Generation(0),
                 )
             }
-            Err(e) => reply.error(err(&e)),
+            Err(e) => reply.error(errno(&e)),
         }
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         match self.browser.getattr(ino.0) {
             Ok(attr) => reply.attr(&ttl_of(ino.0), &attr.to_fuser()),
-            Err(e) => reply.error(err(&e)),
+            Err(e) => reply.error(errno(&e)),
         }
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
-        match self.browser.readlink(ino.0) {
-            Ok(target) => reply.data(&target),
-            Err(e) => reply.error(err(&e)),
-        }
+        reply::data(self.browser.readlink(ino.0), reply)
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         if flags.0 & libc::O_ACCMODE != libc::O_RDONLY {
             return reply.error(Errno::EROFS);
         }
-        match self.browser.open(ino.0) {
-            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE),
-            Err(e) => reply.error(err(&e)),
-        }
+        reply::opened(
+            self.browser.open(ino.0),
+            FopenFlags::FOPEN_KEEP_CACHE,
+            reply,
+        )
     }
 
     fn read(
@@ -98,10 +91,7 @@ impl Filesystem for SnapAdapter {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        match self.browser.read(fh.0, offset, size) {
-            Ok(data) => reply.data(&data),
-            Err(e) => reply.error(err(&e)),
-        }
+        reply::data(self.browser.read(fh.0, offset, size), reply)
     }
 
     fn release(
@@ -119,10 +109,7 @@ impl Filesystem for SnapAdapter {
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        match self.browser.opendir(ino.0) {
-            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
-            Err(e) => reply.error(err(&e)),
-        }
+        reply::opened(self.browser.opendir(ino.0), FopenFlags::empty(), reply)
     }
 
     fn readdir(
@@ -131,19 +118,9 @@ impl Filesystem for SnapAdapter {
         _ino: INodeNo,
         fh: FileHandle,
         offset: u64,
-        mut reply: ReplyDirectory,
+        reply: ReplyDirectory,
     ) {
-        match self.browser.readdir(fh.0) {
-            Ok(entries) => {
-                for (i, e) in entries.iter().enumerate().skip(offset as usize) {
-                    if reply.add(INodeNo(e.ino), (i + 1) as u64, file_type(e.kind), &e.name) {
-                        break;
-                    }
-                }
-                reply.ok();
-            }
-            Err(e) => reply.error(err(&e)),
-        }
+        reply::directory(self.browser.readdir(fh.0), offset, reply)
     }
 
     fn releasedir(
@@ -159,26 +136,14 @@ impl Filesystem for SnapAdapter {
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
-        match self.browser.statfs() {
-            Ok(s) => reply.statfs(
-                s.f_blocks,
-                0,
-                0,
-                s.f_files,
-                0,
-                s.f_bsize as u32,
-                s.f_namemax as u32,
-                s.f_frsize as u32,
-            ),
-            Err(e) => reply.error(err(&e)),
-        }
+        reply::statfs(self.browser.statfs(), true, reply)
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
-        xattr_reply(self.browser.getxattr(ino.0, name), size, reply)
+        reply::xattr(self.browser.getxattr(ino.0, name), size, reply)
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
-        xattr_reply(self.browser.listxattr(ino.0), size, reply)
+        reply::xattr(self.browser.listxattr(ino.0), size, reply)
     }
 }
