@@ -52,7 +52,11 @@ impl ChunkCache {
 
     #[cfg(test)]
     pub fn len(&self) -> usize {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner()).lru.len()
+        self.inner
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .lru
+            .len()
     }
 
     #[cfg(test)]
@@ -60,7 +64,6 @@ impl ChunkCache {
         self.inner.lock().unwrap_or_else(|p| p.into_inner()).bytes
     }
 }
-
 
 #[cfg(test)]
 mod tests {

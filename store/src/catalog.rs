@@ -95,7 +95,9 @@ pub(crate) struct Reader<'a> {
 impl std::ops::Deref for Reader<'_> {
     type Target = Connection;
     fn deref(&self) -> &Connection {
-        self.conn.as_ref().expect("a reader holds its connection until dropped")
+        self.conn
+            .as_ref()
+            .expect("a reader holds its connection until dropped")
     }
 }
 

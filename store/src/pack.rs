@@ -123,7 +123,8 @@ impl Packs {
             return Ok(f.clone());
         }
         let path = pack_path(&self.dir, pack);
-        let file = Arc::new(File::open(&path).map_err(io_err(format!("opening {}", path.display())))?);
+        let file =
+            Arc::new(File::open(&path).map_err(io_err(format!("opening {}", path.display())))?);
         readers.insert(pack, file.clone());
         Ok(file)
     }
@@ -148,10 +149,12 @@ fn open_pack_for_append(dir: &Path, pack: u32) -> Result<File> {
         .len();
     if len < MAGIC.len() as u64 {
         file.set_len(0).map_err(io_err("resetting a new pack"))?;
-        file.write_all(MAGIC).map_err(io_err("writing a pack header"))?;
+        file.write_all(MAGIC)
+            .map_err(io_err("writing a pack header"))?;
     } else {
         let mut magic = [0u8; 8];
-        file.read_exact_at(&mut magic, 0).map_err(io_err("reading a pack header"))?;
+        file.read_exact_at(&mut magic, 0)
+            .map_err(io_err("reading a pack header"))?;
         if &magic != MAGIC {
             return Err(Error::CorruptPack {
                 pack,

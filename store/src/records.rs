@@ -79,6 +79,8 @@ pub(crate) fn encode<T: Serialize>(value: &T) -> crate::Result<Vec<u8>> {
 pub(crate) fn decode<T: for<'a> Deserialize<'a>>(bytes: &[u8]) -> crate::Result<T> {
     match bytes.split_first() {
         Some((&RECORD_FORMAT, rest)) => Ok(postcard::from_bytes(rest)?),
-        _ => Err(crate::Error::Encoding(postcard::Error::DeserializeBadEncoding)),
+        _ => Err(crate::Error::Encoding(
+            postcard::Error::DeserializeBadEncoding,
+        )),
     }
 }

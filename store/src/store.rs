@@ -13,7 +13,9 @@ use crate::catalog::Catalog;
 use crate::error::io_err;
 use crate::pack::{ChunkLocation, Packs};
 use crate::records::{decode, encode};
-use crate::{AttrRecord, ChunkHash, DirEntry, Epoch, Error, ObjectId, Result, SetId, Timestamp, VolumeId};
+use crate::{
+    AttrRecord, ChunkHash, DirEntry, Epoch, Error, ObjectId, Result, SetId, Timestamp, VolumeId,
+};
 
 #[derive(Clone, Debug)]
 pub struct StoreOptions {
@@ -340,16 +342,22 @@ impl Store {
         let conn = self.catalog.reader();
         let args = params![volume.0, object.0 as i64, hi.0 as i64];
         let attr = conn
-            .prepare_cached("SELECT attrs FROM attr_records WHERE volume_id = ?1 AND object = ?2 AND hi = ?3")?
+            .prepare_cached(
+                "SELECT attrs FROM attr_records WHERE volume_id = ?1 AND object = ?2 AND hi = ?3",
+            )?
             .query_row(args, |r| r.get::<_, Vec<u8>>(0))
             .optional()?
             .map(|b| decode(&b))
             .transpose()?;
         let dir = conn
-            .prepare_cached("SELECT 1 FROM dir_records WHERE volume_id = ?1 AND object = ?2 AND hi = ?3")?
+            .prepare_cached(
+                "SELECT 1 FROM dir_records WHERE volume_id = ?1 AND object = ?2 AND hi = ?3",
+            )?
             .exists(args)?;
         let blocks = conn
-            .prepare_cached("SELECT block FROM block_records WHERE volume_id = ?1 AND object = ?2 AND hi = ?3")?
+            .prepare_cached(
+                "SELECT block FROM block_records WHERE volume_id = ?1 AND object = ?2 AND hi = ?3",
+            )?
             .query_map(args, |r| r.get::<_, i64>(0).map(|b| b as u64))?
             .collect::<rusqlite::Result<_>>()?;
         Ok(Preserved { attr, dir, blocks })
@@ -377,7 +385,12 @@ impl Store {
     }
 
     /// `object`'s metadata as of epoch `at`, or `None`: unchanged since.
-    pub fn resolve_attr(&self, volume: VolumeId, object: ObjectId, at: Epoch) -> Result<Option<AttrRecord>> {
+    pub fn resolve_attr(
+        &self,
+        volume: VolumeId,
+        object: ObjectId,
+        at: Epoch,
+    ) -> Result<Option<AttrRecord>> {
         let conn = self.catalog.reader();
         let bytes: Option<Vec<u8>> = conn
             .prepare_cached(
@@ -390,7 +403,12 @@ impl Store {
 
     /// The directory `object`'s entries as of epoch `at`, or `None`:
     /// unchanged since.
-    pub fn resolve_dir(&self, volume: VolumeId, object: ObjectId, at: Epoch) -> Result<Option<Vec<DirEntry>>> {
+    pub fn resolve_dir(
+        &self,
+        volume: VolumeId,
+        object: ObjectId,
+        at: Epoch,
+    ) -> Result<Option<Vec<DirEntry>>> {
         let hash: Option<Vec<u8>> = {
             let conn = self.catalog.reader();
             conn.prepare_cached(
@@ -417,12 +435,17 @@ impl Store {
     pub fn stats(&self) -> Result<StoreStats> {
         let conn = self.catalog.reader();
         let count = |table: &str| -> Result<u64> {
-            Ok(conn.query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get::<_, i64>(0))? as u64)
+            Ok(
+                conn.query_row(&format!("SELECT count(*) FROM {table}"), [], |r| {
+                    r.get::<_, i64>(0)
+                })? as u64,
+            )
         };
-        let (chunks, chunk_bytes): (i64, i64) =
-            conn.query_row("SELECT count(*), coalesce(sum(len), 0) FROM chunks", [], |r| {
-                Ok((r.get(0)?, r.get(1)?))
-            })?;
+        let (chunks, chunk_bytes): (i64, i64) = conn.query_row(
+            "SELECT count(*), coalesce(sum(len), 0) FROM chunks",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
         let mut catalog_bytes = 0;
         for suffix in ["catalog.db", "catalog.db-wal"] {
             if let Ok(m) = std::fs::metadata(self.dir.join(suffix)) {
@@ -446,8 +469,10 @@ impl Store {
             .exists([&hash.0[..]])?;
         if !known {
             let loc = self.packs.append(&hash, data)?;
-            tx.prepare_cached("INSERT INTO chunks (hash, pack, offset, len) VALUES (?1, ?2, ?3, ?4)")?
-                .execute(params![&hash.0[..], loc.pack, loc.offset as i64, loc.len])?;
+            tx.prepare_cached(
+                "INSERT INTO chunks (hash, pack, offset, len) VALUES (?1, ?2, ?3, ?4)",
+            )?
+            .execute(params![&hash.0[..], loc.pack, loc.offset as i64, loc.len])?;
         }
         Ok(hash)
     }
