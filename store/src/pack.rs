@@ -5,6 +5,7 @@
 //! each `len: u32 LE`, `blake3: [u8; 32]`, `data: [u8; len]`. The catalog's
 //! `chunks` table names where each chunk's data starts. Bytes past the last
 //! chunk the catalog names are an unfinished append and are cut off at open.
+//! Every read checks the chunk's data against the hash it was asked for.
 //! This file never decides whether a chunk is needed; the catalog does.
 
 use std::collections::HashMap;
@@ -43,8 +44,11 @@ pub(crate) struct Packs {
 }
 
 impl Packs {
-    /// Opens the pack directory. `committed_end` is, for the newest pack, the
-    /// end of the last chunk the catalog names; anything after it is cut.
+    /// Opens the pack directory. `newest` is the pack and end of the last
+    /// chunk the catalog names; anything after it is cut. A pack shorter
+    /// than that is damaged: it is left as it is (reads of the lost chunks
+    /// fail their hash check) and new chunks still go after `end`, so that
+    /// no location the catalog names is ever reused.
     pub fn open(dir: &Path, newest: Option<(u32, u64)>) -> Result<Packs> {
         fs::create_dir_all(dir).map_err(io_err(format!("creating {}", dir.display())))?;
         let (pack, end) = match newest {
@@ -52,8 +56,21 @@ impl Packs {
             None => (newest_pack_on_disk(dir)?.unwrap_or(0), MAGIC.len() as u64),
         };
         let file = open_pack_for_append(dir, pack)?;
-        file.set_len(end)
-            .map_err(io_err(format!("cutting the tail of pack {pack}")))?;
+        let len = file
+            .metadata()
+            .map_err(io_err(format!("sizing pack {pack}")))?
+            .len();
+        if len > end {
+            file.set_len(end)
+                .map_err(io_err(format!("cutting the tail of pack {pack}")))?;
+        } else if len < end {
+            tracing::warn!(
+                pack,
+                len,
+                end,
+                "pack is shorter than the catalog says; the chunks past its end are lost"
+            );
+        }
         Ok(Packs {
             dir: dir.to_path_buf(),
             appender: Mutex::new(Appender { pack, file, end }),
@@ -95,15 +112,21 @@ impl Packs {
         })
     }
 
-    pub fn read(&self, loc: ChunkLocation) -> Result<Vec<u8>> {
+    /// Reads the chunk `hash` at `loc` and checks its data against the hash,
+    /// so that a damaged or lost pack region is an error, never wrong bytes.
+    pub fn read(&self, hash: &ChunkHash, loc: ChunkLocation) -> Result<Vec<u8>> {
         let file = self.reader(loc.pack)?;
         let mut buf = vec![0u8; loc.len as usize];
+        let corrupt = |why: String| Error::CorruptPack {
+            pack: loc.pack,
+            offset: loc.offset,
+            why,
+        };
         file.read_exact_at(&mut buf, loc.offset)
-            .map_err(|e| Error::CorruptPack {
-                pack: loc.pack,
-                offset: loc.offset,
-                why: e.to_string(),
-            })?;
+            .map_err(|e| corrupt(e.to_string()))?;
+        if ChunkHash::of(&buf) != *hash {
+            return Err(corrupt(format!("chunk {hash:?} does not match its hash")));
+        }
         Ok(buf)
     }
 

@@ -494,7 +494,7 @@ impl Store {
                 .optional()?
                 .ok_or(Error::MissingChunk(*hash))?
         };
-        let data: Arc<[u8]> = Arc::from(self.packs.read(loc)?);
+        let data: Arc<[u8]> = Arc::from(self.packs.read(hash, loc)?);
         self.cache.insert(*hash, data.clone());
         Ok(data)
     }

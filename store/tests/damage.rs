@@ -1,0 +1,104 @@
+//! Damage the store did not cause itself must never turn into wrong bytes in
+//! a shadow copy: a flipped bit or a lost pack tail is an error on read,
+//! bytes nobody names are cut at open, and the catalog never names a chunk
+//! that no record uses.
+
+mod common;
+
+use std::fs::{self, OpenOptions};
+
+use umbra_store::{Epoch, Error, ObjectId, PreImages, Store, VolumeId};
+
+use common::{block, commit, hi_now, open, pack_path};
+
+/// A store with one set and blocks `values` preserved for objects 1, 2, ...
+/// in that order (so chunk `i` is the `i`-th record of pack 0).
+fn store_with_blocks(dir: &std::path::Path, values: &[u8]) -> (Store, VolumeId, Epoch) {
+    let store = open(dir);
+    let vol = store.ensure_volume("data").expect("volume").id;
+    let at = commit(&store, "s", &[vol]).volumes[0].epoch;
+    let blocks: Vec<Vec<u8>> = values.iter().map(|&v| block(v)).collect();
+    for (i, data) in blocks.iter().enumerate() {
+        let pre = PreImages {
+            blocks: vec![(ObjectId(i as u64 + 1), 0, &data[..])],
+            ..PreImages::default()
+        };
+        store
+            .preserve(vol, hi_now(&store, vol), &pre)
+            .expect("preserve");
+    }
+    (store, vol, at)
+}
+
+/// Where chunk `i` (0-based) of pack 0 has its data, for test blocks.
+fn data_offset(i: usize) -> u64 {
+    8 + (i as u64) * (36 + common::TEST_BLOCK as u64) + 36
+}
+
+fn assert_corrupt(result: umbra_store::Result<Option<std::sync::Arc<[u8]>>>) {
+    match result {
+        Err(Error::CorruptPack { pack: 0, .. }) => {}
+        Err(other) => panic!("expected CorruptPack, got {other:?}"),
+        Ok(got) => panic!(
+            "expected CorruptPack, read {} bytes",
+            got.map_or(0, |b| b.len())
+        ),
+    }
+}
+
+#[test]
+fn a_flipped_byte_in_a_chunk_is_an_error_not_wrong_bytes() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (store, vol, at) = store_with_blocks(tmp.path(), &[1, 2]);
+    drop(store);
+    let pack = pack_path(tmp.path(), 0);
+    let mut bytes = fs::read(&pack).expect("pack");
+    bytes[data_offset(0) as usize + 100] ^= 0x40;
+    fs::write(&pack, &bytes).expect("write");
+
+    let store = open(tmp.path());
+    assert_corrupt(store.resolve_block(vol, ObjectId(1), 0, at));
+    let good = store
+        .resolve_block(vol, ObjectId(2), 0, at)
+        .expect("resolve");
+    assert_eq!(good.as_deref(), Some(&block(2)[..]));
+}
+
+#[test]
+fn a_pack_shorter_than_the_catalog_says_is_an_error_not_zeros() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (store, vol, at) = store_with_blocks(tmp.path(), &[1, 2]);
+    drop(store);
+    // Lose the second half of the second chunk (say, a pack write that had
+    // not reached the disk when the power went).
+    let pack = pack_path(tmp.path(), 0);
+    let cut = data_offset(1) + common::TEST_BLOCK as u64 / 2;
+    OpenOptions::new()
+        .write(true)
+        .open(&pack)
+        .expect("pack")
+        .set_len(cut)
+        .expect("truncate");
+
+    let store = open(tmp.path());
+    let first = store
+        .resolve_block(vol, ObjectId(1), 0, at)
+        .expect("resolve");
+    assert_eq!(first.as_deref(), Some(&block(1)[..]));
+    assert_corrupt(store.resolve_block(vol, ObjectId(2), 0, at));
+
+    // New chunks never take the place of the lost one.
+    let fresh = block(3);
+    let pre = PreImages {
+        blocks: vec![(ObjectId(3), 0, &fresh[..])],
+        ..PreImages::default()
+    };
+    store
+        .preserve(vol, hi_now(&store, vol), &pre)
+        .expect("preserve");
+    let got = store
+        .resolve_block(vol, ObjectId(3), 0, at)
+        .expect("resolve");
+    assert_eq!(got.as_deref(), Some(&fresh[..]));
+    assert_corrupt(store.resolve_block(vol, ObjectId(2), 0, at));
+}
