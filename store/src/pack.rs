@@ -55,6 +55,13 @@ impl Packs {
             Some((pack, end)) => (pack, end.max(MAGIC.len() as u64)),
             None => (newest_pack_on_disk(dir)?.unwrap_or(0), MAGIC.len() as u64),
         };
+        // Packs after the newest named chunk hold only unfinished appends
+        // (a crash right after a roll-over) or chunks the catalog dropped:
+        // empty them, so that nothing on disk outlives its catalog row at
+        // the tail.
+        for later in packs_on_disk(dir)?.into_iter().filter(|&n| n > pack) {
+            reset_pack(dir, later)?;
+        }
         let file = open_pack_for_append(dir, pack)?;
         let len = file
             .metadata()
@@ -189,19 +196,36 @@ fn open_pack_for_append(dir: &Path, pack: u32) -> Result<File> {
     Ok(file)
 }
 
-fn newest_pack_on_disk(dir: &Path) -> Result<Option<u32>> {
-    let mut newest = None;
+/// Makes pack `n` an empty pack: just the magic.
+fn reset_pack(dir: &Path, n: u32) -> Result<()> {
+    let path = pack_path(dir, n);
+    let mut file = OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .map_err(io_err(format!("opening {}", path.display())))?;
+    file.set_len(0)
+        .map_err(io_err(format!("emptying {}", path.display())))?;
+    file.write_all(MAGIC)
+        .map_err(io_err(format!("writing the header of {}", path.display())))
+}
+
+/// The numbers of the pack files in `dir`, in no particular order.
+fn packs_on_disk(dir: &Path) -> Result<Vec<u32>> {
+    let mut packs = Vec::new();
     for entry in fs::read_dir(dir).map_err(io_err("listing packs"))? {
         let entry = entry.map_err(io_err("listing packs"))?;
         let name = entry.file_name();
-        let Some(n) = name
+        if let Some(n) = name
             .to_str()
             .and_then(|s| s.strip_suffix(".pack"))
             .and_then(|s| s.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        newest = newest.max(Some(n));
+        {
+            packs.push(n);
+        }
     }
-    Ok(newest)
+    Ok(packs)
+}
+
+fn newest_pack_on_disk(dir: &Path) -> Result<Option<u32>> {
+    Ok(packs_on_disk(dir)?.into_iter().max())
 }

@@ -6,6 +6,7 @@
 mod common;
 
 use std::fs::{self, OpenOptions};
+use std::io::Write;
 
 use umbra_store::{Epoch, Error, ObjectId, PreImages, Store, VolumeId};
 
@@ -101,4 +102,29 @@ fn a_pack_shorter_than_the_catalog_says_is_an_error_not_zeros() {
         .expect("resolve");
     assert_eq!(got.as_deref(), Some(&fresh[..]));
     assert_corrupt(store.resolve_block(vol, ObjectId(2), 0, at));
+}
+
+#[test]
+fn packs_after_the_newest_named_chunk_are_cut_at_open() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (store, vol, at) = store_with_blocks(tmp.path(), &[1]);
+    drop(store);
+    // A pack the catalog names nothing in: the append that opened it never
+    // committed (a crash right after a pack rolled over).
+    let next = pack_path(tmp.path(), 1);
+    let mut f = fs::File::create(&next).expect("create");
+    f.write_all(b"UMBRAPK1").expect("magic");
+    f.write_all(&[0xAB; 500]).expect("garbage");
+    drop(f);
+
+    let store = open(tmp.path());
+    assert_eq!(
+        fs::read(&next).expect("pack 1"),
+        b"UMBRAPK1",
+        "pack 1 cut to its magic"
+    );
+    let got = store
+        .resolve_block(vol, ObjectId(1), 0, at)
+        .expect("resolve");
+    assert_eq!(got.as_deref(), Some(&block(1)[..]));
 }
