@@ -300,7 +300,18 @@ impl Store {
         let tx = conn.transaction()?;
         let v = volume.0;
         let hi = hi.0 as i64;
+        // The first pre-image of a key in an epoch wins. A later one is
+        // ignored before its chunk is stored, so that the catalog never
+        // names a chunk that no record uses.
         for (object, block, data) in &pre.blocks {
+            if tx
+                .prepare_cached(
+                    "SELECT 1 FROM block_records WHERE volume_id = ?1 AND object = ?2 AND block = ?3 AND hi = ?4",
+                )?
+                .exists(params![v, object.0 as i64, *block as i64, hi])?
+            {
+                continue;
+            }
             let hash = self.put_chunk(&tx, data)?;
             tx.prepare_cached(
                 "INSERT OR IGNORE INTO block_records (volume_id, object, block, hi, hash) VALUES (?1, ?2, ?3, ?4, ?5)",
@@ -314,6 +325,14 @@ impl Store {
             .execute(params![v, object.0 as i64, hi, encode(attrs)?])?;
         }
         for (object, entries) in &pre.dirs {
+            if tx
+                .prepare_cached(
+                    "SELECT 1 FROM dir_records WHERE volume_id = ?1 AND object = ?2 AND hi = ?3",
+                )?
+                .exists(params![v, object.0 as i64, hi])?
+            {
+                continue;
+            }
             let hash = self.put_chunk(&tx, &encode(entries)?)?;
             tx.prepare_cached(
                 "INSERT OR IGNORE INTO dir_records (volume_id, object, hi, entries) VALUES (?1, ?2, ?3, ?4)",

@@ -128,3 +128,32 @@ fn packs_after_the_newest_named_chunk_are_cut_at_open() {
         .expect("resolve");
     assert_eq!(got.as_deref(), Some(&block(1)[..]));
 }
+
+#[test]
+fn preserving_a_key_twice_in_one_epoch_keeps_the_first_and_no_stray_chunk() {
+    let (_tmp, store) = common::temp_store();
+    let vol = store.ensure_volume("data").expect("volume").id;
+    let at = commit(&store, "s", &[vol]).volumes[0].epoch;
+    let hi = hi_now(&store, vol);
+    let (first, second) = (block(1), block(2));
+    for data in [&first, &second] {
+        let pre = PreImages {
+            blocks: vec![(ObjectId(1), 0, &data[..])],
+            dirs: vec![(ObjectId(2), common::dir(data[0] + 4))],
+            ..PreImages::default()
+        };
+        store.preserve(vol, hi, &pre).expect("preserve");
+    }
+    let got = store
+        .resolve_block(vol, ObjectId(1), 0, at)
+        .expect("resolve");
+    assert_eq!(got.as_deref(), Some(&first[..]), "the first pre-image wins");
+    let entries = store.resolve_dir(vol, ObjectId(2), at).expect("resolve");
+    assert_eq!(entries, Some(common::dir(5)));
+    let stats = store.stats().expect("stats");
+    assert_eq!((stats.block_records, stats.dir_records), (1, 1));
+    assert_eq!(
+        stats.chunks, 2,
+        "one chunk per record, none for the ignored ones"
+    );
+}
