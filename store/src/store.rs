@@ -221,26 +221,22 @@ impl Store {
         })
     }
 
-    /// Every set, oldest first.
+    /// Every set, oldest first; a set's volumes ordered by name.
     pub fn sets(&self) -> Result<Vec<SetInfo>> {
         let conn = self.catalog.reader();
+        // LEFT JOIN: a set of no volumes is still a set, and holds its name.
         let mut stmt = conn.prepare_cached(
             "SELECT s.id, s.name, s.created_secs, s.created_nanos, s.label, v.id, v.name, sv.epoch
-             FROM sets s JOIN set_volumes sv ON sv.set_id = s.id JOIN volumes v ON v.id = sv.volume_id
+             FROM sets s LEFT JOIN set_volumes sv ON sv.set_id = s.id
+                         LEFT JOIN volumes v ON v.id = sv.volume_id
              ORDER BY s.id, v.name",
         )?;
         let mut rows = stmt.query([])?;
         let mut sets: Vec<SetInfo> = Vec::new();
         while let Some(r) = rows.next()? {
             let id = SetId(r.get(0)?);
-            let volume = SetVolume {
-                volume: VolumeId(r.get(5)?),
-                name: r.get(6)?,
-                epoch: Epoch(r.get::<_, i64>(7)? as u64),
-            };
-            match sets.last_mut() {
-                Some(last) if last.id == id => last.volumes.push(volume),
-                _ => sets.push(SetInfo {
+            if sets.last().is_none_or(|last| last.id != id) {
+                sets.push(SetInfo {
                     id,
                     name: r.get(1)?,
                     created: Timestamp {
@@ -248,8 +244,16 @@ impl Store {
                         nanos: r.get::<_, i64>(3)? as u32,
                     },
                     label: r.get(4)?,
-                    volumes: vec![volume],
-                }),
+                    volumes: Vec::new(),
+                });
+            }
+            if let Some(volume) = r.get::<_, Option<i64>>(5)? {
+                let set = sets.last_mut().expect("pushed above");
+                set.volumes.push(SetVolume {
+                    volume: VolumeId(volume),
+                    name: r.get(6)?,
+                    epoch: Epoch(r.get::<_, i64>(7)? as u64),
+                });
             }
         }
         Ok(sets)

@@ -157,3 +157,13 @@ fn preserving_a_key_twice_in_one_epoch_keeps_the_first_and_no_stray_chunk() {
         "one chunk per record, none for the ignored ones"
     );
 }
+
+#[test]
+fn a_set_of_no_volumes_is_still_listed_and_found() {
+    let (_tmp, store) = common::temp_store();
+    let set = commit(&store, "empty", &[]);
+    assert_eq!(store.sets().expect("sets"), vec![set.clone()]);
+    assert_eq!(store.find_set("empty").expect("find"), set);
+    store.delete_set(set.id).expect("delete");
+    assert!(store.sets().expect("sets").is_empty());
+}
