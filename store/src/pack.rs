@@ -229,3 +229,82 @@ fn packs_on_disk(dir: &Path) -> Result<Vec<u32>> {
 fn newest_pack_on_disk(dir: &Path) -> Result<Option<u32>> {
     Ok(packs_on_disk(dir)?.into_iter().max())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chunk(v: u8) -> (ChunkHash, Vec<u8>) {
+        let data = vec![v; 1000 + usize::from(v)];
+        (ChunkHash::of(&data), data)
+    }
+
+    #[test]
+    fn a_chunk_is_its_length_its_hash_and_its_data() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let packs = Packs::open(tmp.path(), None).expect("open");
+        let (hash, data) = chunk(1);
+        let loc = packs.append(&hash, &data).expect("append");
+        assert_eq!(
+            loc,
+            ChunkLocation {
+                pack: 0,
+                offset: 8 + 36,
+                len: data.len() as u32
+            }
+        );
+        let bytes = fs::read(pack_path(tmp.path(), 0)).expect("read");
+        assert_eq!(&bytes[..8], b"UMBRAPK1");
+        assert_eq!(&bytes[8..12], &(data.len() as u32).to_le_bytes());
+        assert_eq!(&bytes[12..44], &hash.0);
+        assert_eq!(&bytes[44..], &data[..]);
+        assert_eq!(packs.read(&hash, loc).expect("read"), data);
+        let (other, _) = chunk(2);
+        assert!(matches!(
+            packs.read(&other, loc),
+            Err(Error::CorruptPack { pack: 0, .. })
+        ));
+    }
+
+    #[test]
+    fn a_full_pack_rolls_over_to_the_next() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let (a, a_data) = chunk(1);
+        let a_loc = {
+            let packs = Packs::open(tmp.path(), None).expect("open");
+            packs.append(&a, &a_data).expect("append")
+        };
+        // Make pack 0 full without writing 256 MiB: a sparse tail, as if
+        // the catalog named a chunk ending there.
+        let full = PACK_TARGET_SIZE;
+        File::options()
+            .write(true)
+            .open(pack_path(tmp.path(), 0))
+            .expect("pack 0")
+            .set_len(full)
+            .expect("extend");
+        let packs = Packs::open(tmp.path(), Some((0, full))).expect("open");
+        let (b, b_data) = chunk(2);
+        let b_loc = packs.append(&b, &b_data).expect("append");
+        assert_eq!((b_loc.pack, b_loc.offset), (1, 8 + 36));
+        assert_eq!(packs.read(&a, a_loc).expect("read a"), a_data);
+        assert_eq!(packs.read(&b, b_loc).expect("read b"), b_data);
+        drop(packs);
+
+        // Reopened at the end of b, with a torn append after it: cut.
+        let b_end = b_loc.offset + u64::from(b_loc.len);
+        let mut f = OpenOptions::new()
+            .append(true)
+            .open(pack_path(tmp.path(), 1))
+            .expect("pack 1");
+        f.write_all(&[7; 100]).expect("garbage");
+        drop(f);
+        let packs = Packs::open(tmp.path(), Some((1, b_end))).expect("open");
+        let len = |n| fs::metadata(pack_path(tmp.path(), n)).expect("pack").len();
+        assert_eq!((len(0), len(1)), (full, b_end));
+        let (c, c_data) = chunk(3);
+        let c_loc = packs.append(&c, &c_data).expect("append");
+        assert_eq!((c_loc.pack, c_loc.offset), (1, b_end + 36));
+        assert_eq!(packs.read(&b, b_loc).expect("read b"), b_data);
+    }
+}

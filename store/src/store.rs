@@ -572,3 +572,52 @@ fn prune_records(tx: &Transaction<'_>, volume: i64) -> Result<u64> {
     }
     Ok(dropped)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_past_the_cache_capacity_evict_and_stay_right() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let capacity = 10_000;
+        let store = Store::open(
+            tmp.path(),
+            StoreOptions {
+                cache_bytes: capacity,
+            },
+        )
+        .expect("open");
+        let vol = store.ensure_volume("data").expect("volume").id;
+        let set = store
+            .commit_set(&NewSet {
+                name: "s".into(),
+                label: None,
+                created: Timestamp::default(),
+                volumes: vec![vol],
+            })
+            .expect("commit");
+        let at = set.volumes[0].epoch;
+        let blocks: Vec<Vec<u8>> = (1..=8u8).map(|v| vec![v; 4096]).collect();
+        let pre = PreImages {
+            blocks: blocks
+                .iter()
+                .enumerate()
+                .map(|(i, b)| (ObjectId(i as u64), 0, &b[..]))
+                .collect(),
+            ..PreImages::default()
+        };
+        store.preserve(vol, at, &pre).expect("preserve");
+        for round in 0..2 {
+            for (i, b) in blocks.iter().enumerate() {
+                let got = store
+                    .resolve_block(vol, ObjectId(i as u64), 0, at)
+                    .expect("resolve")
+                    .expect("a record");
+                assert_eq!(&got[..], &b[..], "block {i}, round {round}");
+                assert!(store.cache.bytes() <= capacity);
+            }
+        }
+        assert_eq!(store.cache.len(), 2, "two 4 KiB chunks fit in 10 000 bytes");
+    }
+}
