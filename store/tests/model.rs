@@ -368,12 +368,12 @@ impl Harness {
 }
 
 proptest! {
-    // 160 cases keep the run to a few seconds; PROPTEST_CASES=5000 soaks.
+    // 128 cases keep the run to seconds; PROPTEST_CASES=5000 soaks.
     #![proptest_config(ProptestConfig {
         cases: std::env::var("PROPTEST_CASES")
             .ok()
             .and_then(|n| n.parse().ok())
-            .unwrap_or(160),
+            .unwrap_or(128),
         max_shrink_iters: 2000,
         ..ProptestConfig::default()
     })]
