@@ -5,6 +5,7 @@
 //! each `len: u32 LE`, `blake3: [u8; 32]`, `data: [u8; len]`. The catalog's
 //! `chunks` table names where each chunk's data starts. Bytes past the last
 //! chunk the catalog names are an unfinished append and are cut off at open.
+//! Every read checks the chunk's data against the hash it was asked for.
 //! This file never decides whether a chunk is needed; the catalog does.
 
 use std::collections::HashMap;
@@ -43,17 +44,40 @@ pub(crate) struct Packs {
 }
 
 impl Packs {
-    /// Opens the pack directory. `committed_end` is, for the newest pack, the
-    /// end of the last chunk the catalog names; anything after it is cut.
+    /// Opens the pack directory. `newest` is the pack and end of the last
+    /// chunk the catalog names; anything after it is cut. A pack shorter
+    /// than that is damaged: it is left as it is (reads of the lost chunks
+    /// fail their hash check) and new chunks still go after `end`, so that
+    /// no location the catalog names is ever reused.
     pub fn open(dir: &Path, newest: Option<(u32, u64)>) -> Result<Packs> {
         fs::create_dir_all(dir).map_err(io_err(format!("creating {}", dir.display())))?;
         let (pack, end) = match newest {
             Some((pack, end)) => (pack, end.max(MAGIC.len() as u64)),
             None => (newest_pack_on_disk(dir)?.unwrap_or(0), MAGIC.len() as u64),
         };
+        // Packs after the newest named chunk hold only unfinished appends
+        // (a crash right after a roll-over) or chunks the catalog dropped:
+        // empty them, so that nothing on disk outlives its catalog row at
+        // the tail.
+        for later in packs_on_disk(dir)?.into_iter().filter(|&n| n > pack) {
+            reset_pack(dir, later)?;
+        }
         let file = open_pack_for_append(dir, pack)?;
-        file.set_len(end)
-            .map_err(io_err(format!("cutting the tail of pack {pack}")))?;
+        let len = file
+            .metadata()
+            .map_err(io_err(format!("sizing pack {pack}")))?
+            .len();
+        if len > end {
+            file.set_len(end)
+                .map_err(io_err(format!("cutting the tail of pack {pack}")))?;
+        } else if len < end {
+            tracing::warn!(
+                pack,
+                len,
+                end,
+                "pack is shorter than the catalog says; the chunks past its end are lost"
+            );
+        }
         Ok(Packs {
             dir: dir.to_path_buf(),
             appender: Mutex::new(Appender { pack, file, end }),
@@ -95,15 +119,21 @@ impl Packs {
         })
     }
 
-    pub fn read(&self, loc: ChunkLocation) -> Result<Vec<u8>> {
+    /// Reads the chunk `hash` at `loc` and checks its data against the hash,
+    /// so that a damaged or lost pack region is an error, never wrong bytes.
+    pub fn read(&self, hash: &ChunkHash, loc: ChunkLocation) -> Result<Vec<u8>> {
         let file = self.reader(loc.pack)?;
         let mut buf = vec![0u8; loc.len as usize];
+        let corrupt = |why: String| Error::CorruptPack {
+            pack: loc.pack,
+            offset: loc.offset,
+            why,
+        };
         file.read_exact_at(&mut buf, loc.offset)
-            .map_err(|e| Error::CorruptPack {
-                pack: loc.pack,
-                offset: loc.offset,
-                why: e.to_string(),
-            })?;
+            .map_err(|e| corrupt(e.to_string()))?;
+        if ChunkHash::of(&buf) != *hash {
+            return Err(corrupt(format!("chunk {hash:?} does not match its hash")));
+        }
         Ok(buf)
     }
 
@@ -166,19 +196,115 @@ fn open_pack_for_append(dir: &Path, pack: u32) -> Result<File> {
     Ok(file)
 }
 
-fn newest_pack_on_disk(dir: &Path) -> Result<Option<u32>> {
-    let mut newest = None;
+/// Makes pack `n` an empty pack: just the magic.
+fn reset_pack(dir: &Path, n: u32) -> Result<()> {
+    let path = pack_path(dir, n);
+    let mut file = OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .map_err(io_err(format!("opening {}", path.display())))?;
+    file.set_len(0)
+        .map_err(io_err(format!("emptying {}", path.display())))?;
+    file.write_all(MAGIC)
+        .map_err(io_err(format!("writing the header of {}", path.display())))
+}
+
+/// The numbers of the pack files in `dir`, in no particular order.
+fn packs_on_disk(dir: &Path) -> Result<Vec<u32>> {
+    let mut packs = Vec::new();
     for entry in fs::read_dir(dir).map_err(io_err("listing packs"))? {
         let entry = entry.map_err(io_err("listing packs"))?;
         let name = entry.file_name();
-        let Some(n) = name
+        if let Some(n) = name
             .to_str()
             .and_then(|s| s.strip_suffix(".pack"))
             .and_then(|s| s.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        newest = newest.max(Some(n));
+        {
+            packs.push(n);
+        }
     }
-    Ok(newest)
+    Ok(packs)
+}
+
+fn newest_pack_on_disk(dir: &Path) -> Result<Option<u32>> {
+    Ok(packs_on_disk(dir)?.into_iter().max())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chunk(v: u8) -> (ChunkHash, Vec<u8>) {
+        let data = vec![v; 1000 + usize::from(v)];
+        (ChunkHash::of(&data), data)
+    }
+
+    #[test]
+    fn a_chunk_is_its_length_its_hash_and_its_data() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let packs = Packs::open(tmp.path(), None).expect("open");
+        let (hash, data) = chunk(1);
+        let loc = packs.append(&hash, &data).expect("append");
+        assert_eq!(
+            loc,
+            ChunkLocation {
+                pack: 0,
+                offset: 8 + 36,
+                len: data.len() as u32
+            }
+        );
+        let bytes = fs::read(pack_path(tmp.path(), 0)).expect("read");
+        assert_eq!(&bytes[..8], b"UMBRAPK1");
+        assert_eq!(&bytes[8..12], &(data.len() as u32).to_le_bytes());
+        assert_eq!(&bytes[12..44], &hash.0);
+        assert_eq!(&bytes[44..], &data[..]);
+        assert_eq!(packs.read(&hash, loc).expect("read"), data);
+        let (other, _) = chunk(2);
+        assert!(matches!(
+            packs.read(&other, loc),
+            Err(Error::CorruptPack { pack: 0, .. })
+        ));
+    }
+
+    #[test]
+    fn a_full_pack_rolls_over_to_the_next() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let (a, a_data) = chunk(1);
+        let a_loc = {
+            let packs = Packs::open(tmp.path(), None).expect("open");
+            packs.append(&a, &a_data).expect("append")
+        };
+        // Make pack 0 full without writing 256 MiB: a sparse tail, as if
+        // the catalog named a chunk ending there.
+        let full = PACK_TARGET_SIZE;
+        File::options()
+            .write(true)
+            .open(pack_path(tmp.path(), 0))
+            .expect("pack 0")
+            .set_len(full)
+            .expect("extend");
+        let packs = Packs::open(tmp.path(), Some((0, full))).expect("open");
+        let (b, b_data) = chunk(2);
+        let b_loc = packs.append(&b, &b_data).expect("append");
+        assert_eq!((b_loc.pack, b_loc.offset), (1, 8 + 36));
+        assert_eq!(packs.read(&a, a_loc).expect("read a"), a_data);
+        assert_eq!(packs.read(&b, b_loc).expect("read b"), b_data);
+        drop(packs);
+
+        // Reopened at the end of b, with a torn append after it: cut.
+        let b_end = b_loc.offset + u64::from(b_loc.len);
+        let mut f = OpenOptions::new()
+            .append(true)
+            .open(pack_path(tmp.path(), 1))
+            .expect("pack 1");
+        f.write_all(&[7; 100]).expect("garbage");
+        drop(f);
+        let packs = Packs::open(tmp.path(), Some((1, b_end))).expect("open");
+        let len = |n| fs::metadata(pack_path(tmp.path(), n)).expect("pack").len();
+        assert_eq!((len(0), len(1)), (full, b_end));
+        let (c, c_data) = chunk(3);
+        let c_loc = packs.append(&c, &c_data).expect("append");
+        assert_eq!((c_loc.pack, c_loc.offset), (1, b_end + 36));
+        assert_eq!(packs.read(&b, b_loc).expect("read b"), b_data);
+    }
 }

@@ -221,26 +221,22 @@ impl Store {
         })
     }
 
-    /// Every set, oldest first.
+    /// Every set, oldest first; a set's volumes in registration order.
     pub fn sets(&self) -> Result<Vec<SetInfo>> {
         let conn = self.catalog.reader();
+        // LEFT JOIN: a set of no volumes is still a set, and holds its name.
         let mut stmt = conn.prepare_cached(
             "SELECT s.id, s.name, s.created_secs, s.created_nanos, s.label, v.id, v.name, sv.epoch
-             FROM sets s JOIN set_volumes sv ON sv.set_id = s.id JOIN volumes v ON v.id = sv.volume_id
+             FROM sets s LEFT JOIN set_volumes sv ON sv.set_id = s.id
+                         LEFT JOIN volumes v ON v.id = sv.volume_id
              ORDER BY s.id, v.id",
         )?;
         let mut rows = stmt.query([])?;
         let mut sets: Vec<SetInfo> = Vec::new();
         while let Some(r) = rows.next()? {
             let id = SetId(r.get(0)?);
-            let volume = SetVolume {
-                volume: VolumeId(r.get(5)?),
-                name: r.get(6)?,
-                epoch: Epoch(r.get::<_, i64>(7)? as u64),
-            };
-            match sets.last_mut() {
-                Some(last) if last.id == id => last.volumes.push(volume),
-                _ => sets.push(SetInfo {
+            if sets.last().is_none_or(|last| last.id != id) {
+                sets.push(SetInfo {
                     id,
                     name: r.get(1)?,
                     created: Timestamp {
@@ -248,8 +244,16 @@ impl Store {
                         nanos: r.get::<_, i64>(3)? as u32,
                     },
                     label: r.get(4)?,
-                    volumes: vec![volume],
-                }),
+                    volumes: Vec::new(),
+                });
+            }
+            if let Some(volume) = r.get::<_, Option<i64>>(5)? {
+                let set = sets.last_mut().expect("pushed above");
+                set.volumes.push(SetVolume {
+                    volume: VolumeId(volume),
+                    name: r.get(6)?,
+                    epoch: Epoch(r.get::<_, i64>(7)? as u64),
+                });
             }
         }
         Ok(sets)
@@ -300,7 +304,18 @@ impl Store {
         let tx = conn.transaction()?;
         let v = volume.0;
         let hi = hi.0 as i64;
+        // The first pre-image of a key in an epoch wins. A later one is
+        // ignored before its chunk is stored, so that the catalog never
+        // names a chunk that no record uses.
         for (object, block, data) in &pre.blocks {
+            if tx
+                .prepare_cached(
+                    "SELECT 1 FROM block_records WHERE volume_id = ?1 AND object = ?2 AND block = ?3 AND hi = ?4",
+                )?
+                .exists(params![v, object.0 as i64, *block as i64, hi])?
+            {
+                continue;
+            }
             let hash = self.put_chunk(&tx, data)?;
             tx.prepare_cached(
                 "INSERT OR IGNORE INTO block_records (volume_id, object, block, hi, hash) VALUES (?1, ?2, ?3, ?4, ?5)",
@@ -314,6 +329,14 @@ impl Store {
             .execute(params![v, object.0 as i64, hi, encode(attrs)?])?;
         }
         for (object, entries) in &pre.dirs {
+            if tx
+                .prepare_cached(
+                    "SELECT 1 FROM dir_records WHERE volume_id = ?1 AND object = ?2 AND hi = ?3",
+                )?
+                .exists(params![v, object.0 as i64, hi])?
+            {
+                continue;
+            }
             let hash = self.put_chunk(&tx, &encode(entries)?)?;
             tx.prepare_cached(
                 "INSERT OR IGNORE INTO dir_records (volume_id, object, hi, entries) VALUES (?1, ?2, ?3, ?4)",
@@ -526,7 +549,7 @@ impl Store {
                 .optional()?
                 .ok_or(Error::MissingChunk(*hash))?
         };
-        let data: Arc<[u8]> = Arc::from(self.packs.read(loc)?);
+        let data: Arc<[u8]> = Arc::from(self.packs.read(hash, loc)?);
         self.cache.insert(*hash, data.clone());
         Ok(data)
     }
@@ -580,4 +603,53 @@ fn prune_records(tx: &Transaction<'_>, volume: i64) -> Result<u64> {
         dropped += tx.execute(&sql, [volume])? as u64;
     }
     Ok(dropped)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_past_the_cache_capacity_evict_and_stay_right() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let capacity = 10_000;
+        let store = Store::open(
+            tmp.path(),
+            StoreOptions {
+                cache_bytes: capacity,
+            },
+        )
+        .expect("open");
+        let vol = store.ensure_volume("data").expect("volume").id;
+        let set = store
+            .commit_set(&NewSet {
+                name: "s".into(),
+                label: None,
+                created: Timestamp::default(),
+                volumes: vec![vol],
+            })
+            .expect("commit");
+        let at = set.volumes[0].epoch;
+        let blocks: Vec<Vec<u8>> = (1..=8u8).map(|v| vec![v; 4096]).collect();
+        let pre = PreImages {
+            blocks: blocks
+                .iter()
+                .enumerate()
+                .map(|(i, b)| (ObjectId(i as u64), 0, &b[..]))
+                .collect(),
+            ..PreImages::default()
+        };
+        store.preserve(vol, at, &pre).expect("preserve");
+        for round in 0..2 {
+            for (i, b) in blocks.iter().enumerate() {
+                let got = store
+                    .resolve_block(vol, ObjectId(i as u64), 0, at)
+                    .expect("resolve")
+                    .expect("a record");
+                assert_eq!(&got[..], &b[..], "block {i}, round {round}");
+                assert!(store.cache.bytes() <= capacity);
+            }
+        }
+        assert_eq!(store.cache.len(), 2, "two 4 KiB chunks fit in 10 000 bytes");
+    }
 }

@@ -1,0 +1,296 @@
+//! The on-disk contract of FORMAT.md, checked from the outside: the files a
+//! store makes, the catalog schema v1 table by table, and the rows and pack
+//! bytes one preservation writes. A change here is a format change: bump
+//! the schema version and add a migration.
+
+mod common;
+
+use std::fs;
+
+use rusqlite::Connection;
+use umbra_store::{ChunkHash, Epoch, ObjectId, PreImages};
+
+use common::{attr, block, commit, dir, hi_now, open, pack_path};
+
+/// `(column, declared type, not null, position in the primary key)`.
+type Columns = Vec<(String, String, bool, i64)>;
+
+fn columns(db: &Connection, table: &str) -> Columns {
+    let mut stmt = db
+        .prepare(&format!("PRAGMA table_info({table})"))
+        .expect("table_info");
+    stmt.query_map([], |r| Ok((r.get(1)?, r.get(2)?, r.get(3)?, r.get(5)?)))
+        .expect("query")
+        .collect::<rusqlite::Result<_>>()
+        .expect("rows")
+}
+
+fn cols(spec: &[(&str, &str, bool, i64)]) -> Columns {
+    spec.iter()
+        .map(|&(n, t, nn, pk)| (n.to_string(), t.to_string(), nn, pk))
+        .collect()
+}
+
+#[test]
+fn a_new_store_is_a_catalog_and_a_pack_directory() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    drop(open(tmp.path()));
+    let mut names: Vec<String> = fs::read_dir(tmp.path())
+        .expect("list")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .filter(|n| !n.starts_with("catalog.db-")) // WAL and shared memory
+        .collect();
+    names.sort();
+    assert_eq!(names, ["catalog.db", "packs"]);
+    assert_eq!(
+        fs::read(pack_path(tmp.path(), 0)).expect("pack"),
+        b"UMBRAPK1"
+    );
+}
+
+#[test]
+fn the_catalog_schema_is_version_1() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    drop(open(tmp.path()));
+    let db = Connection::open(tmp.path().join("catalog.db")).expect("catalog");
+    let mode: String = db
+        .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+        .expect("journal_mode");
+    assert_eq!(mode, "wal");
+    let meta: Vec<(String, i64)> = db
+        .prepare("SELECT key, value FROM meta")
+        .expect("meta")
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .expect("query")
+        .collect::<rusqlite::Result<_>>()
+        .expect("rows");
+    assert_eq!(meta, [("schema_version".to_string(), 1)]);
+
+    let objects: Vec<(String, String)> = db
+        .prepare(
+            "SELECT type, name FROM sqlite_master
+             WHERE name NOT LIKE 'sqlite_%' ORDER BY type, name",
+        )
+        .expect("sqlite_master")
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .expect("query")
+        .collect::<rusqlite::Result<_>>()
+        .expect("rows");
+    let expected: Vec<(String, String)> = [
+        ("index", "chunks_by_pack"),
+        ("index", "set_volumes_by_epoch"),
+        ("table", "aliases"),
+        ("table", "aside"),
+        ("table", "attr_records"),
+        ("table", "block_records"),
+        ("table", "chunks"),
+        ("table", "dir_records"),
+        ("table", "handles"),
+        ("table", "meta"),
+        ("table", "set_volumes"),
+        ("table", "sets"),
+        ("table", "volumes"),
+    ]
+    .iter()
+    .map(|&(t, n)| (t.to_string(), n.to_string()))
+    .collect();
+    assert_eq!(objects, expected);
+
+    let int = "INTEGER";
+    assert_eq!(
+        columns(&db, "meta"),
+        cols(&[("key", "TEXT", true, 1), ("value", "ANY", false, 0)])
+    );
+    assert_eq!(
+        columns(&db, "volumes"),
+        cols(&[
+            ("id", int, false, 1),
+            ("name", "TEXT", true, 0),
+            ("epoch", int, true, 0)
+        ])
+    );
+    assert_eq!(
+        columns(&db, "sets"),
+        cols(&[
+            ("id", int, false, 1),
+            ("name", "TEXT", true, 0),
+            ("created_secs", int, true, 0),
+            ("created_nanos", int, true, 0),
+            ("label", "TEXT", false, 0),
+        ])
+    );
+    assert_eq!(
+        columns(&db, "set_volumes"),
+        cols(&[
+            ("set_id", int, true, 1),
+            ("volume_id", int, true, 2),
+            ("epoch", int, true, 0)
+        ])
+    );
+    assert_eq!(
+        columns(&db, "chunks"),
+        cols(&[
+            ("hash", "BLOB", true, 1),
+            ("pack", int, true, 0),
+            ("offset", int, true, 0),
+            ("len", int, true, 0),
+        ])
+    );
+    assert_eq!(
+        columns(&db, "block_records"),
+        cols(&[
+            ("volume_id", int, true, 1),
+            ("object", int, true, 2),
+            ("block", int, true, 3),
+            ("hi", int, true, 4),
+            ("hash", "BLOB", true, 0),
+        ])
+    );
+    for (table, payload) in [("attr_records", "attrs"), ("dir_records", "entries")] {
+        assert_eq!(
+            columns(&db, table),
+            cols(&[
+                ("volume_id", int, true, 1),
+                ("object", int, true, 2),
+                ("hi", int, true, 3),
+                (payload, "BLOB", true, 0),
+            ]),
+            "{table}"
+        );
+    }
+    assert_eq!(
+        columns(&db, "handles"),
+        cols(&[
+            ("volume_id", int, true, 1),
+            ("object", int, true, 2),
+            ("handle", "BLOB", true, 0)
+        ])
+    );
+    assert_eq!(
+        columns(&db, "aside"),
+        cols(&[
+            ("volume_id", int, true, 1),
+            ("object", int, true, 2),
+            ("since_epoch", int, true, 0)
+        ])
+    );
+    assert_eq!(
+        columns(&db, "aliases"),
+        cols(&[
+            ("volume_id", int, true, 1),
+            ("object", int, true, 2),
+            ("presented", int, true, 0)
+        ])
+    );
+}
+
+#[test]
+fn one_preservation_writes_the_documented_rows_and_bytes() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let store = open(tmp.path());
+    let vol = store.ensure_volume("data").expect("volume").id;
+    let set = commit(&store, "2026-11-25T084250Z", &[vol]);
+    let hi = hi_now(&store, vol);
+    assert_eq!(hi, Epoch(1));
+    let data = block(5);
+    let pre = PreImages {
+        blocks: vec![(ObjectId(42), 3, &data[..])],
+        attrs: vec![(ObjectId(42), attr(1))],
+        dirs: vec![(ObjectId(2), dir(1))],
+        handles: vec![(ObjectId(42), b"handle".to_vec())],
+        aside: vec![ObjectId(42)],
+    };
+    store.preserve(vol, hi, &pre).expect("preserve");
+    assert_eq!(
+        store.handle(vol, ObjectId(42)).expect("handle"),
+        Some(b"handle".to_vec())
+    );
+    drop(store);
+
+    let db = Connection::open(tmp.path().join("catalog.db")).expect("catalog");
+    let volume: (i64, String, i64) = db
+        .query_row("SELECT id, name, epoch FROM volumes", [], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        })
+        .expect("volume");
+    assert_eq!(volume, (vol.0, "data".to_string(), 2));
+    let set_row: (i64, String, i64, i64, Option<String>) = db
+        .query_row("SELECT * FROM sets", [], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+        })
+        .expect("set");
+    assert_eq!(
+        set_row,
+        (
+            set.id.0,
+            "2026-11-25T084250Z".to_string(),
+            1_764_060_170,
+            0,
+            None
+        )
+    );
+    let sv: (i64, i64, i64) = db
+        .query_row("SELECT * FROM set_volumes", [], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        })
+        .expect("set_volumes");
+    assert_eq!(sv, (set.id.0, vol.0, 1));
+
+    let hash = ChunkHash::of(&data);
+    let br: (i64, i64, i64, i64, Vec<u8>) = db
+        .query_row("SELECT * FROM block_records", [], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+        })
+        .expect("block record");
+    assert_eq!(br, (vol.0, 42, 3, 1, hash.0.to_vec()));
+    // The block's chunk comes first in pack 0, right after the magic and
+    // its 36-byte header.
+    let chunk: (i64, i64, i64) = db
+        .query_row(
+            "SELECT pack, offset, len FROM chunks WHERE hash = ?1",
+            [&hash.0[..]],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .expect("chunk");
+    assert_eq!(chunk, (0, 44, data.len() as i64));
+    let pack = fs::read(pack_path(tmp.path(), 0)).expect("pack");
+    assert_eq!(&pack[..8], b"UMBRAPK1");
+    assert_eq!(&pack[8..12], &(data.len() as u32).to_le_bytes());
+    assert_eq!(&pack[12..44], &hash.0);
+    assert_eq!(&pack[44..44 + data.len()], &data[..]);
+
+    // Attributes are inline; an entry list is a chunk named by its hash.
+    let attrs: Vec<u8> = db
+        .query_row(
+            "SELECT attrs FROM attr_records WHERE object = 42 AND hi = 1",
+            [],
+            |r| r.get(0),
+        )
+        .expect("attr record");
+    assert_eq!(attrs[0], 1, "record format byte");
+    let entries: Vec<u8> = db
+        .query_row(
+            "SELECT entries FROM dir_records WHERE object = 2 AND hi = 1",
+            [],
+            |r| r.get(0),
+        )
+        .expect("dir record");
+    let (dpack, doff, dlen): (i64, i64, i64) = db
+        .query_row(
+            "SELECT pack, offset, len FROM chunks WHERE hash = ?1",
+            [&entries],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .expect("dir chunk");
+    assert_eq!((dpack, doff), (0, 44 + data.len() as i64 + 36));
+    let encoded = &pack[doff as usize..(doff + dlen) as usize];
+    assert_eq!(encoded[0], 1, "record format byte");
+    assert_eq!(ChunkHash::of(encoded).0.to_vec(), entries);
+
+    let aside: (i64, i64) = db
+        .query_row("SELECT object, since_epoch FROM aside", [], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .expect("aside");
+    assert_eq!(aside, (42, 2), "moved aside in epoch hi + 1");
+}
