@@ -433,6 +433,17 @@ fn generate_run_and_report() {
 /// the bug it pins.
 const PINNED: &[(&str, &str)] = &[
     (
+        "truncation_by_swap_moved_its_directory_mtime",
+        "mkdir d1 mode=2775
+         mkdir d1/d1 mode=1777
+         create d1/d1/c mode=777
+         set
+         append d1/d1/e len=3859 seed=7759357718986121411
+         write d1/d1/c off=1251695 len=357999 seed=8448125967345177510
+         overwrite d1/d1/c len=3671 seed=5400369499277448270
+         set",
+    ),
+    (
         "truncate_to_zero_of_a_file_open_across_a_set",
         "overwrite big len=3000000 seed=77
          open 0 big
