@@ -655,3 +655,42 @@ fn a_name_format_names_sets_after_their_creation_time() {
         PathBuf::from(&set.name)
     );
 }
+
+#[test]
+fn a_daemon_killed_with_sigkill_leaves_stale_mounts_the_next_one_recovers() {
+    let mut d = Daemon::start(Config::default().in_place("home"));
+    fs::write(d.live("data").join("kept"), b"before the crash").unwrap();
+    fs::write(d.live("home").join("kept"), b"in place").unwrap();
+    let set = d.create_set();
+    fs::write(d.live("data").join("kept"), b"after the set").unwrap();
+    d.kill();
+    let stale: Vec<_> = d
+        .layout
+        .mountpoints()
+        .into_iter()
+        .filter(|m| sys::is_mounted(m))
+        .collect();
+    assert!(
+        !stale.is_empty(),
+        "a killed daemon leaves its mounts behind"
+    );
+    d.launch();
+    assert_eq!(d.list_sets(), [set.clone()]);
+    assert_eq!(
+        fs::read(d.live("data").join("kept")).unwrap(),
+        b"after the set"
+    );
+    assert_eq!(fs::read(d.live("home").join("kept")).unwrap(), b"in place");
+    assert_eq!(
+        fs::read(d.browse(&set, "data").join("kept")).unwrap(),
+        b"before the crash"
+    );
+    for mp in d.layout.mountpoints() {
+        assert_eq!(
+            sys::mount_count(&mp),
+            1,
+            "{} mounted once after recovery",
+            mp.display()
+        );
+    }
+}

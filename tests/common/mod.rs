@@ -551,6 +551,18 @@ impl Daemon {
         }
     }
 
+    /// SIGKILLs the daemon and reaps it, leaving its mounts behind as a
+    /// crash does (the next `launch` must recover them).
+    pub fn kill(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            panic!("the daemon is not running");
+        };
+        signal(&child, libc::SIGKILL);
+        if wait_timeout(&mut child, STOP_TIMEOUT).is_none() {
+            panic!("{}", self.failure("the daemon survived SIGKILL"));
+        }
+    }
+
     #[track_caller]
     pub fn restart(&mut self) {
         if let Err(e) = self.try_restart() {
