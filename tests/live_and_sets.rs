@@ -675,7 +675,7 @@ fn a_daemon_killed_with_sigkill_leaves_stale_mounts_the_next_one_recovers() {
         "a killed daemon leaves its mounts behind"
     );
     d.launch();
-    assert_eq!(d.list_sets(), [set.clone()]);
+    assert_eq!(d.list_sets(), std::slice::from_ref(&set));
     assert_eq!(
         fs::read(d.live("data").join("kept")).unwrap(),
         b"after the set"
