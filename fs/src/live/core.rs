@@ -11,7 +11,7 @@ use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 
 use umbra_store::{FileKind, ObjectId, Timestamp};
 
@@ -55,7 +55,7 @@ pub(crate) struct OpenFile {
 pub(crate) struct LiveFs {
     vol: Arc<Volume>,
     nodes: Nodes,
-    files: Mutex<HashMap<u64, Arc<OpenFile>>>,
+    files: RwLock<HashMap<u64, Arc<OpenFile>>>,
     dirs: Mutex<HashMap<u64, Arc<Vec<Listing>>>>,
     next_fh: AtomicU64,
 }
@@ -88,7 +88,7 @@ impl LiveFs {
         Ok(LiveFs {
             vol,
             nodes,
-            files: Mutex::new(HashMap::new()),
+            files: RwLock::new(HashMap::new()),
             dirs: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
         })
@@ -124,7 +124,9 @@ impl LiveFs {
     }
 
     fn file(&self, fh: u64) -> Result<Arc<OpenFile>> {
-        lock(&self.files)
+        self.files
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
             .get(&fh)
             .cloned()
             .ok_or_else(|| errno(libc::EBADF))
@@ -132,14 +134,17 @@ impl LiveFs {
 
     fn add_file(&self, file: File, object: ObjectId, access: i32) -> u64 {
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        lock(&self.files).insert(
-            fh,
-            Arc::new(OpenFile {
-                file,
-                object,
-                access,
-            }),
-        );
+        self.files
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(
+                fh,
+                Arc::new(OpenFile {
+                    file,
+                    object,
+                    access,
+                }),
+            );
         fh
     }
 
@@ -361,7 +366,7 @@ impl LiveFs {
         let path_fd = backing::open_path(pnode.fd.as_fd(), &cname)?;
         self.nodes
             .repoint(ino, successor, path_fd, Some((parent, name)));
-        let mut files = lock(&self.files);
+        let mut files = self.files.write().unwrap_or_else(|p| p.into_inner());
         for of in files.values_mut().filter(|f| f.object == object) {
             let file = backing::as_file(backing::reopen(new.as_fd(), of.access)?);
             *of = Arc::new(OpenFile {
@@ -765,7 +770,10 @@ impl LiveFs {
     }
 
     pub fn release(&self, fh: u64) {
-        lock(&self.files).remove(&fh);
+        self.files
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&fh);
     }
 
     pub fn fallocate(&self, fh: u64, offset: u64, length: u64, mode: i32) -> Result<()> {

@@ -203,7 +203,13 @@ impl Browser {
     /// Holds deletion off and checks the set is still there.
     fn alive<'a>(&self, vol: &'a Volume, set: SetId) -> Result<std::sync::RwLockReadGuard<'a, ()>> {
         let guard = vol.reading();
-        if vol.is_retired(set) || self.set(set).is_none() {
+        let listed = self
+            .sets
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .any(|s| s.id == set);
+        if vol.is_retired(set) || !listed {
             return Err(errno(libc::ESTALE));
         }
         Ok(guard)
