@@ -54,6 +54,14 @@ impl Volume {
             return Err(io::Error::from_raw_os_error(libc::ENOTDIR))
                 .context(|| format!("backing {}", backing.display()));
         }
+        // Snapshots find moved objects again by file handle: a filesystem
+        // without them (some FUSE or overlay mounts) cannot back a volume.
+        backing::name_to_handle(root.as_fd(), c"").context(|| {
+            format!(
+                "backing directory {} is on a filesystem without file handles (name_to_handle_at), which umbra needs",
+                backing.display()
+            )
+        })?;
         let hidden = ensure_dir(root.as_fd(), OsStr::new(HIDDEN_DIR))
             .context(|| format!("creating {}/{HIDDEN_DIR}", backing.display()))?;
         let aside_dir = ensure_dir(hidden.as_fd(), OsStr::new(ASIDE_DIR))
