@@ -769,6 +769,17 @@ impl LiveFs {
         Ok(())
     }
 
+    /// Makes a directory's entries durable on the backing filesystem.
+    pub fn fsyncdir(&self, ino: u64) -> Result<()> {
+        let node = self.nodes.get(ino)?;
+        let dir = backing::as_file(backing::reopen(
+            node.fd.as_fd(),
+            libc::O_RDONLY | libc::O_DIRECTORY,
+        )?);
+        dir.sync_all()?;
+        Ok(())
+    }
+
     pub fn release(&self, fh: u64) {
         self.files
             .write()
