@@ -11,6 +11,7 @@
 
 mod cache;
 mod catalog;
+mod durable;
 mod error;
 mod ids;
 mod pack;
@@ -21,7 +22,8 @@ pub use error::{Error, Result};
 pub use ids::{ChunkHash, Epoch, ObjectId, SetId, VolumeId};
 pub use records::{AttrRecord, DirEntry, FileKind, Timestamp};
 pub use store::{
-    NewSet, PreImages, Preserved, SetInfo, SetVolume, Store, StoreOptions, StoreStats, VolumeInfo,
+    Durability, NewSet, PreImages, Preserved, SetInfo, SetVolume, Store, StoreOptions, StoreStats,
+    VolumeInfo,
 };
 
 /// Size of a data block: the unit of copy-on-write for file contents.

@@ -90,6 +90,11 @@ impl Packs {
     pub fn append(&self, hash: &ChunkHash, data: &[u8]) -> Result<ChunkLocation> {
         let mut app = self.appender.lock().unwrap_or_else(|p| p.into_inner());
         if app.end >= PACK_TARGET_SIZE {
+            // The closed pack's chunks must stay as durable as the catalog
+            // rows naming them: sync it before moving on.
+            app.file
+                .sync_data()
+                .map_err(io_err(format!("syncing pack {}", app.pack)))?;
             let next = app.pack + 1;
             let file = open_pack_for_append(&self.dir, next)?;
             *app = Appender {
@@ -121,6 +126,14 @@ impl Packs {
 
     /// Reads the chunk `hash` at `loc` and checks its data against the hash,
     /// so that a damaged or lost pack region is an error, never wrong bytes.
+    /// Makes every appended chunk durable.
+    pub fn sync(&self) -> Result<()> {
+        let app = self.appender.lock().unwrap_or_else(|p| p.into_inner());
+        app.file
+            .sync_data()
+            .map_err(io_err(format!("syncing pack {}", app.pack)))
+    }
+
     pub fn read(&self, hash: &ChunkHash, loc: ChunkLocation) -> Result<Vec<u8>> {
         let file = self.reader(loc.pack)?;
         let mut buf = vec![0u8; loc.len as usize];

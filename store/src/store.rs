@@ -3,13 +3,15 @@
 //! catalog transaction; resolution (the read side) finds the record with the
 //! smallest `hi >= e`, or says "unchanged: read the live object".
 
+use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use rusqlite::{OptionalExtension, Transaction, params};
 
 use crate::cache::ChunkCache;
 use crate::catalog::Catalog;
+use crate::durable::{GroupSync, Ticket};
 use crate::error::io_err;
 use crate::pack::{ChunkLocation, Packs};
 use crate::records::{decode, encode};
@@ -21,14 +23,28 @@ use crate::{
 pub struct StoreOptions {
     /// Bytes of hot chunks kept in memory.
     pub cache_bytes: usize,
+    pub durability: Durability,
 }
 
 impl Default for StoreOptions {
     fn default() -> Self {
         StoreOptions {
             cache_bytes: 64 * 1024 * 1024,
+            durability: Durability::Power,
         }
     }
+}
+
+/// What a committed change survives before the store says it is done.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Durability {
+    /// A power cut: packs and the catalog's WAL are synced (group commit)
+    /// before a pre-image counts as kept, so no live block is overwritten
+    /// before its pre-image is on disk.
+    #[default]
+    Power,
+    /// A crash of the process only: the kernel holds the data, no syncs.
+    Process,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -115,6 +131,9 @@ pub struct Store {
     catalog: Catalog,
     packs: Packs,
     cache: ChunkCache,
+    durability: Durability,
+    group: GroupSync,
+    wal: Mutex<Option<File>>,
 }
 
 impl Store {
@@ -137,6 +156,9 @@ impl Store {
             catalog,
             packs,
             cache: ChunkCache::new(options.cache_bytes),
+            durability: options.durability,
+            group: GroupSync::default(),
+            wal: Mutex::new(None),
         })
     }
 
@@ -212,6 +234,9 @@ impl Store {
             });
         }
         tx.commit()?;
+        let ticket = self.group.committed();
+        drop(conn);
+        self.make_durable(ticket)?;
         Ok(SetInfo {
             id,
             name,
@@ -290,12 +315,17 @@ impl Store {
             [],
         )?;
         tx.commit()?;
+        let ticket = self.group.committed();
+        drop(conn);
+        self.make_durable(ticket)?;
         Ok(dropped)
     }
 
     /// Stores `pre` as the state at the end of epoch `hi`, in one
     /// transaction. When this returns, a later read of a snapshot at an
-    /// epoch `<= hi` finds these records, and a process crash keeps them.
+    /// epoch `<= hi` finds these records, and they survive what the store's
+    /// `Durability` says (by default a power cut: the caller may overwrite
+    /// the live blocks now).
     pub fn preserve(&self, volume: VolumeId, hi: Epoch, pre: &PreImages<'_>) -> Result<()> {
         if pre.is_empty() {
             return Ok(());
@@ -356,7 +386,30 @@ impl Store {
             .execute(params![v, object.0 as i64, hi + 1])?;
         }
         tx.commit()?;
-        Ok(())
+        let ticket = self.group.committed();
+        drop(conn);
+        self.make_durable(ticket)
+    }
+
+    /// Waits until a sync of the packs and the catalog's WAL covers the
+    /// commit behind `ticket`; concurrent committers share one sync.
+    fn make_durable(&self, ticket: Ticket) -> Result<()> {
+        if self.durability == Durability::Process {
+            return Ok(());
+        }
+        self.group.wait(ticket, || {
+            self.packs.sync()?;
+            let mut wal = self.wal.lock().unwrap_or_else(|p| p.into_inner());
+            if wal.is_none() {
+                // SQLite creates the WAL with its first write and keeps the
+                // same file while connections are open.
+                *wal = File::open(self.dir.join("catalog.db-wal")).ok();
+            }
+            match wal.as_ref() {
+                Some(f) => f.sync_data().map_err(io_err("syncing the catalog's WAL")),
+                None => Ok(()),
+            }
+        })
     }
 
     /// What `object` had preserved with exactly `hi`: the write side's
@@ -617,6 +670,7 @@ mod tests {
             tmp.path(),
             StoreOptions {
                 cache_bytes: capacity,
+                ..StoreOptions::default()
             },
         )
         .expect("open");

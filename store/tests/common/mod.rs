@@ -21,7 +21,14 @@ pub fn open(dir: &Path) -> Store {
 }
 
 pub fn open_with_cache(dir: &Path, cache_bytes: usize) -> Store {
-    Store::open(dir, StoreOptions { cache_bytes }).expect("open store")
+    Store::open(
+        dir,
+        StoreOptions {
+            cache_bytes,
+            ..StoreOptions::default()
+        },
+    )
+    .expect("open store")
 }
 
 pub fn temp_store() -> (TempDir, Store) {
