@@ -59,6 +59,7 @@ pub fn delete_set(store: &Store, volumes: &[Arc<Volume>], set: SetId) -> Result<
             .iter()
             .any(|s| s.volumes.iter().any(|sv| sv.volume == vol.id()));
         vol.cow.set_any_set(any);
+        vol.free_unreachable_aside()?;
     }
     Ok(())
 }

@@ -172,6 +172,53 @@ impl Volume {
             .insert(object);
     }
 
+    /// Frees the aside inodes no remaining set can reach. An inode whose
+    /// number a live inode presents (a truncation's alias) keeps existing,
+    /// emptied, so that the number cannot be handed out twice. A file still
+    /// open through the live mount lives on in its descriptors.
+    pub(crate) fn free_unreachable_aside(&self) -> Result<()> {
+        let store = self.store();
+        let doomed = store.unreachable_aside(self.id)?;
+        if doomed.is_empty() {
+            return Ok(());
+        }
+        let presented: HashSet<u64> = store.presented(self.id)?.into_iter().collect();
+        let dir = self.aside_dir.as_fd();
+        for object in &doomed {
+            let name = Self::aside_name(*object);
+            let st = match backing::statat(dir, &name) {
+                Ok(st) => st,
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => continue,
+                Err(e) => return Err(e.into()),
+            };
+            if presented.contains(&object.0) {
+                let fd = backing::openat(dir, &name, libc::O_WRONLY | libc::O_NOFOLLOW, 0)?;
+                std::fs::File::from(fd).set_len(0)?;
+                continue;
+            }
+            let flags = if st.st_mode & libc::S_IFMT == libc::S_IFDIR {
+                libc::AT_REMOVEDIR
+            } else {
+                0
+            };
+            // SAFETY: name is a valid C string.
+            if unsafe {
+                libc::unlinkat(std::os::fd::AsRawFd::as_raw_fd(&dir), name.as_ptr(), flags)
+            } < 0
+            {
+                return Err(io::Error::last_os_error())
+                    .context(|| format!("volume {}: freeing aside inode {}", self.name, object.0));
+            }
+            self.aside
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(object);
+        }
+        store.forget_objects(self.id, &doomed)?;
+        tracing::info!(volume = %self.name, freed = doomed.len(), "freed moved-aside inodes no set needs");
+        Ok(())
+    }
+
     /// The name an object takes in the aside folder.
     pub(crate) fn aside_name(object: ObjectId) -> std::ffi::CString {
         std::ffi::CString::new(object.0.to_string()).expect("digits have no NUL")

@@ -272,3 +272,35 @@ fn truncating_a_large_file_to_zero_moves_it_aside_instead_of_copying() {
     assert_eq!(read(&rig.at("two").join("log")), b"fresh");
     assert_eq!(read(&rig.live.join("log")), b"again");
 }
+
+#[test]
+fn deleting_the_last_set_that_needs_a_deleted_file_frees_its_inode() {
+    let rig = Rig::new();
+    fs::write(rig.live.join("big"), vec![3u8; 3_000_000]).expect("write");
+    fs::write(rig.live.join("kept"), b"k").expect("write");
+    let one = rig.snapshot("one");
+    fs::remove_file(rig.live.join("big")).expect("unlink");
+    let two = rig.snapshot("two");
+    let aside = rig._dir.path().join("backing/.umbra/aside");
+    assert_eq!(
+        fs::read_dir(&aside).expect("ls aside").count(),
+        1,
+        "the unlinked file waits aside"
+    );
+    // Set two was taken after the unlink: deleting it frees nothing.
+    umbra_fs::delete_set(&rig.store, std::slice::from_ref(&rig.volume), two.id)
+        .expect("delete two");
+    rig.browser.refresh().expect("refresh");
+    assert_eq!(fs::read_dir(&aside).expect("ls aside").count(), 1);
+    assert_eq!(read(&rig.at("one").join("big")), vec![3u8; 3_000_000]);
+    umbra_fs::delete_set(&rig.store, std::slice::from_ref(&rig.volume), one.id)
+        .expect("delete one");
+    rig.browser.refresh().expect("refresh");
+    assert_eq!(
+        fs::read_dir(&aside).expect("ls aside").count(),
+        0,
+        "no set needs it any more"
+    );
+    assert_eq!(rig.store.stats().expect("stats").block_records, 0);
+    assert_eq!(read(&rig.live.join("kept")), b"k");
+}

@@ -508,6 +508,59 @@ impl Store {
             .optional()?)
     }
 
+    /// Aside objects of `volume` that no remaining set can reach: every set
+    /// of the volume is younger than the epoch the object was moved in (or
+    /// there is none). Their inodes may be freed.
+    pub fn unreachable_aside(&self, volume: VolumeId) -> Result<Vec<ObjectId>> {
+        let conn = self.catalog.reader();
+        let mut stmt = conn.prepare_cached(
+            "SELECT a.object FROM aside a WHERE a.volume_id = ?1 AND NOT EXISTS (
+                 SELECT 1 FROM set_volumes sv WHERE sv.volume_id = ?1 AND sv.epoch < a.since_epoch)",
+        )?;
+        let rows = stmt.query_map([volume.0], |r| Ok(ObjectId(r.get::<_, i64>(0)? as u64)))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Forgets freed aside objects: their aside rows, handles and every
+    /// record of them, and the chunks no record names any more.
+    pub fn forget_objects(&self, volume: VolumeId, objects: &[ObjectId]) -> Result<()> {
+        if objects.is_empty() {
+            return Ok(());
+        }
+        let mut conn = self.catalog.writer();
+        let tx = conn.transaction()?;
+        for object in objects {
+            for table in [
+                "aside",
+                "handles",
+                "block_records",
+                "attr_records",
+                "dir_records",
+            ] {
+                tx.prepare_cached(&format!(
+                    "DELETE FROM {table} WHERE volume_id = ?1 AND object = ?2"
+                ))?
+                .execute(params![volume.0, object.0 as i64])?;
+            }
+        }
+        tx.execute(
+            "DELETE FROM chunks WHERE hash NOT IN (SELECT hash FROM block_records)
+                                  AND hash NOT IN (SELECT entries FROM dir_records)",
+            [],
+        )?;
+        tx.commit()?;
+        let ticket = self.group.committed();
+        drop(conn);
+        self.make_durable(ticket)
+    }
+
+    /// The inode numbers live inodes present in place of aside ones: those
+    /// aside inodes must keep existing, or the number could be handed out
+    /// twice.
+    pub fn presented(&self, volume: VolumeId) -> Result<Vec<u64>> {
+        Ok(self.aliases(volume)?.into_iter().map(|(_, p)| p).collect())
+    }
+
     /// Records that the live inode `object` presents itself with the inode
     /// number `presented`: it took the place of an inode moved aside.
     pub fn set_alias(&self, volume: VolumeId, object: ObjectId, presented: u64) -> Result<()> {
