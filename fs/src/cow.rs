@@ -14,12 +14,13 @@ use std::ffi::OsStr;
 use std::fs::File;
 use std::hash::{Hash, Hasher};
 use std::os::fd::BorrowedFd;
-use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use umbra_store::{AttrRecord, BLOCK_SIZE, DirEntry, Epoch, ObjectId, PreImages, Store, VolumeId};
 
 use crate::backing::{self, cstr};
-use crate::{HIDDEN_DIR, Result};
+use crate::{FsError, HIDDEN_DIR, Result};
 
 const STRIPES: usize = 1024;
 /// Pre-images gathered past this size are stored before gathering more.
@@ -30,8 +31,6 @@ const FLUSH_BYTES: usize = 16 * 1024 * 1024;
 pub(crate) struct Clock {
     /// The open epoch.
     pub current: Epoch,
-    /// Whether any set of this volume exists: if none, nothing is preserved.
-    pub any_set: bool,
     /// Whether the open epoch began in this process: then every record of
     /// it was written by this process and the in-memory state is complete.
     pub began_here: bool,
@@ -51,22 +50,49 @@ pub(crate) struct Cow {
     volume: VolumeId,
     root: ObjectId,
     gate: RwLock<Clock>,
+    /// Whether any set of this volume exists: if none, nothing is preserved.
+    any_set: AtomicBool,
     stripes: Box<[RwLock<()>]>,
     preserved: Mutex<HashMap<ObjectId, Preserved>>,
     births: Mutex<HashSet<ObjectId>>,
+    /// Keeps the diff area within its limits before pre-images are stored.
+    guard: OnceLock<Arc<dyn DiffGuard>>,
+}
+
+/// The diff area's limit, checked before every store of pre-images.
+pub(crate) trait DiffGuard: Send + Sync {
+    /// Makes room for `bytes` more (deleting old sets if the policy says
+    /// so), or fails with ENOSPC. Called while the mutation holds its locks.
+    fn make_room(&self, bytes: u64) -> Result<()>;
+
+    /// The store's disk is full: frees something (true) so that the caller
+    /// retries, or says there is nothing to free (false), or fails.
+    fn disk_full(&self) -> Result<bool>;
 }
 
 impl Cow {
-    pub fn new(store: Arc<Store>, volume: VolumeId, root: ObjectId, clock: Clock) -> Cow {
+    pub fn new(
+        store: Arc<Store>,
+        volume: VolumeId,
+        root: ObjectId,
+        clock: Clock,
+        any_set: bool,
+    ) -> Cow {
         Cow {
             store,
             volume,
             root,
             gate: RwLock::new(clock),
+            any_set: AtomicBool::new(any_set),
+            guard: OnceLock::new(),
             stripes: (0..STRIPES).map(|_| RwLock::new(())).collect(),
             preserved: Mutex::new(HashMap::new()),
             births: Mutex::new(HashSet::new()),
         }
+    }
+
+    pub fn set_guard(&self, guard: Arc<dyn DiffGuard>) {
+        let _ = self.guard.set(guard);
     }
 
     pub fn store(&self) -> &Arc<Store> {
@@ -87,7 +113,7 @@ impl Cow {
             .into_iter()
             .map(|s| self.stripes[s].write().unwrap_or_else(|p| p.into_inner()))
             .collect();
-        let hi = if gate.any_set && gate.current.0 > 1 {
+        let hi = if self.any_set.load(Ordering::Acquire) && gate.current.0 > 1 {
             Some(Epoch(gate.current.0 - 1))
         } else {
             None
@@ -123,15 +149,17 @@ impl Cow {
     /// Called with the gate held exclusive once the set is committed.
     pub fn advance(&self, clock: &mut Clock, closed: Epoch) {
         clock.current = Epoch(closed.0 + 1);
-        clock.any_set = true;
+        self.any_set.store(true, Ordering::Release);
         clock.began_here = true;
         lock(&self.preserved).clear();
         lock(&self.births).clear();
     }
 
     /// After a deletion: whether any set of the volume is left.
+    /// Lock-free, so that a mutation deleting sets to make room (while it
+    /// holds the gate shared) can call it.
     pub fn set_any_set(&self, any: bool) {
-        self.gate.write().unwrap_or_else(|p| p.into_inner()).any_set = any;
+        self.any_set.store(any, Ordering::Release);
     }
 
     /// Runs `f` on what `object` has had preserved in the open epoch, loading
@@ -318,7 +346,23 @@ impl Mutation<'_> {
         if pre.is_empty() {
             return Ok(());
         }
-        self.cow.store.preserve(self.cow.volume, hi, &pre)?;
+        let guard = self.cow.guard.get();
+        if let Some(guard) = guard {
+            let bytes: usize = pre.blocks.iter().map(|(_, _, d)| d.len()).sum();
+            guard.make_room(bytes as u64)?;
+        }
+        loop {
+            match self.cow.store.preserve(self.cow.volume, hi, &pre) {
+                Ok(()) => break,
+                Err(e) if e.is_disk_full() => match guard {
+                    Some(guard) if guard.disk_full()? => continue,
+                    // Every set is gone: nothing needs keeping any more.
+                    Some(_) if !self.cow.any_set.load(Ordering::Acquire) => return Ok(()),
+                    _ => return Err(FsError::from_errno(libc::ENOSPC)),
+                },
+                Err(e) => return Err(e.into()),
+            }
+        }
         let mut preserved = lock(&self.cow.preserved);
         for (object, a) in &pre.attrs {
             preserved.entry(*object).or_default().attr_size = Some(a.size);

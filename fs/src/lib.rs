@@ -14,6 +14,7 @@ mod backing;
 #[cfg(test)]
 mod core_tests;
 mod cow;
+mod diff;
 mod error;
 mod live;
 mod mount;
@@ -22,6 +23,7 @@ mod shadow;
 mod snap;
 mod volume;
 
+pub use diff::{DiffArea, DiffLimits, OnFull};
 pub use error::{FsError, Result};
 pub use mount::{MountHandle, MountOptions, mount_live, mount_snapshots};
 pub use shadow::{commit_set, delete_set};

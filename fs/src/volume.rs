@@ -81,9 +81,9 @@ impl Volume {
             root_object,
             Clock {
                 current: info.epoch,
-                any_set,
                 began_here: false,
             },
+            any_set,
         );
         Ok(Arc::new(Volume {
             id: info.id,

@@ -304,3 +304,103 @@ fn deleting_the_last_set_that_needs_a_deleted_file_frees_its_inode() {
     assert_eq!(rig.store.stats().expect("stats").block_records, 0);
     assert_eq!(read(&rig.live.join("kept")), b"k");
 }
+
+/// Bytes that do not deduplicate, different for each `seed`.
+fn noise(seed: u8, len: usize) -> Vec<u8> {
+    (0..len as u32)
+        .map(|i| {
+            (i.wrapping_mul(2_654_435_761)
+                .wrapping_add(u32::from(seed) << 20)
+                >> 24) as u8
+        })
+        .collect()
+}
+
+fn overwrite(path: &Path, seed: u8, len: usize) -> std::io::Result<()> {
+    let f = fs::OpenOptions::new().write(true).open(path)?;
+    std::os::unix::fs::FileExt::write_all_at(&f, &noise(seed, len), 0)
+}
+
+#[test]
+fn a_full_diff_area_deletes_the_oldest_sets_and_live_writes_go_on() {
+    let rig = Rig::new();
+    let limits = umbra_fs::DiffLimits {
+        max_bytes: Some(1 << 20),
+        ..Default::default()
+    };
+    umbra_fs::DiffArea::install(
+        rig.store.clone(),
+        std::slice::from_ref(&rig.volume),
+        &rig.browser,
+        limits,
+    );
+    fs::write(rig.live.join("f"), noise(1, 600_000)).expect("write");
+    rig.snapshot("one");
+    overwrite(&rig.live.join("f"), 2, 600_000).expect("first overwrite fits");
+    rig.snapshot("two");
+    overwrite(&rig.live.join("f"), 3, 600_000).expect("the second overwrite makes room");
+    rig.browser.refresh().expect("refresh");
+    let names: Vec<String> = rig
+        .store
+        .sets()
+        .expect("sets")
+        .into_iter()
+        .map(|s| s.name)
+        .collect();
+    assert_eq!(names, ["two"], "the oldest set made room");
+    assert_eq!(read(&rig.at("two").join("f")), noise(2, 600_000));
+    assert_eq!(read(&rig.live.join("f")), noise(3, 600_000));
+    assert!(rig.store.diff_bytes() <= 1 << 20);
+}
+
+#[test]
+fn a_protected_full_diff_area_fails_the_live_write_and_keeps_every_set() {
+    let rig = Rig::new();
+    let limits = umbra_fs::DiffLimits {
+        max_bytes: Some(1 << 20),
+        on_full: umbra_fs::OnFull::Protect,
+        ..Default::default()
+    };
+    umbra_fs::DiffArea::install(
+        rig.store.clone(),
+        std::slice::from_ref(&rig.volume),
+        &rig.browser,
+        limits,
+    );
+    fs::write(rig.live.join("f"), noise(1, 600_000)).expect("write");
+    rig.snapshot("one");
+    overwrite(&rig.live.join("f"), 2, 600_000).expect("first overwrite fits");
+    rig.snapshot("two");
+    let err = overwrite(&rig.live.join("f"), 3, 600_000).expect_err("no room");
+    assert_eq!(err.raw_os_error(), Some(libc::ENOSPC));
+    assert_eq!(rig.store.sets().expect("sets").len(), 2);
+    assert_eq!(read(&rig.at("one").join("f")), noise(1, 600_000));
+    assert_eq!(read(&rig.at("two").join("f")), noise(2, 600_000));
+}
+
+#[test]
+fn max_sets_deletes_the_oldest_before_a_new_set() {
+    let rig = Rig::new();
+    let limits = umbra_fs::DiffLimits {
+        max_sets: Some(2),
+        ..Default::default()
+    };
+    let area = umbra_fs::DiffArea::install(
+        rig.store.clone(),
+        std::slice::from_ref(&rig.volume),
+        &rig.browser,
+        limits,
+    );
+    for name in ["a", "b", "c"] {
+        area.before_new_set().expect("room for a set");
+        rig.snapshot(name);
+    }
+    let names: Vec<String> = rig
+        .store
+        .sets()
+        .expect("sets")
+        .into_iter()
+        .map(|s| s.name)
+        .collect();
+    assert_eq!(names, ["b", "c"]);
+}

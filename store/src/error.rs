@@ -27,6 +27,25 @@ pub enum Error {
     UnknownVolume(String),
 }
 
+impl Error {
+    /// The disk under the store is full (ENOSPC, EDQUOT, or SQLite's
+    /// SQLITE_FULL): the diff area's full policy decides what happens.
+    pub fn is_disk_full(&self) -> bool {
+        match self {
+            Error::Io { source, .. } => {
+                matches!(
+                    source.kind(),
+                    io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded
+                )
+            }
+            Error::Catalog(rusqlite::Error::SqliteFailure(e, _)) => {
+                e.code == rusqlite::ErrorCode::DiskFull
+            }
+            _ => false,
+        }
+    }
+}
+
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 pub(crate) fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> Error {

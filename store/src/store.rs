@@ -5,6 +5,7 @@
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use rusqlite::{OptionalExtension, Transaction, params};
@@ -134,6 +135,9 @@ pub struct Store {
     durability: Durability,
     group: GroupSync,
     wal: Mutex<Option<File>>,
+    /// Bytes of chunk data the catalog names: the diff area's size for its
+    /// limit, kept without a query per write.
+    chunk_bytes: AtomicU64,
 }
 
 impl Store {
@@ -151,15 +155,18 @@ impl Store {
             )
             .optional()?;
         let packs = Packs::open(&dir.join("packs"), newest)?;
-        Ok(Store {
+        let store = Store {
             dir: dir.to_path_buf(),
             catalog,
             packs,
             cache: ChunkCache::new(options.cache_bytes),
+            chunk_bytes: AtomicU64::new(0),
             durability: options.durability,
             group: GroupSync::default(),
             wal: Mutex::new(None),
-        })
+        };
+        store.recount()?;
+        Ok(store)
     }
 
     pub fn dir(&self) -> &Path {
@@ -318,6 +325,7 @@ impl Store {
         let ticket = self.group.committed();
         drop(conn);
         self.make_durable(ticket)?;
+        self.recount()?;
         Ok(dropped)
     }
 
@@ -551,7 +559,8 @@ impl Store {
         tx.commit()?;
         let ticket = self.group.committed();
         drop(conn);
-        self.make_durable(ticket)
+        self.make_durable(ticket)?;
+        self.recount()
     }
 
     /// The inode numbers live inodes present in place of aside ones: those
@@ -634,8 +643,25 @@ impl Store {
                 "INSERT INTO chunks (hash, pack, offset, len) VALUES (?1, ?2, ?3, ?4)",
             )?
             .execute(params![&hash.0[..], loc.pack, loc.offset as i64, loc.len])?;
+            self.chunk_bytes
+                .fetch_add(u64::from(loc.len), Ordering::Relaxed);
         }
         Ok(hash)
+    }
+
+    /// Bytes of chunk data in the diff area (what its limit counts).
+    pub fn diff_bytes(&self) -> u64 {
+        self.chunk_bytes.load(Ordering::Relaxed)
+    }
+
+    /// Recounts the diff area after chunks were dropped (or a transaction
+    /// that added some rolled back).
+    fn recount(&self) -> Result<()> {
+        let conn = self.catalog.reader();
+        let bytes: i64 =
+            conn.query_row("SELECT coalesce(sum(len), 0) FROM chunks", [], |r| r.get(0))?;
+        self.chunk_bytes.store(bytes as u64, Ordering::Relaxed);
+        Ok(())
     }
 
     fn chunk(&self, hash: &ChunkHash) -> Result<Arc<[u8]>> {

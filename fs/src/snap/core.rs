@@ -187,8 +187,10 @@ impl Browser {
             return Ok(attr.clone());
         }
         let vol = self.volume(node.volume)?;
-        let _reading = self.alive(vol, node.set)?;
+        // Object lock first, then the deletion gate: a mutation holding the
+        // object's lock may be deleting sets to make room (see diff.rs).
         let _still = vol.cow.read_lock(node.object);
+        let _reading = self.alive(vol, node.set)?;
         let attr = match self
             .store
             .resolve_attr(node.volume, node.object, node.epoch)?
@@ -239,8 +241,10 @@ impl Browser {
             return Ok(entries.clone());
         }
         let vol = self.volume(node.volume)?;
-        let _reading = self.alive(vol, node.set)?;
+        // Object lock first, then the deletion gate: a mutation holding the
+        // object's lock may be deleting sets to make room (see diff.rs).
         let _still = vol.cow.read_lock(node.object);
+        let _reading = self.alive(vol, node.set)?;
         let entries = match self
             .store
             .resolve_dir(node.volume, node.object, node.epoch)?
@@ -458,8 +462,10 @@ impl Browser {
             return Ok(Vec::new());
         }
         let vol = self.volume(node.volume)?;
-        let _reading = self.alive(vol, node.set)?;
+        // Object lock first, then the deletion gate: a mutation holding the
+        // object's lock may be deleting sets to make room (see diff.rs).
         let _still = vol.cow.read_lock(node.object);
+        let _reading = self.alive(vol, node.set)?;
         let mut out = vec![0u8; (end - offset) as usize];
         let mut pos = offset;
         while pos < end {
@@ -507,8 +513,10 @@ impl Browser {
             return Ok(Vec::new());
         };
         let vol = self.volume(node.volume)?;
-        let _reading = self.alive(vol, node.set)?;
+        // Object lock first, then the deletion gate: a mutation holding the
+        // object's lock may be deleting sets to make room (see diff.rs).
         let _still = vol.cow.read_lock(node.object);
+        let _reading = self.alive(vol, node.set)?;
         match self
             .store
             .resolve_attr(node.volume, node.object, node.epoch)?

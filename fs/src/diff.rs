@@ -1,0 +1,145 @@
+//! The diff area's limits and what happens when a pre-image would pass
+//! them: VSS's two policies. `DeleteOldest` (the default) deletes the oldest
+//! sets until the pre-image fits and logs which, so live writes never fail
+//! because of the diff area; `Protect` keeps every set and fails the live
+//! write with ENOSPC instead. A disk that is really full (ENOSPC from the
+//! store's own filesystem) is handled by the same policy. `max_sets` caps
+//! the number of sets: the oldest is deleted before a new one is taken.
+//!
+//! The check runs inside a mutation, which holds its volume's epoch gate
+//! shared and its objects' locks: deleting a set from here takes only the
+//! sets' deletion gates (snapshot readers take those after object locks)
+//! and refreshes the browser from another thread, never from this request.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+
+use umbra_store::Store;
+
+use crate::cow::DiffGuard;
+use crate::{Browser, FsError, Result, Volume, delete_set};
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum OnFull {
+    #[default]
+    DeleteOldest,
+    Protect,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DiffLimits {
+    /// Bytes of pre-image data the diff area may hold.
+    pub max_bytes: Option<u64>,
+    /// How many sets may exist at once.
+    pub max_sets: Option<usize>,
+    pub on_full: OnFull,
+}
+
+pub struct DiffArea {
+    store: Arc<Store>,
+    volumes: Vec<Weak<Volume>>,
+    browser: Weak<Browser>,
+    limits: DiffLimits,
+    warned: AtomicBool,
+    deleting: Mutex<()>,
+}
+
+impl DiffArea {
+    /// Puts the limits in force on every volume.
+    pub fn install(
+        store: Arc<Store>,
+        volumes: &[Arc<Volume>],
+        browser: &Arc<Browser>,
+        limits: DiffLimits,
+    ) -> Arc<DiffArea> {
+        let area = Arc::new(DiffArea {
+            store,
+            volumes: volumes.iter().map(Arc::downgrade).collect(),
+            browser: Arc::downgrade(browser),
+            limits,
+            warned: AtomicBool::new(false),
+            deleting: Mutex::new(()),
+        });
+        for vol in volumes {
+            vol.cow.set_guard(area.clone());
+        }
+        area
+    }
+
+    pub fn limits(&self) -> DiffLimits {
+        self.limits
+    }
+
+    /// Before a set is taken: deletes the oldest sets while `max_sets` are
+    /// there already.
+    pub fn before_new_set(&self) -> Result<()> {
+        let Some(max) = self.limits.max_sets else {
+            return Ok(());
+        };
+        while self.store.sets()?.len() >= max.max(1) {
+            if !self.delete_oldest("max_sets reached")? {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// Deletes the oldest set; false if there is none.
+    fn delete_oldest(&self, why: &str) -> Result<bool> {
+        let _one_at_a_time = self.deleting.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(oldest) = self.store.sets()?.into_iter().next() else {
+            return Ok(false);
+        };
+        let volumes: Vec<Arc<Volume>> = self.volumes.iter().filter_map(Weak::upgrade).collect();
+        delete_set(&self.store, &volumes, oldest.id)?;
+        tracing::warn!(set = %oldest.name, id = %oldest.id, "diff area: {why}; deleted the oldest shadow copy set");
+        if let Some(browser) = self.browser.upgrade() {
+            // Not from this thread: it may be serving a request of a mount.
+            std::thread::spawn(move || {
+                if let Err(e) = browser.refresh() {
+                    tracing::warn!("refreshing the browser: {e}");
+                }
+            });
+        }
+        Ok(true)
+    }
+
+    fn full(&self, why: &str) -> Result<bool> {
+        match self.limits.on_full {
+            OnFull::Protect => {
+                tracing::warn!(
+                    "diff area: {why}; on_full = protect keeps the sets and fails the write"
+                );
+                Err(FsError::from_errno(libc::ENOSPC))
+            }
+            OnFull::DeleteOldest => self.delete_oldest(why),
+        }
+    }
+}
+
+impl DiffGuard for DiffArea {
+    fn make_room(&self, bytes: u64) -> Result<()> {
+        let Some(max) = self.limits.max_bytes else {
+            return Ok(());
+        };
+        loop {
+            let used = self.store.diff_bytes();
+            if used.saturating_add(bytes) <= max {
+                if used.saturating_add(bytes) > max / 10 * 8
+                    && !self.warned.swap(true, Ordering::Relaxed)
+                {
+                    tracing::warn!(used, max, "diff area is over 80 % of max_diff_size");
+                }
+                return Ok(());
+            }
+            // With no set left nothing needs keeping: let this one through.
+            if !self.full("max_diff_size reached")? {
+                return Ok(());
+            }
+        }
+    }
+
+    fn disk_full(&self) -> Result<bool> {
+        self.full("the diff area's disk is full")
+    }
+}
