@@ -7,8 +7,9 @@
 use std::fmt;
 use std::io;
 use std::path::{Component, Path, PathBuf};
+use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Deserializer};
 
 use crate::naming::{DEFAULT_NAME_FORMAT, LATEST, NameFormat, NameFormatError};
 
@@ -17,6 +18,12 @@ use crate::naming::{DEFAULT_NAME_FORMAT, LATEST, NameFormat, NameFormatError};
 pub const DEFAULT_CONFIG: &str = include_str!("default.toml");
 
 const DEFAULT_THREADS: usize = 4;
+/// Control clients served at once.
+pub const DEFAULT_MAX_CLIENTS: usize = 64;
+/// How long a control client may take to send one request line.
+pub const DEFAULT_CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
+/// The longest `client_timeout` accepted: a day.
+const MAX_CLIENT_TIMEOUT_SECS: f64 = 86_400.0;
 const SOCKET_FILE: &str = "control.sock";
 
 /// A checked configuration whose paths are all absolute and normalized.
@@ -30,6 +37,11 @@ pub struct Config {
     pub name_format: NameFormat,
     /// FUSE worker threads per mount.
     pub threads: usize,
+    /// Control clients served at once; one more is refused.
+    pub max_clients: usize,
+    /// How long a control client may take to send a whole request line
+    /// (or to take an answer) before it is dropped.
+    pub client_timeout: Duration,
     pub volumes: Vec<VolumeConfig>,
 }
 
@@ -131,6 +143,12 @@ pub enum Problem {
     },
     #[error("threads must be at least 1")]
     ZeroThreads,
+    #[error("max_clients must be at least 1")]
+    ZeroClients,
+    #[error(
+        "client_timeout must be a number of seconds above 0 and at most {MAX_CLIENT_TIMEOUT_SECS}, not {0}"
+    )]
+    ClientTimeout(String),
     #[error("name_format: {0}")]
     NameFormat(#[from] NameFormatError),
 }
@@ -143,6 +161,9 @@ struct RawConfig {
     snapshots: PathBuf,
     name_format: Option<String>,
     threads: Option<usize>,
+    max_clients: Option<usize>,
+    #[serde(default, deserialize_with = "seconds")]
+    client_timeout: Option<f64>,
     #[serde(default, rename = "volume")]
     volumes: Vec<RawVolume>,
 }
@@ -205,6 +226,9 @@ impl Config {
         }
         if self.threads == 0 {
             return Err(Problem::ZeroThreads);
+        }
+        if self.max_clients == 0 {
+            return Err(Problem::ZeroClients);
         }
         for (i, volume) in self.volumes.iter().enumerate() {
             check_volume_name(&volume.name)?;
@@ -298,12 +322,38 @@ impl RawConfig {
                 self.name_format.as_deref().unwrap_or(DEFAULT_NAME_FORMAT),
             )?,
             threads: self.threads.unwrap_or(DEFAULT_THREADS),
+            max_clients: self.max_clients.unwrap_or(DEFAULT_MAX_CLIENTS),
+            client_timeout: match self.client_timeout {
+                None => DEFAULT_CLIENT_TIMEOUT,
+                Some(secs) => client_timeout(secs)?,
+            },
             state_dir,
             volumes,
         };
         config.check()?;
         Ok(config)
     }
+}
+
+/// A number of seconds, written as an integer or a float.
+fn seconds<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged, expecting = "a number of seconds")]
+    enum Number {
+        Int(i64),
+        Float(f64),
+    }
+    Ok(Option::<Number>::deserialize(d)?.map(|n| match n {
+        Number::Int(i) => i as f64,
+        Number::Float(f) => f,
+    }))
+}
+
+fn client_timeout(secs: f64) -> Result<Duration, Problem> {
+    if !(secs > 0.0 && secs <= MAX_CLIENT_TIMEOUT_SECS) {
+        return Err(Problem::ClientTimeout(secs.to_string()));
+    }
+    Duration::try_from_secs_f64(secs).map_err(|_| Problem::ClientTimeout(secs.to_string()))
 }
 
 fn check_volume_name(name: &str) -> Result<(), Problem> {
@@ -568,6 +618,34 @@ mount = "/mnt/logs"
         );
         let err = parse(&format!("name_format = \"%Y/%m\"\n{MINIMAL}")).expect_err("slash");
         assert!(err.to_string().contains("name_format: "), "{err}");
+    }
+
+    #[test]
+    fn control_client_limits_have_defaults_and_are_checked() {
+        let config = parse(MINIMAL).expect("valid");
+        assert_eq!(config.max_clients, DEFAULT_MAX_CLIENTS);
+        assert_eq!(config.client_timeout, DEFAULT_CLIENT_TIMEOUT);
+        let config =
+            parse(&format!("max_clients = 3\nclient_timeout = 2\n{MINIMAL}")).expect("valid");
+        assert_eq!(config.max_clients, 3);
+        assert_eq!(config.client_timeout, Duration::from_secs(2));
+        let config = parse(&format!("client_timeout = 0.25\n{MINIMAL}")).expect("valid");
+        assert_eq!(config.client_timeout, Duration::from_millis(250));
+        assert_eq!(
+            problem(&format!("max_clients = 0\n{MINIMAL}")),
+            Problem::ZeroClients
+        );
+        for bad in ["0", "-1", "nan", "inf", "1e300", "86401"] {
+            let text = format!("client_timeout = {bad}\n{MINIMAL}");
+            assert!(
+                matches!(problem(&text), Problem::ClientTimeout(_)),
+                "client_timeout = {bad}"
+            );
+        }
+        let err = parse(&format!("client_timeout = \"10s\"\n{MINIMAL}")).expect_err("a string");
+        assert!(err.to_string().contains("a number of seconds"), "{err}");
+        let err = parse(&format!("max_clients = -1\n{MINIMAL}")).expect_err("negative");
+        assert!(err.to_string().contains("line 1"), "{err}");
     }
 
     #[test]
