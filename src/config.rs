@@ -69,7 +69,7 @@ pub enum Origin {
 impl fmt::Display for Origin {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Origin::File(path) => write!(f, "{}", path.display()),
+            Origin::File(path) => write!(f, "{}", shown(path)),
             Origin::Embedded => f.write_str("embedded default config"),
         }
     }
@@ -77,7 +77,7 @@ impl fmt::Display for Origin {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("reading config {}: {source}", .path.display())]
+    #[error("reading config {}: {source}", shown(.path))]
     Read {
         path: PathBuf,
         #[source]
@@ -94,6 +94,21 @@ pub enum ConfigError {
         origin: Origin,
         problem: Box<Problem>,
     },
+}
+
+/// A path in an error message: as it is, but with control characters (a
+/// newline in a name, say) escaped, so that every error stays one line.
+pub fn shown(path: &Path) -> String {
+    path.to_string_lossy()
+        .chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
 }
 
 fn line_prefix(line: Option<usize>) -> String {
@@ -115,26 +130,26 @@ pub enum Problem {
     DuplicateVolume(String),
     #[error("{0} is empty")]
     EmptyPath(String),
-    #[error("{first} and {second} have the same mountpoint {}", .path.display())]
+    #[error("{first} and {second} have the same mountpoint {}", shown(.path))]
     SameMountpoint {
         first: String,
         second: String,
         path: PathBuf,
     },
-    #[error("the mountpoint of {inner} ({}) is inside the mountpoint of {outer} ({})", .inner_path.display(), .outer_path.display())]
+    #[error("the mountpoint of {inner} ({}) is inside the mountpoint of {outer} ({})", shown(.inner_path), shown(.outer_path))]
     NestedMountpoint {
         inner: String,
         inner_path: PathBuf,
         outer: String,
         outer_path: PathBuf,
     },
-    #[error("{first} and {second} have the same backing directory {}", .path.display())]
+    #[error("{first} and {second} have the same backing directory {}", shown(.path))]
     SameBacking {
         first: String,
         second: String,
         path: PathBuf,
     },
-    #[error("{key} {} is inside {what} {}", .path.display(), .place.display())]
+    #[error("{key} {} is inside {what} {}", shown(.path), shown(.place))]
     InsideVolume {
         key: String,
         path: PathBuf,
@@ -199,7 +214,7 @@ impl Config {
         let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Syntax {
             origin: origin.clone(),
             line: e.span().map(|span| line_of(text, span.start)),
-            message: e.message().trim().replace('\n', " "),
+            message: e.message().trim().replace(['\n', '\r'], " "),
         })?;
         raw.resolve(base, origin.clone())
             .map_err(|problem| ConfigError::Invalid {
@@ -652,5 +667,203 @@ mount = "/mnt/logs"
     fn normalize_is_lexical() {
         assert_eq!(normalize(Path::new("/a/./b/../c/")), Path::new("/a/c"));
         assert_eq!(normalize(Path::new("/../a")), Path::new("/a"));
+    }
+
+    /// What a user sees of a config error: one line, not empty.
+    fn assert_one_line(err: &ConfigError) -> Result<(), proptest::test_runner::TestCaseError> {
+        let text = err.to_string();
+        proptest::prop_assert!(!text.trim().is_empty(), "empty error");
+        proptest::prop_assert!(
+            !text.contains(['\n', '\r']),
+            "the error is not one line: {text:?}"
+        );
+        Ok(())
+    }
+
+    /// A path as a TOML string: near the others, some with control
+    /// characters in them.
+    fn tomlish_path() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        (
+            prop::sample::select(vec!["/srv", "/srv/data", "/snapshots", "/base", "rel", ""]),
+            prop::sample::select(vec!["", "", "/x", "/a\\nb", "/\\r", "/\\u001b[1m", "/.."]),
+        )
+            .prop_map(|(p, tail)| format!("\"{p}{tail}\""))
+    }
+
+    /// A TOML value a config might hold, awkward ones included.
+    fn tomlish_value() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        prop_oneof![
+            4 => prop::sample::select(vec![
+                r#""/srv""#,
+                r#""""#,
+                r#""rel/x""#,
+                r#""/a\nb""#,
+                r#""/a\rb""#,
+                r#""latest""#,
+                r#""..""#,
+                r#""a/b""#,
+                r#""%Y/%m""#,
+                r#""%""#,
+                r#""@GMT-%Y""#,
+                r#""\u0000""#,
+                r#""/snapshots""#,
+                r#""/srv/data""#,
+                r#""/srv/data/x""#,
+                "0",
+                "-1",
+                "1",
+                "1.5",
+                "1e300",
+                "nan",
+                "-inf",
+                "inf",
+                "99999999999999999999",
+                "true",
+                "[]",
+                r#"[1, "a"]"#,
+                "{}",
+                "{ a = 1 }",
+                "1979-05-27T07:32:00Z",
+                "'''x\ny'''",
+                "\"\"\"x\ny\"\"\"",
+            ])
+            .prop_map(str::to_string),
+            3 => tomlish_path(),
+            1 => "[ -~]{0,12}".prop_map(|s| format!("{s:?}")),
+            1 => any::<i64>().prop_map(|n| n.to_string()),
+            1 => any::<f64>().prop_map(|f| f.to_string()),
+        ]
+    }
+
+    /// A whole config: each key absent or with some value, zero to two
+    /// volumes, and stray lines at the top and in the volumes.
+    fn tomlish_config() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        // Mostly well-typed, so that the checks after the syntax run too.
+        let path =
+            || prop::option::weighted(0.9, prop_oneof![8 => tomlish_path(), 1 => tomlish_value()]);
+        let rare = || prop::option::weighted(0.15, tomlish_value());
+        let top = (path(), rare(), path(), rare(), rare(), rare(), rare())
+            .prop_map(|(a, b, c, d, e, f, g)| vec![a, b, c, d, e, f, g]);
+        let name = prop::option::weighted(
+            0.9,
+            prop_oneof![
+                4 => prop::sample::select(vec!["\"data\"", "\"logs\"", "\"a\\nb\""]).prop_map(str::to_string),
+                1 => tomlish_value(),
+            ],
+        );
+        let volume = (
+            (name, path(), path()).prop_map(|(a, b, c)| vec![a, b, c]),
+            prop::collection::vec(tomlish_line(), 0..2),
+        );
+        (
+            top,
+            prop::collection::vec(tomlish_line(), 0..2),
+            prop::collection::vec(volume, 0..3),
+        )
+            .prop_map(|(top, stray, volumes)| {
+                let mut text = String::new();
+                let keys = [
+                    "state_dir",
+                    "socket",
+                    "snapshots",
+                    "name_format",
+                    "threads",
+                    "max_clients",
+                    "client_timeout",
+                ];
+                for (key, value) in keys.iter().zip(&top) {
+                    if let Some(value) = value {
+                        text += &format!("{key} = {value}\n");
+                    }
+                }
+                for line in stray {
+                    text += &format!("{line}\n");
+                }
+                for (fields, stray) in volumes {
+                    text += "[[volume]]\n";
+                    for (key, value) in ["name", "backing", "mount"].iter().zip(&fields) {
+                        if let Some(value) = value {
+                            text += &format!("{key} = {value}\n");
+                        }
+                    }
+                    for line in stray {
+                        text += &format!("{line}\n");
+                    }
+                }
+                text
+            })
+    }
+
+    /// A line of TOML-ish text built from umbra's keys and awkward values.
+    fn tomlish_line() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        let key = prop::sample::select(vec![
+            "state_dir",
+            "socket",
+            "snapshots",
+            "name_format",
+            "threads",
+            "max_clients",
+            "client_timeout",
+            "name",
+            "backing",
+            "mount",
+            "volume",
+            "colour",
+            "\"a b\"",
+            "a.b",
+        ]);
+        let value = tomlish_value();
+        prop_oneof![
+            6 => (key, value).prop_map(|(k, v)| format!("{k} = {v}")),
+            2 => Just("[[volume]]".to_string()),
+            1 => prop::sample::select(vec!["[volume]", "[[volume", "[x]", "=", "# c", ""])
+                .prop_map(str::to_string),
+            1 => "\\PC{0,20}",
+        ]
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_text_is_a_config_or_a_one_line_error(text in "(?s).{0,400}") {
+            if let Err(e) = Config::parse(&text, Origin::Embedded, Path::new("/base")) {
+                assert_one_line(&e)?;
+            }
+        }
+
+        #[test]
+        fn tomlish_text_is_a_config_or_a_one_line_error(text in tomlish_config()) {
+            if let Err(e) = Config::parse(&text, Origin::Embedded, Path::new("/base")) {
+                assert_one_line(&e)?;
+            }
+        }
+    }
+
+    #[test]
+    fn a_path_with_a_newline_gives_a_one_line_error() {
+        let text = MINIMAL.replace("/var/lib/umbra", "/srv/data/x\\ny");
+        let err = parse(&text).expect_err("state_dir inside the volume");
+        assert_eq!(
+            err.to_string(),
+            "/etc/umbra/umbra.toml: state_dir /srv/data/x\\ny is inside volume \"data\" /srv/data"
+        );
+    }
+
+    #[test]
+    fn deep_nesting_is_an_error_not_a_crash() {
+        for depth in [1_000, 100_000] {
+            let text = format!("a = {}{}\n{MINIMAL}", "[".repeat(depth), "]".repeat(depth));
+            let err = parse(&text).expect_err("nested arrays");
+            assert!(!err.to_string().contains('\n'), "{err}");
+            let text = format!(
+                "a = {}1{}\n{MINIMAL}",
+                "{ b = ".repeat(depth),
+                "}".repeat(depth)
+            );
+            assert!(parse(&text).is_err());
+        }
     }
 }
