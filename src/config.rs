@@ -7,8 +7,9 @@
 use std::fmt;
 use std::io;
 use std::path::{Component, Path, PathBuf};
+use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Deserializer};
 
 use crate::naming::{DEFAULT_NAME_FORMAT, LATEST, NameFormat, NameFormatError};
 
@@ -17,6 +18,12 @@ use crate::naming::{DEFAULT_NAME_FORMAT, LATEST, NameFormat, NameFormatError};
 pub const DEFAULT_CONFIG: &str = include_str!("default.toml");
 
 const DEFAULT_THREADS: usize = 4;
+/// Control clients served at once.
+pub const DEFAULT_MAX_CLIENTS: usize = 64;
+/// How long a control client may take to send one request line.
+pub const DEFAULT_CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
+/// The longest `client_timeout` accepted: a day.
+const MAX_CLIENT_TIMEOUT_SECS: f64 = 86_400.0;
 const SOCKET_FILE: &str = "control.sock";
 
 /// A checked configuration whose paths are all absolute and normalized.
@@ -30,6 +37,11 @@ pub struct Config {
     pub name_format: NameFormat,
     /// FUSE worker threads per mount.
     pub threads: usize,
+    /// Control clients served at once; one more is refused.
+    pub max_clients: usize,
+    /// How long a control client may take to send a whole request line
+    /// (or to take an answer) before it is dropped.
+    pub client_timeout: Duration,
     pub volumes: Vec<VolumeConfig>,
 }
 
@@ -57,7 +69,7 @@ pub enum Origin {
 impl fmt::Display for Origin {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Origin::File(path) => write!(f, "{}", path.display()),
+            Origin::File(path) => write!(f, "{}", shown(path)),
             Origin::Embedded => f.write_str("embedded default config"),
         }
     }
@@ -65,7 +77,7 @@ impl fmt::Display for Origin {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("reading config {}: {source}", .path.display())]
+    #[error("reading config {}: {source}", shown(.path))]
     Read {
         path: PathBuf,
         #[source]
@@ -82,6 +94,21 @@ pub enum ConfigError {
         origin: Origin,
         problem: Box<Problem>,
     },
+}
+
+/// A path in an error message: as it is, but with control characters (a
+/// newline in a name, say) escaped, so that every error stays one line.
+pub fn shown(path: &Path) -> String {
+    path.to_string_lossy()
+        .chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
 }
 
 fn line_prefix(line: Option<usize>) -> String {
@@ -103,26 +130,26 @@ pub enum Problem {
     DuplicateVolume(String),
     #[error("{0} is empty")]
     EmptyPath(String),
-    #[error("{first} and {second} have the same mountpoint {}", .path.display())]
+    #[error("{first} and {second} have the same mountpoint {}", shown(.path))]
     SameMountpoint {
         first: String,
         second: String,
         path: PathBuf,
     },
-    #[error("the mountpoint of {inner} ({}) is inside the mountpoint of {outer} ({})", .inner_path.display(), .outer_path.display())]
+    #[error("the mountpoint of {inner} ({}) is inside the mountpoint of {outer} ({})", shown(.inner_path), shown(.outer_path))]
     NestedMountpoint {
         inner: String,
         inner_path: PathBuf,
         outer: String,
         outer_path: PathBuf,
     },
-    #[error("{first} and {second} have the same backing directory {}", .path.display())]
+    #[error("{first} and {second} have the same backing directory {}", shown(.path))]
     SameBacking {
         first: String,
         second: String,
         path: PathBuf,
     },
-    #[error("{key} {} is inside {what} {}", .path.display(), .place.display())]
+    #[error("{key} {} is inside {what} {}", shown(.path), shown(.place))]
     InsideVolume {
         key: String,
         path: PathBuf,
@@ -131,6 +158,12 @@ pub enum Problem {
     },
     #[error("threads must be at least 1")]
     ZeroThreads,
+    #[error("max_clients must be at least 1")]
+    ZeroClients,
+    #[error(
+        "client_timeout must be a number of seconds above 0 and at most {MAX_CLIENT_TIMEOUT_SECS}, not {0}"
+    )]
+    ClientTimeout(String),
     #[error("name_format: {0}")]
     NameFormat(#[from] NameFormatError),
 }
@@ -143,6 +176,9 @@ struct RawConfig {
     snapshots: PathBuf,
     name_format: Option<String>,
     threads: Option<usize>,
+    max_clients: Option<usize>,
+    #[serde(default, deserialize_with = "seconds")]
+    client_timeout: Option<f64>,
     #[serde(default, rename = "volume")]
     volumes: Vec<RawVolume>,
 }
@@ -178,7 +214,7 @@ impl Config {
         let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Syntax {
             origin: origin.clone(),
             line: e.span().map(|span| line_of(text, span.start)),
-            message: e.message().trim().replace('\n', " "),
+            message: e.message().trim().replace(['\n', '\r'], " "),
         })?;
         raw.resolve(base, origin.clone())
             .map_err(|problem| ConfigError::Invalid {
@@ -205,6 +241,9 @@ impl Config {
         }
         if self.threads == 0 {
             return Err(Problem::ZeroThreads);
+        }
+        if self.max_clients == 0 {
+            return Err(Problem::ZeroClients);
         }
         for (i, volume) in self.volumes.iter().enumerate() {
             check_volume_name(&volume.name)?;
@@ -298,12 +337,38 @@ impl RawConfig {
                 self.name_format.as_deref().unwrap_or(DEFAULT_NAME_FORMAT),
             )?,
             threads: self.threads.unwrap_or(DEFAULT_THREADS),
+            max_clients: self.max_clients.unwrap_or(DEFAULT_MAX_CLIENTS),
+            client_timeout: match self.client_timeout {
+                None => DEFAULT_CLIENT_TIMEOUT,
+                Some(secs) => client_timeout(secs)?,
+            },
             state_dir,
             volumes,
         };
         config.check()?;
         Ok(config)
     }
+}
+
+/// A number of seconds, written as an integer or a float.
+fn seconds<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged, expecting = "a number of seconds")]
+    enum Number {
+        Int(i64),
+        Float(f64),
+    }
+    Ok(Option::<Number>::deserialize(d)?.map(|n| match n {
+        Number::Int(i) => i as f64,
+        Number::Float(f) => f,
+    }))
+}
+
+fn client_timeout(secs: f64) -> Result<Duration, Problem> {
+    if !(secs > 0.0 && secs <= MAX_CLIENT_TIMEOUT_SECS) {
+        return Err(Problem::ClientTimeout(secs.to_string()));
+    }
+    Duration::try_from_secs_f64(secs).map_err(|_| Problem::ClientTimeout(secs.to_string()))
 }
 
 fn check_volume_name(name: &str) -> Result<(), Problem> {
@@ -571,8 +636,234 @@ mount = "/mnt/logs"
     }
 
     #[test]
+    fn control_client_limits_have_defaults_and_are_checked() {
+        let config = parse(MINIMAL).expect("valid");
+        assert_eq!(config.max_clients, DEFAULT_MAX_CLIENTS);
+        assert_eq!(config.client_timeout, DEFAULT_CLIENT_TIMEOUT);
+        let config =
+            parse(&format!("max_clients = 3\nclient_timeout = 2\n{MINIMAL}")).expect("valid");
+        assert_eq!(config.max_clients, 3);
+        assert_eq!(config.client_timeout, Duration::from_secs(2));
+        let config = parse(&format!("client_timeout = 0.25\n{MINIMAL}")).expect("valid");
+        assert_eq!(config.client_timeout, Duration::from_millis(250));
+        assert_eq!(
+            problem(&format!("max_clients = 0\n{MINIMAL}")),
+            Problem::ZeroClients
+        );
+        for bad in ["0", "-1", "nan", "inf", "1e300", "86401"] {
+            let text = format!("client_timeout = {bad}\n{MINIMAL}");
+            assert!(
+                matches!(problem(&text), Problem::ClientTimeout(_)),
+                "client_timeout = {bad}"
+            );
+        }
+        let err = parse(&format!("client_timeout = \"10s\"\n{MINIMAL}")).expect_err("a string");
+        assert!(err.to_string().contains("a number of seconds"), "{err}");
+        let err = parse(&format!("max_clients = -1\n{MINIMAL}")).expect_err("negative");
+        assert!(err.to_string().contains("line 1"), "{err}");
+    }
+
+    #[test]
     fn normalize_is_lexical() {
         assert_eq!(normalize(Path::new("/a/./b/../c/")), Path::new("/a/c"));
         assert_eq!(normalize(Path::new("/../a")), Path::new("/a"));
+    }
+
+    /// What a user sees of a config error: one line, not empty.
+    fn assert_one_line(err: &ConfigError) -> Result<(), proptest::test_runner::TestCaseError> {
+        let text = err.to_string();
+        proptest::prop_assert!(!text.trim().is_empty(), "empty error");
+        proptest::prop_assert!(
+            !text.contains(['\n', '\r']),
+            "the error is not one line: {text:?}"
+        );
+        Ok(())
+    }
+
+    /// A path as a TOML string: near the others, some with control
+    /// characters in them.
+    fn tomlish_path() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        (
+            prop::sample::select(vec!["/srv", "/srv/data", "/snapshots", "/base", "rel", ""]),
+            prop::sample::select(vec!["", "", "/x", "/a\\nb", "/\\r", "/\\u001b[1m", "/.."]),
+        )
+            .prop_map(|(p, tail)| format!("\"{p}{tail}\""))
+    }
+
+    /// A TOML value a config might hold, awkward ones included.
+    fn tomlish_value() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        prop_oneof![
+            4 => prop::sample::select(vec![
+                r#""/srv""#,
+                r#""""#,
+                r#""rel/x""#,
+                r#""/a\nb""#,
+                r#""/a\rb""#,
+                r#""latest""#,
+                r#""..""#,
+                r#""a/b""#,
+                r#""%Y/%m""#,
+                r#""%""#,
+                r#""@GMT-%Y""#,
+                r#""\u0000""#,
+                r#""/snapshots""#,
+                r#""/srv/data""#,
+                r#""/srv/data/x""#,
+                "0",
+                "-1",
+                "1",
+                "1.5",
+                "1e300",
+                "nan",
+                "-inf",
+                "inf",
+                "99999999999999999999",
+                "true",
+                "[]",
+                r#"[1, "a"]"#,
+                "{}",
+                "{ a = 1 }",
+                "1979-05-27T07:32:00Z",
+                "'''x\ny'''",
+                "\"\"\"x\ny\"\"\"",
+            ])
+            .prop_map(str::to_string),
+            3 => tomlish_path(),
+            1 => "[ -~]{0,12}".prop_map(|s| format!("{s:?}")),
+            1 => any::<i64>().prop_map(|n| n.to_string()),
+            1 => any::<f64>().prop_map(|f| f.to_string()),
+        ]
+    }
+
+    /// A whole config: each key absent or with some value, zero to two
+    /// volumes, and stray lines at the top and in the volumes.
+    fn tomlish_config() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        // Mostly well-typed, so that the checks after the syntax run too.
+        let path =
+            || prop::option::weighted(0.9, prop_oneof![8 => tomlish_path(), 1 => tomlish_value()]);
+        let rare = || prop::option::weighted(0.15, tomlish_value());
+        let top = (path(), rare(), path(), rare(), rare(), rare(), rare())
+            .prop_map(|(a, b, c, d, e, f, g)| vec![a, b, c, d, e, f, g]);
+        let name = prop::option::weighted(
+            0.9,
+            prop_oneof![
+                4 => prop::sample::select(vec!["\"data\"", "\"logs\"", "\"a\\nb\""]).prop_map(str::to_string),
+                1 => tomlish_value(),
+            ],
+        );
+        let volume = (
+            (name, path(), path()).prop_map(|(a, b, c)| vec![a, b, c]),
+            prop::collection::vec(tomlish_line(), 0..2),
+        );
+        (
+            top,
+            prop::collection::vec(tomlish_line(), 0..2),
+            prop::collection::vec(volume, 0..3),
+        )
+            .prop_map(|(top, stray, volumes)| {
+                let mut text = String::new();
+                let keys = [
+                    "state_dir",
+                    "socket",
+                    "snapshots",
+                    "name_format",
+                    "threads",
+                    "max_clients",
+                    "client_timeout",
+                ];
+                for (key, value) in keys.iter().zip(&top) {
+                    if let Some(value) = value {
+                        text += &format!("{key} = {value}\n");
+                    }
+                }
+                for line in stray {
+                    text += &format!("{line}\n");
+                }
+                for (fields, stray) in volumes {
+                    text += "[[volume]]\n";
+                    for (key, value) in ["name", "backing", "mount"].iter().zip(&fields) {
+                        if let Some(value) = value {
+                            text += &format!("{key} = {value}\n");
+                        }
+                    }
+                    for line in stray {
+                        text += &format!("{line}\n");
+                    }
+                }
+                text
+            })
+    }
+
+    /// A line of TOML-ish text built from umbra's keys and awkward values.
+    fn tomlish_line() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        let key = prop::sample::select(vec![
+            "state_dir",
+            "socket",
+            "snapshots",
+            "name_format",
+            "threads",
+            "max_clients",
+            "client_timeout",
+            "name",
+            "backing",
+            "mount",
+            "volume",
+            "colour",
+            "\"a b\"",
+            "a.b",
+        ]);
+        let value = tomlish_value();
+        prop_oneof![
+            6 => (key, value).prop_map(|(k, v)| format!("{k} = {v}")),
+            2 => Just("[[volume]]".to_string()),
+            1 => prop::sample::select(vec!["[volume]", "[[volume", "[x]", "=", "# c", ""])
+                .prop_map(str::to_string),
+            1 => "\\PC{0,20}",
+        ]
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_text_is_a_config_or_a_one_line_error(text in "(?s).{0,400}") {
+            if let Err(e) = Config::parse(&text, Origin::Embedded, Path::new("/base")) {
+                assert_one_line(&e)?;
+            }
+        }
+
+        #[test]
+        fn tomlish_text_is_a_config_or_a_one_line_error(text in tomlish_config()) {
+            if let Err(e) = Config::parse(&text, Origin::Embedded, Path::new("/base")) {
+                assert_one_line(&e)?;
+            }
+        }
+    }
+
+    #[test]
+    fn a_path_with_a_newline_gives_a_one_line_error() {
+        let text = MINIMAL.replace("/var/lib/umbra", "/srv/data/x\\ny");
+        let err = parse(&text).expect_err("state_dir inside the volume");
+        assert_eq!(
+            err.to_string(),
+            "/etc/umbra/umbra.toml: state_dir /srv/data/x\\ny is inside volume \"data\" /srv/data"
+        );
+    }
+
+    #[test]
+    fn deep_nesting_is_an_error_not_a_crash() {
+        for depth in [1_000, 100_000] {
+            let text = format!("a = {}{}\n{MINIMAL}", "[".repeat(depth), "]".repeat(depth));
+            let err = parse(&text).expect_err("nested arrays");
+            assert!(!err.to_string().contains('\n'), "{err}");
+            let text = format!(
+                "a = {}1{}\n{MINIMAL}",
+                "{ b = ".repeat(depth),
+                "}".repeat(depth)
+            );
+            assert!(parse(&text).is_err());
+        }
     }
 }

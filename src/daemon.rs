@@ -152,9 +152,13 @@ fn start(
     }
     let browser = Browser::new(store.clone(), volumes.clone()).map_err(DaemonError::Browser)?;
     mounts.mount_snapshots(&browser, &config.snapshots, &options)?;
+    let limits = control::Limits {
+        max_clients: config.max_clients,
+        timeout: config.client_timeout,
+    };
     let service = Arc::new(Service::new(store, volumes, browser, config));
     let socket = control.path().display().to_string();
-    let socket_file = control.serve(service.clone())?;
+    let socket_file = control.serve(service.clone(), limits)?;
     announce(&format!("umbra: control socket at {socket}"))?;
     announce("umbra: ready")?;
     Ok((service, socket_file))

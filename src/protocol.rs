@@ -288,4 +288,121 @@ mod tests {
         assert_eq!(out.iter().filter(|&&b| b == b'\n').count(), 1);
         assert_eq!(out.last(), Some(&b'\n'));
     }
+
+    /// A JSON-ish request line: umbra's ops and fields with awkward values.
+    fn jsonish_line() -> impl proptest::strategy::Strategy<Value = Vec<u8>> {
+        use proptest::prelude::*;
+        let key = prop::sample::select(vec!["op", "volumes", "label", "sets", "extra", ""]);
+        let value = prop::sample::select(vec![
+            r#""create""#,
+            r#""list""#,
+            r#""delete""#,
+            r#""status""#,
+            r#""launch""#,
+            "null",
+            "[]",
+            r#"["data"]"#,
+            r#"["a\nb"]"#,
+            "[1]",
+            "{}",
+            "1",
+            "-1e999",
+            "true",
+            r#""\ud800""#,
+            r#""x""#,
+            "[[[[[[[[[[[[[[[[[[[[",
+            r#""\u0000""#,
+        ]);
+        let field = (key, value).prop_map(|(k, v)| format!("\"{k}\":{v}"));
+        (
+            prop::collection::vec(field, 0..4),
+            any::<bool>(),
+            "\\PC{0,4}",
+        )
+            .prop_map(|(fields, close, tail)| {
+                let mut line = format!("{{{}", fields.join(","));
+                if close {
+                    line.push('}');
+                }
+                line.push_str(&tail);
+                line.into_bytes()
+            })
+    }
+
+    /// What a client is told of a parse error: one line, not empty.
+    fn assert_one_line_error(line: &[u8]) -> Result<(), proptest::test_runner::TestCaseError> {
+        if let Err(e) = parse_request(line) {
+            let text = e.to_string();
+            proptest::prop_assert!(!text.trim().is_empty(), "empty error");
+            proptest::prop_assert!(!text.contains(['\n', '\r']), "not one line: {text:?}");
+            let wire =
+                serde_json::to_vec(&Response::<()>::error(format!("malformed request: {e}")))
+                    .map_err(|e| proptest::test_runner::TestCaseError::fail(e.to_string()))?;
+            proptest::prop_assert!(!wire.contains(&b'\n'));
+        }
+        Ok(())
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_bytes_are_a_request_or_a_one_line_error(
+            line in proptest::collection::vec(proptest::num::u8::ANY, 0..512)
+        ) {
+            assert_one_line_error(&line)?;
+        }
+
+        #[test]
+        fn jsonish_lines_are_a_request_or_a_one_line_error(line in jsonish_line()) {
+            assert_one_line_error(&line)?;
+        }
+
+        #[test]
+        fn read_line_frames_any_bytes_within_its_limit(
+            input in proptest::collection::vec(
+                proptest::prop_oneof![proptest::num::u8::ANY, proptest::strategy::Just(b'\n')],
+                0..300,
+            ),
+            limit in 0usize..40,
+        ) {
+            let mut reader = Cursor::new(input.clone());
+            let mut lines = Vec::new();
+            loop {
+                match read_line(&mut reader, limit) {
+                    Ok(Some(line)) => {
+                        proptest::prop_assert!(line.len() <= limit);
+                        proptest::prop_assert!(!line.contains(&b'\n'));
+                        lines.push(line);
+                    }
+                    Ok(None) => {
+                        // Every byte came back, in order, framed by newlines.
+                        let mut joined = lines.join(&b'\n');
+                        if input.last() == Some(&b'\n') {
+                            joined.push(b'\n');
+                        }
+                        proptest::prop_assert_eq!(joined, input);
+                        break;
+                    }
+                    Err(LineError::TooLong { .. }) => {
+                        proptest::prop_assert!(input.split(|b| *b == b'\n').any(|l| l.len() > limit));
+                        break;
+                    }
+                    Err(LineError::Io(e)) => proptest::prop_assert!(false, "{e}"),
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn deep_nesting_is_an_error_not_a_crash() {
+        // Before the tag (buffered by serde) and after it.
+        let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+        for line in [
+            deep.clone(),
+            format!(r#"{{"x":{deep},"op":"list"}}"#),
+            format!(r#"{{"op":"create","volumes":{deep}}}"#),
+        ] {
+            let err = parse_request(line.as_bytes()).expect_err("nesting");
+            assert!(!err.to_string().contains('\n'), "{err}");
+        }
+    }
 }

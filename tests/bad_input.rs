@@ -1,16 +1,19 @@
 //! What bad input gets: a clear one-line error and nothing lost. Unknown
 //! sets, malformed configs, writes into the snapshot browser (EROFS), a
-//! second daemon on a state dir already served, a client with no daemon.
+//! second daemon on a state dir already served, a client with no daemon,
+//! control clients that stall or come one too many.
 
 #![allow(clippy::unwrap_used)] // in a test, an unwrap is an assertion
 
 mod common;
 
 use std::fs;
+use std::io::{ErrorKind, Read, Write};
 use std::os::unix::fs::symlink;
+use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::process::Output;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::manifest::{self, Manifest};
 use common::{Config, Daemon, assert_one_line_error, run_with_timeout, sys, toml_str, umbra_cmd};
@@ -328,4 +331,80 @@ fn a_client_with_no_daemon_is_a_one_line_error() {
             "a failed --json command prints nothing on stdout"
         );
     }
+}
+
+/// A raw connection to the daemon's control socket.
+fn raw_client(d: &Daemon) -> UnixStream {
+    UnixStream::connect(&d.layout.socket).unwrap()
+}
+
+/// Everything the daemon sends on `stream` until it hangs up, which must
+/// be within `within`.
+fn read_until_hangup(stream: &mut UnixStream, within: Duration) -> String {
+    let started = Instant::now();
+    stream.set_read_timeout(Some(within)).unwrap();
+    let mut out = Vec::new();
+    if let Err(e) = stream.read_to_end(&mut out) {
+        panic!(
+            "the daemon did not hang up within {within:?} ({e}); got {:?}",
+            String::from_utf8_lossy(&out)
+        );
+    }
+    assert!(started.elapsed() < within);
+    String::from_utf8(out).unwrap()
+}
+
+#[test]
+fn stalled_control_clients_hold_no_one_up_and_are_dropped() {
+    let d = Daemon::start(Config::default().line("client_timeout = 3"));
+    let mut silent = raw_client(&d);
+    let mut half = raw_client(&d);
+    half.write_all(b"{\"op\":\"li").unwrap();
+
+    // Another client is served beside them, at once.
+    d.create_set();
+    assert_eq!(d.list_sets().len(), 1);
+    silent.set_nonblocking(true).unwrap();
+    let mut byte = [0u8; 1];
+    assert_eq!(
+        silent.read(&mut byte).map_err(|e| e.kind()).err(),
+        Some(ErrorKind::WouldBlock),
+        "the silent client is still connected and unanswered"
+    );
+    silent.set_nonblocking(false).unwrap();
+
+    // Each staller gets one error line when its time is up, then a hang-up.
+    for (what, stream) in [("silent", &mut silent), ("half a line", &mut half)] {
+        let answer = read_until_hangup(stream, Duration::from_secs(15));
+        assert_eq!(
+            answer.lines().collect::<Vec<_>>(),
+            ["{\"error\":\"no whole request line within 3s; closing\"}"],
+            "{what}"
+        );
+    }
+    assert_eq!(d.list_sets().len(), 1);
+}
+
+#[test]
+fn a_client_over_the_cap_gets_a_one_line_error_until_a_seat_frees() {
+    let d = Daemon::start(
+        Config::default()
+            .line("max_clients = 2")
+            .line("client_timeout = 2"),
+    );
+    let mut a = raw_client(&d);
+    let mut b = raw_client(&d);
+    // Both are accepted before the next connection: the cap is reached.
+    let out = d.umbra(&["list"]);
+    let line = assert_one_line_error(&out, "a third client with a cap of two");
+    assert!(
+        line.contains("serving 2 control clients already; try again"),
+        "{line}"
+    );
+    // The stallers time out and give their seats back.
+    for stream in [&mut a, &mut b] {
+        let answer = read_until_hangup(stream, Duration::from_secs(15));
+        assert!(answer.contains("no whole request line"), "{answer}");
+    }
+    d.umbra_ok(&["list"]);
 }

@@ -1,18 +1,21 @@
 //! The control socket: binding it (mode 0600, replacing a stale socket file
 //! left by a crash), accepting clients, one thread each, and framing
 //! their requests and answers. A malformed or oversized line gets an error
-//! answer and its connection is dropped; the daemon goes on. What a request
-//! does is the service's business, not this file's.
+//! answer and its connection is dropped; the daemon goes on. So does a
+//! client that does not send a whole line in time (the client timeout) and
+//! one over the cap on clients served at once: neither can hold the daemon
+//! or other clients up. What a request does is the service's business, not
+//! this file's.
 
 use std::fs;
-use std::io::{self, BufReader, ErrorKind};
+use std::io::{self, BufReader, ErrorKind, Read};
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::service::{Answer, Service};
 use crate::protocol::{self, LineError, MAX_REQUEST_LINE, Response};
@@ -29,6 +32,18 @@ pub enum ControlError {
         #[source]
         source: io::Error,
     },
+}
+
+/// What one client may hold of the daemon.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Clients served at once; one more is answered with an error and
+    /// dropped at once.
+    pub max_clients: usize,
+    /// How long a client may take to send one whole request line, counted
+    /// from when the daemon starts waiting for it, and to take each write
+    /// of an answer. A client past it gets an error and is dropped.
+    pub timeout: Duration,
 }
 
 /// The bound control socket; its file is removed when this is dropped.
@@ -60,11 +75,11 @@ impl ControlSocket {
 
     /// Serves clients on a thread of its own for as long as the process
     /// lives. The returned guard removes the socket file when dropped.
-    pub fn serve(self, service: Arc<Service>) -> Result<SocketFile, ControlError> {
+    pub fn serve(self, service: Arc<Service>, limits: Limits) -> Result<SocketFile, ControlError> {
         let ControlSocket { listener, file } = self;
         thread::Builder::new()
             .name("control".into())
-            .spawn(move || accept_loop(&listener, &service))
+            .spawn(move || accept_loop(&listener, &service, limits))
             .map_err(|source| ControlError::Io {
                 path: file.path.clone(),
                 source,
@@ -136,14 +151,53 @@ fn bind_private(path: &Path) -> io::Result<UnixListener> {
     bound
 }
 
-fn accept_loop(listener: &UnixListener, service: &Arc<Service>) {
+/// Counts a client as served until dropped.
+struct Seat(Arc<AtomicUsize>);
+
+impl Seat {
+    /// A seat, if fewer than `max` clients hold one.
+    fn take(count: &Arc<AtomicUsize>, max: usize) -> Option<Seat> {
+        count
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Seat(count.clone()))
+    }
+}
+
+impl Drop for Seat {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+fn accept_loop(listener: &UnixListener, service: &Arc<Service>, limits: Limits) {
+    let clients = Arc::new(AtomicUsize::new(0));
     for stream in listener.incoming() {
         match stream {
             Ok(stream) => {
+                let Some(seat) = Seat::take(&clients, limits.max_clients) else {
+                    // The answer fits the empty socket buffer: this write
+                    // does not wait for the client.
+                    let _ = stream.set_write_timeout(Some(Duration::from_millis(100)));
+                    refuse(
+                        &mut &stream,
+                        format!(
+                            "the daemon is serving {} control clients already; try again",
+                            limits.max_clients
+                        ),
+                    );
+                    continue;
+                };
                 let service = service.clone();
-                let spawned = thread::Builder::new()
-                    .name("control-client".into())
-                    .spawn(move || serve_client(&stream, &service));
+                let spawned =
+                    thread::Builder::new()
+                        .name("control-client".into())
+                        .spawn(move || {
+                            let _seat = seat;
+                            serve_client(&stream, &service, limits.timeout);
+                        });
                 if let Err(e) = spawned {
                     tracing::error!("cannot start a thread for a control client: {e}");
                 }
@@ -157,15 +211,53 @@ fn accept_loop(listener: &UnixListener, service: &Arc<Service>) {
     }
 }
 
-/// Answers the requests of one client, one line each, until it hangs up or
-/// sends a line that does not parse.
-fn serve_client(stream: &UnixStream, service: &Service) {
-    let mut reader = BufReader::new(stream);
+/// Reads from a stream until a deadline: each read waits at most for what
+/// is left of it, and fails with TimedOut once it has passed, however
+/// slowly the bytes trickle in.
+struct Deadline<'a> {
+    stream: &'a UnixStream,
+    at: Instant,
+}
+
+impl Read for Deadline<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let left = self.at.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(ErrorKind::TimedOut.into());
+        }
+        self.stream.set_read_timeout(Some(left))?;
+        match self.stream.read(buf) {
+            Err(e) if e.kind() == ErrorKind::WouldBlock => Err(ErrorKind::TimedOut.into()),
+            other => other,
+        }
+    }
+}
+
+/// Answers the requests of one client, one line each, until it hangs up,
+/// sends a line that does not parse, or takes longer than `timeout` to
+/// send a line.
+fn serve_client(stream: &UnixStream, service: &Service, timeout: Duration) {
+    if let Err(e) = stream.set_write_timeout(Some(timeout)) {
+        tracing::debug!("control client: {e}");
+        return;
+    }
+    let mut reader = BufReader::new(Deadline {
+        stream,
+        at: Instant::now() + timeout,
+    });
     let mut writer = stream;
     loop {
+        reader.get_mut().at = Instant::now() + timeout;
         let line = match protocol::read_line(&mut reader, MAX_REQUEST_LINE) {
             Ok(Some(line)) => line,
             Ok(None) => return,
+            Err(LineError::Io(e)) if e.kind() == ErrorKind::TimedOut => {
+                refuse(
+                    &mut writer,
+                    format!("no whole request line within {timeout:?}; closing"),
+                );
+                return;
+            }
             Err(LineError::Io(e)) => {
                 tracing::debug!("control client went away: {e}");
                 return;
@@ -211,6 +303,8 @@ mod tests {
     use super::*;
     use crate::daemon::service::tests::fixture;
 
+    const TIMEOUT: Duration = Duration::from_secs(10);
+
     fn answers(stream: &UnixStream) -> Vec<String> {
         BufReader::new(stream)
             .lines()
@@ -228,7 +322,7 @@ mod tests {
         client
             .shutdown(std::net::Shutdown::Write)
             .expect("shutdown");
-        serve_client(&server, &f.service);
+        serve_client(&server, &f.service, TIMEOUT);
         drop(server);
         assert_eq!(
             answers(&client),
@@ -246,7 +340,7 @@ mod tests {
         client
             .write_all(b"{\"op\":\"launch\"}\n{\"op\":\"list\"}\n")
             .expect("writes");
-        serve_client(&server, &f.service);
+        serve_client(&server, &f.service, TIMEOUT);
         drop(server);
         let answers = answers(&client);
         assert_eq!(answers.len(), 1, "{answers:?}");
@@ -266,7 +360,7 @@ mod tests {
             let _ = client.write_all(&vec![b'x'; MAX_REQUEST_LINE + 2]);
             client
         });
-        serve_client(&server, &f.service);
+        serve_client(&server, &f.service, TIMEOUT);
         drop(server);
         let client = writer.join().expect("writer");
         let answers = answers(&client);
@@ -275,6 +369,85 @@ mod tests {
             answers[0].contains("request line longer than 1048576 bytes"),
             "{answers:?}"
         );
+    }
+
+    /// Serves `client` with a short timeout after `feed` ran on the
+    /// client's end; returns the answers and how long serving took.
+    fn stalled(feed: impl FnOnce(&mut UnixStream) + Send + 'static) -> (Vec<String>, Duration) {
+        let f = fixture();
+        let (client, server) = UnixStream::pair().expect("pair");
+        let feeder = thread::spawn(move || {
+            let mut client = client;
+            feed(&mut client);
+            client
+        });
+        let started = Instant::now();
+        serve_client(&server, &f.service, Duration::from_millis(300));
+        let took = started.elapsed();
+        drop(server);
+        let client = feeder.join().expect("feeder");
+        (answers(&client), took)
+    }
+
+    #[test]
+    fn a_silent_client_is_dropped_after_the_timeout() {
+        let (answers, took) = stalled(|_| {});
+        assert!(took >= Duration::from_millis(300), "{took:?}");
+        assert!(took < Duration::from_secs(5), "{took:?}");
+        assert_eq!(answers.len(), 1, "{answers:?}");
+        assert!(
+            answers[0].starts_with("{\"error\":\"no whole request line within"),
+            "{answers:?}"
+        );
+    }
+
+    #[test]
+    fn half_a_line_is_dropped_after_the_timeout() {
+        let (answers, took) = stalled(|c| c.write_all(b"{\"op\":\"li").expect("writes"));
+        assert!(took < Duration::from_secs(5), "{took:?}");
+        assert_eq!(answers.len(), 1, "{answers:?}");
+        assert!(answers[0].contains("no whole request line"), "{answers:?}");
+    }
+
+    #[test]
+    fn a_trickling_client_cannot_stretch_the_timeout() {
+        // One byte every 50 ms: every read returns in time, the line never
+        // ends; the deadline is for the whole line.
+        let (answers, took) = stalled(|c| {
+            for _ in 0..60 {
+                if c.write_all(b" ").is_err() {
+                    return;
+                }
+                thread::sleep(Duration::from_millis(50));
+            }
+        });
+        assert!(took < Duration::from_secs(2), "{took:?}");
+        assert!(answers[0].contains("no whole request line"), "{answers:?}");
+    }
+
+    #[test]
+    fn each_line_gets_its_own_timeout() {
+        // Two requests 200 ms apart, with a 300 ms timeout: both answered.
+        let (answers, _) = stalled(|c| {
+            for _ in 0..2 {
+                c.write_all(b"{\"op\":\"list\"}\n").expect("writes");
+                thread::sleep(Duration::from_millis(200));
+            }
+            c.shutdown(std::net::Shutdown::Write).expect("shutdown");
+        });
+        assert_eq!(answers, ["{\"ok\":[]}", "{\"ok\":[]}"]);
+    }
+
+    #[test]
+    fn seats_are_capped_and_given_back() {
+        let count = Arc::new(AtomicUsize::new(0));
+        let a = Seat::take(&count, 2).expect("first");
+        let b = Seat::take(&count, 2).expect("second");
+        assert!(Seat::take(&count, 2).is_none(), "a third is over the cap");
+        drop(a);
+        let c = Seat::take(&count, 2).expect("a seat given back is free again");
+        drop((b, c));
+        assert_eq!(count.load(Ordering::Acquire), 0);
     }
 
     #[test]

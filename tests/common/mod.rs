@@ -177,6 +177,8 @@ pub struct Config {
     pub volumes: Vec<VolumeSpec>,
     pub name_format: Option<String>,
     pub threads: Option<u32>,
+    /// More top-level lines, as written (`max_clients = 2`).
+    pub extra: Vec<String>,
 }
 
 impl Default for Config {
@@ -192,6 +194,7 @@ impl Config {
             volumes: Vec::new(),
             name_format: None,
             threads: None,
+            extra: Vec::new(),
         }
     }
 
@@ -224,6 +227,12 @@ impl Config {
 
     pub fn threads(mut self, n: u32) -> Config {
         self.threads = Some(n);
+        self
+    }
+
+    /// Adds a top-level line to the config file, e.g. `client_timeout = 1`.
+    pub fn line(mut self, line: &str) -> Config {
+        self.extra.push(line.to_string());
         self
     }
 }
@@ -300,6 +309,9 @@ impl Layout {
         }
         if let Some(n) = config.threads {
             let _ = writeln!(t, "threads = {n}");
+        }
+        for line in &config.extra {
+            let _ = writeln!(t, "{line}");
         }
         for (name, backing, mount) in &self.volumes {
             let _ = writeln!(t, "\n[[volume]]");
