@@ -61,5 +61,7 @@ pub fn delete_set(store: &Store, volumes: &[Arc<Volume>], set: SetId) -> Result<
         vol.cow.set_any_set(any);
         vol.free_unreachable_aside()?;
     }
+    // Give the freed pack space back, a batch at a time.
+    store.compact()?;
     Ok(())
 }

@@ -18,8 +18,8 @@ use std::sync::{Arc, Mutex};
 use crate::error::io_err;
 use crate::{ChunkHash, Error, Result};
 
-const MAGIC: &[u8; 8] = b"UMBRAPK1";
-const CHUNK_HEADER: u64 = 4 + 32;
+pub(crate) const MAGIC: &[u8; 8] = b"UMBRAPK1";
+pub(crate) const CHUNK_HEADER: u64 = 4 + 32;
 /// A pack is closed for appends once it passes this size.
 const PACK_TARGET_SIZE: u64 = 256 * 1024 * 1024;
 
@@ -148,6 +148,58 @@ impl Packs {
             return Err(corrupt(format!("chunk {hash:?} does not match its hash")));
         }
         Ok(buf)
+    }
+
+    /// The pack appends go to.
+    pub fn active(&self) -> u32 {
+        self.appender.lock().unwrap_or_else(|p| p.into_inner()).pack
+    }
+
+    /// Closes the active pack for appends (synced) and opens the next one,
+    /// so that the closed one can be compacted.
+    pub fn roll(&self) -> Result<()> {
+        let mut app = self.appender.lock().unwrap_or_else(|p| p.into_inner());
+        app.file
+            .sync_data()
+            .map_err(io_err(format!("syncing pack {}", app.pack)))?;
+        let next = app.pack + 1;
+        let file = open_pack_for_append(&self.dir, next)?;
+        *app = Appender {
+            pack: next,
+            file,
+            end: MAGIC.len() as u64,
+        };
+        Ok(())
+    }
+
+    /// Every pack on disk with its size in bytes.
+    pub fn list(&self) -> Result<Vec<(u32, u64)>> {
+        let mut out = Vec::new();
+        for entry in fs::read_dir(&self.dir).map_err(io_err("listing packs"))? {
+            let entry = entry.map_err(io_err("listing packs"))?;
+            let name = entry.file_name();
+            let Some(n) = name
+                .to_str()
+                .and_then(|s| s.strip_suffix(".pack"))
+                .and_then(|s| s.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            out.push((n, entry.metadata().map_err(io_err("sizing a pack"))?.len()));
+        }
+        out.sort_unstable();
+        Ok(out)
+    }
+
+    /// Deletes a pack no chunk row names any more. Readers that already
+    /// hold it open finish their reads.
+    pub fn remove(&self, pack: u32) -> Result<()> {
+        self.readers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&pack);
+        let path = pack_path(&self.dir, pack);
+        fs::remove_file(&path).map_err(io_err(format!("removing {}", path.display())))
     }
 
     /// Bytes the packs take on disk.

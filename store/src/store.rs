@@ -14,7 +14,7 @@ use crate::cache::ChunkCache;
 use crate::catalog::Catalog;
 use crate::durable::{GroupSync, Ticket};
 use crate::error::io_err;
-use crate::pack::{ChunkLocation, Packs};
+use crate::pack::{CHUNK_HEADER, ChunkLocation, MAGIC, Packs};
 use crate::records::{decode, encode};
 use crate::{
     AttrRecord, ChunkHash, DirEntry, Epoch, Error, ObjectId, Result, SetId, Timestamp, VolumeId,
@@ -681,9 +681,118 @@ impl Store {
                 .optional()?
                 .ok_or(Error::MissingChunk(*hash))?
         };
-        let data: Arc<[u8]> = Arc::from(self.packs.read(hash, loc)?);
+        let data = match self.packs.read(hash, loc) {
+            Ok(data) => data,
+            // Compaction may have moved the chunk (and removed its old pack)
+            // between the look-up and the read: look it up once more.
+            Err(first) => match self.locate(hash)? {
+                Some(now) if now != loc => self.packs.read(hash, now)?,
+                _ => return Err(first),
+            },
+        };
+        let data: Arc<[u8]> = Arc::from(data);
         self.cache.insert(*hash, data.clone());
         Ok(data)
+    }
+
+    fn locate(&self, hash: &ChunkHash) -> Result<Option<ChunkLocation>> {
+        let conn = self.catalog.reader();
+        Ok(conn
+            .prepare_cached("SELECT pack, offset, len FROM chunks WHERE hash = ?1")?
+            .query_row([&hash.0[..]], |r| {
+                Ok(ChunkLocation {
+                    pack: r.get(0)?,
+                    offset: r.get::<_, i64>(1)? as u64,
+                    len: r.get(2)?,
+                })
+            })
+            .optional()?)
+    }
+
+    /// Reclaims pack space, one pack at a time, until no pack is more than
+    /// half dead. Returns the bytes given back to the filesystem.
+    pub fn compact(&self) -> Result<u64> {
+        let mut freed = 0;
+        loop {
+            let step = self.compact_step()?;
+            if step == 0 {
+                return Ok(freed);
+            }
+            freed += step;
+        }
+    }
+
+    /// One step of reclaiming pack space: the pack with the most dead bytes
+    /// (if more than half of it is dead) has its live chunks copied to the
+    /// active pack in small batches, each its own short transaction made
+    /// durable before the old pack is removed, so live writes (which need
+    /// the catalog's writer) wait for one batch at most. Returns the bytes
+    /// freed, 0 when there is nothing worth doing.
+    pub fn compact_step(&self) -> Result<u64> {
+        const BATCH: i64 = 64;
+        let mut best: Option<(u32, u64)> = None;
+        for (pack, size) in self.packs.list()? {
+            let live: i64 = self.catalog.reader().query_row(
+                "SELECT coalesce(sum(len), 0) + count(*) * ?2 FROM chunks WHERE pack = ?1",
+                params![pack, CHUNK_HEADER as i64],
+                |r| r.get(0),
+            )?;
+            let payload = size.saturating_sub(MAGIC.len() as u64);
+            let dead = payload.saturating_sub(live as u64);
+            if dead > 0 && dead * 2 >= payload && best.is_none_or(|(_, d)| dead > d) {
+                best = Some((pack, dead));
+            }
+        }
+        let Some((pack, dead)) = best else {
+            return Ok(0);
+        };
+        if pack == self.packs.active() {
+            self.packs.roll()?;
+        }
+        loop {
+            let batch: Vec<(Vec<u8>, ChunkLocation)> = {
+                let conn = self.catalog.reader();
+                let mut stmt = conn.prepare_cached(
+                    "SELECT hash, offset, len FROM chunks WHERE pack = ?1 LIMIT ?2",
+                )?;
+                let rows = stmt.query_map(params![pack, BATCH], |r| {
+                    Ok((
+                        r.get::<_, Vec<u8>>(0)?,
+                        ChunkLocation {
+                            pack,
+                            offset: r.get::<_, i64>(1)? as u64,
+                            len: r.get(2)?,
+                        },
+                    ))
+                })?;
+                rows.collect::<rusqlite::Result<_>>()?
+            };
+            if batch.is_empty() {
+                break;
+            }
+            let mut moved = Vec::with_capacity(batch.len());
+            for (hash, old) in batch {
+                let hash = to_hash(&hash);
+                let data = self.packs.read(&hash, old)?;
+                moved.push((hash, old, self.packs.append(&hash, &data)?));
+            }
+            let mut conn = self.catalog.writer();
+            let tx = conn.transaction()?;
+            // A chunk deleted meanwhile matches no row: its copy is dead bytes.
+            for (hash, old, new) in &moved {
+                tx.prepare_cached(
+                    "UPDATE chunks SET pack = ?2, offset = ?3 WHERE hash = ?1 AND pack = ?4 AND offset = ?5",
+                )?
+                .execute(params![&hash.0[..], new.pack, new.offset as i64, old.pack, old.offset as i64])?;
+            }
+            tx.commit()?;
+            let ticket = self.group.committed();
+            drop(conn);
+            self.make_durable(ticket)?;
+        }
+        self.packs.remove(pack)?;
+        tracing::info!(pack, freed = dead, "reclaimed a pack");
+        Ok(dead)
     }
 }
 
