@@ -230,6 +230,9 @@ pub(super) mod tests {
         let store = Arc::new(
             Store::open(&config.state_dir.join("store"), StoreOptions::default()).expect("store"),
         );
+        for v in &config.volumes {
+            std::fs::create_dir_all(&v.backing).expect("backing dir");
+        }
         let volumes = config
             .volumes
             .iter()
