@@ -21,7 +21,8 @@ pub use error::{Error, Result};
 pub use ids::{ChunkHash, Epoch, ObjectId, SetId, VolumeId};
 pub use records::{AttrRecord, DirEntry, FileKind, Timestamp};
 pub use store::{
-    NewSet, PreImages, Preserved, SetInfo, SetVolume, Store, StoreOptions, StoreStats, VolumeInfo,
+    NewSet, PreImages, Preserved, SetInfo, SetVolume, SetWriterRecord, Store, StoreOptions,
+    StoreStats, VolumeInfo,
 };
 
 /// Size of a data block: the unit of copy-on-write for file contents.
