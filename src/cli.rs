@@ -66,7 +66,11 @@ pub enum Command {
 
     /// Make a shadow copy set of some or all volumes
     ///
-    /// All named volumes are copied at one instant. The set is named after its UTC creation time
+    /// All named volumes are copied at one instant, after every registered writer of those volumes
+    /// went through Identify, PrepareForBackup, PrepareForSnapshot and Freeze; then Thaw,
+    /// PostSnapshot and BackupComplete follow. A required writer's failure aborts the set and
+    /// nothing is created; a second create while one runs is refused. With --json the answer also
+    /// has set_guid (the id the writers saw), hold_ms, total_ms and writers. The set is named after its UTC creation time
     /// (name_format; e.g. 2026-11-25T084250Z, with a suffix -1, -2, ... if that name is taken) and
     /// prints as `<name> (id <id>): <volumes>`. An unknown volume is an error, and then nothing is
     /// created.
@@ -99,6 +103,17 @@ pub enum Command {
         /// Sets to delete, by name or id
         #[arg(value_name = "SET", required = true)]
         sets: Vec<String>,
+    },
+
+    /// Show the registered writers and their states
+    ///
+    /// Prints each writer's name, kind (socket or exec), state (stable, waiting-for-freeze,
+    /// waiting-for-thaw, waiting-for-post-snapshot, waiting-for-backup-complete, or
+    /// failed-at-EVENT), volumes and last error. The wire protocol of writers is described in
+    /// umbra-writer(7).
+    Writers {
+        #[command(flatten)]
+        output: Output,
     },
 
     /// Show the volumes, mounts, diff area and sets of the running daemon

@@ -1,4 +1,4 @@
-//! The client commands `create`, `list`, `delete` and `status`: each sends
+//! The client commands `create`, `list`, `delete`, `status` and `writers`: each sends
 //! one request to the daemon and prints its answer, as text or as one JSON
 //! document on stdout. It never touches the store or a mount itself.
 
@@ -15,7 +15,7 @@ pub use connection::ClientError;
 use discover::socket_path;
 
 use crate::config::ConfigError;
-use crate::protocol::{Request, SetView, StatusView};
+use crate::protocol::{CreatedView, Request, SetView, StatusView, WriterInfo};
 use crate::render;
 
 #[derive(Debug, thiserror::Error)]
@@ -50,8 +50,8 @@ impl Client {
         label: Option<String>,
         json: bool,
     ) -> Result<(), CommandError> {
-        let set: SetView = self.call(&Request::Create { volumes, label })?;
-        print(json, &set, render::created)
+        let created: CreatedView = self.call(&Request::Create { volumes, label })?;
+        print(json, &created, |c| render::created(&c.set))
     }
 
     pub fn list(&self, json: bool) -> Result<(), CommandError> {
@@ -67,6 +67,11 @@ impl Client {
     pub fn status(&self, json: bool) -> Result<(), CommandError> {
         let status: StatusView = self.call(&Request::Status {})?;
         print(json, &status, render::status)
+    }
+
+    pub fn writers(&self, json: bool) -> Result<(), CommandError> {
+        let writers: Vec<WriterInfo> = self.call(&Request::Writers {})?;
+        print(json, &writers, |w| render::writers(w))
     }
 
     fn call<T: DeserializeOwned>(&self, request: &Request) -> Result<T, ClientError> {

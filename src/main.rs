@@ -54,6 +54,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::List { output } => client()?.list(output.json)?,
         Command::Delete { sets } => client()?.delete(sets)?,
         Command::Status { output } => client()?.status(output.json)?,
+        Command::Writers { output } => client()?.writers(output.json)?,
     }
     Ok(())
 }

@@ -196,18 +196,8 @@ impl Coordinator {
         reg: Registration,
         link: Box<dyn WriterLink>,
     ) -> Result<(), RegisterError> {
-        reg.validate().map_err(RegisterError::Invalid)?;
         let mut writers = lock(&self.writers);
-        if let Some(at) = writers.iter().position(|s| s.reg.name == reg.name) {
-            let old = &writers[at];
-            let connected = old.status().connected;
-            let in_use_or_alive = match lock(&old.link).as_mut() {
-                None => connected,
-                Some(link) => link.alive(),
-            };
-            if in_use_or_alive {
-                return Err(RegisterError::Duplicate(reg.name));
-            }
+        if let Some(at) = Self::vacancy(&reg, &writers)? {
             writers.remove(at);
         }
         tracing::info!(writer = %reg.name, kind = link.kind(), "writer registered");
@@ -222,6 +212,30 @@ impl Coordinator {
             }),
         }));
         Ok(())
+    }
+
+    /// Whether `reg` would be accepted now (its name free, its fields
+    /// sound), so that a connection can be told before it is registered.
+    pub fn can_register(&self, reg: &Registration) -> Result<(), RegisterError> {
+        Self::vacancy(reg, &lock(&self.writers)).map(|_| ())
+    }
+
+    /// Checks `reg`; the index of a gone writer of the same name, if any.
+    fn vacancy(reg: &Registration, writers: &[Arc<Slot>]) -> Result<Option<usize>, RegisterError> {
+        reg.validate().map_err(RegisterError::Invalid)?;
+        let Some(at) = writers.iter().position(|s| s.reg.name == reg.name) else {
+            return Ok(None);
+        };
+        let old = &writers[at];
+        let connected = old.status().connected;
+        let in_use_or_alive = match lock(&old.link).as_mut() {
+            None => connected,
+            Some(link) => link.alive(),
+        };
+        if in_use_or_alive {
+            return Err(RegisterError::Duplicate(reg.name.clone()));
+        }
+        Ok(Some(at))
     }
 
     /// Every writer, in the order they registered. Writers that went away
@@ -302,9 +316,14 @@ impl Coordinator {
             if !slot.reg.concerns(volumes) {
                 continue;
             }
-            let Some(link) = lock(&slot.link).take() else {
+            let Some(mut link) = lock(&slot.link).take() else {
                 continue;
             };
+            if !link.alive() {
+                // Gone while idle: not a failure of this set.
+                slot.status().connected = false;
+                continue;
+            }
             let timeout = slot.reg.timeout_secs.map(Duration::from_secs);
             parts.push(Part {
                 slot: slot.clone(),

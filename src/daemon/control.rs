@@ -1,7 +1,9 @@
 //! The control socket: binding it (mode 0600, replacing a stale socket file
 //! left by a crash), accepting clients, one thread each, and framing
 //! their requests and answers. A malformed or oversized line gets an error
-//! answer and its connection is dropped; the daemon goes on. What a request
+//! answer and its connection is dropped; the daemon goes on. A connection
+//! that opens with `register` is a writer's: after the answer it belongs to
+//! the coordinator. What a request
 //! does is the service's business, not this file's.
 
 use std::fs;
@@ -14,8 +16,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread;
 use std::time::Duration;
 
+use umbra_coordinator::protocol::Registered;
+use umbra_coordinator::{Registration, SocketLink};
+
 use super::service::{Answer, Service};
-use crate::protocol::{self, LineError, MAX_REQUEST_LINE, Response};
+use crate::protocol::{self, LineError, MAX_REQUEST_LINE, Request, Response};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
@@ -158,10 +163,20 @@ fn accept_loop(listener: &UnixListener, service: &Arc<Service>) {
 }
 
 /// Answers the requests of one client, one line each, until it hangs up or
-/// sends a line that does not parse.
+/// sends a line that does not parse. A connection whose first line is a
+/// registration becomes a writer's: it is answered, handed to the
+/// coordinator and kept open after this returns.
 fn serve_client(stream: &UnixStream, service: &Service) {
-    let mut reader = BufReader::new(stream);
+    let owned = match stream.try_clone() {
+        Ok(owned) => owned,
+        Err(e) => {
+            tracing::error!("control client: {e}");
+            return;
+        }
+    };
+    let mut reader = BufReader::new(owned);
     let mut writer = stream;
+    let mut first = true;
     loop {
         let line = match protocol::read_line(&mut reader, MAX_REQUEST_LINE) {
             Ok(Some(line)) => line,
@@ -183,6 +198,14 @@ fn serve_client(stream: &UnixStream, service: &Service) {
             }
         };
         tracing::debug!(?request, "control request");
+        let request = match request {
+            Request::Register(registration) if first => {
+                register(reader, &mut writer, service, registration);
+                return;
+            }
+            other => other,
+        };
+        first = false;
         let sent = match service.handle(request) {
             Ok(answer) => protocol::write_message(&mut writer, &Response::Ok(answer)),
             Err(e) => {
@@ -194,6 +217,40 @@ fn serve_client(stream: &UnixStream, service: &Service) {
             tracing::debug!("control client went away: {e}");
             return;
         }
+    }
+}
+
+/// Answers a registration and hands the connection to the coordinator; a
+/// refused one is answered with the reason and dropped.
+fn register(
+    reader: BufReader<UnixStream>,
+    writer: &mut &UnixStream,
+    service: &Service,
+    registration: Registration,
+) {
+    let name = registration.name.clone();
+    if let Err(e) = service.can_register(&registration) {
+        refuse(writer, e.to_string());
+        return;
+    }
+    let ack = Registered {
+        registered: name.clone(),
+    };
+    if let Err(e) = protocol::write_message(writer, &Response::Ok(ack)) {
+        tracing::debug!("writer {name} went away: {e}");
+        return;
+    }
+    let link = match SocketLink::new(reader) {
+        Ok(link) => link,
+        Err(e) => {
+            tracing::error!("writer {name}: {e}");
+            return;
+        }
+    };
+    // A writer of the same name may have won the race since the check:
+    // then this connection is dropped.
+    if let Err(e) = service.register(registration, Box::new(link)) {
+        tracing::warn!("writer {name} refused: {e}");
     }
 }
 
