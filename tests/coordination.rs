@@ -1,0 +1,354 @@
+//! Writers and the event sequence through the real binary and its real
+//! FUSE mounts: every event in order with one set id for three kinds of
+//! writers, and each fault (a failure at each event, a hang, a disconnect,
+//! a malformed reply, exec exit codes, a second create) ending with no set
+//! left, nothing held, the right writer state, a one-line error and the
+//! daemon still serving.
+
+mod coord_common;
+
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use coord_common::{Act, CREATE, Daemon, events, eventually, raw_writer, script};
+use serde_json::{Value, json};
+use umbra_coordinator::client::WriterClient;
+use umbra_coordinator::{Event, Registration};
+
+fn exec_writer(name: &str, hook: &std::path::Path, required: bool, timeout: u64) -> String {
+    format!(
+        "[[writer]]\nname = \"{name}\"\nvolumes = [\"data\"]\nexec = \"{}\"\n\
+         timeout_secs = {timeout}\nrequired = {required}\n",
+        hook.display()
+    )
+}
+
+#[test]
+fn three_writers_see_every_event_in_order_with_one_set_id() {
+    let hooks = tempfile::tempdir().expect("tempdir");
+    let hook = hooks.path().join("hook");
+    let seen_by_exec = hooks.path().join("seen");
+    script(
+        &hook,
+        &format!(
+            "[ \"$1\" = \"$UMBRA_EVENT\" ] || exit 9\necho \"$1 $UMBRA_SET_ID $UMBRA_SET_NAME $UMBRA_VOLUMES\" >> {}",
+            seen_by_exec.display()
+        ),
+    );
+    let daemon = Daemon::start(&exec_writer("hook", &hook, true, 5));
+
+    // The Rust library.
+    let library: Arc<Mutex<Vec<(Event, String)>>> = Arc::default();
+    let client = WriterClient::connect(&daemon.socket(), &Registration::new("library", &["data"]))
+        .expect("registers");
+    {
+        let library = library.clone();
+        thread::spawn(move || {
+            let _ = client.serve(|event| {
+                library
+                    .lock()
+                    .expect("log")
+                    .push((event.event, event.set_id.clone()));
+                Ok(())
+            });
+        });
+    }
+    // A raw socket client, on every volume.
+    let (raw, _raw_thread) = raw_writer(&daemon.socket(), json!({"name": "raw"}), |_| Act::Ok);
+
+    std::fs::write(daemon.path("data/file"), b"before").expect("live write");
+    let created = daemon.json(&["create", "data", "logs"]);
+    let guid = created["set_guid"].as_str().expect("set_guid").to_string();
+    let name = created["name"].as_str().expect("name").to_string();
+    assert!(created["hold_ms"].as_f64().expect("hold_ms") >= 0.0);
+    assert!(
+        created["total_ms"].as_f64().expect("total_ms")
+            >= created["hold_ms"].as_f64().unwrap_or(0.0)
+    );
+
+    let exec_lines: Vec<String> = std::fs::read_to_string(&seen_by_exec)
+        .expect("the hook ran")
+        .lines()
+        .map(str::to_string)
+        .collect();
+    let expected: Vec<String> = CREATE
+        .iter()
+        .map(|e| format!("{e} {guid} {name} data logs"))
+        .collect();
+    assert_eq!(exec_lines, expected);
+
+    let library = library.lock().expect("log").clone();
+    assert_eq!(
+        library.iter().map(|e| e.0).collect::<Vec<_>>(),
+        Event::CREATE
+    );
+    assert!(library.iter().all(|e| e.1 == guid));
+    assert_eq!(events(&raw), CREATE);
+    assert!(raw.lock().expect("log").iter().all(|e| e.1 == guid));
+
+    let sets = daemon.sets();
+    assert_eq!(sets.len(), 1);
+    let writers: Vec<&str> = sets[0]["writers"]
+        .as_array()
+        .expect("writers")
+        .iter()
+        .map(|w| w["name"].as_str().unwrap_or_default())
+        .collect();
+    assert_eq!(writers, ["hook", "library", "raw"]);
+    assert!(
+        sets[0]["writers"]
+            .as_array()
+            .expect("writers")
+            .iter()
+            .all(|w| w["status"] == "ok")
+    );
+    for w in ["hook", "library", "raw"] {
+        assert_eq!(daemon.writer(w)["state"], "stable", "{w}");
+    }
+    assert_eq!(
+        std::fs::read(daemon.path(&format!("snapshots/{name}/data/file"))).expect("in the set"),
+        b"before"
+    );
+}
+
+#[test]
+fn a_writer_failing_at_each_event_aborts_the_set() {
+    let daemon = Daemon::start("");
+    for event in [
+        "prepare-backup",
+        "prepare-snapshot",
+        "freeze",
+        "thaw",
+        "post-snapshot",
+    ] {
+        let name = format!("fails-{event}");
+        let wanted = event.to_string();
+        let (seen, thread) = raw_writer(
+            &daemon.socket(),
+            json!({"name": name, "volumes": ["data"]}),
+            move |e| match e {
+                e if e == wanted => Act::Fail {
+                    retryable: false,
+                    message: "cannot".into(),
+                },
+                "abort" => Act::Close,
+                _ => Act::Ok,
+            },
+        );
+        let err = daemon.create_fails();
+        assert_eq!(
+            err,
+            format!(
+                "umbra: writer {name} failed at {event}: cannot (not retryable); the set was aborted"
+            )
+        );
+        thread.join().expect("writer thread");
+        let seen = events(&seen);
+        assert_eq!(
+            seen.last().map(String::as_str),
+            Some("abort"),
+            "{event}: {seen:?}"
+        );
+        assert!(daemon.sets().is_empty(), "{event}: no set is left");
+        daemon.live_write_flows();
+        let state = daemon.writer(&name);
+        assert_eq!(state["state"], format!("failed-at-{event}"));
+        assert_eq!(state["last_error"], "cannot");
+        assert_eq!(state["retryable"], false);
+    }
+    // A writer failing Identify drops out; the set goes on without it.
+    let (_seen, _t) = raw_writer(
+        &daemon.socket(),
+        json!({"name": "fails-identify"}),
+        |e| match e {
+            "identify" => Act::Fail {
+                retryable: true,
+                message: "not now".into(),
+            },
+            _ => Act::Ok,
+        },
+    );
+    let created = daemon.json(&["create"]);
+    assert_eq!(created["writers"], json!([]));
+    assert_eq!(
+        daemon.writer("fails-identify")["state"],
+        "failed-at-identify"
+    );
+    assert_eq!(daemon.sets().len(), 1);
+}
+
+#[test]
+fn a_hung_writer_past_its_deadline_aborts_the_set_and_nothing_stays_held() {
+    let daemon = Daemon::start("");
+    let (_seen, _t) = raw_writer(
+        &daemon.socket(),
+        json!({"name": "hung", "timeout_secs": 1}),
+        |e| match e {
+            "freeze" => Act::Hang(Duration::from_secs(30)),
+            _ => Act::Ok,
+        },
+    );
+    let started = Instant::now();
+    let err = daemon.create_fails();
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(
+        err.starts_with("umbra: writer hung failed at freeze: no answer within 1s (retryable)"),
+        "{err}"
+    );
+    assert!(daemon.sets().is_empty());
+    daemon.live_write_flows();
+    let hung = daemon.writer("hung");
+    assert_eq!(hung["state"], "failed-at-freeze");
+    assert_eq!(hung["connected"], false);
+    // The daemon goes on: without the hung writer, a set is made.
+    daemon.json(&["create"]);
+    assert_eq!(daemon.sets().len(), 1);
+}
+
+#[test]
+fn a_disconnect_mid_sequence_aborts_the_set() {
+    let daemon = Daemon::start("");
+    let (_seen, _t) = raw_writer(&daemon.socket(), json!({"name": "leaver"}), |e| match e {
+        "prepare-snapshot" => Act::Close,
+        _ => Act::Ok,
+    });
+    let (others, _t2) = raw_writer(&daemon.socket(), json!({"name": "stayer"}), |_| Act::Ok);
+    let err = daemon.create_fails();
+    assert_eq!(
+        err,
+        "umbra: writer leaver failed at prepare-snapshot: disconnected (not retryable); the set was aborted"
+    );
+    assert_eq!(
+        events(&others),
+        ["identify", "prepare-backup", "prepare-snapshot", "abort"]
+    );
+    assert!(daemon.sets().is_empty());
+    assert_eq!(daemon.writer("stayer")["state"], "stable");
+    daemon.live_write_flows();
+    daemon.json(&["create"]);
+}
+
+#[test]
+fn a_malformed_reply_drops_the_writer_and_aborts_the_set() {
+    let daemon = Daemon::start("");
+    let (_seen, _t) = raw_writer(&daemon.socket(), json!({"name": "babbler"}), |e| match e {
+        "freeze" => Act::Garbage,
+        _ => Act::Ok,
+    });
+    let err = daemon.create_fails();
+    assert!(
+        err.starts_with("umbra: writer babbler failed at freeze: malformed reply:"),
+        "{err}"
+    );
+    assert!(daemon.sets().is_empty());
+    assert_eq!(daemon.writer("babbler")["connected"], false);
+    daemon.live_write_flows();
+
+    // A registration that does not parse is refused with one line, and a
+    // registration of an unknown volume too; the daemon goes on.
+    let (_s, _r, ack) = coord_common::connect(&daemon.socket(), json!({"name": "x", "colour": 1}));
+    assert!(
+        ack["error"]
+            .as_str()
+            .expect("error")
+            .starts_with("malformed request"),
+        "{ack}"
+    );
+    let (_s, _r, ack) =
+        coord_common::connect(&daemon.socket(), json!({"name": "x", "volumes": ["nope"]}));
+    assert_eq!(ack, json!({"error": "no volume named \"nope\""}));
+    daemon.json(&["create"]);
+}
+
+#[test]
+fn the_exec_writers_exit_codes_decide() {
+    let hooks = tempfile::tempdir().expect("tempdir");
+    let hook = hooks.path().join("hook");
+    let fail_at = hooks.path().join("fail-at");
+    let code = hooks.path().join("code");
+    script(
+        &hook,
+        &format!(
+            "if [ \"$1\" = \"$(cat {fail})\" ]; then echo \"hook says no at $1\" >&2; exit $(cat {code}); fi",
+            fail = fail_at.display(),
+            code = code.display()
+        ),
+    );
+    let optional = hooks.path().join("optional");
+    script(&optional, "[ \"$1\" = freeze ] && exit 1; exit 0");
+    let mut extra = exec_writer("hook", &hook, true, 5);
+    extra.push_str(&exec_writer("optional", &optional, false, 5));
+    let daemon = Daemon::start(&extra);
+
+    std::fs::write(&fail_at, "freeze").expect("write");
+    std::fs::write(&code, "75").expect("write");
+    let err = daemon.create_fails();
+    assert_eq!(
+        err,
+        "umbra: writer hook failed at freeze: hook says no at freeze (retryable); the set was aborted"
+    );
+    let state = daemon.writer("hook");
+    assert_eq!(state["state"], "failed-at-freeze");
+    assert_eq!(state["retryable"], true);
+    assert_eq!(state["kind"], "exec");
+
+    std::fs::write(&fail_at, "prepare-backup").expect("write");
+    std::fs::write(&code, "3").expect("write");
+    let err = daemon.create_fails();
+    assert!(
+        err.contains("failed at prepare-backup: hook says no at prepare-backup (not retryable)"),
+        "{err}"
+    );
+    assert_eq!(daemon.writer("hook")["retryable"], false);
+    assert!(daemon.sets().is_empty());
+    daemon.live_write_flows();
+
+    // Success: the optional writer's failure is recorded, the set is made.
+    std::fs::write(&fail_at, "none").expect("write");
+    let created = daemon.json(&["create"]);
+    let writers = created["writers"].as_array().expect("writers").clone();
+    let status = |name: &str| -> Value {
+        writers
+            .iter()
+            .find(|w| w["name"] == name)
+            .map(|w| w["status"].clone())
+            .unwrap_or(Value::Null)
+    };
+    assert_eq!(status("hook"), "ok");
+    assert_eq!(status("optional"), "failed-at-freeze");
+    assert_eq!(daemon.writer("hook")["state"], "stable");
+    assert_eq!(daemon.sets().len(), 1);
+}
+
+#[test]
+fn a_second_create_while_one_runs_gets_a_clear_error() {
+    let daemon = Arc::new(Daemon::start(""));
+    let (seen, _t) = raw_writer(&daemon.socket(), json!({"name": "slow"}), |e| match e {
+        "freeze" => Act::Hang(Duration::from_millis(1500)),
+        _ => Act::Ok,
+    });
+    let first = {
+        let daemon = daemon.clone();
+        thread::spawn(move || daemon.umbra(&["create"]))
+    };
+    eventually("the first create to reach freeze", || {
+        events(&seen).contains(&"freeze".to_string())
+    });
+    let err = daemon.create_fails();
+    assert_eq!(
+        err,
+        "umbra: a shadow copy set is already being created; try again when it is done"
+    );
+    let first = first.join().expect("first create");
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    assert_eq!(daemon.sets().len(), 1);
+}
