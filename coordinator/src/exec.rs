@@ -9,7 +9,8 @@ use std::io::Read;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::thread::{self, JoinHandle};
+use std::sync::{Arc, Mutex, mpsc};
+use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::link::{LinkError, WriterLink};
@@ -50,7 +51,23 @@ impl ExecWriter {
 struct Running {
     event: EventMessage,
     child: Child,
-    stderr: Option<JoinHandle<String>>,
+    stderr: Stderr,
+}
+
+/// What the program writes to stderr, read on a thread of its own.
+struct Stderr {
+    text: Arc<Mutex<Vec<u8>>>,
+    finished: mpsc::Receiver<()>,
+}
+
+impl Stderr {
+    /// The text once the program exited. A process it left in the
+    /// background may hold the pipe open: wait for the end only briefly.
+    fn collect(&self) -> String {
+        let _ = self.finished.recv_timeout(Duration::from_millis(100));
+        let text = self.text.lock().unwrap_or_else(|p| p.into_inner());
+        String::from_utf8_lossy(&text).into_owned()
+    }
 }
 
 /// Runs the program for each event sent.
@@ -79,23 +96,28 @@ impl WriterLink for ExecLink {
                     format!("running {}: {e}", self.program.display()),
                 ))
             })?;
-        let stderr = child.stderr.take().map(|mut pipe| {
+        let text = Arc::new(Mutex::new(Vec::new()));
+        let (done, finished) = mpsc::channel();
+        if let Some(mut pipe) = child.stderr.take() {
+            let text = text.clone();
             thread::spawn(move || {
-                let mut text = Vec::new();
                 // A program may write a lot; keep reading so it never blocks.
                 let mut buf = [0u8; 4096];
                 while let Ok(n) = pipe.read(&mut buf) {
                     if n == 0 {
                         break;
                     }
+                    let mut text = text.lock().unwrap_or_else(|p| p.into_inner());
                     text.extend_from_slice(&buf[..n]);
                     if text.len() > 64 * 1024 {
-                        text.drain(..text.len() - 8 * 1024);
+                        let cut = text.len() - 8 * 1024;
+                        text.drain(..cut);
                     }
                 }
-                String::from_utf8_lossy(&text).into_owned()
-            })
-        });
+                let _ = done.send(());
+            });
+        }
+        let stderr = Stderr { text, finished };
         self.running = Some(Running {
             event: event.clone(),
             child,
@@ -119,11 +141,7 @@ impl WriterLink for ExecLink {
             }
             thread::sleep(Duration::from_millis(5));
         };
-        let stderr = run
-            .stderr
-            .take()
-            .and_then(|h| h.join().ok())
-            .unwrap_or_default();
+        let stderr = run.stderr.collect();
         let last = stderr
             .lines()
             .rev()
@@ -245,6 +263,15 @@ mod tests {
             .expect("ran")
             .expect_err("fails");
         assert_eq!(failure, crate::Failure::fatal("exited with status 3"));
+    }
+
+    #[test]
+    fn a_program_that_leaves_a_helper_behind_answers_at_once() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let helper = script(dir.path(), "sleep 5 &\necho started >&2");
+        let started = Instant::now();
+        assert!(matches!(run(helper, Duration::from_secs(5)), Ok(Ok(()))));
+        assert!(started.elapsed() < Duration::from_secs(2));
     }
 
     #[test]
