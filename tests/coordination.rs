@@ -352,3 +352,55 @@ fn a_second_create_while_one_runs_gets_a_clear_error() {
     );
     assert_eq!(daemon.sets().len(), 1);
 }
+
+/// A shared writable mapping of `len` bytes of `path`; the file itself is
+/// closed at once (the mapping keeps it open).
+fn map(path: &std::path::Path, len: usize) -> *mut u8 {
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .expect("open");
+    // SAFETY: a fresh shared mapping of an open file; checked below.
+    let at = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            std::os::fd::AsRawFd::as_raw_fd(&file),
+            0,
+        )
+    };
+    assert_ne!(at, libc::MAP_FAILED, "{}", std::io::Error::last_os_error());
+    at.cast()
+}
+
+#[test]
+fn an_mmap_store_before_freeze_is_in_the_set() {
+    let daemon = Daemon::start("");
+    const LEN: usize = 256 * 1024;
+    let path = daemon.path("data/mapped");
+    std::fs::write(&path, vec![0u8; LEN]).expect("live write");
+    let at = map(&path, LEN);
+    // SAFETY: within the mapping.
+    let page = |offset: usize, text: &[u8]| unsafe {
+        std::ptr::copy_nonoverlapping(text.as_ptr(), at.add(offset), text.len());
+    };
+    page(0, b"HELLO");
+    page(200_000, b"THERE");
+    let created = daemon.json(&["create"]);
+    let name = created["name"].as_str().expect("name").to_string();
+    page(0, b"LATER");
+    page(200_000, b"LATER");
+    // SAFETY: the mapping made above, flushed and unmapped once.
+    unsafe {
+        assert_eq!(libc::msync(at.cast(), LEN, libc::MS_SYNC), 0);
+        assert_eq!(libc::munmap(at.cast(), LEN), 0);
+    }
+    let live = std::fs::read(&path).expect("live read");
+    assert_eq!(&live[..5], b"LATER");
+    let set = std::fs::read(daemon.path(&format!("snapshots/{name}/data/mapped"))).expect("in set");
+    assert_eq!(&set[..5], b"HELLO");
+    assert_eq!(&set[200_000..200_005], b"THERE");
+}

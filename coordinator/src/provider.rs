@@ -37,8 +37,9 @@ pub enum ProviderError {
 }
 
 pub trait Provider: Sync {
-    /// Gets ready while writers prepare (e.g. flushes what the kernel
-    /// holds for the volumes). Always followed by `release`.
+    /// Once every writer froze: flushes what the kernel still holds for
+    /// the volumes, so that everything written before Freeze is in the set.
+    /// Always followed by `release`.
     fn prepare(&self, plan: &SetPlan) -> Result<(), ProviderError>;
     /// Holds every mutation of the plan's volumes, commits the set at one
     /// instant and lets mutations go, all before `deadline`; past it, the

@@ -2,7 +2,7 @@
 //! event sequence of one shadow copy set with its deadlines and abort rules.
 //!
 //! Identify → PrepareForBackup → PrepareForSnapshot → Freeze → (provider:
-//! hold and commit) → Thaw → PostSnapshot → BackupComplete. Each event goes
+//! flush, hold and commit) → Thaw → PostSnapshot → BackupComplete. Each event goes
 //! to every taking-part writer at once, then every answer is awaited until
 //! that writer's deadline. A writer that fails Identify drops out. A
 //! required writer's failure, disconnection or missed deadline from
@@ -54,6 +54,8 @@ pub enum RegisterError {
     Duplicate(String),
     #[error("{0}")]
     Invalid(String),
+    #[error("the writer went away while it registered: {0}")]
+    Gone(String),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -196,8 +198,23 @@ impl Coordinator {
         reg: Registration,
         link: Box<dyn WriterLink>,
     ) -> Result<(), RegisterError> {
+        self.register_then(reg, link, || Ok(()))
+    }
+
+    /// [`register`](Self::register), calling `accepted` once the writer is
+    /// accepted and before any set can reach it (so that a connection is
+    /// acknowledged before its first event). If `accepted` fails, the
+    /// writer is not added.
+    pub fn register_then(
+        &self,
+        reg: Registration,
+        link: Box<dyn WriterLink>,
+        accepted: impl FnOnce() -> Result<(), String>,
+    ) -> Result<(), RegisterError> {
         let mut writers = lock(&self.writers);
-        if let Some(at) = Self::vacancy(&reg, &writers)? {
+        let vacancy = Self::vacancy(&reg, &writers)?;
+        accepted().map_err(RegisterError::Gone)?;
+        if let Some(at) = vacancy {
             writers.remove(at);
         }
         tracing::info!(writer = %reg.name, kind = link.kind(), "writer registered");
@@ -401,20 +418,21 @@ impl Sequence<'_> {
         Ok(())
     }
 
-    /// Freeze, the provider's hold and commit, and the freeze windows.
+    /// Freeze, then the provider's flush, hold and commit, within the
+    /// writers' freeze windows.
     fn commit(&mut self) -> Result<Committed, Abort> {
+        let frozen_at = Instant::now();
+        self.step(Event::Freeze)?;
         if let Err(e) = self.provider.prepare(self.plan) {
             self.provider.release(self.plan);
             return Err(Abort(SequenceError::Provider(e)));
         }
-        let result = self.freeze_and_commit();
+        let result = self.hold_and_commit(frozen_at);
         self.provider.release(self.plan);
         result
     }
 
-    fn freeze_and_commit(&mut self) -> Result<Committed, Abort> {
-        let frozen_at = Instant::now();
-        self.step(Event::Freeze)?;
+    fn hold_and_commit(&mut self, frozen_at: Instant) -> Result<Committed, Abort> {
         // A writer that went away while frozen fails before the commit.
         for part in self.parts.iter_mut().filter(|p| p.active()) {
             if part.link.as_mut().is_some_and(|l| !l.alive()) {

@@ -221,7 +221,8 @@ fn serve_client(stream: &UnixStream, service: &Service) {
 }
 
 /// Answers a registration and hands the connection to the coordinator; a
-/// refused one is answered with the reason and dropped.
+/// refused one is answered with the reason and dropped. The answer is
+/// written before any set can send the writer an event.
 fn register(
     reader: BufReader<UnixStream>,
     writer: &mut &UnixStream,
@@ -233,13 +234,6 @@ fn register(
         refuse(writer, e.to_string());
         return;
     }
-    let ack = Registered {
-        registered: name.clone(),
-    };
-    if let Err(e) = protocol::write_message(writer, &Response::Ok(ack)) {
-        tracing::debug!("writer {name} went away: {e}");
-        return;
-    }
     let link = match SocketLink::new(reader) {
         Ok(link) => link,
         Err(e) => {
@@ -247,10 +241,16 @@ fn register(
             return;
         }
     };
-    // A writer of the same name may have won the race since the check:
-    // then this connection is dropped.
-    if let Err(e) = service.register(registration, Box::new(link)) {
+    let ack = Registered {
+        registered: name.clone(),
+    };
+    let mut out = *writer;
+    let accepted =
+        move || protocol::write_message(&mut out, &Response::Ok(ack)).map_err(|e| e.to_string());
+    if let Err(e) = service.register(registration, Box::new(link), accepted) {
+        // A writer of the same name may have won the race since the check.
         tracing::warn!("writer {name} refused: {e}");
+        refuse(writer, e.to_string());
     }
 }
 

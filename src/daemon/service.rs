@@ -121,11 +121,18 @@ impl Service {
         let _changing = self.changes.lock().unwrap_or_else(PoisonError::into_inner);
         let now = Utc::now();
         let name = self.store.free_set_name(&self.name_format().name(now))?;
+        let mounts = self
+            .config
+            .volumes
+            .iter()
+            .map(|v| (v.name.clone(), v.mount.clone()))
+            .collect();
         let provider = CowProvider::new(
             self.store.clone(),
             self.volumes.clone(),
             naming::timestamp(now),
-        );
+        )
+        .flushing_through(mounts, self.config.hold_timeout);
         let request = SetRequest {
             name,
             label,
@@ -181,14 +188,18 @@ impl Service {
         Ok(self.coordinator.can_register(registration)?)
     }
 
-    /// Adds a writer (see `can_register`).
+    /// Adds a writer (see `can_register`), calling `accepted` before any
+    /// set can reach it.
     pub fn register(
         &self,
         registration: Registration,
         link: Box<dyn WriterLink>,
+        accepted: impl FnOnce() -> Result<(), String>,
     ) -> Result<(), ServiceError> {
         self.can_register(&registration)?;
-        Ok(self.coordinator.register(registration, link)?)
+        Ok(self
+            .coordinator
+            .register_then(registration, link, accepted)?)
     }
 
     pub fn writers(&self) -> Vec<WriterInfo> {

@@ -61,7 +61,9 @@ pub(crate) struct ListEntry {
 pub(crate) struct LiveFs {
     vol: Arc<Volume>,
     nodes: Nodes,
-    files: Mutex<HashMap<u64, Arc<OpenFile>>>,
+    /// Shared with the volume, which lists the files open for writing
+    /// when a set is flushed (see `Volume::files_open_for_writing`).
+    files: Arc<Mutex<HashMap<u64, Arc<OpenFile>>>>,
     dirs: Mutex<HashMap<u64, Arc<Vec<ListEntry>>>>,
     next_fh: AtomicU64,
 }
@@ -91,10 +93,21 @@ impl LiveFs {
         let root_fd = backing::reopen_path(vol.root_fd())?;
         let aliases = vol.store().aliases(vol.id())?;
         let nodes = Nodes::new(root_fd, vol.root_object(), aliases);
+        let files: Arc<Mutex<HashMap<u64, Arc<OpenFile>>>> = Arc::default();
+        let listed = files.clone();
+        vol.set_open_writes(Box::new(move || {
+            lock(&listed)
+                .values()
+                .filter(|f| f.access != libc::O_RDONLY)
+                .filter_map(|f| {
+                    std::fs::read_link(format!("/proc/self/fd/{}", f.file.as_raw_fd())).ok()
+                })
+                .collect()
+        }));
         Ok(LiveFs {
             vol,
             nodes,
-            files: Mutex::new(HashMap::new()),
+            files,
             dirs: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
         })
