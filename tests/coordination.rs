@@ -404,3 +404,72 @@ fn an_mmap_store_before_freeze_is_in_the_set() {
     assert_eq!(&set[..5], b"HELLO");
     assert_eq!(&set[200_000..200_005], b"THERE");
 }
+
+/// An application whose transactions each write one file on `data` and one
+/// on `logs` under its own lock, and a writer that takes that lock from
+/// Freeze to Thaw: in every one of 50 sets both files show the same
+/// transaction.
+#[test]
+fn every_set_holds_whole_transactions_across_two_volumes() {
+    use std::sync::Condvar;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    let daemon = Daemon::start("");
+    // The application's lock: `true` while a writer holds it frozen.
+    let lock = Arc::new((Mutex::new(false), Condvar::new()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let app = {
+        let (lock, stop) = (lock.clone(), stop.clone());
+        let (a, b) = (daemon.path("data/txn"), daemon.path("logs/txn"));
+        thread::spawn(move || {
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let (m, cv) = &*lock;
+                let mut frozen = m.lock().expect("lock");
+                while *frozen {
+                    frozen = cv.wait(frozen).expect("wait");
+                }
+                n += 1;
+                std::fs::write(&a, n.to_string()).expect("write a");
+                std::fs::write(&b, n.to_string()).expect("write b");
+            }
+            n
+        })
+    };
+    let client =
+        WriterClient::connect(&daemon.socket(), &Registration::new("app", &[])).expect("registers");
+    {
+        let lock = lock.clone();
+        thread::spawn(move || {
+            let _ = client.serve(|event| {
+                let (m, cv) = &*lock;
+                match event.event {
+                    Event::Freeze => *m.lock().expect("lock") = true,
+                    Event::Thaw | Event::Abort => {
+                        *m.lock().expect("lock") = false;
+                        cv.notify_all();
+                    }
+                    _ => {}
+                }
+                Ok(())
+            });
+        });
+    }
+    let mut names = Vec::new();
+    for _ in 0..50 {
+        let created = daemon.json(&["create", "data", "logs"]);
+        names.push(created["name"].as_str().expect("name").to_string());
+    }
+    stop.store(true, Ordering::Relaxed);
+    let transactions = app.join().expect("app");
+    assert!(transactions > 0);
+    for name in &names {
+        let a = std::fs::read_to_string(daemon.path(&format!("snapshots/{name}/data/txn")));
+        let b = std::fs::read_to_string(daemon.path(&format!("snapshots/{name}/logs/txn")));
+        match (a, b) {
+            (Ok(a), Ok(b)) => assert_eq!(a, b, "set {name}"),
+            (Err(_), Err(_)) => {} // before the first transaction
+            (a, b) => panic!("set {name} has half a transaction: {a:?} {b:?}"),
+        }
+    }
+}
