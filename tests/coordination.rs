@@ -473,3 +473,36 @@ fn every_set_holds_whole_transactions_across_two_volumes() {
         }
     }
 }
+
+/// The Python writer printed in umbra-writer(7) works as printed.
+#[test]
+fn the_man_pages_python_writer_takes_part() {
+    let page = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/man/umbra-writer.7"))
+        .expect("man page");
+    let start = page
+        .find(".SH EXAMPLE IN PYTHON\n.EX\n")
+        .expect("the example section")
+        + ".SH EXAMPLE IN PYTHON\n.EX\n".len();
+    let end = start + page[start..].find("\n.EE").expect("end of example");
+    let daemon = Daemon::start("");
+    let program = page[start..end].replace("\\e", "\\").replace(
+        ".umbra/control.sock",
+        &daemon.socket().display().to_string(),
+    );
+    let path = daemon.path("writer.py");
+    std::fs::write(&path, program).expect("write");
+    let mut python = std::process::Command::new("python3")
+        .arg(&path)
+        .spawn()
+        .expect("python3 runs (the CI installs it)");
+    eventually("the Python writer to register", || {
+        daemon.writer("app")["state"] == "stable"
+    });
+    let created = daemon.json(&["create"]);
+    assert_eq!(
+        created["writers"],
+        json!([{"name": "app", "required": true, "status": "ok", "components": []}])
+    );
+    let _ = python.kill();
+    let _ = python.wait();
+}
