@@ -1,7 +1,8 @@
 //! The exec writer: an unmodified application takes part through a
 //! program run once per event as `PROGRAM EVENT`, with UMBRA_EVENT,
 //! UMBRA_SET_ID, UMBRA_SET_NAME and UMBRA_VOLUMES in its environment (the
-//! `fsfreeze-hook` habit). Exit 0 is success, 75 (EX_TEMPFAIL) a retryable
+//! `fsfreeze-hook` habit), and with backup-complete UMBRA_BACKUP_SUCCEEDED
+//! (1 or 0). Exit 0 is success, 75 (EX_TEMPFAIL) a retryable
 //! failure, anything else a failure that is not; the last line the program
 //! wrote to stderr is the message. It never runs a shell.
 
@@ -79,7 +80,11 @@ pub struct ExecLink {
 impl WriterLink for ExecLink {
     fn send(&mut self, event: &EventMessage) -> Result<(), LinkError> {
         self.reap();
-        let mut child = Command::new(&self.program)
+        let mut command = Command::new(&self.program);
+        if let Some(succeeded) = event.backup_succeeded {
+            command.env("UMBRA_BACKUP_SUCCEEDED", if succeeded { "1" } else { "0" });
+        }
+        let mut child = command
             .arg(event.event.as_str())
             .env("UMBRA_EVENT", event.event.as_str())
             .env("UMBRA_SET_ID", &event.set_id)
@@ -229,6 +234,7 @@ mod tests {
             set_id: "s1".into(),
             set_name: "n1".into(),
             volumes: vec!["data".into(), "logs".into()],
+            backup_succeeded: None,
         };
         link.send(&event)?;
         let reply = link.recv(Instant::now() + timeout)?;

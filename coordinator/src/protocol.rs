@@ -150,6 +150,9 @@ pub struct EventMessage {
     pub set_id: String,
     pub set_name: String,
     pub volumes: Vec<String>,
+    /// Only with backup-complete: whether the requester's backup worked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup_succeeded: Option<bool>,
 }
 
 /// Why a writer could not do what an event asked.
@@ -292,6 +295,7 @@ mod tests {
             set_id: "s1".into(),
             set_name: "n".into(),
             volumes: vec!["data".into()],
+            backup_succeeded: None,
         };
         let ok: Reply =
             serde_json::from_value(json!({"ok": {"event": "freeze", "set_id": "s1"}})).expect("ok");

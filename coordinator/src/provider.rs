@@ -56,3 +56,29 @@ pub trait Provider: Sync {
     /// Undoes `prepare`, whatever happened since.
     fn release(&self, plan: &SetPlan);
 }
+
+impl<P: Provider + ?Sized> Provider for &P {
+    fn prepare(&self, plan: &SetPlan) -> Result<(), ProviderError> {
+        (**self).prepare(plan)
+    }
+
+    fn hold_and_commit(
+        &self,
+        plan: &SetPlan,
+        deadline: Instant,
+    ) -> Result<Committed, ProviderError> {
+        (**self).hold_and_commit(plan, deadline)
+    }
+
+    fn record(&self, set: &Committed, writers: &[SetWriter]) -> Result<(), ProviderError> {
+        (**self).record(set, writers)
+    }
+
+    fn discard(&self, set: &Committed) -> Result<(), ProviderError> {
+        (**self).discard(set)
+    }
+
+    fn release(&self, plan: &SetPlan) {
+        (**self).release(plan)
+    }
+}

@@ -296,7 +296,19 @@ impl Coordinator {
         request: SetRequest,
         provider: &dyn Provider,
     ) -> Result<Created, SequenceError> {
-        let _running = match self.running.try_lock() {
+        Ok(self.snapshot(request, Box::new(provider))?.complete(true))
+    }
+
+    /// Makes one set up to PostSnapshot and returns it pending: the
+    /// requester backs it up, then reports with [`Pending::complete`] (or
+    /// drops it: the writers then hear that the backup did not succeed, as
+    /// VSS's BackupShutdown). No other set is made meanwhile.
+    pub fn snapshot<'a>(
+        &'a self,
+        request: SetRequest,
+        provider: Box<dyn Provider + 'a>,
+    ) -> Result<Pending<'a>, SequenceError> {
+        let running = match self.running.try_lock() {
             Ok(guard) => guard,
             Err(TryLockError::Poisoned(p)) => p.into_inner(),
             Err(TryLockError::WouldBlock) => return Err(SequenceError::Busy),
@@ -309,21 +321,26 @@ impl Coordinator {
             volumes: request.volumes,
         };
         tracing::info!(set = %plan.name, set_id = %plan.id, "starting the writer sequence");
-        let mut parts = self.take_parts(&plan.volumes);
-        let result = Sequence {
-            plan: &plan,
-            parts: &mut parts,
+        let parts = self.take_parts(&plan.volumes);
+        let mut sequence = Sequence {
+            plan,
+            parts,
             provider,
             options: self.options,
+        };
+        match sequence.run() {
+            Ok(committed) => Ok(Pending {
+                coordinator: self,
+                sequence: Some(sequence),
+                committed,
+                started,
+                _running: running,
+            }),
+            Err(e) => {
+                self.put_back(sequence.parts);
+                Err(e)
+            }
         }
-        .run();
-        self.put_back(parts);
-        result.map(|(set, writers)| Created {
-            set,
-            set_guid: plan.id.clone(),
-            writers,
-            total: started.elapsed(),
-        })
     }
 
     fn take_parts(&self, volumes: &[String]) -> Vec<Part> {
@@ -364,10 +381,66 @@ impl Coordinator {
     }
 }
 
+/// A set made up to PostSnapshot, waiting for the requester to finish its
+/// backup. Dropping it without `complete` completes it as failed.
+pub struct Pending<'a> {
+    coordinator: &'a Coordinator,
+    sequence: Option<Sequence<'a>>,
+    committed: Committed,
+    started: Instant,
+    _running: MutexGuard<'a, ()>,
+}
+
+impl Pending<'_> {
+    pub fn set(&self) -> &Committed {
+        &self.committed
+    }
+
+    /// The snapshot set id the writers saw.
+    pub fn set_guid(&self) -> &str {
+        self.sequence.as_ref().map_or("", |s| s.plan.id.as_str())
+    }
+
+    /// Sends BackupComplete (saying whether the backup succeeded), records
+    /// the writers with the set and returns it.
+    pub fn complete(mut self, succeeded: bool) -> Created {
+        self.finish(succeeded)
+    }
+
+    fn finish(&mut self, succeeded: bool) -> Created {
+        let Some(mut sequence) = self.sequence.take() else {
+            return Created {
+                set: self.committed.clone(),
+                set_guid: String::new(),
+                writers: Vec::new(),
+                total: self.started.elapsed(),
+            };
+        };
+        let writers = sequence.complete(&self.committed, succeeded);
+        let set_guid = sequence.plan.id.clone();
+        self.coordinator.put_back(sequence.parts);
+        Created {
+            set: self.committed.clone(),
+            set_guid,
+            writers,
+            total: self.started.elapsed(),
+        }
+    }
+}
+
+impl Drop for Pending<'_> {
+    fn drop(&mut self) {
+        if self.sequence.is_some() {
+            tracing::warn!(set = %self.committed.name, "the requester went away before the backup completed");
+            self.finish(false);
+        }
+    }
+}
+
 struct Sequence<'a> {
-    plan: &'a SetPlan,
-    parts: &'a mut Vec<Part>,
-    provider: &'a dyn Provider,
+    plan: SetPlan,
+    parts: Vec<Part>,
+    provider: Box<dyn Provider + 'a>,
     options: Options,
 }
 
@@ -375,11 +448,12 @@ struct Sequence<'a> {
 struct Abort(SequenceError);
 
 impl Sequence<'_> {
-    fn run(mut self) -> Result<(Committed, Vec<SetWriter>), SequenceError> {
+    /// Identify to PostSnapshot: the committed set, or the set aborted.
+    fn run(&mut self) -> Result<Committed, SequenceError> {
         for part in self.parts.iter_mut() {
             part.identified = true;
         }
-        self.broadcast(Event::Identify);
+        self.broadcast(Event::Identify, None);
         for part in self.parts.iter_mut() {
             if part.failed.is_some() {
                 part.identified = false;
@@ -403,13 +477,18 @@ impl Sequence<'_> {
             }
             return Err(e);
         }
-        self.broadcast(Event::BackupComplete);
+        tracing::info!(set = %committed.name, hold = ?committed.hold, "set made");
+        Ok(committed)
+    }
+
+    /// BackupComplete, then the writers recorded with the set.
+    fn complete(&mut self, committed: &Committed, succeeded: bool) -> Vec<SetWriter> {
+        self.broadcast(Event::BackupComplete, Some(succeeded));
         let writers = self.outcomes();
-        if let Err(e) = self.provider.record(&committed, &writers) {
+        if let Err(e) = self.provider.record(committed, &writers) {
             tracing::error!(set = %committed.name, "recording the set's writers: {e}");
         }
-        tracing::info!(set = %committed.name, hold = ?committed.hold, "set made");
-        Ok((committed, writers))
+        writers
     }
 
     fn before_commit(&mut self) -> Result<(), Abort> {
@@ -423,12 +502,12 @@ impl Sequence<'_> {
     fn commit(&mut self) -> Result<Committed, Abort> {
         let frozen_at = Instant::now();
         self.step(Event::Freeze)?;
-        if let Err(e) = self.provider.prepare(self.plan) {
-            self.provider.release(self.plan);
+        if let Err(e) = self.provider.prepare(&self.plan) {
+            self.provider.release(&self.plan);
             return Err(Abort(SequenceError::Provider(e)));
         }
         let result = self.hold_and_commit(frozen_at);
-        self.provider.release(self.plan);
+        self.provider.release(&self.plan);
         result
     }
 
@@ -451,7 +530,7 @@ impl Sequence<'_> {
         let deadline = (Instant::now() + self.options.hold_timeout).min(frozen_at + window);
         let committed = self
             .provider
-            .hold_and_commit(self.plan, deadline)
+            .hold_and_commit(&self.plan, deadline)
             .map_err(|e| Abort(SequenceError::Provider(e)))?;
         for part in self.parts.iter_mut().filter(|p| p.active()) {
             if frozen_at.elapsed() > part.freeze_timeout {
@@ -480,7 +559,7 @@ impl Sequence<'_> {
     /// Sends `event` to every active writer and aborts if a required one
     /// failed.
     fn step(&mut self, event: Event) -> Result<(), Abort> {
-        self.broadcast(event);
+        self.broadcast(event, None);
         self.check_required()
     }
 
@@ -505,19 +584,20 @@ impl Sequence<'_> {
         }
     }
 
-    fn message(&self, event: Event) -> EventMessage {
+    fn message(&self, event: Event, backup_succeeded: Option<bool>) -> EventMessage {
         EventMessage {
             event,
             set_id: self.plan.id.clone(),
             set_name: self.plan.name.clone(),
             volumes: self.plan.volumes.clone(),
+            backup_succeeded,
         }
     }
 
     /// Sends `event` to every active writer at once, then waits for each
     /// answer until that writer's deadline. Failures are marked.
-    fn broadcast(&mut self, event: Event) {
-        let message = self.message(event);
+    fn broadcast(&mut self, event: Event, backup_succeeded: Option<bool>) {
+        let message = self.message(event, backup_succeeded);
         let mut asked = Vec::new();
         for (i, part) in self.parts.iter_mut().enumerate() {
             if !part.active() {
@@ -552,7 +632,7 @@ impl Sequence<'_> {
     /// writer may still be undoing its freeze) but change nothing.
     fn abort(&mut self) {
         tracing::warn!(set = %self.plan.name, "aborting the set");
-        let message = self.message(Event::Abort);
+        let message = self.message(Event::Abort, None);
         let mut asked = Vec::new();
         for (i, part) in self.parts.iter_mut().enumerate() {
             if !part.identified {

@@ -464,3 +464,32 @@ fn set_ids_differ() {
     assert_ne!(guid(), guid());
     assert_eq!(guid().len(), 36);
 }
+
+#[test]
+fn a_pending_set_waits_for_the_requester_and_a_dropped_one_completes_as_failed() {
+    let r = rig();
+    r.writer("a", true, &[]);
+    let provider = FakeProvider::default();
+    let request = SetRequest {
+        name: "pending".into(),
+        label: None,
+        volumes: vec!["data".into()],
+    };
+    let pending = r
+        .coordinator
+        .snapshot(request, Box::new(&provider))
+        .expect("snapshot");
+    assert_eq!(pending.set().name, "pending");
+    assert_eq!(r.events_of("a"), Event::CREATE[..6]);
+    assert_eq!(r.state_of("a"), "waiting-for-backup-complete");
+    assert!(matches!(
+        r.create(&FakeProvider::default()),
+        Err(SequenceError::Busy)
+    ));
+    drop(pending);
+    assert_eq!(r.events_of("a"), Event::CREATE);
+    assert_eq!(r.state_of("a"), "stable");
+    assert_eq!(lock(&provider.recorded).len(), 1);
+    // The next set goes through as usual.
+    r.create(&FakeProvider::default()).expect("created");
+}
