@@ -87,6 +87,32 @@ pub enum Command {
         output: Output,
     },
 
+    /// Make a set, run a command over it, report, and delete the set
+    ///
+    /// The requester's whole workflow, as VSS's auto-release shadow copies: a set of the named
+    /// volumes (all when none) is made through the writers' sequence up to PostSnapshot; COMMAND
+    /// runs with UMBRA_SNAPSHOT set to the set's browse path (<snapshots>/<name>) and UMBRA_SET_NAME
+    /// to its name; the writers then hear BackupComplete with whether COMMAND succeeded, and the
+    /// set is deleted unless --keep. umbra backup exits with COMMAND's status (128+N if a signal N
+    /// ended it). If umbra backup itself goes away first, the daemon completes the backup as failed.
+    Backup {
+        /// Volumes to copy [default: every volume]
+        #[arg(value_name = "VOLUME")]
+        volumes: Vec<String>,
+
+        /// Keep the set after COMMAND instead of deleting it
+        #[arg(long)]
+        keep: bool,
+
+        /// A free text kept with the set
+        #[arg(long, value_name = "TEXT")]
+        label: Option<String>,
+
+        /// The backup command and its arguments, after `--`
+        #[arg(last = true, required = true, value_name = "COMMAND")]
+        command: Vec<String>,
+    },
+
     /// List the shadow copy sets, oldest first
     ///
     /// Prints a table of name, id, creation time (RFC 3339, UTC), volumes and label.
@@ -167,6 +193,26 @@ mod tests {
             }
             other => panic!("parsed as {other:?}"),
         }
+    }
+
+    #[test]
+    fn backup_takes_volumes_then_a_command() {
+        let cli =
+            parse(&["backup", "data", "--keep", "--", "rsync", "-a", "--delete"]).expect("parses");
+        match cli.command {
+            Command::Backup {
+                volumes,
+                keep,
+                command,
+                ..
+            } => {
+                assert_eq!(volumes, ["data"]);
+                assert!(keep);
+                assert_eq!(command, ["rsync", "-a", "--delete"]);
+            }
+            other => panic!("parsed as {other:?}"),
+        }
+        assert!(parse(&["backup", "data"]).is_err(), "a command is needed");
     }
 
     #[test]

@@ -37,6 +37,20 @@ pub enum Request {
     Status {},
     /// Answer: every writer, as `[WriterInfo]`.
     Writers {},
+    /// Make a set up to PostSnapshot and answer a [`CreatedView`]; the
+    /// connection then owes a `backup_complete` (hanging up counts as a
+    /// failed backup). Unless `keep`, the set is deleted once reported.
+    Backup {
+        #[serde(default)]
+        volumes: Vec<String>,
+        #[serde(default)]
+        label: Option<String>,
+        #[serde(default)]
+        keep: bool,
+    },
+    /// After `backup`, on the same connection: whether the backup worked.
+    /// Answer: the final [`CreatedView`], with its writers.
+    BackupComplete { succeeded: bool },
     /// Only as a connection's first line: the connection becomes a
     /// writer's (umbra-writer(7)). Answer: `{"registered": NAME}`, then
     /// events.
@@ -80,6 +94,8 @@ pub struct CreatedView {
     #[serde(flatten)]
     pub set: SetView,
     pub set_guid: String,
+    /// Where the set is browsable: `<snapshots>/<name>`.
+    pub path: String,
     pub hold_ms: f64,
     pub total_ms: f64,
 }

@@ -506,3 +506,111 @@ fn the_man_pages_python_writer_takes_part() {
     let _ = python.kill();
     let _ = python.wait();
 }
+
+/// A hook that logs `EVENT [UMBRA_BACKUP_SUCCEEDED]` to `log`.
+fn logging_hook(dir: &std::path::Path, log: &std::path::Path) -> String {
+    let hook = dir.join("hook");
+    script(
+        &hook,
+        &format!(
+            "echo \"$1${{UMBRA_BACKUP_SUCCEEDED:+ $UMBRA_BACKUP_SUCCEEDED}}\" >> {}",
+            log.display()
+        ),
+    );
+    exec_writer("hook", &hook, true, 5)
+}
+
+fn lines(path: &std::path::Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn backup_runs_the_command_over_the_set_then_reports_and_deletes_it() {
+    let hooks = tempfile::tempdir().expect("tempdir");
+    let log = hooks.path().join("log");
+    let daemon = Daemon::start(&logging_hook(hooks.path(), &log));
+    std::fs::write(daemon.path("data/f"), b"in the set").expect("live write");
+    let copy = hooks.path().join("copy");
+    let out = daemon.umbra(&[
+        "backup",
+        "data",
+        "--",
+        "sh",
+        "-c",
+        &format!(
+            "cat \"$UMBRA_SNAPSHOT/data/f\" > {copy}; echo command >> {log}; exit 3",
+            copy = copy.display(),
+            log = log.display()
+        ),
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(std::fs::read(&copy).expect("copied"), b"in the set");
+    assert_eq!(
+        lines(&log),
+        [
+            "identify",
+            "prepare-backup",
+            "prepare-snapshot",
+            "freeze",
+            "thaw",
+            "post-snapshot",
+            "command",
+            "backup-complete 0"
+        ]
+    );
+    assert!(
+        daemon.sets().is_empty(),
+        "the set is deleted after the command"
+    );
+
+    std::fs::remove_file(&log).expect("rm");
+    let out = daemon.umbra(&["backup", "--keep", "--", "true"]);
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(
+        lines(&log).last().map(String::as_str),
+        Some("backup-complete 1")
+    );
+    let sets = daemon.sets();
+    assert_eq!(sets.len(), 1, "--keep keeps the set");
+    assert_eq!(sets[0]["writers"][0]["status"], "ok");
+    assert_eq!(daemon.writer("hook")["state"], "stable");
+}
+
+#[test]
+fn a_requester_that_goes_away_mid_backup_is_cleaned_up_after() {
+    let hooks = tempfile::tempdir().expect("tempdir");
+    let log = hooks.path().join("log");
+    let daemon = Daemon::start(&logging_hook(hooks.path(), &log));
+    let mut requester = std::process::Command::new(env!("CARGO_BIN_EXE_umbra"))
+        .args(["backup", "--config"])
+        .arg(daemon.path("umbra.toml"))
+        .args(["--", "sleep", "5"])
+        .spawn()
+        .expect("umbra backup runs");
+    eventually("the set to be made", || {
+        lines(&log).contains(&"post-snapshot".to_string())
+    });
+    assert_eq!(
+        daemon.writer("hook")["state"],
+        "waiting-for-backup-complete"
+    );
+    let err = daemon.create_fails();
+    assert!(err.contains("already being created"), "{err}");
+    requester.kill().expect("kill the requester");
+    requester.wait().expect("reaped");
+    eventually("BackupComplete after the requester went away", || {
+        lines(&log).last().map(String::as_str) == Some("backup-complete 0")
+    });
+    eventually("the set to be deleted", || daemon.sets().is_empty());
+    assert_eq!(daemon.writer("hook")["state"], "stable");
+    daemon.json(&["create"]);
+}

@@ -396,6 +396,11 @@ impl Pending<'_> {
         &self.committed
     }
 
+    /// Since the sequence began.
+    pub fn elapsed(&self) -> Duration {
+        self.started.elapsed()
+    }
+
     /// The snapshot set id the writers saw.
     pub fn set_guid(&self) -> &str {
         self.sequence.as_ref().map_or("", |s| s.plan.id.as_str())

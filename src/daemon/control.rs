@@ -203,6 +203,17 @@ fn serve_client(stream: &UnixStream, service: &Service) {
                 register(reader, &mut writer, service, registration);
                 return;
             }
+            Request::Backup {
+                volumes,
+                label,
+                keep,
+            } => {
+                first = false;
+                if backup(&mut reader, &mut writer, service, &volumes, label, keep) {
+                    continue;
+                }
+                return;
+            }
             other => other,
         };
         first = false;
@@ -216,6 +227,63 @@ fn serve_client(stream: &UnixStream, service: &Service) {
         if let Err(e) = sent {
             tracing::debug!("control client went away: {e}");
             return;
+        }
+    }
+}
+
+/// Serves a requester's backup: the set, made up to PostSnapshot, is
+/// answered; then its `backup_complete` is awaited on this connection.
+/// Anything else, or a hang-up, counts as a failed backup (BackupShutdown).
+/// Returns whether the connection goes on.
+fn backup(
+    reader: &mut BufReader<UnixStream>,
+    writer: &mut &UnixStream,
+    service: &Service,
+    volumes: &[String],
+    label: Option<String>,
+    keep: bool,
+) -> bool {
+    let backup = match service.backup(volumes, label, keep) {
+        Ok(backup) => backup,
+        Err(e) => {
+            tracing::info!("backup refused: {e}");
+            return protocol::write_message(writer, &Response::<Answer>::error(e)).is_ok();
+        }
+    };
+    let made = Answer::Created(Box::new(backup.view().clone()));
+    if let Err(e) = protocol::write_message(writer, &Response::Ok(made)) {
+        tracing::warn!("the requester of a backup went away: {e}");
+        return false;
+    }
+    let line = match protocol::read_line(reader, MAX_REQUEST_LINE) {
+        Ok(Some(line)) => line,
+        Ok(None) | Err(_) => {
+            tracing::warn!("the requester of a backup went away before reporting it");
+            return false;
+        }
+    };
+    match protocol::parse_request(&line) {
+        Ok(Request::BackupComplete { succeeded }) => {
+            let sent = match backup.complete(succeeded) {
+                Ok(view) => {
+                    protocol::write_message(writer, &Response::Ok(Answer::Created(Box::new(view))))
+                }
+                Err(e) => protocol::write_message(writer, &Response::<Answer>::error(e)),
+            };
+            sent.is_ok()
+        }
+        Ok(_) => {
+            drop(backup);
+            refuse(
+                writer,
+                "a backup's next request must be backup_complete".into(),
+            );
+            false
+        }
+        Err(e) => {
+            drop(backup);
+            refuse(writer, format!("malformed request: {e}"));
+            false
         }
     }
 }

@@ -6,12 +6,13 @@
 //! refresh of the browser. It never reads a socket and never mounts anything.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, PoisonError, TryLockError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, TryLockError};
 
 use chrono::Utc;
 use serde::Serialize;
 use umbra_coordinator::{
-    Coordinator, RegisterError, Registration, SequenceError, SetRequest, SetWriter, WriterLink,
+    Coordinator, Created, Pending, RegisterError, Registration, SequenceError, SetRequest,
+    SetWriter, WriterLink,
 };
 use umbra_fs::{Browser, CowProvider, FsError, Volume};
 use umbra_store::{SetId, SetInfo, Store};
@@ -40,6 +41,8 @@ pub enum ServiceError {
     Register(#[from] RegisterError),
     #[error("register must be the first message of a connection")]
     LateRegister,
+    #[error("backup and backup_complete are a pair on one connection")]
+    NotABackup,
     #[error("deleted {deleted} of {wanted} sets, then: {source}")]
     PartialDelete {
         deleted: usize,
@@ -101,6 +104,9 @@ impl Service {
             Request::Status {} => self.status().map(Answer::Status),
             Request::Writers {} => Ok(Answer::Writers(self.writers())),
             Request::Register(_) => Err(ServiceError::LateRegister),
+            Request::Backup { .. } | Request::BackupComplete { .. } => {
+                Err(ServiceError::NotABackup)
+            }
         }
     }
 
@@ -112,8 +118,44 @@ impl Service {
         names: &[String],
         label: Option<String>,
     ) -> Result<CreatedView, ServiceError> {
+        let (_creating, pending) = self.start(names, label)?;
+        self.created_view(pending.complete(true))
+    }
+
+    /// Makes a set up to PostSnapshot for a requester that backs it up and
+    /// then reports (see [`Backup`]). No other set is made meanwhile.
+    pub fn backup(
+        &self,
+        names: &[String],
+        label: Option<String>,
+        keep: bool,
+    ) -> Result<Backup<'_>, ServiceError> {
+        let (creating, pending) = self.start(names, label)?;
+        let set = self.store.find_set(&pending.set().id.to_string())?;
+        let view = CreatedView {
+            path: self.config.snapshots.join(&set.name).display().to_string(),
+            set: view(&set),
+            set_guid: pending.set_guid().to_string(),
+            hold_ms: millis(pending.set().hold),
+            total_ms: millis(pending.elapsed()),
+        };
+        Ok(Backup {
+            service: self,
+            pending: Some(pending),
+            view,
+            keep,
+            _creating: creating,
+        })
+    }
+
+    /// Runs the sequence up to PostSnapshot.
+    fn start(
+        &self,
+        names: &[String],
+        label: Option<String>,
+    ) -> Result<(MutexGuard<'_, ()>, Pending<'_>), ServiceError> {
         let volumes = self.pick_volumes(names)?;
-        let _creating = match self.creating.try_lock() {
+        let creating = match self.creating.try_lock() {
             Ok(guard) => guard,
             Err(TryLockError::Poisoned(p)) => p.into_inner(),
             Err(TryLockError::WouldBlock) => return Err(SequenceError::Busy.into()),
@@ -138,16 +180,21 @@ impl Service {
             label,
             volumes: volumes.iter().map(|v| v.name().to_string()).collect(),
         };
-        let result = self.coordinator.create(request, &provider);
+        let result = self.coordinator.snapshot(request, Box::new(provider));
         self.refresh();
-        let created = result?;
+        Ok((creating, result?))
+    }
+
+    fn created_view(&self, created: Created) -> Result<CreatedView, ServiceError> {
         let set = self.store.find_set(&created.set.id.to_string())?;
         tracing::info!(set = %set.name, id = %set.id, hold = ?created.set.hold, "created shadow copy set");
+        let path = self.config.snapshots.join(&set.name).display().to_string();
         let mut set = view(&set);
         set.writers = created.writers;
         Ok(CreatedView {
             set,
             set_guid: created.set_guid,
+            path,
             hold_ms: millis(created.set.hold),
             total_ms: millis(created.total),
         })
@@ -313,6 +360,49 @@ impl Service {
     fn refresh(&self) {
         if let Err(e) = self.browser.refresh() {
             tracing::warn!("the snapshot browser did not refresh: {e}");
+        }
+    }
+}
+
+/// A set made for a requester's backup, waiting for its report. Dropped
+/// without one (the requester went away), the backup counts as failed;
+/// either way the set is deleted afterwards unless it was to be kept.
+pub struct Backup<'a> {
+    service: &'a Service,
+    pending: Option<Pending<'a>>,
+    view: CreatedView,
+    keep: bool,
+    _creating: MutexGuard<'a, ()>,
+}
+
+impl Backup<'_> {
+    pub fn view(&self) -> &CreatedView {
+        &self.view
+    }
+
+    /// BackupComplete to the writers, then the set deleted unless kept.
+    pub fn complete(mut self, succeeded: bool) -> Result<CreatedView, ServiceError> {
+        self.finish(succeeded)
+    }
+
+    fn finish(&mut self, succeeded: bool) -> Result<CreatedView, ServiceError> {
+        let Some(pending) = self.pending.take() else {
+            return Ok(self.view.clone());
+        };
+        let view = self.service.created_view(pending.complete(succeeded))?;
+        if !self.keep {
+            self.service.delete(&[view.set.id.to_string()])?;
+        }
+        Ok(view)
+    }
+}
+
+impl Drop for Backup<'_> {
+    fn drop(&mut self) {
+        if self.pending.is_some()
+            && let Err(e) = self.finish(false)
+        {
+            tracing::error!(set = %self.view.set.name, "finishing a backup its requester left: {e}");
         }
     }
 }

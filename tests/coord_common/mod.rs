@@ -78,9 +78,9 @@ impl Daemon {
     /// Runs a client command against this daemon.
     pub fn umbra(&self, args: &[&str]) -> Output {
         Command::new(env!("CARGO_BIN_EXE_umbra"))
-            .args(args)
             .arg("--config")
             .arg(self.path("umbra.toml"))
+            .args(args)
             .env_remove("UMBRA_SOCKET")
             .output()
             .expect("umbra runs")
