@@ -614,3 +614,88 @@ fn a_requester_that_goes_away_mid_backup_is_cleaned_up_after() {
     assert_eq!(daemon.writer("hook")["state"], "stable");
     daemon.json(&["create"]);
 }
+
+/// A program built from examples/ (cargo test builds them).
+fn example(name: &str) -> std::path::PathBuf {
+    let exe = std::env::current_exe().expect("test binary");
+    let dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("target dir");
+    dir.join("examples").join(name)
+}
+
+#[test]
+fn the_sqlite_example_keeps_every_set_whole() {
+    let daemon = Daemon::start("");
+    let db = daemon.path("data/bank.db");
+    let app = std::process::Command::new(example("sqlite_writer"))
+        .arg(daemon.socket())
+        .arg(&db)
+        .args(["data", "3"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("the example runs");
+    eventually("the example to register", || {
+        daemon.writer("sqlite")["state"] == "stable"
+    });
+    let mut names = Vec::new();
+    for _ in 0..15 {
+        let created = daemon.json(&["create", "data"]);
+        assert_eq!(created["writers"][0]["status"], "ok");
+        names.push(created["name"].as_str().expect("name").to_string());
+        thread::sleep(Duration::from_millis(50));
+    }
+    let out = app.wait_with_output().expect("the example ends");
+    assert!(out.status.success());
+    let transfers: u64 = String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .expect("transfers");
+    assert!(transfers > 0);
+    for name in &names {
+        let copy = tempfile::tempdir().expect("tempdir");
+        for file in ["bank.db", "bank.db-wal"] {
+            let from = daemon.path(&format!("snapshots/{name}/data/{file}"));
+            if from.exists() {
+                std::fs::copy(&from, copy.path().join(file)).expect("copy out");
+            }
+        }
+        let conn = rusqlite::Connection::open(copy.path().join("bank.db")).expect("opens");
+        let check: String = conn
+            .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+            .expect("integrity_check");
+        assert_eq!(check, "ok", "set {name}");
+        let (total, moved, logged): (i64, i64, i64) = conn
+            .query_row(
+                "SELECT (SELECT sum(balance) FROM account),
+                        (SELECT balance FROM account WHERE id = 2),
+                        (SELECT count(*) FROM transfer)",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .expect("query");
+        assert_eq!(total, 1000, "set {name}");
+        assert_eq!(moved, logged, "set {name}: only whole transactions");
+    }
+}
+
+#[test]
+fn the_exec_writer_example_logs_every_event() {
+    let hooks = tempfile::tempdir().expect("tempdir");
+    let log = hooks.path().join("log");
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/exec-writer.sh");
+    // The daemon passes its environment on to the hook.
+    let daemon = Daemon::start_with_env(
+        &exec_writer("example", &script, true, 5),
+        &[("UMBRA_EXAMPLE_LOG", &log)],
+    );
+    let created = daemon.json(&["create", "data"]);
+    let guid = created["set_guid"].as_str().expect("guid");
+    let events: Vec<String> = lines(&log)
+        .iter()
+        .map(|l| l.split(' ').take(2).collect::<Vec<_>>().join(" "))
+        .collect();
+    let expected: Vec<String> = CREATE.iter().map(|e| format!("{e} {guid}")).collect();
+    assert_eq!(events, expected);
+}

@@ -25,6 +25,12 @@ impl Daemon {
     /// Starts `umbra up` with `extra` appended to the config (e.g.
     /// `[[writer]]` tables) and waits for `umbra: ready`.
     pub fn start(extra: &str) -> Daemon {
+        Daemon::start_with_env(extra, &[])
+    }
+
+    /// [`start`](Self::start), with `env` added to the daemon's environment
+    /// (which its exec writers inherit).
+    pub fn start_with_env(extra: &str, env: &[(&str, &Path)]) -> Daemon {
         let dir = tempfile::tempdir().expect("tempdir");
         let d = dir.path().display();
         let config = format!(
@@ -40,6 +46,7 @@ impl Daemon {
             .arg(dir.path().join("umbra.toml"))
             .env("UMBRA_LOG", "debug")
             .env_remove("UMBRA_SOCKET")
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(log)
             .spawn()
