@@ -382,6 +382,53 @@ mod tests {
     }
 
     #[test]
+    fn register_is_only_a_first_message_and_names_known_volumes() {
+        let f = fixture();
+        let (mut client, server) = UnixStream::pair().expect("pair");
+        client
+            .write_all(b"{\"op\":\"list\"}\n{\"op\":\"register\",\"name\":\"w\"}\n")
+            .expect("writes");
+        client
+            .shutdown(std::net::Shutdown::Write)
+            .expect("shutdown");
+        serve_client(&server, &f.service);
+        drop(server);
+        assert_eq!(
+            answers(&client),
+            [
+                "{\"ok\":[]}",
+                "{\"error\":\"register must be the first message of a connection\"}"
+            ]
+        );
+
+        let (mut client, server) = UnixStream::pair().expect("pair");
+        client
+            .write_all(b"{\"op\":\"register\",\"name\":\"w\",\"volumes\":[\"nope\"]}\n")
+            .expect("writes");
+        serve_client(&server, &f.service);
+        drop(server);
+        assert_eq!(
+            answers(&client),
+            ["{\"error\":\"no volume named \\\"nope\\\"\"}"]
+        );
+
+        // Accepted: answered, then kept by the coordinator.
+        let (mut client, server) = UnixStream::pair().expect("pair");
+        client
+            .write_all(b"{\"op\":\"register\",\"name\":\"w\",\"volumes\":[\"data\"]}\n")
+            .expect("writes");
+        serve_client(&server, &f.service);
+        drop(server);
+        let mut line = String::new();
+        BufReader::new(&client).read_line(&mut line).expect("ack");
+        assert_eq!(line, "{\"ok\":{\"registered\":\"w\"}}\n");
+        let writers = f.service.writers();
+        assert_eq!(writers.len(), 1);
+        assert_eq!(writers[0].state, "stable");
+        assert!(writers[0].connected);
+    }
+
+    #[test]
     fn an_oversized_line_is_refused() {
         let f = fixture();
         let (client, server) = UnixStream::pair().expect("pair");
