@@ -66,7 +66,11 @@ pub enum Command {
 
     /// Make a shadow copy set of some or all volumes
     ///
-    /// All named volumes are copied at one instant. The set is named after its UTC creation time
+    /// All named volumes are copied at one instant, after every registered writer of those volumes
+    /// went through Identify, PrepareForBackup, PrepareForSnapshot and Freeze; then Thaw,
+    /// PostSnapshot and BackupComplete follow. A required writer's failure aborts the set and
+    /// nothing is created; a second create while one runs is refused. With --json the answer also
+    /// has set_guid (the id the writers saw), hold_ms, total_ms and writers. The set is named after its UTC creation time
     /// (name_format; e.g. 2026-11-25T084250Z, with a suffix -1, -2, ... if that name is taken) and
     /// prints as `<name> (id <id>): <volumes>`. An unknown volume is an error, and then nothing is
     /// created.
@@ -81,6 +85,32 @@ pub enum Command {
 
         #[command(flatten)]
         output: Output,
+    },
+
+    /// Make a set, run a command over it, report, and delete the set
+    ///
+    /// The requester's whole workflow, as VSS's auto-release shadow copies: a set of the named
+    /// volumes (all when none) is made through the writers' sequence up to PostSnapshot; COMMAND
+    /// runs with UMBRA_SNAPSHOT set to the set's browse path (<snapshots>/<name>) and UMBRA_SET_NAME
+    /// to its name; the writers then hear BackupComplete with whether COMMAND succeeded, and the
+    /// set is deleted unless --keep. umbra backup exits with COMMAND's status (128+N if a signal N
+    /// ended it). If umbra backup itself goes away first, the daemon completes the backup as failed.
+    Backup {
+        /// Volumes to copy [default: every volume]
+        #[arg(value_name = "VOLUME")]
+        volumes: Vec<String>,
+
+        /// Keep the set after COMMAND instead of deleting it
+        #[arg(long)]
+        keep: bool,
+
+        /// A free text kept with the set
+        #[arg(long, value_name = "TEXT")]
+        label: Option<String>,
+
+        /// The backup command and its arguments, after `--`
+        #[arg(last = true, required = true, value_name = "COMMAND")]
+        command: Vec<String>,
     },
 
     /// List the shadow copy sets, oldest first
@@ -99,6 +129,17 @@ pub enum Command {
         /// Sets to delete, by name or id
         #[arg(value_name = "SET", required = true)]
         sets: Vec<String>,
+    },
+
+    /// Show the registered writers and their states
+    ///
+    /// Prints each writer's name, kind (socket or exec), state (stable, waiting-for-freeze,
+    /// waiting-for-thaw, waiting-for-post-snapshot, waiting-for-backup-complete, or
+    /// failed-at-EVENT), volumes and last error. The wire protocol of writers is described in
+    /// umbra-writer(7).
+    Writers {
+        #[command(flatten)]
+        output: Output,
     },
 
     /// Show the volumes, mounts, diff area and sets of the running daemon
@@ -152,6 +193,26 @@ mod tests {
             }
             other => panic!("parsed as {other:?}"),
         }
+    }
+
+    #[test]
+    fn backup_takes_volumes_then_a_command() {
+        let cli =
+            parse(&["backup", "data", "--keep", "--", "rsync", "-a", "--delete"]).expect("parses");
+        match cli.command {
+            Command::Backup {
+                volumes,
+                keep,
+                command,
+                ..
+            } => {
+                assert_eq!(volumes, ["data"]);
+                assert!(keep);
+                assert_eq!(command, ["rsync", "-a", "--delete"]);
+            }
+            other => panic!("parsed as {other:?}"),
+        }
+        assert!(parse(&["backup", "data"]).is_err(), "a command is needed");
     }
 
     #[test]

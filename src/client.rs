@@ -1,6 +1,8 @@
-//! The client commands `create`, `list`, `delete` and `status`: each sends
-//! one request to the daemon and prints its answer, as text or as one JSON
-//! document on stdout. It never touches the store or a mount itself.
+//! The client commands `create`, `list`, `delete`, `status` and `writers`:
+//! each sends one request to the daemon and prints its answer, as text or as
+//! one JSON document on stdout; and `backup`, which runs the requester's
+//! command between its set and its report. It never touches the store or a
+//! mount itself.
 
 mod connection;
 mod discover;
@@ -15,7 +17,7 @@ pub use connection::ClientError;
 use discover::socket_path;
 
 use crate::config::ConfigError;
-use crate::protocol::{Request, SetView, StatusView};
+use crate::protocol::{CreatedView, Request, SetView, StatusView, WriterInfo};
 use crate::render;
 
 #[derive(Debug, thiserror::Error)]
@@ -24,6 +26,12 @@ pub enum CommandError {
     Client(#[from] ClientError),
     #[error("writing to stdout: {0}")]
     Stdout(#[source] io::Error),
+    #[error("running {program}: {source}")]
+    Spawn {
+        program: String,
+        #[source]
+        source: io::Error,
+    },
 }
 
 /// A client of the daemon at one control socket.
@@ -50,8 +58,8 @@ impl Client {
         label: Option<String>,
         json: bool,
     ) -> Result<(), CommandError> {
-        let set: SetView = self.call(&Request::Create { volumes, label })?;
-        print(json, &set, render::created)
+        let created: CreatedView = self.call(&Request::Create { volumes, label })?;
+        print(json, &created, |c| render::created(&c.set))
     }
 
     pub fn list(&self, json: bool) -> Result<(), CommandError> {
@@ -69,8 +77,57 @@ impl Client {
         print(json, &status, render::status)
     }
 
+    /// Makes a set, runs `command` over it, reports the backup and returns
+    /// the command's exit status (the set is deleted by the daemon unless
+    /// `keep`).
+    pub fn backup(
+        &self,
+        volumes: Vec<String>,
+        label: Option<String>,
+        keep: bool,
+        command: &[String],
+    ) -> Result<u8, CommandError> {
+        let mut session = connection::Session::open(&self.socket)?;
+        let set: CreatedView = session.call(&Request::Backup {
+            volumes,
+            label,
+            keep,
+        })?;
+        let (program, args) = command.split_first().ok_or_else(|| CommandError::Spawn {
+            program: String::new(),
+            source: io::Error::from(io::ErrorKind::InvalidInput),
+        })?;
+        let status = std::process::Command::new(program)
+            .args(args)
+            .env("UMBRA_SNAPSHOT", &set.path)
+            .env("UMBRA_SET_NAME", &set.set.name)
+            .status();
+        let succeeded = status.as_ref().is_ok_and(|s| s.success());
+        let _done: CreatedView = session.call(&Request::BackupComplete { succeeded })?;
+        let status = status.map_err(|source| CommandError::Spawn {
+            program: program.clone(),
+            source,
+        })?;
+        Ok(exit_code(status))
+    }
+
+    pub fn writers(&self, json: bool) -> Result<(), CommandError> {
+        let writers: Vec<WriterInfo> = self.call(&Request::Writers {})?;
+        print(json, &writers, |w| render::writers(w))
+    }
+
     fn call<T: DeserializeOwned>(&self, request: &Request) -> Result<T, ClientError> {
         connection::call(&self.socket, request)
+    }
+}
+
+/// A child's exit status as ours: its code, or 128 + the signal that ended it.
+fn exit_code(status: std::process::ExitStatus) -> u8 {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(code), _) => u8::try_from(code & 0xff).unwrap_or(1),
+        (None, Some(signal)) => u8::try_from((128 + signal) & 0xff).unwrap_or(1),
+        (None, None) => 1,
     }
 }
 

@@ -9,6 +9,8 @@ use std::io;
 use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
+use umbra_coordinator::ExecWriter;
+
 use serde::{Deserialize, Deserializer};
 
 use crate::naming::{DEFAULT_NAME_FORMAT, LATEST, NameFormat, NameFormatError};
@@ -24,6 +26,8 @@ pub const DEFAULT_MAX_CLIENTS: usize = 64;
 pub const DEFAULT_CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
 /// The longest `client_timeout` accepted: a day.
 const MAX_CLIENT_TIMEOUT_SECS: f64 = 86_400.0;
+const DEFAULT_WRITER_TIMEOUT_SECS: u64 = 60;
+const DEFAULT_HOLD_TIMEOUT_SECS: u64 = 10;
 const SOCKET_FILE: &str = "control.sock";
 
 /// A checked configuration whose paths are all absolute and normalized.
@@ -43,6 +47,13 @@ pub struct Config {
     /// (or to take an answer) before it is dropped.
     pub client_timeout: Duration,
     pub volumes: Vec<VolumeConfig>,
+    /// How long a writer may take to answer an event, and to stay frozen
+    /// from Freeze to Thaw, unless it says otherwise.
+    pub writer_timeout: Duration,
+    /// How long the provider may hold the volumes' mutations.
+    pub hold_timeout: Duration,
+    /// The exec writers (`[[writer]]` tables).
+    pub writers: Vec<ExecWriter>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -164,6 +175,10 @@ pub enum Problem {
         "client_timeout must be a number of seconds above 0 and at most {MAX_CLIENT_TIMEOUT_SECS}, not {0}"
     )]
     ClientTimeout(String),
+    #[error("{0} must be at least 1")]
+    ZeroTimeout(String),
+    #[error("writer {writer:?}: {problem}")]
+    Writer { writer: String, problem: String },
     #[error("name_format: {0}")]
     NameFormat(#[from] NameFormatError),
 }
@@ -179,8 +194,23 @@ struct RawConfig {
     max_clients: Option<usize>,
     #[serde(default, deserialize_with = "seconds")]
     client_timeout: Option<f64>,
+    writer_timeout_secs: Option<u64>,
+    hold_timeout_secs: Option<u64>,
     #[serde(default, rename = "volume")]
     volumes: Vec<RawVolume>,
+    #[serde(default, rename = "writer")]
+    writers: Vec<RawWriter>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWriter {
+    name: String,
+    #[serde(default)]
+    volumes: Vec<String>,
+    exec: PathBuf,
+    timeout_secs: Option<u64>,
+    required: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -244,6 +274,34 @@ impl Config {
         }
         if self.max_clients == 0 {
             return Err(Problem::ZeroClients);
+        }
+        for (key, timeout) in [
+            ("writer_timeout_secs", self.writer_timeout),
+            ("hold_timeout_secs", self.hold_timeout),
+        ] {
+            if timeout.is_zero() {
+                return Err(Problem::ZeroTimeout(key.into()));
+            }
+        }
+        for (i, writer) in self.writers.iter().enumerate() {
+            let problem = |problem: String| Problem::Writer {
+                writer: writer.name.clone(),
+                problem,
+            };
+            writer.registration().validate().map_err(problem)?;
+            if self.writers[..i].iter().any(|w| w.name == writer.name) {
+                return Err(problem("two writers have this name".into()));
+            }
+            if let Some(v) = writer
+                .volumes
+                .iter()
+                .find(|v| !self.volumes.iter().any(|c| &c.name == *v))
+            {
+                return Err(problem(format!("no volume named {v:?}")));
+            }
+            if writer.timeout.is_zero() {
+                return Err(problem("timeout_secs must be at least 1".into()));
+            }
         }
         for (i, volume) in self.volumes.iter().enumerate() {
             check_volume_name(&volume.name)?;
@@ -329,6 +387,20 @@ impl RawConfig {
                 mount: path(&key("mount"), &raw.mount)?,
             });
         }
+        let mut writers = Vec::with_capacity(self.writers.len());
+        for raw in &self.writers {
+            writers.push(ExecWriter {
+                name: raw.name.clone(),
+                volumes: raw.volumes.clone(),
+                exec: path(&format!("exec of writer {:?}", raw.name), &raw.exec)?,
+                timeout: Duration::from_secs(
+                    raw.timeout_secs
+                        .or(self.writer_timeout_secs)
+                        .unwrap_or(DEFAULT_WRITER_TIMEOUT_SECS),
+                ),
+                required: raw.required.unwrap_or(true),
+            });
+        }
         let config = Config {
             origin,
             socket,
@@ -342,6 +414,14 @@ impl RawConfig {
                 None => DEFAULT_CLIENT_TIMEOUT,
                 Some(secs) => client_timeout(secs)?,
             },
+            writer_timeout: Duration::from_secs(
+                self.writer_timeout_secs
+                    .unwrap_or(DEFAULT_WRITER_TIMEOUT_SECS),
+            ),
+            hold_timeout: Duration::from_secs(
+                self.hold_timeout_secs.unwrap_or(DEFAULT_HOLD_TIMEOUT_SECS),
+            ),
+            writers,
             state_dir,
             volumes,
         };
@@ -437,6 +517,68 @@ name = "data"
 backing = "/srv/data"
 mount = "/srv/data"
 "#;
+
+    #[test]
+    fn writers_are_exec_hooks_with_timeouts() {
+        let config = parse(&format!(
+            "writer_timeout_secs = 30\nhold_timeout_secs = 5\n{MINIMAL}\
+             [[writer]]\nname = \"pg\"\nvolumes = [\"data\"]\nexec = \"hooks/pg\"\n\
+             [[writer]]\nname = \"cache\"\nexec = \"/bin/cache-hook\"\ntimeout_secs = 2\nrequired = false\n"
+        ))
+        .expect("parses");
+        assert_eq!(config.writer_timeout, Duration::from_secs(30));
+        assert_eq!(config.hold_timeout, Duration::from_secs(5));
+        assert_eq!(
+            config.writers,
+            [
+                ExecWriter {
+                    name: "pg".into(),
+                    volumes: vec!["data".into()],
+                    exec: "/etc/umbra/hooks/pg".into(),
+                    timeout: Duration::from_secs(30),
+                    required: true,
+                },
+                ExecWriter {
+                    name: "cache".into(),
+                    volumes: vec![],
+                    exec: "/bin/cache-hook".into(),
+                    timeout: Duration::from_secs(2),
+                    required: false,
+                }
+            ]
+        );
+        let defaults = parse(MINIMAL).expect("parses");
+        assert_eq!(defaults.writer_timeout, Duration::from_secs(60));
+        assert_eq!(defaults.hold_timeout, Duration::from_secs(10));
+        assert!(defaults.writers.is_empty());
+    }
+
+    #[test]
+    fn a_writer_must_name_known_volumes_and_be_unique() {
+        let writer = |extra: &str| {
+            format!("{MINIMAL}[[writer]]\nname = \"w\"\nexec = \"/bin/true\"\n{extra}")
+        };
+        assert_eq!(
+            problem(&writer("volumes = [\"nope\"]\n")).to_string(),
+            "writer \"w\": no volume named \"nope\""
+        );
+        assert_eq!(
+            problem(&writer("[[writer]]\nname = \"w\"\nexec = \"/bin/true\"\n")).to_string(),
+            "writer \"w\": two writers have this name"
+        );
+        assert_eq!(
+            problem(&writer("timeout_secs = 0\n")).to_string(),
+            "writer \"w\": timeout_secs must be at least 1"
+        );
+        assert!(matches!(
+            parse(&writer("bogus = 1\n")),
+            Err(ConfigError::Syntax { .. })
+        ));
+        assert_eq!(
+            problem(&format!("hold_timeout_secs = 0\n{MINIMAL}")).to_string(),
+            "hold_timeout_secs must be at least 1"
+        );
+    }
 
     #[test]
     fn embedded_default_resolves_against_the_current_directory() {

@@ -19,6 +19,7 @@ use std::sync::Arc;
 
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
+use umbra_coordinator::{Coordinator, Options as CoordinatorOptions, RegisterError};
 use umbra_fs::{Browser, FsError, MountOptions, Volume};
 use umbra_store::{Store, StoreOptions};
 
@@ -59,6 +60,8 @@ pub enum DaemonError {
     Browser(#[source] FsError),
     #[error(transparent)]
     Control(#[from] ControlError),
+    #[error("writer {0}: {1}")]
+    Writer(String, #[source] RegisterError),
     #[error("listening for SIGINT and SIGTERM: {0}")]
     Signals(#[source] io::Error),
     #[error(transparent)]
@@ -156,7 +159,17 @@ fn start(
         max_clients: config.max_clients,
         timeout: config.client_timeout,
     };
-    let service = Arc::new(Service::new(store, volumes, browser, config));
+    let coordinator = Arc::new(Coordinator::new(CoordinatorOptions {
+        event_timeout: config.writer_timeout,
+        freeze_timeout: config.writer_timeout,
+        hold_timeout: config.hold_timeout,
+    }));
+    for writer in &config.writers {
+        coordinator
+            .register(writer.registration(), Box::new(writer.link()))
+            .map_err(|e| DaemonError::Writer(writer.name.clone(), e))?;
+    }
+    let service = Arc::new(Service::new(store, volumes, browser, config, coordinator));
     let socket = control.path().display().to_string();
     let socket_file = control.serve(service.clone(), limits)?;
     announce(&format!("umbra: control socket at {socket}"))?;

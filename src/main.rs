@@ -28,7 +28,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging();
     match run(cli) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(err) => {
             eprintln!("umbra: {}", protocol::one_line(&err.to_string()));
             ExitCode::FAILURE
@@ -36,7 +36,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(cli: Cli) -> anyhow::Result<()> {
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let cwd = std::env::current_dir().map_err(|e| anyhow::anyhow!("the current directory: {e}"))?;
     let Cli {
         socket,
@@ -54,8 +54,18 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::List { output } => client()?.list(output.json)?,
         Command::Delete { sets } => client()?.delete(sets)?,
         Command::Status { output } => client()?.status(output.json)?,
+        Command::Writers { output } => client()?.writers(output.json)?,
+        Command::Backup {
+            volumes,
+            keep,
+            label,
+            command,
+        } => {
+            let code = client()?.backup(volumes, label, keep, &command)?;
+            return Ok(ExitCode::from(code));
+        }
     }
-    Ok(())
+    Ok(ExitCode::SUCCESS)
 }
 
 /// The daemon's config: `--config` or the embedded default, its socket

@@ -7,6 +7,7 @@
 use std::io::{self, BufRead, Read, Write};
 
 use serde::{Deserialize, Serialize};
+use umbra_coordinator::{Registration, SetWriter};
 
 /// The longest request line the daemon reads; a longer one is an error and
 /// the connection is dropped.
@@ -34,6 +35,26 @@ pub enum Request {
     Delete { sets: Vec<String> },
     /// Answer: a [`StatusView`].
     Status {},
+    /// Answer: every writer, as `[WriterInfo]`.
+    Writers {},
+    /// Make a set up to PostSnapshot and answer a [`CreatedView`]; the
+    /// connection then owes a `backup_complete` (hanging up counts as a
+    /// failed backup). Unless `keep`, the set is deleted once reported.
+    Backup {
+        #[serde(default)]
+        volumes: Vec<String>,
+        #[serde(default)]
+        label: Option<String>,
+        #[serde(default)]
+        keep: bool,
+    },
+    /// After `backup`, on the same connection: whether the backup worked.
+    /// Answer: the final [`CreatedView`], with its writers.
+    BackupComplete { succeeded: bool },
+    /// Only as a connection's first line: the connection becomes a
+    /// writer's (umbra-writer(7)). Answer: `{"registered": NAME}`, then
+    /// events.
+    Register(Registration),
 }
 
 /// The answer to one request.
@@ -61,6 +82,39 @@ pub struct SetView {
     pub label: Option<String>,
     /// The names of the set's volumes.
     pub volumes: Vec<String>,
+    /// The writers that took part, and how they fared.
+    #[serde(default)]
+    pub writers: Vec<SetWriter>,
+}
+
+/// What `umbra create` answers: the set, the id its writers saw, and how
+/// long mutations were held and the whole sequence took.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CreatedView {
+    #[serde(flatten)]
+    pub set: SetView,
+    pub set_guid: String,
+    /// Where the set is browsable: `<snapshots>/<name>`.
+    pub path: String,
+    pub hold_ms: f64,
+    pub total_ms: f64,
+}
+
+/// A writer as `umbra writers` shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WriterInfo {
+    pub name: String,
+    /// `socket` or `exec`.
+    pub kind: String,
+    /// stable, waiting-for-freeze, waiting-for-thaw,
+    /// waiting-for-post-snapshot, waiting-for-backup-complete or
+    /// failed-at-EVENT.
+    pub state: String,
+    pub last_error: Option<String>,
+    pub retryable: Option<bool>,
+    pub volumes: Vec<String>,
+    pub required: bool,
+    pub connected: bool,
 }
 
 /// What `umbra status` shows.
@@ -168,6 +222,21 @@ mod tests {
             json!({"op": "delete", "sets": ["2026-11-25T084250Z", "3"]}),
         );
         round_trip(Request::Status {}, json!({"op": "status"}));
+        round_trip(Request::Writers {}, json!({"op": "writers"}));
+        round_trip(
+            Request::Register(Registration {
+                name: "pg".into(),
+                volumes: vec!["data".into()],
+                components: vec![],
+                required: false,
+                timeout_secs: Some(5),
+            }),
+            json!({"op": "register", "name": "pg", "volumes": ["data"], "components": [],
+                "required": false, "timeout_secs": 5}),
+        );
+        let minimal = parse_request(br#"{"op":"register","name":"pg"}"#).expect("parses");
+        assert!(matches!(minimal, Request::Register(r) if r.required && r.volumes.is_empty()));
+        assert!(parse_request(br#"{"op":"register","name":"pg","typo":1}"#).is_err());
     }
 
     #[test]
@@ -211,10 +280,11 @@ mod tests {
             created: "2026-11-25T08:42:50Z".into(),
             label: None,
             volumes: vec!["data".into()],
+            writers: vec![],
         };
         let ok = Response::Ok(set.clone());
         let wire = json!({"ok": {"id": 3, "name": "2026-11-25T084250Z",
-            "created": "2026-11-25T08:42:50Z", "label": null, "volumes": ["data"]}});
+            "created": "2026-11-25T08:42:50Z", "label": null, "volumes": ["data"], "writers": []}});
         assert_eq!(serde_json::to_value(&ok).expect("serializes"), wire);
         let back: Response<SetView> = serde_json::from_value(wire).expect("parses");
         assert_eq!(back, ok);

@@ -1,11 +1,11 @@
-//! The text a person reads: the answers of `create`, `delete`, `list` and
+//! The text a person reads: the answers of `create`, `delete`, `list`, `writers` and
 //! `status` laid out as lines and tables. Pure functions from protocol views
 //! to strings; it never writes anywhere and never shapes `--json` output
 //! (that is the protocol views themselves).
 
 use std::fmt::Write as _;
 
-use crate::protocol::{SetView, StatusView};
+use crate::protocol::{SetView, StatusView, WriterInfo};
 
 /// `2026-11-25T084250Z (id 3): data, logs`
 pub fn created(set: &SetView) -> String {
@@ -33,6 +33,28 @@ pub fn list(sets: &[SetView]) -> String {
         ]
     });
     table(&["NAME", "ID", "CREATED", "VOLUMES", "LABEL"], rows)
+}
+
+/// A table of the writers: name, kind, state, volumes, last error.
+pub fn writers(writers: &[WriterInfo]) -> String {
+    let rows = writers.iter().map(|w| {
+        let mut state = w.state.clone();
+        if !w.connected {
+            state.push_str(" (gone)");
+        }
+        let volumes = if w.volumes.is_empty() {
+            "*".to_string()
+        } else {
+            w.volumes.join(",")
+        };
+        let error = match (&w.last_error, w.retryable) {
+            (Some(e), Some(true)) => format!("{e} (retryable)"),
+            (Some(e), _) => e.clone(),
+            (None, _) => String::new(),
+        };
+        vec![w.name.clone(), w.kind.clone(), state, volumes, error]
+    });
+    table(&["WRITER", "KIND", "STATE", "VOLUMES", "LAST ERROR"], rows)
 }
 
 /// The volumes as a table (a mount equal to its backing is in place), then the snapshots, the diff area and the sets.
@@ -121,7 +143,33 @@ mod tests {
             created: "2026-11-25T08:42:50Z".into(),
             label: label.map(Into::into),
             volumes: volumes.iter().map(ToString::to_string).collect(),
+            writers: vec![],
         }
+    }
+
+    #[test]
+    fn writers_show_state_volumes_and_last_error() {
+        let w =
+            |name: &str, state: &str, error: Option<&str>, retryable: Option<bool>| WriterInfo {
+                name: name.into(),
+                kind: "socket".into(),
+                state: state.into(),
+                last_error: error.map(Into::into),
+                retryable,
+                volumes: vec!["data".into()],
+                required: true,
+                connected: true,
+            };
+        let mut gone = w("pg", "failed-at-freeze", Some("lock timeout"), Some(true));
+        gone.connected = false;
+        gone.volumes.clear();
+        let out = writers(&[w("app", "stable", None, None), gone]);
+        assert_eq!(
+            out,
+            "WRITER  KIND    STATE                    VOLUMES  LAST ERROR\n\
+             app     socket  stable                   data\n\
+             pg      socket  failed-at-freeze (gone)  *        lock timeout (retryable)\n"
+        );
     }
 
     #[test]

@@ -6,8 +6,10 @@
 //! - `snap`: the read-only browser of every shadow copy set.
 //!
 //! Each is a core that tests drive without the kernel and a thin fuser
-//! adapter. This crate knows the store; it never opens the control socket
-//! and never parses configuration.
+//! adapter. `provider` is the coordinator's copy-on-write provider over
+//! the live volumes. This crate knows the store and the coordinator's
+//! Provider trait; it never opens the control socket, never talks to a
+//! writer and never parses configuration.
 
 mod attr;
 mod backing;
@@ -18,6 +20,7 @@ mod diff;
 mod error;
 mod live;
 mod mount;
+mod provider;
 mod reply;
 mod shadow;
 mod snap;
@@ -26,6 +29,7 @@ mod volume;
 pub use diff::{DiffArea, DiffLimits, OnFull};
 pub use error::{FsError, Result};
 pub use mount::{MountHandle, MountOptions, mount_live, mount_snapshots};
+pub use provider::CowProvider;
 pub use shadow::{commit_set, delete_set};
 pub use snap::Browser;
 pub use volume::Volume;

@@ -2,6 +2,7 @@
 //! commit, under every volume's epoch gate.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use umbra_store::{NewSet, SetId, SetInfo, Store, Timestamp};
 
@@ -19,11 +20,33 @@ pub fn commit_set(
     label: Option<String>,
     created: Timestamp,
 ) -> Result<SetInfo> {
+    match commit_held(store, volumes, name, label, created, || true)? {
+        Some((set, _)) => Ok(set),
+        None => Err(crate::FsError::from_errno(libc::EAGAIN)),
+    }
+}
+
+/// [`commit_set`], asking `admit` once every gate is held whether to go
+/// on: `false` releases the gates and commits nothing (the provider's
+/// deadline passed while mutations in flight were awaited). Returns the
+/// set and how long mutations were held.
+pub(crate) fn commit_held(
+    store: &Store,
+    volumes: &[Arc<Volume>],
+    name: String,
+    label: Option<String>,
+    created: Timestamp,
+    admit: impl FnOnce() -> bool,
+) -> Result<Option<(SetInfo, Duration)>> {
     let mut ordered: Vec<&Arc<Volume>> = volumes.iter().collect();
     ordered.sort_by_key(|v| v.id());
     ordered.dedup_by_key(|v| v.id());
     // Gates are taken in volume-id order, so two commits cannot deadlock.
+    let held = Instant::now();
     let mut gates: Vec<_> = ordered.iter().map(|v| v.cow.freeze()).collect();
+    if !admit() {
+        return Ok(None);
+    }
     let set = store.commit_set(&NewSet {
         name,
         label,
@@ -35,7 +58,8 @@ pub fn commit_set(
             vol.cow.advance(gate, sv.epoch);
         }
     }
-    Ok(set)
+    drop(gates);
+    Ok(Some((set, held.elapsed())))
 }
 
 /// Deletes a set and the records no other set needs. Snapshot reads of

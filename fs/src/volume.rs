@@ -24,6 +24,8 @@ pub struct Volume {
     id: VolumeId,
     name: String,
     backing_path: PathBuf,
+    /// `backing_path` with every symlink resolved, as /proc names files.
+    backing_real: PathBuf,
     root: OwnedFd,
     root_object: ObjectId,
     aside_dir: OwnedFd,
@@ -39,7 +41,12 @@ pub struct Volume {
     /// Sets deleted while this daemon runs: their records may be pruned.
     retired: Mutex<HashSet<umbra_store::SetId>>,
     pub(crate) cow: Cow,
+    /// Lists the backing paths of the files the live mount has open for
+    /// writing; installed by the live mount.
+    open_writes: Mutex<Option<OpenWrites>>,
 }
+
+pub(crate) type OpenWrites = Box<dyn Fn() -> Vec<PathBuf> + Send + Sync>;
 
 impl Volume {
     /// Opens the backing directory of volume `name` and registers the volume
@@ -89,6 +96,8 @@ impl Volume {
             id: info.id,
             name: name.to_string(),
             backing_path: backing.to_path_buf(),
+            backing_real: std::fs::canonicalize(backing)
+                .context(|| format!("resolving {}", backing.display()))?,
             root,
             root_object,
             aside_dir,
@@ -97,6 +106,7 @@ impl Volume {
             retire: RwLock::new(()),
             retired: Mutex::new(HashSet::new()),
             cow,
+            open_writes: Mutex::new(None),
         }))
     }
 
@@ -115,6 +125,37 @@ impl Volume {
     /// The current (open) epoch.
     pub fn epoch(&self) -> Epoch {
         self.cow.clock().current
+    }
+
+    pub(crate) fn set_open_writes(&self, list: OpenWrites) {
+        *self.open_writes.lock().unwrap_or_else(|p| p.into_inner()) = Some(list);
+    }
+
+    /// The files of the live volume open for writing (a shared writable
+    /// mapping keeps its file open), as paths relative to the volume's
+    /// root. Files with no name left (unlinked, moved aside) are not listed.
+    pub fn files_open_for_writing(&self) -> Vec<PathBuf> {
+        let listed = match self
+            .open_writes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+        {
+            Some(list) => list(),
+            None => return Vec::new(),
+        };
+        let mut rel: Vec<PathBuf> = listed
+            .into_iter()
+            .filter_map(|p| {
+                p.strip_prefix(&self.backing_real)
+                    .ok()
+                    .map(Path::to_path_buf)
+            })
+            .filter(|p| !p.starts_with(HIDDEN_DIR) && !p.to_string_lossy().ends_with(" (deleted)"))
+            .collect();
+        rel.sort();
+        rel.dedup();
+        rel
     }
 
     pub(crate) fn store(&self) -> &Arc<Store> {

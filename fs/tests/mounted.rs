@@ -59,7 +59,7 @@ impl Rig {
     fn snapshot(&self, name: &str) -> SetInfo {
         let set = commit_set(
             &self.store,
-            &[self.volume.clone()],
+            std::slice::from_ref(&self.volume),
             name.into(),
             None,
             Timestamp::default(),
@@ -114,11 +114,11 @@ fn a_set_keeps_its_instant_while_the_live_volume_changes() {
     rig.snapshot("one");
 
     fs::write(live.join("report.txt"), b"v2 longer").expect("overwrite");
-    let mut big = fs::OpenOptions::new()
+    let big = fs::OpenOptions::new()
         .write(true)
         .open(live.join("dir/big"))
         .expect("open");
-    std::os::unix::fs::FileExt::write_all_at(&mut big, b"XYZ", 70_000).expect("pwrite");
+    std::os::unix::fs::FileExt::write_all_at(&big, b"XYZ", 70_000).expect("pwrite");
     drop(big);
     fs::rename(live.join("dir"), live.join("moved")).expect("rename");
     fs::remove_file(live.join("sym")).expect("unlink");

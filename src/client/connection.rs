@@ -36,25 +36,54 @@ pub enum ClientError {
 
 /// Sends `request` to the daemon at `socket` and returns its answer.
 pub fn call<T: DeserializeOwned>(socket: &Path, request: &Request) -> Result<T, ClientError> {
-    let stream = UnixStream::connect(socket).map_err(|source| match source.kind() {
-        ErrorKind::NotFound | ErrorKind::ConnectionRefused => ClientError::NoDaemon {
+    Session::open(socket)?.call(request)
+}
+
+/// One connection for several requests in turn (a backup and its report).
+pub struct Session {
+    socket: PathBuf,
+    stream: UnixStream,
+    reader: BufReader<UnixStream>,
+}
+
+impl Session {
+    pub fn open(socket: &Path) -> Result<Session, ClientError> {
+        let stream = UnixStream::connect(socket).map_err(|source| match source.kind() {
+            ErrorKind::NotFound | ErrorKind::ConnectionRefused => ClientError::NoDaemon {
+                socket: socket.to_path_buf(),
+            },
+            _ => ClientError::Connect {
+                socket: socket.to_path_buf(),
+                source,
+            },
+        })?;
+        let reader =
+            stream
+                .try_clone()
+                .map(BufReader::new)
+                .map_err(|source| ClientError::Connect {
+                    socket: socket.to_path_buf(),
+                    source,
+                })?;
+        Ok(Session {
             socket: socket.to_path_buf(),
-        },
-        _ => ClientError::Connect {
-            socket: socket.to_path_buf(),
+            stream,
+            reader,
+        })
+    }
+
+    pub fn call<T: DeserializeOwned>(&mut self, request: &Request) -> Result<T, ClientError> {
+        let io_err = |source: LineError| ClientError::Io {
+            socket: self.socket.clone(),
             source,
-        },
-    })?;
-    let io_err = |source: LineError| ClientError::Io {
-        socket: socket.to_path_buf(),
-        source,
-    };
-    protocol::write_message(&mut &stream, request).map_err(|e| io_err(e.into()))?;
-    let line = protocol::read_line(&mut BufReader::new(&stream), MAX_RESPONSE_LINE)
-        .map_err(io_err)?
-        .ok_or(ClientError::NoAnswer)?;
-    match serde_json::from_slice(&line).map_err(ClientError::BadAnswer)? {
-        Response::Ok(answer) => Ok(answer),
-        Response::Error(message) => Err(ClientError::Refused(message)),
+        };
+        protocol::write_message(&mut &self.stream, request).map_err(|e| io_err(e.into()))?;
+        let line = protocol::read_line(&mut self.reader, MAX_RESPONSE_LINE)
+            .map_err(io_err)?
+            .ok_or(ClientError::NoAnswer)?;
+        match serde_json::from_slice(&line).map_err(ClientError::BadAnswer)? {
+            Response::Ok(answer) => Ok(answer),
+            Response::Error(message) => Err(ClientError::Refused(message)),
+        }
     }
 }

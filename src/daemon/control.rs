@@ -4,11 +4,12 @@
 //! answer and its connection is dropped; the daemon goes on. So does a
 //! client that does not send a whole line in time (the client timeout) and
 //! one over the cap on clients served at once: neither can hold the daemon
-//! or other clients up. What a request does is the service's business, not
-//! this file's.
+//! or other clients up. A connection that opens with `register` is a
+//! writer's: after the answer it belongs to the coordinator. What a request
+//! does is the service's business, not this file's.
 
 use std::fs;
-use std::io::{self, BufReader, ErrorKind, Read};
+use std::io::{self, BufRead, BufReader, ErrorKind, Read};
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -17,8 +18,11 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use umbra_coordinator::protocol::Registered;
+use umbra_coordinator::{Registration, SocketLink};
+
 use super::service::{Answer, Service};
-use crate::protocol::{self, LineError, MAX_REQUEST_LINE, Response};
+use crate::protocol::{self, LineError, MAX_REQUEST_LINE, Request, Response};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
@@ -211,44 +215,77 @@ fn accept_loop(listener: &UnixListener, service: &Arc<Service>, limits: Limits) 
     }
 }
 
-/// Reads from a stream until a deadline: each read waits at most for what
-/// is left of it, and fails with TimedOut once it has passed, however
-/// slowly the bytes trickle in.
+/// A whole-line deadline over a client's buffered reader: each blocking
+/// read waits at most for what is left of it and fails with TimedOut once it
+/// has passed, so trickling bytes cannot stretch it. The reader stays a
+/// plain `BufReader<UnixStream>`, which a writer's link takes over.
 struct Deadline<'a> {
-    stream: &'a UnixStream,
+    reader: &'a mut BufReader<UnixStream>,
     at: Instant,
 }
 
-impl Read for Deadline<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+impl Deadline<'_> {
+    fn arm(&self) -> io::Result<()> {
         let left = self.at.saturating_duration_since(Instant::now());
         if left.is_zero() {
             return Err(ErrorKind::TimedOut.into());
         }
-        self.stream.set_read_timeout(Some(left))?;
-        match self.stream.read(buf) {
-            Err(e) if e.kind() == ErrorKind::WouldBlock => Err(ErrorKind::TimedOut.into()),
-            other => other,
-        }
+        self.reader.get_ref().set_read_timeout(Some(left))
+    }
+}
+
+fn timed_out(e: io::Error) -> io::Error {
+    if e.kind() == ErrorKind::WouldBlock {
+        ErrorKind::TimedOut.into()
+    } else {
+        e
+    }
+}
+
+impl Read for Deadline<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.arm()?;
+        self.reader.read(buf).map_err(timed_out)
+    }
+}
+
+impl BufRead for Deadline<'_> {
+    fn fill_buf(&mut self) -> io::Result<&[u8]> {
+        self.arm()?;
+        self.reader.fill_buf().map_err(timed_out)
+    }
+
+    fn consume(&mut self, n: usize) {
+        self.reader.consume(n);
     }
 }
 
 /// Answers the requests of one client, one line each, until it hangs up,
-/// sends a line that does not parse, or takes longer than `timeout` to
-/// send a line.
+/// sends a line that does not parse, or takes longer than `timeout` to send
+/// a line. A connection whose first line is a registration becomes a
+/// writer's: it is answered, handed to the coordinator (which lets it idle
+/// between events) and kept open after this returns.
 fn serve_client(stream: &UnixStream, service: &Service, timeout: Duration) {
     if let Err(e) = stream.set_write_timeout(Some(timeout)) {
         tracing::debug!("control client: {e}");
         return;
     }
-    let mut reader = BufReader::new(Deadline {
-        stream,
-        at: Instant::now() + timeout,
-    });
+    let owned = match stream.try_clone() {
+        Ok(owned) => owned,
+        Err(e) => {
+            tracing::error!("control client: {e}");
+            return;
+        }
+    };
+    let mut reader = BufReader::new(owned);
     let mut writer = stream;
+    let mut first = true;
     loop {
-        reader.get_mut().at = Instant::now() + timeout;
-        let line = match protocol::read_line(&mut reader, MAX_REQUEST_LINE) {
+        let mut timed = Deadline {
+            reader: &mut reader,
+            at: Instant::now() + timeout,
+        };
+        let line = match protocol::read_line(&mut timed, MAX_REQUEST_LINE) {
             Ok(Some(line)) => line,
             Ok(None) => return,
             Err(LineError::Io(e)) if e.kind() == ErrorKind::TimedOut => {
@@ -267,6 +304,12 @@ fn serve_client(stream: &UnixStream, service: &Service, timeout: Duration) {
                 return;
             }
         };
+        // Between lines (a writer idling, a backup running) there is no
+        // deadline; the next request line gets its own.
+        if let Err(e) = reader.get_ref().set_read_timeout(None) {
+            tracing::debug!("control client: {e}");
+            return;
+        }
         let request = match protocol::parse_request(&line) {
             Ok(request) => request,
             Err(e) => {
@@ -275,6 +318,25 @@ fn serve_client(stream: &UnixStream, service: &Service, timeout: Duration) {
             }
         };
         tracing::debug!(?request, "control request");
+        let request = match request {
+            Request::Register(registration) if first => {
+                register(reader, &mut writer, service, registration);
+                return;
+            }
+            Request::Backup {
+                volumes,
+                label,
+                keep,
+            } => {
+                first = false;
+                if backup(&mut reader, &mut writer, service, &volumes, label, keep) {
+                    continue;
+                }
+                return;
+            }
+            other => other,
+        };
+        first = false;
         let sent = match service.handle(request) {
             Ok(answer) => protocol::write_message(&mut writer, &Response::Ok(answer)),
             Err(e) => {
@@ -286,6 +348,97 @@ fn serve_client(stream: &UnixStream, service: &Service, timeout: Duration) {
             tracing::debug!("control client went away: {e}");
             return;
         }
+    }
+}
+
+/// Serves a requester's backup: the set, made up to PostSnapshot, is
+/// answered; then its `backup_complete` is awaited on this connection.
+/// Anything else, or a hang-up, counts as a failed backup (BackupShutdown).
+/// Returns whether the connection goes on.
+fn backup(
+    reader: &mut BufReader<UnixStream>,
+    writer: &mut &UnixStream,
+    service: &Service,
+    volumes: &[String],
+    label: Option<String>,
+    keep: bool,
+) -> bool {
+    let backup = match service.backup(volumes, label, keep) {
+        Ok(backup) => backup,
+        Err(e) => {
+            tracing::info!("backup refused: {e}");
+            return protocol::write_message(writer, &Response::<Answer>::error(e)).is_ok();
+        }
+    };
+    let made = Answer::Created(Box::new(backup.view().clone()));
+    if let Err(e) = protocol::write_message(writer, &Response::Ok(made)) {
+        tracing::warn!("the requester of a backup went away: {e}");
+        return false;
+    }
+    let line = match protocol::read_line(reader, MAX_REQUEST_LINE) {
+        Ok(Some(line)) => line,
+        Ok(None) | Err(_) => {
+            tracing::warn!("the requester of a backup went away before reporting it");
+            return false;
+        }
+    };
+    match protocol::parse_request(&line) {
+        Ok(Request::BackupComplete { succeeded }) => {
+            let sent = match backup.complete(succeeded) {
+                Ok(view) => {
+                    protocol::write_message(writer, &Response::Ok(Answer::Created(Box::new(view))))
+                }
+                Err(e) => protocol::write_message(writer, &Response::<Answer>::error(e)),
+            };
+            sent.is_ok()
+        }
+        Ok(_) => {
+            drop(backup);
+            refuse(
+                writer,
+                "a backup's next request must be backup_complete".into(),
+            );
+            false
+        }
+        Err(e) => {
+            drop(backup);
+            refuse(writer, format!("malformed request: {e}"));
+            false
+        }
+    }
+}
+
+/// Answers a registration and hands the connection to the coordinator; a
+/// refused one is answered with the reason and dropped. The answer is
+/// written before any set can send the writer an event.
+fn register(
+    reader: BufReader<UnixStream>,
+    writer: &mut &UnixStream,
+    service: &Service,
+    registration: Registration,
+) {
+    let name = registration.name.clone();
+    if let Err(e) = service.can_register(&registration) {
+        refuse(writer, e.to_string());
+        return;
+    }
+    let link = match SocketLink::new(reader) {
+        Ok(link) => link,
+        Err(e) => {
+            tracing::error!("writer {name}: {e}");
+            return;
+        }
+    };
+    let ack = Registered {
+        registered: name.clone(),
+    };
+    let mut out = *writer;
+    let accepted =
+        move || protocol::write_message(&mut out, &Response::Ok(ack)).map_err(|e| e.to_string());
+    if let Err(e) = service.register(registration, Box::new(link), accepted) {
+        // A writer of the same name may have won the race since the check.
+        tracing::warn!("writer {name} refused: {e}");
+        refuse(writer, e.to_string());
     }
 }
 
@@ -348,6 +501,53 @@ mod tests {
             answers[0].starts_with("{\"error\":\"malformed request: unknown variant `launch`"),
             "{answers:?}"
         );
+    }
+
+    #[test]
+    fn register_is_only_a_first_message_and_names_known_volumes() {
+        let f = fixture();
+        let (mut client, server) = UnixStream::pair().expect("pair");
+        client
+            .write_all(b"{\"op\":\"list\"}\n{\"op\":\"register\",\"name\":\"w\"}\n")
+            .expect("writes");
+        client
+            .shutdown(std::net::Shutdown::Write)
+            .expect("shutdown");
+        serve_client(&server, &f.service, TIMEOUT);
+        drop(server);
+        assert_eq!(
+            answers(&client),
+            [
+                "{\"ok\":[]}",
+                "{\"error\":\"register must be the first message of a connection\"}"
+            ]
+        );
+
+        let (mut client, server) = UnixStream::pair().expect("pair");
+        client
+            .write_all(b"{\"op\":\"register\",\"name\":\"w\",\"volumes\":[\"nope\"]}\n")
+            .expect("writes");
+        serve_client(&server, &f.service, TIMEOUT);
+        drop(server);
+        assert_eq!(
+            answers(&client),
+            ["{\"error\":\"no volume named \\\"nope\\\"\"}"]
+        );
+
+        // Accepted: answered, then kept by the coordinator.
+        let (mut client, server) = UnixStream::pair().expect("pair");
+        client
+            .write_all(b"{\"op\":\"register\",\"name\":\"w\",\"volumes\":[\"data\"]}\n")
+            .expect("writes");
+        serve_client(&server, &f.service, TIMEOUT);
+        drop(server);
+        let mut line = String::new();
+        BufReader::new(&client).read_line(&mut line).expect("ack");
+        assert_eq!(line, "{\"ok\":{\"registered\":\"w\"}}\n");
+        let writers = f.service.writers();
+        assert_eq!(writers.len(), 1);
+        assert_eq!(writers[0].state, "stable");
+        assert!(writers[0].connected);
     }
 
     #[test]

@@ -1,18 +1,27 @@
-//! What the daemon does for each control request: create, list, delete and
-//! status over the store, the live volumes and the snapshot browser. Creates
-//! and deletes run one at a time, and every change is followed by a refresh
-//! of the browser. It never reads a socket and never mounts anything.
+//! What the daemon does for each control request: create (through the
+//! coordinator's writer sequence and the copy-on-write provider), list,
+//! delete, status and writers over the store, the live volumes and the
+//! snapshot browser. Creates and deletes run one at a time (a second create
+//! while one runs is refused at once), and every change is followed by a
+//! refresh of the browser. It never reads a socket and never mounts anything.
 
-use std::sync::{Arc, Mutex, PoisonError};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, TryLockError};
 
 use chrono::Utc;
 use serde::Serialize;
-use umbra_fs::{Browser, FsError, Volume};
-use umbra_store::{SetInfo, Store};
+use umbra_coordinator::{
+    Coordinator, Created, Pending, RegisterError, Registration, SequenceError, SetRequest,
+    SetWriter, WriterLink,
+};
+use umbra_fs::{Browser, CowProvider, FsError, Volume};
+use umbra_store::{SetId, SetInfo, Store};
 
 use crate::config::Config;
 use crate::naming::{self, NameFormat};
-use crate::protocol::{DiffAreaView, Request, SetView, StatusView, VolumeView};
+use crate::protocol::{
+    CreatedView, DiffAreaView, Request, SetView, StatusView, VolumeView, WriterInfo,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {
@@ -26,6 +35,14 @@ pub enum ServiceError {
     Store(#[from] umbra_store::Error),
     #[error("{0}")]
     Fs(#[from] FsError),
+    #[error(transparent)]
+    Sequence(#[from] SequenceError),
+    #[error(transparent)]
+    Register(#[from] RegisterError),
+    #[error("register must be the first message of a connection")]
+    LateRegister,
+    #[error("backup and backup_complete are a pair on one connection")]
+    NotABackup,
     #[error("deleted {deleted} of {wanted} sets, then: {source}")]
     PartialDelete {
         deleted: usize,
@@ -39,7 +56,8 @@ pub enum ServiceError {
 #[derive(Debug, Serialize)]
 #[serde(untagged)]
 pub enum Answer {
-    Set(SetView),
+    Created(Box<CreatedView>),
+    Writers(Vec<WriterInfo>),
     Sets(Vec<SetView>),
     Status(StatusView),
 }
@@ -49,9 +67,12 @@ pub struct Service {
     volumes: Vec<Arc<Volume>>,
     browser: Arc<Browser>,
     config: Config,
+    coordinator: Arc<Coordinator>,
     /// Held by create and delete: one change of the set list at a time, and
     /// none while the daemon shuts down.
     changes: Mutex<()>,
+    /// Held for a whole create: a second one is refused rather than queued.
+    creating: Mutex<()>,
 }
 
 impl Service {
@@ -60,40 +81,189 @@ impl Service {
         volumes: Vec<Arc<Volume>>,
         browser: Arc<Browser>,
         config: Config,
+        coordinator: Arc<Coordinator>,
     ) -> Service {
         Service {
             store,
             volumes,
             browser,
             config,
+            coordinator,
             changes: Mutex::new(()),
+            creating: Mutex::new(()),
         }
     }
 
     pub fn handle(&self, request: Request) -> Result<Answer, ServiceError> {
         match request {
-            Request::Create { volumes, label } => self.create(&volumes, label).map(Answer::Set),
+            Request::Create { volumes, label } => self
+                .create(&volumes, label)
+                .map(|c| Answer::Created(Box::new(c))),
             Request::List {} => self.list().map(Answer::Sets),
             Request::Delete { sets } => self.delete(&sets).map(Answer::Sets),
             Request::Status {} => self.status().map(Answer::Status),
+            Request::Writers {} => Ok(Answer::Writers(self.writers())),
+            Request::Register(_) => Err(ServiceError::LateRegister),
+            Request::Backup { .. } | Request::BackupComplete { .. } => {
+                Err(ServiceError::NotABackup)
+            }
         }
     }
 
-    /// Commits a set of the named volumes (all when `names` is empty). An
-    /// unknown name is an error before anything is committed.
-    pub fn create(&self, names: &[String], label: Option<String>) -> Result<SetView, ServiceError> {
+    /// Makes a set of the named volumes (all when `names` is empty) through
+    /// the writers' whole sequence. An unknown name is an error before any
+    /// writer hears of the set.
+    pub fn create(
+        &self,
+        names: &[String],
+        label: Option<String>,
+    ) -> Result<CreatedView, ServiceError> {
+        let (_creating, pending) = self.start(names, label)?;
+        self.created_view(pending.complete(true))
+    }
+
+    /// Makes a set up to PostSnapshot for a requester that backs it up and
+    /// then reports (see [`Backup`]). No other set is made meanwhile.
+    pub fn backup(
+        &self,
+        names: &[String],
+        label: Option<String>,
+        keep: bool,
+    ) -> Result<Backup<'_>, ServiceError> {
+        let (creating, pending) = self.start(names, label)?;
+        let set = self.store.find_set(&pending.set().id.to_string())?;
+        let view = CreatedView {
+            path: self.config.snapshots.join(&set.name).display().to_string(),
+            set: view(&set),
+            set_guid: pending.set_guid().to_string(),
+            hold_ms: millis(pending.set().hold),
+            total_ms: millis(pending.elapsed()),
+        };
+        Ok(Backup {
+            service: self,
+            pending: Some(pending),
+            view,
+            keep,
+            _creating: creating,
+        })
+    }
+
+    /// Runs the sequence up to PostSnapshot.
+    fn start(
+        &self,
+        names: &[String],
+        label: Option<String>,
+    ) -> Result<(MutexGuard<'_, ()>, Pending<'_>), ServiceError> {
         let volumes = self.pick_volumes(names)?;
+        let creating = match self.creating.try_lock() {
+            Ok(guard) => guard,
+            Err(TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(TryLockError::WouldBlock) => return Err(SequenceError::Busy.into()),
+        };
         let _changing = self.changes.lock().unwrap_or_else(PoisonError::into_inner);
         let now = Utc::now();
-        let name = self.name_format().name(now);
-        let set = umbra_fs::commit_set(&self.store, &volumes, name, label, naming::timestamp(now))?;
-        tracing::info!(set = %set.name, id = %set.id, "created shadow copy set");
+        let name = self.store.free_set_name(&self.name_format().name(now))?;
+        let mounts = self
+            .config
+            .volumes
+            .iter()
+            .map(|v| (v.name.clone(), v.mount.clone()))
+            .collect();
+        let provider = CowProvider::new(
+            self.store.clone(),
+            self.volumes.clone(),
+            naming::timestamp(now),
+        )
+        .flushing_through(mounts, self.config.hold_timeout);
+        let request = SetRequest {
+            name,
+            label,
+            volumes: volumes.iter().map(|v| v.name().to_string()).collect(),
+        };
+        let result = self.coordinator.snapshot(request, Box::new(provider));
         self.refresh();
-        Ok(view(&set))
+        Ok((creating, result?))
+    }
+
+    fn created_view(&self, created: Created) -> Result<CreatedView, ServiceError> {
+        let set = self.store.find_set(&created.set.id.to_string())?;
+        tracing::info!(set = %set.name, id = %set.id, hold = ?created.set.hold, "created shadow copy set");
+        let path = self.config.snapshots.join(&set.name).display().to_string();
+        let mut set = view(&set);
+        set.writers = created.writers;
+        Ok(CreatedView {
+            set,
+            set_guid: created.set_guid,
+            path,
+            hold_ms: millis(created.set.hold),
+            total_ms: millis(created.total),
+        })
     }
 
     pub fn list(&self) -> Result<Vec<SetView>, ServiceError> {
-        Ok(self.store.sets()?.iter().map(view).collect())
+        let mut writers: HashMap<SetId, Vec<SetWriter>> = HashMap::new();
+        for (set, record) in self.store.set_writers()? {
+            writers.entry(set).or_default().push(SetWriter {
+                name: record.name,
+                required: record.required,
+                status: record.status,
+                error: record.error,
+                components: serde_json::from_str(&record.components).unwrap_or_default(),
+            });
+        }
+        Ok(self
+            .store
+            .sets()?
+            .iter()
+            .map(|set| SetView {
+                writers: writers.remove(&set.id).unwrap_or_default(),
+                ..view(set)
+            })
+            .collect())
+    }
+
+    /// Whether `registration` would be accepted: its volumes exist and its
+    /// name is free.
+    pub fn can_register(&self, registration: &Registration) -> Result<(), ServiceError> {
+        if let Some(unknown) = registration
+            .volumes
+            .iter()
+            .find(|v| !self.volumes.iter().any(|known| known.name() == *v))
+        {
+            return Err(ServiceError::UnknownVolume(unknown.clone()));
+        }
+        Ok(self.coordinator.can_register(registration)?)
+    }
+
+    /// Adds a writer (see `can_register`), calling `accepted` before any
+    /// set can reach it.
+    pub fn register(
+        &self,
+        registration: Registration,
+        link: Box<dyn WriterLink>,
+        accepted: impl FnOnce() -> Result<(), String>,
+    ) -> Result<(), ServiceError> {
+        self.can_register(&registration)?;
+        Ok(self
+            .coordinator
+            .register_then(registration, link, accepted)?)
+    }
+
+    pub fn writers(&self) -> Vec<WriterInfo> {
+        self.coordinator
+            .writers()
+            .into_iter()
+            .map(|w| WriterInfo {
+                name: w.name,
+                kind: w.kind,
+                state: w.state.to_string(),
+                last_error: w.last_error,
+                retryable: w.retryable,
+                volumes: w.volumes,
+                required: w.required,
+                connected: w.connected,
+            })
+            .collect()
     }
 
     /// Deletes the named sets (by name or id). Every name is checked first:
@@ -194,7 +364,55 @@ impl Service {
     }
 }
 
-/// A set as clients see it.
+/// A set made for a requester's backup, waiting for its report. Dropped
+/// without one (the requester went away), the backup counts as failed;
+/// either way the set is deleted afterwards unless it was to be kept.
+pub struct Backup<'a> {
+    service: &'a Service,
+    pending: Option<Pending<'a>>,
+    view: CreatedView,
+    keep: bool,
+    _creating: MutexGuard<'a, ()>,
+}
+
+impl Backup<'_> {
+    pub fn view(&self) -> &CreatedView {
+        &self.view
+    }
+
+    /// BackupComplete to the writers, then the set deleted unless kept.
+    pub fn complete(mut self, succeeded: bool) -> Result<CreatedView, ServiceError> {
+        self.finish(succeeded)
+    }
+
+    fn finish(&mut self, succeeded: bool) -> Result<CreatedView, ServiceError> {
+        let Some(pending) = self.pending.take() else {
+            return Ok(self.view.clone());
+        };
+        let view = self.service.created_view(pending.complete(succeeded))?;
+        if !self.keep {
+            self.service.delete(&[view.set.id.to_string()])?;
+        }
+        Ok(view)
+    }
+}
+
+impl Drop for Backup<'_> {
+    fn drop(&mut self) {
+        if self.pending.is_some()
+            && let Err(e) = self.finish(false)
+        {
+            tracing::error!(set = %self.view.set.name, "finishing a backup its requester left: {e}");
+        }
+    }
+}
+
+/// Milliseconds, to the microsecond.
+fn millis(d: std::time::Duration) -> f64 {
+    (d.as_micros() as f64) / 1000.0
+}
+
+/// A set as clients see it (without its writers).
 fn view(set: &SetInfo) -> SetView {
     SetView {
         id: set.id.0,
@@ -202,6 +420,7 @@ fn view(set: &SetInfo) -> SetView {
         created: naming::rfc3339(set.created),
         label: set.label.clone(),
         volumes: set.volumes.iter().map(|v| v.name.clone()).collect(),
+        writers: Vec::new(),
     }
 }
 
@@ -230,6 +449,9 @@ pub(super) mod tests {
         let store = Arc::new(
             Store::open(&config.state_dir.join("store"), StoreOptions::default()).expect("store"),
         );
+        for v in &config.volumes {
+            std::fs::create_dir_all(&v.backing).expect("backing dir");
+        }
         let volumes = config
             .volumes
             .iter()
@@ -239,7 +461,8 @@ pub(super) mod tests {
             })
             .collect::<Vec<_>>();
         let browser = Browser::new(store.clone(), volumes.clone()).expect("browser");
-        let service = Service::new(store.clone(), volumes, browser, config);
+        let coordinator = Arc::new(Coordinator::new(umbra_coordinator::Options::default()));
+        let service = Service::new(store.clone(), volumes, browser, config, coordinator);
         Fixture {
             _dir: dir,
             store,
@@ -283,6 +506,7 @@ pub(super) mod tests {
                 created: "2026-11-25T08:42:50Z".into(),
                 label: Some("nightly".into()),
                 volumes: vec!["data".into(), "logs".into()],
+                writers: vec![],
             }]
         );
     }

@@ -35,6 +35,15 @@ CREATE TABLE set_volumes (
     PRIMARY KEY (set_id, volume_id)
 ) STRICT;
 CREATE INDEX set_volumes_by_epoch ON set_volumes(volume_id, epoch);
+CREATE TABLE set_writers (
+    set_id INTEGER NOT NULL REFERENCES sets(id) ON DELETE CASCADE,
+    writer TEXT NOT NULL,
+    required INTEGER NOT NULL,
+    status TEXT NOT NULL,
+    error TEXT,
+    components TEXT NOT NULL,
+    PRIMARY KEY (set_id, writer)
+) STRICT;
 CREATE TABLE chunks (
     hash BLOB PRIMARY KEY,
     pack INTEGER NOT NULL,

@@ -22,8 +22,8 @@ pub use error::{Error, Result};
 pub use ids::{ChunkHash, Epoch, ObjectId, SetId, VolumeId};
 pub use records::{AttrRecord, DirEntry, FileKind, Timestamp};
 pub use store::{
-    Durability, NewSet, PreImages, Preserved, SetInfo, SetVolume, Store, StoreOptions, StoreStats,
-    VolumeInfo,
+    Durability, NewSet, PreImages, Preserved, SetInfo, SetVolume, SetWriterRecord, Store,
+    StoreOptions, StoreStats, VolumeInfo,
 };
 
 /// Size of a data block: the unit of copy-on-write for file contents.

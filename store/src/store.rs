@@ -73,6 +73,18 @@ pub struct SetInfo {
     pub volumes: Vec<SetVolume>,
 }
 
+/// A writer that took part in a set, as the coordinator reported it. The
+/// store keeps `components` as the text it is given (JSON) and never reads it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SetWriterRecord {
+    pub name: String,
+    pub required: bool,
+    /// `ok` or the `failed-at-EVENT` state the writer ended in.
+    pub status: String,
+    pub error: Option<String>,
+    pub components: String,
+}
+
 /// A set to commit. `name` is the wanted name; if a set already has it, the
 /// first free of `name-1`, `name-2`, ... is taken.
 #[derive(Clone, Debug)]
@@ -289,6 +301,52 @@ impl Store {
             }
         }
         Ok(sets)
+    }
+
+    /// The name a set wanting `wanted` would get now.
+    pub fn free_set_name(&self, wanted: &str) -> Result<String> {
+        let mut conn = self.catalog.writer();
+        let tx = conn.transaction()?;
+        free_name(&tx, wanted)
+    }
+
+    /// Records which writers took part in `set` (replacing what was
+    /// recorded), in one transaction.
+    pub fn record_set_writers(&self, set: SetId, writers: &[SetWriterRecord]) -> Result<()> {
+        let mut conn = self.catalog.writer();
+        let tx = conn.transaction()?;
+        tx.execute("DELETE FROM set_writers WHERE set_id = ?1", [set.0])?;
+        for w in writers {
+            tx.execute(
+                "INSERT INTO set_writers (set_id, writer, required, status, error, components)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![set.0, w.name, w.required, w.status, w.error, w.components],
+            )?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// The writers of every set, in the order they were recorded.
+    pub fn set_writers(&self) -> Result<Vec<(SetId, SetWriterRecord)>> {
+        let conn = self.catalog.reader();
+        let mut stmt = conn.prepare_cached(
+            "SELECT set_id, writer, required, status, error, components
+             FROM set_writers ORDER BY set_id, rowid",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok((
+                SetId(r.get(0)?),
+                SetWriterRecord {
+                    name: r.get(1)?,
+                    required: r.get(2)?,
+                    status: r.get(3)?,
+                    error: r.get(4)?,
+                    components: r.get(5)?,
+                },
+            ))
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
     /// The set whose name or id is `key`.

@@ -11,7 +11,7 @@ use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 
 use umbra_store::{FileKind, ObjectId, Timestamp};
 
@@ -55,7 +55,9 @@ pub(crate) struct OpenFile {
 pub(crate) struct LiveFs {
     vol: Arc<Volume>,
     nodes: Nodes,
-    files: RwLock<HashMap<u64, Arc<OpenFile>>>,
+    /// Shared with the volume, which lists the files open for writing
+    /// when a set is flushed (see `Volume::files_open_for_writing`).
+    files: Arc<Mutex<HashMap<u64, Arc<OpenFile>>>>,
     dirs: Mutex<HashMap<u64, Arc<Vec<Listing>>>>,
     next_fh: AtomicU64,
 }
@@ -85,10 +87,21 @@ impl LiveFs {
         let root_fd = backing::reopen_path(vol.root_fd())?;
         let aliases = vol.store().aliases(vol.id())?;
         let nodes = Nodes::new(root_fd, vol.root_object(), aliases);
+        let files: Arc<Mutex<HashMap<u64, Arc<OpenFile>>>> = Arc::default();
+        let listed = files.clone();
+        vol.set_open_writes(Box::new(move || {
+            lock(&listed)
+                .values()
+                .filter(|f| f.access != libc::O_RDONLY)
+                .filter_map(|f| {
+                    std::fs::read_link(format!("/proc/self/fd/{}", f.file.as_raw_fd())).ok()
+                })
+                .collect()
+        }));
         Ok(LiveFs {
             vol,
             nodes,
-            files: RwLock::new(HashMap::new()),
+            files,
             dirs: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
         })
@@ -124,9 +137,7 @@ impl LiveFs {
     }
 
     fn file(&self, fh: u64) -> Result<Arc<OpenFile>> {
-        self.files
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
+        lock(&self.files)
             .get(&fh)
             .cloned()
             .ok_or_else(|| errno(libc::EBADF))
@@ -134,17 +145,14 @@ impl LiveFs {
 
     fn add_file(&self, file: File, object: ObjectId, access: i32) -> u64 {
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        self.files
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(
-                fh,
-                Arc::new(OpenFile {
-                    file,
-                    object,
-                    access,
-                }),
-            );
+        lock(&self.files).insert(
+            fh,
+            Arc::new(OpenFile {
+                file,
+                object,
+                access,
+            }),
+        );
         fh
     }
 
@@ -366,7 +374,7 @@ impl LiveFs {
         let path_fd = backing::open_path(pnode.fd.as_fd(), &cname)?;
         self.nodes
             .repoint(ino, successor, path_fd, Some((parent, name)));
-        let mut files = self.files.write().unwrap_or_else(|p| p.into_inner());
+        let mut files = lock(&self.files);
         for of in files.values_mut().filter(|f| f.object == object) {
             let file = backing::as_file(backing::reopen(new.as_fd(), of.access)?);
             *of = Arc::new(OpenFile {
@@ -781,10 +789,7 @@ impl LiveFs {
     }
 
     pub fn release(&self, fh: u64) {
-        self.files
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&fh);
+        lock(&self.files).remove(&fh);
     }
 
     pub fn fallocate(&self, fh: u64, offset: u64, length: u64, mode: i32) -> Result<()> {
