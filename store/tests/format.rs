@@ -88,6 +88,7 @@ fn the_catalog_schema_is_version_1() {
         ("table", "handles"),
         ("table", "meta"),
         ("table", "set_volumes"),
+        ("table", "set_writers"),
         ("table", "sets"),
         ("table", "volumes"),
     ]
@@ -125,6 +126,17 @@ fn the_catalog_schema_is_version_1() {
             ("set_id", int, true, 1),
             ("volume_id", int, true, 2),
             ("epoch", int, true, 0)
+        ])
+    );
+    assert_eq!(
+        columns(&db, "set_writers"),
+        cols(&[
+            ("set_id", int, true, 1),
+            ("writer", "TEXT", true, 2),
+            ("required", int, true, 0),
+            ("status", "TEXT", true, 0),
+            ("error", "TEXT", false, 0),
+            ("components", "TEXT", true, 0)
         ])
     );
     assert_eq!(
