@@ -4,6 +4,10 @@
 //! config file and nothing else: it never creates a directory, never looks
 //! at what is mounted and never talks to the daemon.
 
+mod diff;
+
+pub use diff::DiffConfig;
+use diff::{DEFAULT_MAX_SETS, DiffSize, RawDurability, RawOnFull};
 use std::fmt;
 use std::io;
 use std::path::{Component, Path, PathBuf};
@@ -31,7 +35,7 @@ const DEFAULT_HOLD_TIMEOUT_SECS: u64 = 10;
 const SOCKET_FILE: &str = "control.sock";
 
 /// A checked configuration whose paths are all absolute and normalized.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Config {
     pub origin: Origin,
     pub state_dir: PathBuf,
@@ -54,6 +58,8 @@ pub struct Config {
     pub hold_timeout: Duration,
     /// The exec writers (`[[writer]]` tables).
     pub writers: Vec<ExecWriter>,
+    /// The diff area's limits and durability.
+    pub diff: DiffConfig,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -129,6 +135,8 @@ fn line_prefix(line: Option<usize>) -> String {
 /// What makes a well-formed configuration unusable.
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
 pub enum Problem {
+    #[error("max_sets must be at least 1")]
+    ZeroSets,
     #[error("no [[volume]] table: at least one volume is needed")]
     NoVolumes,
     #[error("a volume has an empty name")]
@@ -196,6 +204,11 @@ struct RawConfig {
     client_timeout: Option<f64>,
     writer_timeout_secs: Option<u64>,
     hold_timeout_secs: Option<u64>,
+    #[serde(default, deserialize_with = "diff::size")]
+    max_diff_size: Option<DiffSize>,
+    max_sets: Option<usize>,
+    on_full: Option<RawOnFull>,
+    durability: Option<RawDurability>,
     #[serde(default, rename = "volume")]
     volumes: Vec<RawVolume>,
     #[serde(default, rename = "writer")]
@@ -422,6 +435,16 @@ impl RawConfig {
                 self.hold_timeout_secs.unwrap_or(DEFAULT_HOLD_TIMEOUT_SECS),
             ),
             writers,
+            diff: DiffConfig {
+                max_size: self.max_diff_size,
+                max_sets: match self.max_sets {
+                    Some(0) => return Err(Problem::ZeroSets),
+                    Some(n) => n,
+                    None => DEFAULT_MAX_SETS,
+                },
+                on_full: self.on_full.unwrap_or_default(),
+                durability: self.durability.unwrap_or_default(),
+            },
             state_dir,
             volumes,
         };

@@ -20,7 +20,7 @@ use std::sync::Arc;
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 use umbra_coordinator::{Coordinator, Options as CoordinatorOptions, RegisterError};
-use umbra_fs::{Browser, FsError, MountOptions, Volume};
+use umbra_fs::{Browser, DiffArea, FsError, MountOptions, Volume};
 use umbra_store::{Store, StoreOptions};
 
 use crate::config::Config;
@@ -58,6 +58,12 @@ pub enum DaemonError {
     },
     #[error("starting the shadow copy browser: {0}")]
     Browser(#[source] FsError),
+    #[error("sizing the filesystem of the diff area {}: {source}", path.display())]
+    DiffLimits {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error(transparent)]
     Control(#[from] ControlError),
     #[error("writer {0}: {1}")]
@@ -82,11 +88,14 @@ pub fn up(config: Config) -> Result<(), DaemonError> {
     create_dirs(&config)?;
 
     let store_dir = config.state_dir.join("store");
-    let store =
-        Store::open(&store_dir, StoreOptions::default()).map_err(|source| DaemonError::Store {
-            path: store_dir.clone(),
-            source,
-        })?;
+    let store_options = StoreOptions {
+        durability: config.diff.durability.into(),
+        ..StoreOptions::default()
+    };
+    let store = Store::open(&store_dir, store_options).map_err(|source| DaemonError::Store {
+        path: store_dir.clone(),
+        source,
+    })?;
     let store = Arc::new(store);
     // Every backing is opened before anything is mounted: an in-place mount
     // hides its backing directory from everyone, the daemon included.
@@ -169,7 +178,18 @@ fn start(
             .register(writer.registration(), Box::new(writer.link()))
             .map_err(|e| DaemonError::Writer(writer.name.clone(), e))?;
     }
-    let service = Arc::new(Service::new(store, volumes, browser, config, coordinator));
+    let diff_limits =
+        config
+            .diff
+            .limits(store.dir())
+            .map_err(|source| DaemonError::DiffLimits {
+                path: store.dir().to_path_buf(),
+                source,
+            })?;
+    let diff_area = DiffArea::install(store.clone(), &volumes, &browser, diff_limits);
+    let service = Arc::new(
+        Service::new(store, volumes, browser, config, coordinator).with_diff_area(diff_area),
+    );
     let socket = control.path().display().to_string();
     let socket_file = control.serve(service.clone(), limits)?;
     announce(&format!("umbra: control socket at {socket}"))?;

@@ -147,6 +147,12 @@ pub struct DiffAreaView {
     pub chunks: u64,
     /// Bytes on disk: packs plus catalog.
     pub disk_bytes: u64,
+    /// `max_diff_size` in bytes, if set: `chunk_bytes` is held under it.
+    #[serde(default)]
+    pub limit_bytes: Option<u64>,
+    /// `max_sets`.
+    #[serde(default)]
+    pub max_sets: Option<usize>,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -70,10 +70,18 @@ pub fn status(status: &StatusView) -> String {
         (
             "diff area",
             format!(
-                "{} in {} chunks, {} on disk",
+                "{} in {} chunks, {} on disk{}{}",
                 bytes(status.diff_area.chunk_bytes),
                 status.diff_area.chunks,
-                bytes(status.diff_area.disk_bytes)
+                bytes(status.diff_area.disk_bytes),
+                match status.diff_area.limit_bytes {
+                    Some(limit) => format!("; limit {}", bytes(limit)),
+                    None => String::new(),
+                },
+                match status.diff_area.max_sets {
+                    Some(max) => format!("; at most {max} sets"),
+                    None => String::new(),
+                },
             ),
         ),
         ("sets", status.sets.to_string()),
@@ -221,6 +229,8 @@ mod tests {
                 chunk_bytes: 3 * 1024 * 1024,
                 chunks: 48,
                 disk_bytes: 500,
+                limit_bytes: None,
+                max_sets: None,
             },
             sets: 3,
         };

@@ -14,7 +14,7 @@ use umbra_coordinator::{
     Coordinator, Created, Pending, RegisterError, Registration, SequenceError, SetRequest,
     SetWriter, WriterLink,
 };
-use umbra_fs::{Browser, CowProvider, FsError, Volume};
+use umbra_fs::{Browser, CowProvider, DiffArea, FsError, Volume};
 use umbra_store::{SetId, SetInfo, Store};
 
 use crate::config::Config;
@@ -73,9 +73,16 @@ pub struct Service {
     changes: Mutex<()>,
     /// Held for a whole create: a second one is refused rather than queued.
     creating: Mutex<()>,
+    /// The diff area's limits: `max_sets` is made room for before a set.
+    diff_area: Option<Arc<DiffArea>>,
 }
 
 impl Service {
+    pub fn with_diff_area(mut self, area: Arc<DiffArea>) -> Service {
+        self.diff_area = Some(area);
+        self
+    }
+
     pub fn new(
         store: Arc<Store>,
         volumes: Vec<Arc<Volume>>,
@@ -91,6 +98,7 @@ impl Service {
             coordinator,
             changes: Mutex::new(()),
             creating: Mutex::new(()),
+            diff_area: None,
         }
     }
 
@@ -161,6 +169,9 @@ impl Service {
             Err(TryLockError::WouldBlock) => return Err(SequenceError::Busy.into()),
         };
         let _changing = self.changes.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(area) = &self.diff_area {
+            area.before_new_set()?;
+        }
         let now = Utc::now();
         let name = self.store.free_set_name(&self.name_format().name(now))?;
         let mounts = self
@@ -324,6 +335,8 @@ impl Service {
                 chunk_bytes: stats.chunk_bytes,
                 chunks: stats.chunks,
                 disk_bytes: stats.disk_bytes,
+                limit_bytes: self.diff_area.as_ref().and_then(|a| a.limits().max_bytes),
+                max_sets: self.diff_area.as_ref().and_then(|a| a.limits().max_sets),
             },
             sets: self.store.sets()?.len() as u64,
         })
