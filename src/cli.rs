@@ -123,12 +123,22 @@ pub enum Command {
 
     /// Delete shadow copy sets
     ///
-    /// Every SET (a name or an id) is checked first: if one is unknown, none is deleted. What no
-    /// remaining set needs is freed from the diff area.
+    /// Every SET (a name or an id) is checked first: if one is unknown, none is deleted. The
+    /// selectors add sets: the N oldest, those older than a duration, or all. What no remaining
+    /// set needs is freed from the diff area, pack space included.
     Delete {
         /// Sets to delete, by name or id
-        #[arg(value_name = "SET", required = true)]
+        #[arg(value_name = "SET", required_unless_present_any = ["oldest", "older_than", "all"])]
         sets: Vec<String>,
+        /// Also delete the N oldest sets
+        #[arg(long, value_name = "N")]
+        oldest: Option<usize>,
+        /// Also delete the sets created more than DURATION ago (e.g. 7d, 12h, 1w 2d)
+        #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+        older_than: Option<std::time::Duration>,
+        /// Delete every set
+        #[arg(long, conflicts_with_all = ["sets", "oldest", "older_than"])]
+        all: bool,
     },
 
     /// Show the registered writers and their states
@@ -226,9 +236,16 @@ mod tests {
     #[test]
     fn delete_needs_a_set() {
         assert!(parse(&["delete"]).is_err());
+        assert!(parse(&["delete", "--all", "3"]).is_err());
+        assert!(parse(&["delete", "--older-than", "soon"]).is_err());
+        let cli = parse(&["delete", "--older-than", "7d", "--oldest", "2"]).expect("parses");
+        assert!(matches!(
+            cli.command,
+            Command::Delete { older_than: Some(d), oldest: Some(2), .. } if d.as_secs() == 7 * 86_400
+        ));
         let cli = parse(&["delete", "3", "2026-11-25T084250Z"]).expect("parses");
         assert!(
-            matches!(cli.command, Command::Delete { sets } if sets == ["3", "2026-11-25T084250Z"])
+            matches!(cli.command, Command::Delete { sets, .. } if sets == ["3", "2026-11-25T084250Z"])
         );
     }
 

@@ -67,8 +67,9 @@ impl Client {
         print(json, &sets, |sets| render::list(sets))
     }
 
-    pub fn delete(&self, sets: Vec<String>) -> Result<(), CommandError> {
-        let deleted: Vec<SetView> = self.call(&Request::Delete { sets })?;
+    /// Sends a `Request::Delete` and prints what it deleted.
+    pub fn delete(&self, request: Request) -> Result<(), CommandError> {
+        let deleted: Vec<SetView> = self.call(&request)?;
         print(false, &deleted, |sets| render::deleted(sets))
     }
 

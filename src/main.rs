@@ -52,7 +52,17 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             output,
         } => client()?.create(volumes, label, output.json)?,
         Command::List { output } => client()?.list(output.json)?,
-        Command::Delete { sets } => client()?.delete(sets)?,
+        Command::Delete {
+            sets,
+            oldest,
+            older_than,
+            all,
+        } => client()?.delete(protocol::Request::Delete {
+            sets,
+            oldest,
+            older_than_secs: older_than.map(|d| d.as_secs()),
+            all,
+        })?,
         Command::Status { output } => client()?.status(output.json)?,
         Command::Writers { output } => client()?.writers(output.json)?,
         Command::Backup {

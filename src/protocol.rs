@@ -31,8 +31,19 @@ pub enum Request {
     /// if empty, so that unknown fields are refused as for the others.)
     List {},
     /// Delete the named sets (by name or id), all or none if one is
-    /// unknown. Answer: the deleted sets, as `[SetView]`.
-    Delete { sets: Vec<String> },
+    /// unknown, and those the selectors pick: the `oldest` N, those created
+    /// more than `older_than_secs` ago, or `all`. Answer: the deleted sets,
+    /// as `[SetView]`.
+    Delete {
+        #[serde(default)]
+        sets: Vec<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        oldest: Option<usize>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        older_than_secs: Option<u64>,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        all: bool,
+    },
     /// Answer: a [`StatusView`].
     Status {},
     /// Answer: every writer, as `[WriterInfo]`.
@@ -224,6 +235,9 @@ mod tests {
         round_trip(
             Request::Delete {
                 sets: vec!["2026-11-25T084250Z".into(), "3".into()],
+                oldest: None,
+                older_than_secs: None,
+                all: false,
             },
             json!({"op": "delete", "sets": ["2026-11-25T084250Z", "3"]}),
         );
@@ -264,7 +278,6 @@ mod tests {
             b"",
             b"{}",
             br#"{"op":"explode"}"#,
-            br#"{"op":"delete"}"#,
             br#"{"op":"delete","sets":"x"}"#,
             br#"{"op":"list","extra":1}"#,
             br#"{"op":"create","volumes":["a"],"lable":"typo"}"#,

@@ -416,3 +416,19 @@ fn a_client_over_the_cap_gets_a_one_line_error_until_a_seat_frees() {
     }
     d.umbra_ok(&["list"]);
 }
+
+#[test]
+fn delete_selectors_pick_the_oldest_the_old_or_all() {
+    let d = Daemon::start(Config::default());
+    let sets: Vec<_> = (0..4).map(|_| d.create_set()).collect();
+    d.umbra_ok(&["delete", "--oldest", "2"]);
+    assert_eq!(d.list_sets(), sets[2..]);
+    // Nothing was created a day ago: nothing goes.
+    d.umbra_ok(&["delete", "--older-than", "1d"]);
+    assert_eq!(d.list_sets(), sets[2..]);
+    let out = d.umbra(&["delete", "--older-than", "soon"]);
+    assert!(!out.status.success());
+    assert_eq!(d.list_sets(), sets[2..]);
+    d.umbra_ok(&["delete", "--all"]);
+    assert!(d.list_sets().is_empty());
+}

@@ -32,7 +32,12 @@ fn delete_oldest_makes_room_and_status_shows_the_limit() {
     let two = d.create_set();
     overwrite(&d, 3).expect("live writes go on when the diff area is full");
     let names: Vec<String> = d.list_sets().into_iter().map(|s| s.name).collect();
-    assert_eq!(names, std::slice::from_ref(&two.name), "{} made room", one.name);
+    assert_eq!(
+        names,
+        std::slice::from_ref(&two.name),
+        "{} made room",
+        one.name
+    );
     assert_eq!(
         fs::read(d.browse(&two, "data").join("f")).unwrap(),
         noise(2, 600_000)

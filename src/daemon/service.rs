@@ -7,6 +7,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, TryLockError};
+use std::time::Duration;
 
 use chrono::Utc;
 use serde::Serialize;
@@ -62,6 +63,36 @@ pub enum Answer {
     Status(StatusView),
 }
 
+/// Which sets a delete picks besides the named ones.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Selectors {
+    pub oldest: Option<usize>,
+    pub older_than: Option<Duration>,
+    pub all: bool,
+}
+
+impl Selectors {
+    fn any(&self) -> bool {
+        self.all || self.oldest.is_some() || self.older_than.is_some()
+    }
+
+    /// The sets picked from `sets` (oldest first), at `now` (Unix seconds).
+    fn pick(&self, sets: Vec<SetInfo>, now: i64) -> Vec<SetInfo> {
+        let oldest = self.oldest.unwrap_or(0);
+        sets.into_iter()
+            .enumerate()
+            .filter(|(i, set)| {
+                self.all
+                    || *i < oldest
+                    || self
+                        .older_than
+                        .is_some_and(|d| set.created.secs < now.saturating_sub(d.as_secs() as i64))
+            })
+            .map(|(_, set)| set)
+            .collect()
+    }
+}
+
 pub struct Service {
     store: Arc<Store>,
     volumes: Vec<Arc<Volume>>,
@@ -108,7 +139,19 @@ impl Service {
                 .create(&volumes, label)
                 .map(|c| Answer::Created(Box::new(c))),
             Request::List {} => self.list().map(Answer::Sets),
-            Request::Delete { sets } => self.delete(&sets).map(Answer::Sets),
+            Request::Delete {
+                sets,
+                oldest,
+                older_than_secs,
+                all,
+            } => {
+                let selectors = Selectors {
+                    oldest,
+                    older_than: older_than_secs.map(Duration::from_secs),
+                    all,
+                };
+                self.delete(&sets, selectors).map(Answer::Sets)
+            }
             Request::Status {} => self.status().map(Answer::Status),
             Request::Writers {} => Ok(Answer::Writers(self.writers())),
             Request::Register(_) => Err(ServiceError::LateRegister),
@@ -279,8 +322,12 @@ impl Service {
 
     /// Deletes the named sets (by name or id). Every name is checked first:
     /// if one is unknown, none is deleted.
-    pub fn delete(&self, keys: &[String]) -> Result<Vec<SetView>, ServiceError> {
-        if keys.is_empty() {
+    pub fn delete(
+        &self,
+        keys: &[String],
+        selectors: Selectors,
+    ) -> Result<Vec<SetView>, ServiceError> {
+        if keys.is_empty() && !selectors.any() {
             return Err(ServiceError::NothingToDelete);
         }
         let _changing = self.changes.lock().unwrap_or_else(PoisonError::into_inner);
@@ -290,6 +337,11 @@ impl Service {
                 umbra_store::Error::UnknownSet(_) => ServiceError::UnknownSet(key.clone()),
                 other => ServiceError::Store(other),
             })?;
+            if !doomed.iter().any(|d| d.id == set.id) {
+                doomed.push(set);
+            }
+        }
+        for set in selectors.pick(self.store.sets()?, Utc::now().timestamp()) {
             if !doomed.iter().any(|d| d.id == set.id) {
                 doomed.push(set);
             }
@@ -404,7 +456,8 @@ impl Backup<'_> {
         };
         let view = self.service.created_view(pending.complete(succeeded))?;
         if !self.keep {
-            self.service.delete(&[view.set.id.to_string()])?;
+            self.service
+                .delete(&[view.set.id.to_string()], Selectors::default())?;
         }
         Ok(view)
     }
@@ -439,6 +492,50 @@ fn view(set: &SetInfo) -> SetView {
 
 #[cfg(test)]
 pub(super) mod tests {
+
+    #[test]
+    fn selectors_pick_the_oldest_the_old_and_all() {
+        let set = |id: i64, secs: i64| SetInfo {
+            id: umbra_store::SetId(id),
+            name: format!("s{id}"),
+            created: umbra_store::Timestamp { secs, nanos: 0 },
+            label: None,
+            volumes: Vec::new(),
+        };
+        let sets = vec![set(1, 100), set(2, 200), set(3, 300)];
+        let ids = |sel: Selectors| -> Vec<i64> {
+            sel.pick(sets.clone(), 400).iter().map(|s| s.id.0).collect()
+        };
+        assert_eq!(
+            ids(Selectors {
+                oldest: Some(2),
+                ..Default::default()
+            }),
+            [1, 2]
+        );
+        assert_eq!(
+            ids(Selectors {
+                older_than: Some(Duration::from_secs(150)),
+                ..Default::default()
+            }),
+            [1, 2]
+        );
+        assert_eq!(
+            ids(Selectors {
+                all: true,
+                ..Default::default()
+            }),
+            [1, 2, 3]
+        );
+        assert!(
+            ids(Selectors {
+                oldest: Some(0),
+                ..Default::default()
+            })
+            .is_empty()
+        );
+        assert!(!Selectors::default().any());
+    }
     use std::path::Path;
 
     use umbra_store::{NewSet, StoreOptions, Timestamp};
@@ -541,12 +638,12 @@ pub(super) mod tests {
         let set = commit(&f.store, "2026-11-25T084250Z", None);
         let err = f
             .service
-            .delete(&[set.name.clone(), "x".into()])
+            .delete(&[set.name.clone(), "x".into()], Selectors::default())
             .expect_err("unknown set");
         assert_eq!(err.to_string(), "no shadow copy set named \"x\"");
         assert_eq!(f.store.sets().expect("sets").len(), 1);
         assert!(matches!(
-            f.service.delete(&[]),
+            f.service.delete(&[], Selectors::default()),
             Err(ServiceError::NothingToDelete)
         ));
     }
