@@ -47,6 +47,9 @@ pub struct Config {
     pub threads: usize,
     /// Control clients served at once; one more is refused.
     pub max_clients: usize,
+    /// The group whose members may use the control socket (mode 0660);
+    /// without it only the daemon's user can (0600).
+    pub socket_group: Option<u32>,
     /// How long a control client may take to send a whole request line
     /// (or to take an answer) before it is dropped.
     pub client_timeout: Duration,
@@ -137,6 +140,8 @@ fn line_prefix(line: Option<usize>) -> String {
 pub enum Problem {
     #[error("max_sets must be at least 1")]
     ZeroSets,
+    #[error("socket_group {0:?}: no such group")]
+    NoSuchGroup(String),
     #[error("no [[volume]] table: at least one volume is needed")]
     NoVolumes,
     #[error("a volume has an empty name")]
@@ -200,6 +205,7 @@ struct RawConfig {
     name_format: Option<String>,
     threads: Option<usize>,
     max_clients: Option<usize>,
+    socket_group: Option<String>,
     #[serde(default, deserialize_with = "seconds")]
     client_timeout: Option<f64>,
     writer_timeout_secs: Option<u64>,
@@ -423,6 +429,12 @@ impl RawConfig {
             )?,
             threads: self.threads.unwrap_or(DEFAULT_THREADS),
             max_clients: self.max_clients.unwrap_or(DEFAULT_MAX_CLIENTS),
+            socket_group: match &self.socket_group {
+                None => None,
+                Some(name) => {
+                    Some(group_id(name).ok_or_else(|| Problem::NoSuchGroup(name.clone()))?)
+                }
+            },
             client_timeout: match self.client_timeout {
                 None => DEFAULT_CLIENT_TIMEOUT,
                 Some(secs) => client_timeout(secs)?,
@@ -451,6 +463,20 @@ impl RawConfig {
         config.check()?;
         Ok(config)
     }
+}
+
+/// The id of the group `name` (or a number), from the system's group
+/// database.
+fn group_id(name: &str) -> Option<u32> {
+    if let Ok(gid) = name.parse::<u32>() {
+        return Some(gid);
+    }
+    let c = std::ffi::CString::new(name).ok()?;
+    // SAFETY: getgrnam returns NULL or a pointer to a static record, read
+    // at once (the daemon resolves its config before starting threads).
+    let group = unsafe { libc::getgrnam(c.as_ptr()) };
+    // SAFETY: a non-null result points at a valid struct group.
+    (!group.is_null()).then(|| unsafe { (*group).gr_gid })
 }
 
 /// A number of seconds, written as an integer or a float.

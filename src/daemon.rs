@@ -111,6 +111,9 @@ pub fn up(config: Config) -> Result<(), DaemonError> {
         volumes.push(volume);
     }
     let control = ControlSocket::bind(&config.socket)?;
+    if let Some(gid) = config.socket_group {
+        control.share_with_group(gid)?;
+    }
     // From here on a signal waits for us instead of killing us mid-mount.
     let mut signals = Signals::new([SIGINT, SIGTERM]).map_err(DaemonError::Signals)?;
 

@@ -89,3 +89,44 @@ fn an_unprivileged_user_reads_in_a_set_only_what_they_could_read_at_its_instant(
     assert!(!touch.success());
     assert!(!live.join("new").exists());
 }
+
+/// `umbra list` as nobody against `d`'s socket.
+fn list_as_nobody(d: &Daemon, gid: u32) -> std::process::Output {
+    Command::new(common::umbra_bin())
+        .args(["list", "--socket"])
+        .arg(d.root().join("umbra.sock"))
+        .uid(NOBODY)
+        .gid(gid)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn only_the_daemons_user_or_its_socket_group_may_use_the_control_socket() {
+    for (config, allowed) in [
+        (Config::default(), false),
+        (Config::default().line("socket_group = \"nogroup\""), true),
+    ] {
+        let d = Daemon::start(config);
+        let mut p = d.root();
+        while p != Path::new("/") {
+            let mode = fs::metadata(p).unwrap().permissions().mode();
+            if mode & 0o005 != 0o005 {
+                fs::set_permissions(p, fs::Permissions::from_mode(mode | 0o755)).unwrap();
+            }
+            p = p.parent().unwrap();
+        }
+        d.create_set();
+        let out = list_as_nobody(&d, NOBODY);
+        if allowed {
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        } else {
+            common::assert_one_line_error(&out, "a user outside the socket's group");
+            assert_eq!(d.list_sets().len(), 1, "nothing changed");
+        }
+    }
+}

@@ -57,6 +57,18 @@ pub struct ControlSocket {
 }
 
 impl ControlSocket {
+    /// Opens the socket to the members of group `gid` (mode 0660): they may
+    /// then create and delete sets; everyone else still cannot connect.
+    pub fn share_with_group(&self, gid: u32) -> Result<(), ControlError> {
+        let path = &self.file.path;
+        let io_err = |source| ControlError::Io {
+            path: path.clone(),
+            source,
+        };
+        std::os::unix::fs::chown(path, None, Some(gid)).map_err(io_err)?;
+        fs::set_permissions(path, fs::Permissions::from_mode(0o660)).map_err(io_err)
+    }
+
     /// Binds `path` with mode 0600. A socket file nobody answers on is a
     /// leftover of a crash and is replaced.
     pub fn bind(path: &Path) -> Result<ControlSocket, ControlError> {
