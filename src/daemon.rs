@@ -121,6 +121,7 @@ pub fn up(config: Config) -> Result<(), DaemonError> {
     // for; the kernel has already applied the caller's umask.
     // SAFETY: umask only swaps the process's file mode creation mask.
     unsafe { libc::umask(0) };
+    raise_descriptor_limit();
 
     let mut mounts = Mounts::default();
     let started = start(config, store, volumes, control, &mut mounts);
@@ -258,4 +259,38 @@ fn create_dirs(config: &Config) -> Result<(), DaemonError> {
         })?;
     }
     Ok(())
+}
+
+/// The live mounts hold a descriptor for every inode the kernel keeps
+/// looked up, so the default limit (often 1,024) would make lookups fail
+/// with EMFILE on a busy volume: raise it as far as the system allows
+/// (`fs.nr_open` as root, else the hard limit).
+fn raise_descriptor_limit() {
+    let nr_open = std::fs::read_to_string("/proc/sys/fs/nr_open")
+        .ok()
+        .and_then(|s| s.trim().parse::<libc::rlim_t>().ok());
+    // SAFETY: getrlimit/setrlimit read and write a plain struct.
+    unsafe {
+        let mut limit: libc::rlimit = std::mem::zeroed();
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return;
+        }
+        if let Some(max) = nr_open.filter(|&m| m > limit.rlim_max) {
+            let wanted = libc::rlimit {
+                rlim_cur: max,
+                rlim_max: max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &wanted) == 0 {
+                tracing::debug!(limit = max, "raised the descriptor limit");
+                return;
+            }
+        }
+        limit.rlim_cur = limit.rlim_max;
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+            tracing::warn!(
+                "cannot raise the descriptor limit: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+    }
 }
