@@ -77,10 +77,19 @@ impl Session {
             socket: self.socket.clone(),
             source,
         };
-        protocol::write_message(&mut &self.stream, request).map_err(|e| io_err(e.into()))?;
-        let line = protocol::read_line(&mut self.reader, MAX_RESPONSE_LINE)
-            .map_err(io_err)?
-            .ok_or(ClientError::NoAnswer)?;
+        // A daemon that refuses the connection (too many clients) answers
+        // and hangs up before reading: its answer still waits to be read
+        // even when sending the request fails.
+        let sent = protocol::write_message(&mut &self.stream, request);
+        let line = match (
+            protocol::read_line(&mut self.reader, MAX_RESPONSE_LINE),
+            sent,
+        ) {
+            (Ok(Some(line)), _) => line,
+            (_, Err(e)) => return Err(io_err(e.into())),
+            (Ok(None), Ok(())) => return Err(ClientError::NoAnswer),
+            (Err(e), Ok(())) => return Err(io_err(e)),
+        };
         match serde_json::from_slice(&line).map_err(ClientError::BadAnswer)? {
             Response::Ok(answer) => Ok(answer),
             Response::Error(message) => Err(ClientError::Refused(message)),
