@@ -18,6 +18,7 @@
 #   BENCH_SKIP_FIO=1 BENCH_SKIP_META=1 BENCH_SKIP_UNTAR=1 BENCH_SKIP_CREATE=1
 #   BENCH_SKIP_SNAP=1 BENCH_SKIP_STORE=1 BENCH_SKIP_RSS=1      skip a section
 #   BENCH_TARGETS="native bindfs nos cow"   the live targets to measure
+#   BENCH_META_FILES, BENCH_SNAP_FILES, BENCH_SRC_FRACTION   override one size
 #   BENCH_MILLION=1      also time `umbra create` and browse with 1,000,000 files
 #   BENCH_FIO_RUNTIME=8  seconds at most per fio job (throughput stays exact)
 #   BENCH_DIR=/var/tmp   where the temporary directories go (same disk = fair)
@@ -50,6 +51,9 @@ us() { echo "${EPOCHREALTIME/./}"; }
 # timed CMD...: runs CMD, leaves its wall time in microseconds in $T_US.
 timed() { local t0; t0=$(us); "$@"; T_US=$(( $(us) - t0 )); }
 per_s() { awk -v n="$1" -v us="$2" 'BEGIN { printf "%.3f", n / (us / 1e6) }'; }
+# The most descriptors the daemon was seen holding.
+MAX_FDS=0
+note_fds() { local n; n=$(ls "/proc/$UMBRA_PID/fd" | wc -l); [ "$n" -le "$MAX_FDS" ] || MAX_FDS=$n; }
 # rec GROUP WORKLOAD TARGET VALUE UNIT: one measurement.
 rec() { printf '%s\t%s\t%s\t%s\t%s\n' "$@" >> "$RESULTS"; log "$2 [$3] = $4 $5"; }
 
@@ -127,8 +131,13 @@ SEQ_MB=$(scaled 256 8)          # fio sequential file
 RAND_MB=$(scaled 128 8)         # fio random file
 RAND_IO_MB=$(scaled 64 4)       # fio random: bytes moved per run
 FSYNC_IO_MB=$(scaled 8 1)       # fio random with fsync
-META_FILES=$(scaled 100000 100)
-SNAP_FILES=$(scaled 100000 100)
+# The issue asks for 100,000 files; umbra's live mount cannot create more
+# files than its descriptor limit allows (see the daemon's start), and 3 runs
+# of 4 targets must fit in the time: 10,000 by default.
+META_FILES=${BENCH_META_FILES:-$(scaled 10000 100)}
+# tar c and rsync of the set, 3 runs, cold and warm: 20,000 files by
+# default (BENCH_SNAP_FILES=100000 for the issue's figure).
+SNAP_FILES=${BENCH_SNAP_FILES:-$(scaled 20000 100)}
 BIG_MB=$(scaled 256 8)          # snapshot large-file reads
 DUP_MB=$(scaled 64 4)           # diff area with duplicate content
 CREATE_SIZES=("$(scaled 1000 100)" "$(scaled 100000 1000)")
@@ -142,7 +151,9 @@ make_source_tar() {
   reg=$(ls -d "${CARGO_HOME:-$HOME/.cargo}"/registry/src/*/ 2>/dev/null | head -1 || true)
   if [ -n "$reg" ]; then
     want=$(( $(find "$reg" -type f | wc -l) ))
-    want=$(scaled "$want" 100)
+    # a third of it by default: untar must stay under the daemon's
+    # descriptor limit too (one per file and directory it remembers).
+    want=$(awk -v n="$want" -v f="${BENCH_SRC_FRACTION:-0.33}" -v s="$SCALE" 'BEGIN { x = int(n * f * s); print (x < 100 ? 100 : x) }')
     for c in $(ls "$reg"); do
       list+=("$c")
       have=$(( have + $(find "$reg/$c" -type f | wc -l) ))
@@ -214,7 +225,13 @@ if ! skip SNAP || ! skip STORE || ! skip RSS; then
 fi
 
 log "starting umbra and bindfs"
-"$UMBRA" up --config "$CONF" > "$U/daemon.log" 2>&1 &
+# umbra keeps one O_PATH descriptor open per inode the kernel remembers, and
+# does not raise its own limit: past RLIMIT_NOFILE, creating or looking up
+# one more file fails with EMFILE. Give it as much room as we may (raising
+# the hard limit needs CAP_SYS_RESOURCE), and report how many it held.
+NOFILE=${BENCH_NOFILE:-1048576}
+( ulimit -n "$NOFILE" 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+  exec "$UMBRA" up --config "$CONF" ) > "$U/daemon.log" 2>&1 &
 UMBRA_PID=$!
 for _ in $(seq 300); do
   grep -q '^umbra: ready' "$U/daemon.log" && break
@@ -274,6 +291,7 @@ meta_target() { # target rep
   maybe_set "$t"
   timed "${PY[@]}" mkfiles "$d" "$META_FILES" 100
   rec meta "create $META_FILES files" "$t" "$(per_s "$META_FILES" "$T_US")" files/s
+  note_fds
   maybe_set "$t"
   drop_caches
   timed ls -lR "$d" > /dev/null
@@ -294,6 +312,7 @@ untar_target() { # target rep
   maybe_set "$t"
   timed tar xf "$R/src.tar" -C "$d"
   rec untar "untar source tree" "$t" "$(per_s "$SRC_FILES" "$T_US")" files/s
+  note_fds
   maybe_set "$t"
   timed rm -rf "$d"
   rec untar "rm -rf source tree" "$t" "$(per_s "$SRC_FILES" "$T_US")" files/s
@@ -410,6 +429,7 @@ if ! skip SNAP || ! skip STORE || ! skip RSS; then
   if ! skip RSS; then
     drop_caches
     n=$(find "$S" | wc -l)
+    note_fds
     rec rss "daemon RSS before browsing" - "$RSS_BEFORE" MiB
     rec rss "daemon peak RSS (VmHWM) after browsing a set of $n entries" - "$(vm "$UMBRA_PID" VmHWM)" MiB
     if [ "${BENCH_MILLION:-0}" = 1 ] && ! skip CREATE; then
@@ -421,6 +441,11 @@ if ! skip SNAP || ! skip STORE || ! skip RSS; then
       rec rss "daemon peak RSS (VmHWM) browsing a set of $n entries (find -printf %s)" - "$(vm "$UMBRA_PID" VmHWM)" MiB
     fi
   fi
+fi
+
+if ! skip RSS; then
+  note_fds
+  rec rss "daemon open descriptors, most seen (after creates, untar, browsing)" - "$MAX_FDS" fds
 fi
 
 # ------------------------------------------------------------------ report
