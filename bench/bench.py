@@ -179,13 +179,14 @@ def report(results, meta):
     if create:
         out.append("### `umbra create`: wall time of the client command, ms (lower is better)")
         out.append("")
-        out.append("| case | median | p90 | max | samples |")
-        out.append("|---|---|---|---|---|")
+        out.append("| case | min | median | p90 | max | samples |")
+        out.append("|---|---|---|---|---|---|")
         for key in create:
             xs = sorted(rows[key]["wall"])
             p90 = xs[min(len(xs) - 1, int(0.9 * len(xs)))]
             out.append(
-                "| %s | %s | %s | %s | %d |" % (key[1], fmt(median(xs)), fmt(p90), fmt(xs[-1]), len(xs))
+                "| %s | %s | %s | %s | %s | %d |"
+                % (key[1], fmt(xs[0]), fmt(median(xs)), fmt(p90), fmt(xs[-1]), len(xs))
             )
         out.append("")
 
@@ -212,7 +213,8 @@ def report(results, meta):
         for key in other:
             for target, xs in rows[key].items():
                 name = key[1] if target == "-" else "%s (%s)" % (key[1], target)
-                out.append("| %s | %s | %s |" % (name, fmt(median(xs)), units[key]))
+                x = median(xs)
+                out.append("| %s | %s | %s |" % (name, "%.0f" % x if x >= 1000 else "%.4g" % x, units[key]))
         out.append("")
     print("\n".join(out))
 
