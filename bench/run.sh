@@ -39,7 +39,7 @@ PY=(python3 "$HERE/bench.py")
 SCALE=${BENCH_SCALE:-1}
 REPS=${BENCH_REPS:-3}
 RT=${BENCH_FIO_RUNTIME:-8}
-TARGETS=(${BENCH_TARGETS:-native bindfs nos cow})
+read -r -a TARGETS <<< "${BENCH_TARGETS:-native bindfs nos cow}"
 OUT=${BENCH_OUT:-$REPO/BENCHMARKS-latest.md}
 
 log() { printf '[bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
@@ -154,7 +154,8 @@ make_source_tar() {
     # a third of it by default: untar must stay under the daemon's
     # descriptor limit too (one per file and directory it remembers).
     want=$(awk -v n="$want" -v f="${BENCH_SRC_FRACTION:-0.33}" -v s="$SCALE" 'BEGIN { x = int(n * f * s); print (x < 100 ? 100 : x) }')
-    for c in $(ls "$reg"); do
+    for c in "$reg"*/; do
+      c=$(basename "$c")
       list+=("$c")
       have=$(( have + $(find "$reg/$c" -type f | wc -l) ))
       [ "$have" -ge "$want" ] && break
