@@ -1,0 +1,235 @@
+#!/usr/bin/env python3
+"""Helpers for bench/run.sh: the file-tree workloads that a shell loop would
+drown in fork costs, and the report that turns results.tsv into Markdown.
+
+Every workload here does the same system calls whatever directory it runs
+in, so native, bindfs and umbra are compared on equal terms. Nothing here
+times itself: run.sh times each call from outside.
+"""
+
+import os
+import sys
+
+BLOCK = 64 * 1024  # umbra's pre-image block size
+MIB = 1024 * 1024
+
+
+def tree_paths(root, n, per_dir=1000):
+    """The n file paths of a tree of `per_dir` files per directory."""
+    for i in range(n):
+        yield os.path.join(root, "d%04d" % (i // per_dir), "f%06d" % i)
+
+
+def mkfiles(root, n, size=100):
+    """Creates n small files of `size` bytes, 1,000 to a directory."""
+    n = int(n)
+    data = b"x" * int(size)
+    made = set()
+    for path in tree_paths(root, n):
+        d = os.path.dirname(path)
+        if d not in made:
+            os.makedirs(d, exist_ok=True)
+            made.add(d)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        os.write(fd, data)
+        os.close(fd)
+
+
+def rename(root):
+    """Renames every file of a mkfiles tree within its directory."""
+    for d in sorted(os.listdir(root)):
+        dp = os.path.join(root, d)
+        for f in os.listdir(dp):
+            os.rename(os.path.join(dp, f), os.path.join(dp, f + ".r"))
+
+
+def mkbig(path, mib, mode="random"):
+    """A file of `mib` MiB: random throughout, or one random MiB repeated
+    (`dup`: every 64 KiB block appears mib times)."""
+    mib = int(mib)
+    pattern = os.urandom(MIB)
+    with open(path, "wb") as f:
+        for _ in range(mib):
+            f.write(os.urandom(MIB) if mode == "random" else pattern)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def overwrite(path, every):
+    """Overwrites every `every`-th 64 KiB block of a file in place (1: all of
+    it, 2: half of it, interleaved), with data that differs from it."""
+    every = int(every)
+    size = os.path.getsize(path)
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        if every == 1:
+            buf = b"\xa5" * MIB
+            for off in range(0, size, MIB):
+                os.pwrite(fd, buf[: min(MIB, size - off)], off)
+        else:
+            buf = b"\x5a" * BLOCK
+            for off in range(0, size, BLOCK * every):
+                os.pwrite(fd, buf[: min(BLOCK, size - off)], off)
+    finally:
+        os.close(fd)
+
+
+def status_field(path, field):
+    """One number from `umbra status --json` saved in a file."""
+    import json
+
+    with open(path) as f:
+        doc = json.load(f)
+    print(doc["diff_area"][field])
+
+
+# ---------------------------------------------------------------- report
+
+
+def median(xs):
+    xs = sorted(xs)
+    n = len(xs)
+    if n == 0:
+        return None
+    return xs[n // 2] if n % 2 else (xs[n // 2 - 1] + xs[n // 2]) / 2
+
+
+def fmt(x):
+    if x is None:
+        return "–"
+    if x >= 100:
+        return "%.0f" % x
+    if x >= 10:
+        return "%.1f" % x
+    if x >= 1:
+        return "%.2f" % x
+    return "%.3f" % x
+
+
+def ratio(a, b):
+    if a is None or b is None or b == 0:
+        return "–"
+    return "%.2f×" % (a / b)
+
+
+def load_results(path):
+    rows = {}
+    order = []
+    units = {}
+    with open(path) as f:
+        for line in f:
+            parts = line.rstrip("\n").split("\t")
+            if len(parts) != 5:
+                continue
+            group, work, target, value, unit = parts
+            key = (group, work)
+            if key not in order:
+                order.append(key)
+            rows.setdefault(key, {}).setdefault(target, []).append(float(value))
+            units[key] = unit
+    return rows, order, units
+
+
+LIVE_TARGETS = ["native", "bindfs", "nos", "cow"]
+
+
+def report(results, meta):
+    rows, order, units = load_results(results)
+    out = []
+    with open(meta) as f:
+        out.append(f.read().rstrip("\n"))
+    out.append("")
+
+    def med(key, target):
+        return median(rows.get(key, {}).get(target, []))
+
+    def n_of(key, target):
+        return len(rows.get(key, {}).get(target, []))
+
+    live = [k for k in order if k[0] in ("fio", "meta", "untar")]
+    if live:
+        out.append("### Live volume: throughput (median of the runs; higher is better)")
+        out.append("")
+        out.append(
+            "| workload | unit | native | bindfs | umbra, no set | umbra, after a set "
+            "| umbra/native | umbra/bindfs | after-set/native | after-set/no-set | runs |"
+        )
+        out.append("|" + "---|" * 11)
+        for key in live:
+            m = {t: med(key, t) for t in LIVE_TARGETS}
+            out.append(
+                "| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %d |"
+                % (
+                    key[1],
+                    units[key],
+                    fmt(m["native"]),
+                    fmt(m["bindfs"]),
+                    fmt(m["nos"]),
+                    fmt(m["cow"]),
+                    ratio(m["nos"], m["native"]),
+                    ratio(m["nos"], m["bindfs"]),
+                    ratio(m["cow"], m["native"]),
+                    ratio(m["cow"], m["nos"]),
+                    min((n_of(key, t) for t in LIVE_TARGETS if n_of(key, t)), default=0),
+                )
+            )
+        out.append("")
+
+    create = [k for k in order if k[0] == "create"]
+    if create:
+        out.append("### `umbra create`: wall time of the client command, ms (lower is better)")
+        out.append("")
+        out.append("| case | min | median | p90 | max | samples |")
+        out.append("|---|---|---|---|---|---|")
+        for key in create:
+            xs = sorted(rows[key]["wall"])
+            p90 = xs[min(len(xs) - 1, int(0.9 * len(xs)))]
+            out.append(
+                "| %s | %s | %s | %s | %s | %d |"
+                % (key[1], fmt(xs[0]), fmt(median(xs)), fmt(p90), fmt(xs[-1]), len(xs))
+            )
+        out.append("")
+
+    snap = [k for k in order if k[0] == "snap"]
+    if snap:
+        out.append("### Snapshot reads (median; higher is better)")
+        out.append("")
+        out.append("| workload | unit | native | shadow copy | copy/native | runs |")
+        out.append("|---|---|---|---|---|---|")
+        for key in snap:
+            a, b = med(key, "native"), med(key, "set")
+            out.append(
+                "| %s | %s | %s | %s | %s | %d |"
+                % (key[1], units[key], fmt(a), fmt(b), ratio(b, a), n_of(key, "set"))
+            )
+        out.append("")
+
+    other = [k for k in order if k[0] in ("store", "rss")]
+    if other:
+        out.append("### Diff area and daemon memory")
+        out.append("")
+        out.append("| measure | value | unit |")
+        out.append("|---|---|---|")
+        for key in other:
+            for target, xs in rows[key].items():
+                name = key[1] if target == "-" else "%s (%s)" % (key[1], target)
+                x = median(xs)
+                out.append("| %s | %s | %s |" % (name, "%.0f" % x if x >= 1000 else "%.4g" % x, units[key]))
+        out.append("")
+    print("\n".join(out))
+
+
+def main():
+    cmd, args = sys.argv[1], sys.argv[2:]
+    {
+        "mkfiles": mkfiles,
+        "rename": rename,
+        "mkbig": mkbig,
+        "overwrite": overwrite,
+        "status-field": status_field,
+        "report": report,
+    }[cmd](*args)
+
+
+if __name__ == "__main__":
+    main()
