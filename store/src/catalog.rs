@@ -94,6 +94,7 @@ CREATE TABLE aside (
 ";
 
 const READERS: usize = 4;
+const STATEMENTS: usize = 64;
 
 pub(crate) struct Catalog {
     writer: Mutex<Connection>,
@@ -134,6 +135,8 @@ impl Catalog {
         writer.pragma_update(None, "synchronous", "NORMAL")?;
         writer.pragma_update(None, "foreign_keys", "ON")?;
         writer.busy_timeout(std::time::Duration::from_secs(30))?;
+        // Every query the store runs stays prepared (rusqlite keeps 16).
+        writer.set_prepared_statement_cache_capacity(STATEMENTS);
         migrate(&writer)?;
         let mut readers = Vec::with_capacity(READERS);
         for _ in 0..READERS {
@@ -142,6 +145,7 @@ impl Catalog {
                 OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
             )?;
             r.busy_timeout(std::time::Duration::from_secs(30))?;
+            r.set_prepared_statement_cache_capacity(STATEMENTS);
             readers.push(r);
         }
         Ok(Catalog {

@@ -261,6 +261,10 @@ impl LiveFs {
                 )
             })?;
         }
+        if set.uid.is_some() || set.gid.is_some() || set.mode.is_some() {
+            // chown drops a file capability; chmod may go with it.
+            node.forget_capability();
+        }
         drop(m);
         self.attr_of(object, node.fd.as_fd())
     }
@@ -872,7 +876,16 @@ impl LiveFs {
 
     pub fn getxattr(&self, ino: u64, name: &OsStr) -> Result<Vec<u8>> {
         let node = self.nodes.get(ino)?;
-        Ok(backing::get_xattr(node.fd.as_fd(), &cstr(name)?)?)
+        let cname = cstr(name)?;
+        if name == OsStr::new("security.capability") {
+            return node
+                .capability(|| {
+                    backing::get_xattr(node.fd.as_fd(), &cname)
+                        .map_err(|e| e.raw_os_error().unwrap_or(libc::EIO))
+                })
+                .map_err(errno);
+        }
+        Ok(backing::get_xattr(node.fd.as_fd(), &cname)?)
     }
 
     pub fn listxattr(&self, ino: u64) -> Result<Vec<u8>> {
@@ -885,12 +898,9 @@ impl LiveFs {
         let mut m = self.vol.cow.begin(&[node.object]);
         m.attr(node.object, node.fd.as_fd())?;
         m.preserve()?;
-        Ok(backing::set_xattr(
-            node.fd.as_fd(),
-            &cstr(name)?,
-            value,
-            flags,
-        )?)
+        let set = backing::set_xattr(node.fd.as_fd(), &cstr(name)?, value, flags);
+        node.forget_capability();
+        Ok(set?)
     }
 
     pub fn removexattr(&self, ino: u64, name: &OsStr) -> Result<()> {
@@ -898,7 +908,9 @@ impl LiveFs {
         let mut m = self.vol.cow.begin(&[node.object]);
         m.attr(node.object, node.fd.as_fd())?;
         m.preserve()?;
-        Ok(backing::remove_xattr(node.fd.as_fd(), &cstr(name)?)?)
+        let removed = backing::remove_xattr(node.fd.as_fd(), &cstr(name)?);
+        node.forget_capability();
+        Ok(removed?)
     }
 }
 

@@ -209,7 +209,13 @@ impl Filesystem for LiveAdapter {
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        reply::opened(self.fs.open(ino.0, flags.0), FopenFlags::empty(), reply)
+        // Only umbra changes a volume while it is mounted and every change goes
+        // through this mount, so the kernel's cached pages stay true.
+        reply::opened(
+            self.fs.open(ino.0, flags.0),
+            FopenFlags::FOPEN_KEEP_CACHE,
+            reply,
+        )
     }
 
     fn read(

@@ -23,6 +23,9 @@ pub(crate) struct Node {
     pub object: ObjectId,
     lookups: AtomicU64,
     name: Mutex<Option<(u64, OsString)>>,
+    /// `security.capability` as last read (value or errno): the kernel asks
+    /// for it before every write, and only umbra changes it while mounted.
+    capability: Mutex<Option<Result<Vec<u8>, i32>>>,
 }
 
 impl Node {
@@ -32,12 +35,25 @@ impl Node {
             object,
             lookups: AtomicU64::new(lookups),
             name: Mutex::new(None),
+            capability: Mutex::new(None),
         }
     }
 
     /// The parent inode and name this node was last reached by.
     pub fn name(&self) -> Option<(u64, OsString)> {
         self.name.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The cached `security.capability`, filled by `read` on first use.
+    pub fn capability(&self, read: impl FnOnce() -> Result<Vec<u8>, i32>) -> Result<Vec<u8>, i32> {
+        let mut cached = self.capability.lock().unwrap_or_else(|p| p.into_inner());
+        cached.get_or_insert_with(read).clone()
+    }
+
+    /// Called after any change that may add or drop the capability
+    /// (xattr calls, chown, chmod).
+    pub fn forget_capability(&self) {
+        *self.capability.lock().unwrap_or_else(|p| p.into_inner()) = None;
     }
 
     pub fn set_name(&self, name: Option<(u64, OsString)>) {
