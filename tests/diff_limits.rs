@@ -76,3 +76,150 @@ fn a_bad_limit_is_a_one_line_error() {
     let err = d.try_launch().expect_err("refused");
     assert!(err.contains("max_diff_size"), "{err}");
 }
+
+/// A tmpfs of `mib` MiB mounted at `path` for the test's lifetime.
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(path: &std::path::Path, mib: u32) -> Tmpfs {
+        fs::create_dir_all(path).unwrap();
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={mib}m"), "tmpfs"])
+            .arg(path)
+            .status()
+            .unwrap();
+        assert!(status.success(), "mounting a tmpfs at {}", path.display());
+        Tmpfs(path.to_path_buf())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+/// What one round of [`fill_a_small_store_disk`] did.
+struct Round {
+    set: Result<common::SetJson, String>,
+    overwrite: std::io::Result<()>,
+}
+
+/// Takes a set and then overwrites a 1 MB live file, six times (seeds 2 to
+/// 7; the file starts as seed 1), with the store on a 4 MiB disk of its
+/// own: the pre-images cannot all fit. Stops at the first failure.
+fn fill_a_small_store_disk(config: Config) -> (Daemon, Tmpfs, Vec<Round>) {
+    let mut d = Daemon::prepare(config);
+    let disk = Tmpfs::mount(&d.layout.state_dir, 4);
+    d.launch();
+    let live = d.live("data").join("f");
+    fs::write(&live, noise(1, 1_000_000)).unwrap();
+    let mut rounds = Vec::new();
+    for seed in 2..8 {
+        let set = d.try_create_set();
+        let overwrite = match set {
+            Ok(_) => {
+                let f = fs::OpenOptions::new().write(true).open(&live).unwrap();
+                f.write_all_at(&noise(seed, 1_000_000), 0)
+            }
+            Err(_) => Ok(()),
+        };
+        let failed = set.is_err() || overwrite.is_err();
+        rounds.push(Round { set, overwrite });
+        if failed {
+            break;
+        }
+    }
+    (d, disk, rounds)
+}
+
+#[test]
+fn a_store_whose_disk_is_really_full_deletes_the_oldest_sets_and_live_writes_go_on() {
+    let (mut d, _disk, rounds) = fill_a_small_store_disk(Config::default());
+    for (seed, round) in (2..).zip(&rounds) {
+        if let Err(e) = &round.set {
+            panic!(
+                "{}",
+                d.failure(&format!("set before overwrite {seed}: {e}"))
+            );
+        }
+        if let Err(e) = &round.overwrite {
+            panic!(
+                "{}",
+                d.failure(&format!("overwrite {seed} with the store's disk full: {e}"))
+            );
+        }
+    }
+    let live = d.live("data").join("f");
+    assert_eq!(
+        fs::read(&live).unwrap(),
+        noise(7, 1_000_000),
+        "no live write was lost"
+    );
+    let sets = d.list_sets();
+    assert!(
+        sets.len() < 6,
+        "the oldest sets made room: {} left",
+        sets.len()
+    );
+    assert!(
+        d.failure("").contains("disk is full; deleted the oldest"),
+        "the deletions are logged"
+    );
+    // Every set left still shows its instant, before and after a restart:
+    // the full disk damaged nothing.
+    for round in ["before", "after"] {
+        let sets = d.list_sets();
+        for (k, set) in sets.iter().rev().enumerate() {
+            let seed = 6 - k as u32;
+            assert_eq!(
+                fs::read(d.browse(set, "data").join("f")).unwrap(),
+                noise(seed, 1_000_000),
+                "set {} {round} a restart",
+                set.name
+            );
+        }
+        if round == "before" {
+            d.restart();
+        }
+    }
+    d.stop();
+}
+
+#[test]
+fn protect_on_a_really_full_store_disk_refuses_and_keeps_every_set() {
+    let (mut d, _disk, rounds) =
+        fill_a_small_store_disk(Config::default().line("on_full = \"protect\""));
+    let last = rounds.last().unwrap();
+    match (&last.set, &last.overwrite) {
+        (Err(e), _) => assert!(e.contains("disk is full"), "{e}"),
+        (Ok(_), Err(e)) => assert_eq!(e.raw_os_error(), Some(libc::ENOSPC), "{e}"),
+        (Ok(_), Ok(())) => panic!("six 1 MB pre-images fit on a 4 MiB disk"),
+    }
+    let made: Vec<String> = rounds
+        .iter()
+        .filter_map(|r| r.set.as_ref().ok().map(|s| s.name.clone()))
+        .collect();
+    // Every set made is kept and, after a restart too, shows its instant:
+    // set k was taken when the file held seed k + 1.
+    for round in ["before", "after"] {
+        let sets = d.list_sets();
+        let names: Vec<String> = sets.iter().map(|s| s.name.clone()).collect();
+        assert_eq!(names, made, "protect deletes nothing ({round} a restart)");
+        for (k, set) in sets.iter().enumerate() {
+            assert_eq!(
+                fs::read(d.browse(set, "data").join("f")).unwrap(),
+                noise(k as u32 + 1, 1_000_000),
+                "set {} {round} a restart",
+                set.name
+            );
+        }
+        if round == "before" {
+            d.restart();
+        }
+    }
+    d.stop();
+}

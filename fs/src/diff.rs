@@ -140,6 +140,13 @@ impl DiffGuard for DiffArea {
     }
 
     fn disk_full(&self) -> Result<bool> {
-        self.full("the diff area's disk is full")
+        if self.limits.on_full == OnFull::Protect {
+            return self.full("the diff area's disk is full");
+        }
+        // Deleting needs a little room itself: the store's reserve makes it.
+        self.store.release_reserve();
+        let deleted = self.full("the diff area's disk is full");
+        self.store.restore_reserve();
+        deleted
     }
 }

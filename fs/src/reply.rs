@@ -23,6 +23,11 @@ pub(crate) struct Listing {
 }
 
 pub(crate) fn errno(e: &FsError) -> Errno {
+    // A failure of the diff area reaches the application only as EIO: say
+    // what it was, or nobody can tell why.
+    if let FsError::Store(_) = e {
+        tracing::error!("answering EIO: {e}");
+    }
     Errno::from_i32(e.errno())
 }
 

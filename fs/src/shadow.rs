@@ -85,7 +85,10 @@ pub fn delete_set(store: &Store, volumes: &[Arc<Volume>], set: SetId) -> Result<
         vol.cow.set_any_set(any);
         vol.free_unreachable_aside()?;
     }
-    // Give the freed pack space back, a batch at a time.
-    store.compact()?;
+    // Give the freed pack space back, a batch at a time. The set is gone
+    // whatever happens here; a disk too full to copy into waits for later.
+    if let Err(e) = store.compact() {
+        tracing::warn!("reclaiming pack space after a deletion: {e}");
+    }
     Ok(())
 }

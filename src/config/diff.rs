@@ -136,7 +136,7 @@ impl DiffConfig {
     pub fn limits(&self, store_dir: &Path) -> std::io::Result<DiffLimits> {
         let max_bytes = match self.max_size {
             None => None,
-            Some(size) => Some(size.bytes(filesystem_bytes(store_dir)?)),
+            Some(size) => Some(size.bytes(umbra_store::filesystem_bytes(store_dir)?)),
         };
         Ok(DiffLimits {
             max_bytes,
@@ -147,19 +147,6 @@ impl DiffConfig {
             },
         })
     }
-}
-
-fn filesystem_bytes(dir: &Path) -> std::io::Result<u64> {
-    use std::os::unix::ffi::OsStrExt;
-    let c = std::ffi::CString::new(dir.as_os_str().as_bytes())
-        .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
-    // SAFETY: zeroed statvfs is a valid out-buffer; c is a valid C string.
-    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-    // SAFETY: as above.
-    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(st.f_blocks * st.f_frsize)
 }
 
 #[cfg(test)]

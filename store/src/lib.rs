@@ -16,11 +16,13 @@ mod error;
 mod ids;
 mod pack;
 mod records;
+mod reserve;
 mod store;
 
 pub use error::{Error, Result};
 pub use ids::{ChunkHash, Epoch, ObjectId, SetId, VolumeId};
 pub use records::{AttrRecord, DirEntry, FileKind, Timestamp};
+pub use reserve::filesystem_bytes;
 pub use store::{
     Durability, NewSet, PreImages, Preserved, SetInfo, SetVolume, SetWriterRecord, Store,
     StoreOptions, StoreStats, VolumeInfo,

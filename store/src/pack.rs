@@ -172,8 +172,10 @@ impl Packs {
         Ok(())
     }
 
-    /// Every pack on disk with its size in bytes.
+    /// Every pack on disk with the bytes it takes (allocated: punched holes
+    /// are not counted).
     pub fn list(&self) -> Result<Vec<(u32, u64)>> {
+        use std::os::unix::fs::MetadataExt;
         let mut out = Vec::new();
         for entry in fs::read_dir(&self.dir).map_err(io_err("listing packs"))? {
             let entry = entry.map_err(io_err("listing packs"))?;
@@ -185,7 +187,8 @@ impl Packs {
             else {
                 continue;
             };
-            out.push((n, entry.metadata().map_err(io_err("sizing a pack"))?.len()));
+            let meta = entry.metadata().map_err(io_err("sizing a pack"))?;
+            out.push((n, meta.blocks() * 512));
         }
         out.sort_unstable();
         Ok(out)
@@ -202,12 +205,58 @@ impl Packs {
         fs::remove_file(&path).map_err(io_err(format!("removing {}", path.display())))
     }
 
-    /// Bytes the packs take on disk.
+    /// Gives the disk space of dropped chunks back at once by punching
+    /// their bytes out of the pack (the file keeps its size; a hole reads
+    /// as zeros). Only bytes of the chunks themselves are touched, so a
+    /// neighbour never is. Best effort: a filesystem without hole punching
+    /// keeps the dead bytes until compaction.
+    pub fn punch(&self, dropped: &[ChunkLocation]) {
+        // Whole runs of neighbouring dead chunks, so that the pages they
+        // share are freed too.
+        let mut ranges: Vec<(u32, u64, u64)> = dropped
+            .iter()
+            .map(|loc| {
+                let start = loc.offset.saturating_sub(CHUNK_HEADER);
+                (loc.pack, start, loc.offset + u64::from(loc.len))
+            })
+            .collect();
+        ranges.sort_unstable();
+        let mut runs: Vec<(u32, u64, u64)> = Vec::new();
+        for (pack, start, end) in ranges {
+            match runs.last_mut() {
+                Some(run) if run.0 == pack && run.2 == start => run.2 = end,
+                _ => runs.push((pack, start, end)),
+            }
+        }
+        let mut open: Option<(u32, File)> = None;
+        for (pack, start, end) in runs {
+            if open.as_ref().is_none_or(|(p, _)| *p != pack) {
+                let path = pack_path(&self.dir, pack);
+                match OpenOptions::new().write(true).open(&path) {
+                    Ok(f) => open = Some((pack, f)),
+                    Err(e) => {
+                        tracing::debug!("opening {} to punch dropped chunks: {e}", path.display());
+                        open = None;
+                        continue;
+                    }
+                }
+            }
+            let Some((_, file)) = &open else { continue };
+            if let Err(e) = punch_hole(file, start, end - start) {
+                tracing::debug!("punching dropped chunks out of pack {pack}: {e}");
+                return;
+            }
+        }
+    }
+
+    /// Bytes the packs take on disk (allocated, so punched holes do not
+    /// count).
     pub fn disk_bytes(&self) -> Result<u64> {
+        use std::os::unix::fs::MetadataExt;
         let mut total = 0;
         for entry in fs::read_dir(&self.dir).map_err(io_err("listing packs"))? {
             let entry = entry.map_err(io_err("listing packs"))?;
-            total += entry.metadata().map_err(io_err("sizing a pack"))?.len();
+            total += entry.metadata().map_err(io_err("sizing a pack"))?.blocks() * 512;
         }
         Ok(total)
     }
@@ -223,6 +272,26 @@ impl Packs {
         readers.insert(pack, file.clone());
         Ok(file)
     }
+}
+
+fn punch_hole(file: &File, start: u64, len: u64) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let (Ok(start), Ok(len)) = (i64::try_from(start), i64::try_from(len)) else {
+        return Err(std::io::ErrorKind::InvalidInput.into());
+    };
+    // SAFETY: fallocate on an fd we own; no memory is passed.
+    let rc = unsafe {
+        libc::fallocate(
+            file.as_raw_fd(),
+            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+            start,
+            len,
+        )
+    };
+    if rc < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 fn pack_path(dir: &Path, pack: u32) -> PathBuf {

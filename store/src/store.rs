@@ -14,8 +14,9 @@ use crate::cache::ChunkCache;
 use crate::catalog::Catalog;
 use crate::durable::{GroupSync, Ticket};
 use crate::error::io_err;
-use crate::pack::{CHUNK_HEADER, ChunkLocation, MAGIC, Packs};
+use crate::pack::{CHUNK_HEADER, ChunkLocation, Packs};
 use crate::records::{decode, encode};
+use crate::reserve;
 use crate::{
     AttrRecord, ChunkHash, DirEntry, Epoch, Error, ObjectId, Result, SetId, Timestamp, VolumeId,
 };
@@ -25,6 +26,10 @@ pub struct StoreOptions {
     /// Bytes of hot chunks kept in memory.
     pub cache_bytes: usize,
     pub durability: Durability,
+    /// Punch the bytes of dropped chunks out of their packs as soon as a
+    /// deletion is durable, giving the space back at once. Off, dead bytes
+    /// wait for compaction's copying, as on a filesystem that cannot punch.
+    pub punch_holes: bool,
 }
 
 impl Default for StoreOptions {
@@ -32,6 +37,7 @@ impl Default for StoreOptions {
         StoreOptions {
             cache_bytes: 64 * 1024 * 1024,
             durability: Durability::Power,
+            punch_holes: true,
         }
     }
 }
@@ -145,6 +151,7 @@ pub struct Store {
     packs: Packs,
     cache: ChunkCache,
     durability: Durability,
+    punch_holes: bool,
     group: GroupSync,
     wal: Mutex<Option<File>>,
     /// Bytes of chunk data the catalog names: the diff area's size for its
@@ -174,11 +181,25 @@ impl Store {
             cache: ChunkCache::new(options.cache_bytes),
             chunk_bytes: AtomicU64::new(0),
             durability: options.durability,
+            punch_holes: options.punch_holes,
             group: GroupSync::default(),
             wal: Mutex::new(None),
         };
         store.recount()?;
+        store.restore_reserve();
         Ok(store)
+    }
+
+    /// Gives the reserve's space back to the filesystem: on a full disk,
+    /// deleting a set still needs room for its catalog transaction.
+    pub fn release_reserve(&self) {
+        reserve::release(&self.dir);
+    }
+
+    /// Sets the reserve aside again (best effort: on a full disk it waits
+    /// for the next deletion).
+    pub fn restore_reserve(&self) {
+        reserve::restore(&self.dir);
     }
 
     pub fn dir(&self) -> &Path {
@@ -374,15 +395,30 @@ impl Store {
         for volume in volumes {
             dropped += prune_records(&tx, volume)?;
         }
-        tx.execute(
-            "DELETE FROM chunks WHERE hash NOT IN (SELECT hash FROM block_records)
-                                  AND hash NOT IN (SELECT entries FROM dir_records)",
-            [],
-        )?;
+        let unneeded: Vec<ChunkLocation> = {
+            let mut stmt = tx.prepare(
+                "DELETE FROM chunks WHERE hash NOT IN (SELECT hash FROM block_records)
+                                      AND hash NOT IN (SELECT entries FROM dir_records)
+                 RETURNING pack, offset, len",
+            )?;
+            stmt.query_map([], |r| {
+                Ok(ChunkLocation {
+                    pack: r.get(0)?,
+                    offset: r.get::<_, i64>(1)? as u64,
+                    len: r.get(2)?,
+                })
+            })?
+            .collect::<rusqlite::Result<_>>()?
+        };
         tx.commit()?;
         let ticket = self.group.committed();
         drop(conn);
         self.make_durable(ticket)?;
+        // Only once no durable row names them: a crash before this leaves
+        // dead bytes for compaction, never a hole under a named chunk.
+        if self.punch_holes {
+            self.packs.punch(&unneeded);
+        }
         self.recount()?;
         Ok(dropped)
     }
@@ -780,8 +816,11 @@ impl Store {
         }
     }
 
-    /// One step of reclaiming pack space: the pack with the most dead bytes
-    /// (if more than half of it is dead) has its live chunks copied to the
+    /// One step of reclaiming pack space. `delete_set` already punches
+    /// dropped chunks out of their packs, so on a filesystem that can punch
+    /// holes this only removes packs left with no live chunk; elsewhere
+    /// (and for bytes a crash left unpunched) the pack taking the most
+    /// dead bytes (if more than half of it is dead) has its live chunks copied to the
     /// active pack in small batches, each its own short transaction made
     /// durable before the old pack is removed, so live writes (which need
     /// the catalog's writer) wait for one batch at most. Returns the bytes
@@ -789,15 +828,19 @@ impl Store {
     pub fn compact_step(&self) -> Result<u64> {
         const BATCH: i64 = 64;
         let mut best: Option<(u32, u64)> = None;
-        for (pack, size) in self.packs.list()? {
+        for (pack, allocated) in self.packs.list()? {
             let live: i64 = self.catalog.reader().query_row(
                 "SELECT coalesce(sum(len), 0) + count(*) * ?2 FROM chunks WHERE pack = ?1",
                 params![pack, CHUNK_HEADER as i64],
                 |r| r.get(0),
             )?;
-            let payload = size.saturating_sub(MAGIC.len() as u64);
-            let dead = payload.saturating_sub(live as u64);
-            if dead > 0 && dead * 2 >= payload && best.is_none_or(|(_, d)| dead > d) {
+            let dead = allocated.saturating_sub(live as u64);
+            // An emptied pack that takes no more appends costs nothing to
+            // remove; otherwise copying must win back at least a block,
+            // or a fresh active pack would be rolled over and over.
+            let emptied = live == 0 && pack != self.packs.active();
+            let worth_copying = dead >= crate::BLOCK_SIZE && dead * 2 >= allocated;
+            if (emptied || worth_copying) && best.is_none_or(|(_, d)| dead > d) {
                 best = Some((pack, dead));
             }
         }

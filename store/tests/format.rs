@@ -32,7 +32,7 @@ fn cols(spec: &[(&str, &str, bool, i64)]) -> Columns {
 }
 
 #[test]
-fn a_new_store_is_a_catalog_and_a_pack_directory() {
+fn a_new_store_is_a_catalog_a_pack_directory_and_a_reserve() {
     let tmp = tempfile::tempdir().expect("tempdir");
     drop(open(tmp.path()));
     let mut names: Vec<String> = fs::read_dir(tmp.path())
@@ -41,7 +41,9 @@ fn a_new_store_is_a_catalog_and_a_pack_directory() {
         .filter(|n| !n.starts_with("catalog.db-")) // WAL and shared memory
         .collect();
     names.sort();
-    assert_eq!(names, ["catalog.db", "packs"]);
+    assert_eq!(names, ["catalog.db", "packs", "reserve"]);
+    let reserve = fs::read(tmp.path().join("reserve")).expect("reserve");
+    assert!(!reserve.is_empty() && reserve.iter().all(|&b| b == 0));
     assert_eq!(
         fs::read(pack_path(tmp.path(), 0)).expect("pack"),
         b"UMBRAPK1"

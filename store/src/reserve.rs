@@ -1,0 +1,48 @@
+//! The reserve: a file of zeros kept in the store directory so that, when
+//! the store's disk is really full, there is room to delete sets (which
+//! needs a catalog transaction) and recover. Owns only that file and the
+//! question "how big is this filesystem"; it never touches packs or the
+//! catalog.
+
+use std::fs::File;
+use std::io::Write;
+use std::path::Path;
+
+const RESERVE: &str = "reserve";
+const MAX_BYTES: u64 = 2 * 1024 * 1024;
+
+pub(crate) fn release(store_dir: &Path) {
+    let _ = std::fs::remove_file(store_dir.join(RESERVE));
+}
+
+pub(crate) fn restore(store_dir: &Path) {
+    let path = store_dir.join(RESERVE);
+    if path.exists() {
+        return;
+    }
+    // A 64th of the disk, at most 2 MiB: plenty for a few catalog
+    // transactions without taking a small disk's room for pre-images.
+    let bytes = filesystem_bytes(store_dir).map_or(MAX_BYTES, |total| (total / 64).min(MAX_BYTES));
+    let made = File::create(&path).and_then(|mut f| {
+        f.write_all(&vec![0u8; bytes as usize])?;
+        f.sync_all()
+    });
+    if let Err(e) = made {
+        let _ = std::fs::remove_file(&path);
+        tracing::debug!("setting the store's reserve aside: {e}");
+    }
+}
+
+/// The size of the filesystem holding `dir`, in bytes.
+pub fn filesystem_bytes(dir: &Path) -> std::io::Result<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(dir.as_os_str().as_bytes())
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+    // SAFETY: zeroed statvfs is a valid out-buffer; c is a valid C string.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(st.f_blocks * st.f_frsize)
+}
