@@ -134,11 +134,36 @@ impl Registration {
         if let Some(c) = self.components.iter().find(|c| !name_ok(&c.name)) {
             return Err(format!("component name {:?} is not usable", c.name));
         }
+        for c in &self.components {
+            if let Some(p) = c
+                .paths
+                .iter()
+                .chain(&c.excludes)
+                .find(|p| !inside_a_volume(p))
+            {
+                return Err(format!(
+                    "component {:?}: path {p:?} must be relative to its volume, without '..' or control characters",
+                    c.name
+                ));
+            }
+        }
         if self.timeout_secs == Some(0) {
             return Err("timeout_secs must be at least 1".into());
         }
         Ok(())
     }
+}
+
+/// A path a client names stays inside its volume by its spelling alone:
+/// relative, no `..` step, no control character, at most PATH_MAX. The
+/// daemon never resolves component paths on disk, so a symlink inside a
+/// volume cannot lead one out either.
+fn inside_a_volume(path: &str) -> bool {
+    !path.is_empty()
+        && path.len() < 4096
+        && !path.starts_with('/')
+        && !path.chars().any(char::is_control)
+        && path.split('/').all(|step| step != "..")
 }
 
 /// What the coordinator sends a writer: one event of one set.
@@ -286,6 +311,34 @@ mod tests {
         assert!(serde_json::from_value::<Registration>(json!({"name": "x", "nmae": 1})).is_err());
         assert!(Registration::new("", &[]).validate().is_err());
         assert!(Registration::new("a/b", &[]).validate().is_err());
+    }
+
+    #[test]
+    fn component_paths_never_leave_their_volume() {
+        let with = |paths: &[&str], excludes: &[&str]| {
+            let mut reg = Registration::new("pg", &["data"]);
+            reg.components.push(Component {
+                name: "db".into(),
+                paths: paths.iter().map(|p| p.to_string()).collect(),
+                excludes: excludes.iter().map(|p| p.to_string()).collect(),
+            });
+            reg.validate()
+        };
+        assert!(with(&["pg", "pg/wal", "./x", "a..b"], &["pg/tmp"]).is_ok());
+        for bad in [
+            "/etc/passwd",
+            "..",
+            "../x",
+            "pg/../../x",
+            "pg/..",
+            "",
+            "a\nb",
+            "a\0b",
+        ] {
+            let err = with(&[bad], &[]).expect_err(bad);
+            assert!(err.contains("relative to its volume"), "{err}");
+            assert!(with(&["pg"], &[bad]).is_err(), "exclude {bad:?}");
+        }
     }
 
     #[test]
