@@ -6,9 +6,12 @@
 //!
 //!     cargo run --example sqlite_writer -- SOCKET DB [VOLUME] [SECONDS]
 //!
-//! It prints the number of transfers it made. It never touches a snapshot.
+//! It stops after SECONDS (default 10) or at SIGTERM, once no set holds it
+//! frozen, and prints the number of transfers it made. It never touches a
+//! snapshot.
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -79,10 +82,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         });
     }
 
+    let stop = Arc::new(AtomicBool::new(false));
+    signal_hook::flag::register(signal_hook::consts::SIGTERM, stop.clone())?;
     let until = Instant::now() + Duration::from_secs(seconds);
     let mut conn = conn;
     let mut transfers = 0u64;
-    while Instant::now() < until {
+    while Instant::now() < until && !stop.load(Ordering::Relaxed) {
         let (frozen, wake) = &*gate;
         let mut held = frozen.lock().map_err(|_| "poisoned")?;
         while *held {
@@ -95,6 +100,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         tx.commit()?;
         drop(held);
         transfers += 1;
+    }
+    // Leaving while frozen would abort the set being taken: wait for Thaw.
+    let (frozen, wake) = &*gate;
+    let mut held = frozen.lock().map_err(|_| "poisoned")?;
+    while *held {
+        held = wake.wait(held).map_err(|_| "poisoned")?;
     }
     println!("{transfers}");
     Ok(())

@@ -632,7 +632,7 @@ fn the_sqlite_example_keeps_every_set_whole() {
     let app = std::process::Command::new(example("sqlite_writer"))
         .arg(daemon.socket())
         .arg(&db)
-        .args(["data", "3"])
+        .args(["data", "120"])
         .stdout(std::process::Stdio::piped())
         .spawn()
         .expect("the example runs");
@@ -646,6 +646,8 @@ fn the_sqlite_example_keeps_every_set_whole() {
         names.push(created["name"].as_str().expect("name").to_string());
         thread::sleep(Duration::from_millis(50));
     }
+    // SAFETY: signalling a child we spawned and have not reaped.
+    unsafe { libc::kill(app.id() as libc::pid_t, libc::SIGTERM) };
     let out = app.wait_with_output().expect("the example ends");
     assert!(out.status.success());
     let transfers: u64 = String::from_utf8_lossy(&out.stdout)

@@ -113,3 +113,79 @@ fn sigkill_at_random_points_loses_no_set_and_no_live_data() {
         sets.len()
     );
 }
+
+/// A set is committed before its writers thaw and hear PostSnapshot; a
+/// daemon killed in between leaves a set whose writers may not have been
+/// consistent, so the next start deletes it: whole or absent.
+#[test]
+fn a_set_cut_off_before_its_writers_finished_is_gone_after_a_restart() {
+    use std::io::{BufRead, BufReader, Write};
+    use std::os::unix::net::UnixStream;
+
+    let mut d = Daemon::start(Config::default());
+    std::fs::write(d.live("data").join("f"), b"kept").unwrap();
+    let whole = d.create_set();
+
+    // A writer that answers every event but PostSnapshot, and says when it
+    // got there.
+    let mut stream = UnixStream::connect(&d.layout.socket).unwrap();
+    writeln!(
+        stream,
+        r#"{{"op": "register", "name": "slow", "volumes": ["data"]}}"#
+    )
+    .unwrap();
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut ack = String::new();
+    reader.read_line(&mut ack).unwrap();
+    assert!(ack.contains("ok"), "registered: {ack}");
+    let (at_post, reached) = std::sync::mpsc::channel();
+    let writer = thread::spawn(move || {
+        let mut line = String::new();
+        while reader.read_line(&mut line).is_ok_and(|n| n > 0) {
+            let event: serde_json::Value = serde_json::from_str(&line).unwrap();
+            let name = event["event"].as_str().unwrap_or_default().to_string();
+            let set_id = event["set_id"].as_str().unwrap_or_default().to_string();
+            line.clear();
+            if name == "post-snapshot" {
+                let _ = at_post.send(());
+                continue; // never answers: the daemon is killed meanwhile
+            }
+            let reply = serde_json::json!({"ok": {"event": name, "set_id": set_id}});
+            if writeln!(stream, "{reply}").is_err() {
+                return;
+            }
+        }
+    });
+    let mut create = common::umbra_cmd()
+        .args(["create", "--socket"])
+        .arg(&d.layout.socket)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    reached
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the writer heard PostSnapshot");
+    let during: Vec<String> = d.list_sets().into_iter().map(|s| s.name).collect();
+    assert_eq!(during.len(), 2, "the committed set is listed: {during:?}");
+    d.kill();
+    let _ = create.wait();
+    let _ = writer.join();
+
+    d.launch();
+    let after: Vec<String> = d.list_sets().into_iter().map(|s| s.name).collect();
+    assert_eq!(
+        after,
+        std::slice::from_ref(&whole.name),
+        "the cut-off set is gone"
+    );
+    assert_eq!(
+        std::fs::read(d.browse(&whole, "data").join("f")).unwrap(),
+        b"kept"
+    );
+    assert!(
+        d.failure("").contains("creation was interrupted"),
+        "the deletion is logged"
+    );
+    d.stop();
+}

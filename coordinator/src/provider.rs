@@ -49,7 +49,10 @@ pub trait Provider: Sync {
         plan: &SetPlan,
         deadline: Instant,
     ) -> Result<Committed, ProviderError>;
-    /// Records which writers took part and how they fared.
+    /// Records which writers took part and how they fared: once after
+    /// PostSnapshot, which makes the set whole (a set committed but never
+    /// recorded was interrupted, and the provider drops it when it next
+    /// starts), and again after BackupComplete.
     fn record(&self, set: &Committed, writers: &[SetWriter]) -> Result<(), ProviderError>;
     /// Deletes a committed set whose writers failed after the commit.
     fn discard(&self, set: &Committed) -> Result<(), ProviderError>;

@@ -475,7 +475,13 @@ impl Sequence<'_> {
                 return Err(e);
             }
         };
-        if let Err(Abort(e)) = self.after_commit() {
+        let made = self.after_commit().and_then(|()| {
+            // Thawed and told: the set is whole from here on.
+            self.provider
+                .record(&committed, &self.outcomes())
+                .map_err(|e| Abort(SequenceError::Provider(e)))
+        });
+        if let Err(Abort(e)) = made {
             self.abort();
             if let Err(de) = self.provider.discard(&committed) {
                 tracing::error!(set = %committed.name, "discarding the aborted set: {de}");

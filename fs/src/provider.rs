@@ -25,10 +25,10 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use umbra_coordinator::{Committed, Provider, ProviderError, SetPlan, SetWriter};
-use umbra_store::{SetId, SetWriterRecord, Store, Timestamp};
+use umbra_store::{NewSet, SetId, SetWriterRecord, Store, Timestamp};
 
 use crate::Volume;
-use crate::shadow::{commit_held, delete_set};
+use crate::shadow::{Pending, commit_held, delete_set};
 
 pub struct CowProvider {
     store: Arc<Store>,
@@ -137,7 +137,13 @@ impl Provider for CowProvider {
                         false
                     }
                 };
-                let result = commit_held(&store, &volumes, name, label, created, admit);
+                let new = NewSet {
+                    name,
+                    label,
+                    created,
+                    volumes: Vec::new(),
+                };
+                let result = commit_held(&store, &volumes, new, Pending::UntilRecorded, admit);
                 // The coordinator may have stopped waiting: nothing to tell.
                 let _ = tx.send(result);
             })

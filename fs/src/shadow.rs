@@ -20,22 +20,35 @@ pub fn commit_set(
     label: Option<String>,
     created: Timestamp,
 ) -> Result<SetInfo> {
-    match commit_held(store, volumes, name, label, created, || true)? {
+    let new = NewSet {
+        name,
+        label,
+        created,
+        volumes: Vec::new(),
+    };
+    match commit_held(store, volumes, new, Pending::No, || true)? {
         Some((set, _)) => Ok(set),
         None => Err(crate::FsError::from_errno(libc::EAGAIN)),
     }
 }
 
-/// [`commit_set`], asking `admit` once every gate is held whether to go
-/// on: `false` releases the gates and commits nothing (the provider's
-/// deadline passed while mutations in flight were awaited). Returns the
-/// set and how long mutations were held.
+/// Whether a set is committed whole or pending its writers' thaw (see
+/// `Store::commit_pending_set`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Pending {
+    No,
+    UntilRecorded,
+}
+
+/// [`commit_set`] of `new` (its volumes are `volumes`'), asking `admit`
+/// once every gate is held whether to go on: `false` releases the gates
+/// and commits nothing (the provider's deadline passed while mutations in
+/// flight were awaited). Returns the set and how long mutations were held.
 pub(crate) fn commit_held(
     store: &Store,
     volumes: &[Arc<Volume>],
-    name: String,
-    label: Option<String>,
-    created: Timestamp,
+    mut new: NewSet,
+    pending: Pending,
     admit: impl FnOnce() -> bool,
 ) -> Result<Option<(SetInfo, Duration)>> {
     let mut ordered: Vec<&Arc<Volume>> = volumes.iter().collect();
@@ -47,12 +60,11 @@ pub(crate) fn commit_held(
     if !admit() {
         return Ok(None);
     }
-    let set = store.commit_set(&NewSet {
-        name,
-        label,
-        created,
-        volumes: ordered.iter().map(|v| v.id()).collect(),
-    })?;
+    new.volumes = ordered.iter().map(|v| v.id()).collect();
+    let set = match pending {
+        Pending::No => store.commit_set(&new)?,
+        Pending::UntilRecorded => store.commit_pending_set(&new)?,
+    };
     for (vol, gate) in ordered.iter().zip(gates.iter_mut()) {
         if let Some(sv) = set.volumes.iter().find(|sv| sv.volume == vol.id()) {
             vol.cow.advance(gate, sv.epoch);

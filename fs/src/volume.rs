@@ -92,7 +92,7 @@ impl Volume {
             },
             any_set,
         );
-        Ok(Arc::new(Volume {
+        let volume = Arc::new(Volume {
             id: info.id,
             name: name.to_string(),
             backing_path: backing.to_path_buf(),
@@ -107,7 +107,14 @@ impl Volume {
             retired: Mutex::new(HashSet::new()),
             cow,
             open_writes: Mutex::new(None),
-        }))
+        });
+        // A deletion cut off between its catalog transaction and freeing
+        // its aside inodes (or a set dropped as interrupted at open) left
+        // inodes nothing needs: free them now.
+        if let Err(e) = volume.free_unreachable_aside() {
+            tracing::warn!(volume = %volume.name, "freeing moved-aside inodes no set needs: {e}");
+        }
+        Ok(volume)
     }
 
     pub fn name(&self) -> &str {

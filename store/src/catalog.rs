@@ -11,8 +11,16 @@ use rusqlite::{Connection, OpenFlags};
 
 use crate::{Error, Result};
 
-/// The schema this build writes. Bump it with a migration in `migrate`.
-pub(crate) const SCHEMA_VERSION: i64 = 1;
+/// The schema this build writes: version 1 and then every step of `STEPS`.
+pub(crate) const SCHEMA_VERSION: i64 = 1 + STEPS.len() as i64;
+
+/// Step `i` takes a catalog from version `i + 1` to `i + 2`; it runs in one
+/// transaction with the version's bump. Steps are only ever appended.
+const STEPS: &[&str] = &[
+    // 2: a set stays pending from its commit until its writers thawed and
+    // it was recorded; a set still pending at open was interrupted.
+    "ALTER TABLE sets ADD COLUMN pending INTEGER NOT NULL DEFAULT 0;",
+];
 
 const SCHEMA_V1: &str = "
 CREATE TABLE meta (key TEXT PRIMARY KEY, value ANY) STRICT;
@@ -188,9 +196,8 @@ fn migrate(conn: &Connection) -> Result<()> {
     )?;
     if !has_meta {
         conn.execute_batch(&format!(
-            "BEGIN; {SCHEMA_V1} INSERT INTO meta VALUES ('schema_version', {SCHEMA_VERSION}); COMMIT;"
+            "BEGIN; {SCHEMA_V1} INSERT INTO meta VALUES ('schema_version', 1); COMMIT;"
         ))?;
-        return Ok(());
     }
     let found: i64 = conn.query_row(
         "SELECT value FROM meta WHERE key = 'schema_version'",
@@ -203,6 +210,10 @@ fn migrate(conn: &Connection) -> Result<()> {
             supported: SCHEMA_VERSION,
         });
     }
-    // Version 1 is the first; older versions get their steps here.
+    for (version, step) in (found + 1..).zip(&STEPS[(found - 1).max(0) as usize..]) {
+        conn.execute_batch(&format!(
+            "BEGIN; {step} UPDATE meta SET value = {version} WHERE key = 'schema_version'; COMMIT;"
+        ))?;
+    }
     Ok(())
 }

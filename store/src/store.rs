@@ -187,7 +187,24 @@ impl Store {
         };
         store.recount()?;
         store.restore_reserve();
+        store.drop_interrupted_sets()?;
         Ok(store)
+    }
+
+    /// Deletes the sets whose creation was cut off between their commit
+    /// and their writers' thaw (see `commit_pending_set`).
+    fn drop_interrupted_sets(&self) -> Result<()> {
+        let interrupted: Vec<(i64, String)> = {
+            let conn = self.catalog.reader();
+            let mut stmt = conn.prepare("SELECT id, name FROM sets WHERE pending = 1")?;
+            stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<rusqlite::Result<_>>()?
+        };
+        for (id, name) in interrupted {
+            self.delete_set(SetId(id))?;
+            tracing::warn!(set = %name, id, "deleted a set whose creation was interrupted before its writers thawed");
+        }
+        Ok(())
     }
 
     /// Gives the reserve's space back to the filesystem: on a full disk,
@@ -241,12 +258,31 @@ impl Store {
     /// Closes the current epoch of every volume of the set in one
     /// transaction: the whole cost of a shadow copy set.
     pub fn commit_set(&self, new: &NewSet) -> Result<SetInfo> {
+        self.commit(new, false)
+    }
+
+    /// Like `commit_set`, but the set stays pending until
+    /// `record_set_writers` says its writers thawed: a set still pending
+    /// when the store is next opened was interrupted and is deleted then,
+    /// so that an interrupted set is whole or absent.
+    pub fn commit_pending_set(&self, new: &NewSet) -> Result<SetInfo> {
+        self.commit(new, true)
+    }
+
+    fn commit(&self, new: &NewSet, pending: bool) -> Result<SetInfo> {
         let mut conn = self.catalog.writer();
         let tx = conn.transaction()?;
         let name = free_name(&tx, &new.name)?;
         tx.execute(
-            "INSERT INTO sets (name, created_secs, created_nanos, label) VALUES (?1, ?2, ?3, ?4)",
-            params![name, new.created.secs, new.created.nanos, new.label],
+            "INSERT INTO sets (name, created_secs, created_nanos, label, pending)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![
+                name,
+                new.created.secs,
+                new.created.nanos,
+                new.label,
+                pending
+            ],
         )?;
         let id = SetId(tx.last_insert_rowid());
         let mut volumes = Vec::with_capacity(new.volumes.len());
@@ -332,10 +368,13 @@ impl Store {
     }
 
     /// Records which writers took part in `set` (replacing what was
-    /// recorded), in one transaction.
+    /// recorded) and ends its pending state, in one transaction.
     pub fn record_set_writers(&self, set: SetId, writers: &[SetWriterRecord]) -> Result<()> {
         let mut conn = self.catalog.writer();
         let tx = conn.transaction()?;
+        if tx.execute("UPDATE sets SET pending = 0 WHERE id = ?1", [set.0])? == 0 {
+            return Err(Error::UnknownSet(set.to_string()));
+        }
         tx.execute("DELETE FROM set_writers WHERE set_id = ?1", [set.0])?;
         for w in writers {
             tx.execute(

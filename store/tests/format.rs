@@ -51,7 +51,7 @@ fn a_new_store_is_a_catalog_a_pack_directory_and_a_reserve() {
 }
 
 #[test]
-fn the_catalog_schema_is_version_1() {
+fn the_catalog_schema_is_version_2() {
     let tmp = tempfile::tempdir().expect("tempdir");
     drop(open(tmp.path()));
     let db = Connection::open(tmp.path().join("catalog.db")).expect("catalog");
@@ -66,7 +66,7 @@ fn the_catalog_schema_is_version_1() {
         .expect("query")
         .collect::<rusqlite::Result<_>>()
         .expect("rows");
-    assert_eq!(meta, [("schema_version".to_string(), 1)]);
+    assert_eq!(meta, [("schema_version".to_string(), 2)]);
 
     let objects: Vec<(String, String)> = db
         .prepare(
@@ -120,6 +120,7 @@ fn the_catalog_schema_is_version_1() {
             ("created_secs", int, true, 0),
             ("created_nanos", int, true, 0),
             ("label", "TEXT", false, 0),
+            ("pending", int, true, 0),
         ])
     );
     assert_eq!(
@@ -307,4 +308,42 @@ fn one_preservation_writes_the_documented_rows_and_bytes() {
         })
         .expect("aside");
     assert_eq!(aside, (42, 2), "moved aside in epoch hi + 1");
+}
+
+/// A version 1 catalog (a store made before sets could be pending) as the
+/// first umbra left it: every set in it is whole.
+#[test]
+fn a_version_1_catalog_is_migrated_and_keeps_its_sets() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    {
+        let store = open(tmp.path());
+        let vol = store.ensure_volume("data").expect("volume").id;
+        commit(&store, "old", &[vol]);
+    }
+    {
+        let db = Connection::open(tmp.path().join("catalog.db")).expect("catalog");
+        db.execute_batch(
+            "ALTER TABLE sets DROP COLUMN pending;
+             UPDATE meta SET value = 1 WHERE key = 'schema_version';",
+        )
+        .expect("back to version 1");
+    }
+    let store = open(tmp.path());
+    let names: Vec<String> = store
+        .sets()
+        .expect("sets")
+        .into_iter()
+        .map(|s| s.name)
+        .collect();
+    assert_eq!(names, ["old"]);
+    drop(store);
+    let db = Connection::open(tmp.path().join("catalog.db")).expect("catalog");
+    let version: i64 = db
+        .query_row(
+            "SELECT value FROM meta WHERE key = 'schema_version'",
+            [],
+            |r| r.get(0),
+        )
+        .expect("version");
+    assert_eq!(version, 2);
 }

@@ -269,7 +269,7 @@ fn a_catalog_from_a_newer_umbra_is_refused() {
             |r| r.get(0),
         )
         .expect("schema_version");
-    assert_eq!(v, 1);
+    assert_eq!(v, 2);
     db.execute(
         "UPDATE meta SET value = 99 WHERE key = 'schema_version'",
         [],
@@ -278,7 +278,7 @@ fn a_catalog_from_a_newer_umbra_is_refused() {
     drop(db);
     match Store::open(tmp.path(), Default::default()) {
         Err(Error::SchemaTooNew { found, supported }) => {
-            assert_eq!((found, supported), (99, 1));
+            assert_eq!((found, supported), (99, 2));
         }
         Err(other) => panic!("expected SchemaTooNew, got {other:?}"),
         Ok(_) => panic!("expected SchemaTooNew, the store opened"),
@@ -297,4 +297,41 @@ fn a_pack_with_bad_magic_is_refused() {
         Err(other) => panic!("expected CorruptPack, got {other:?}"),
         Ok(_) => panic!("expected CorruptPack, the store opened"),
     }
+}
+
+#[test]
+fn a_set_still_pending_at_open_was_interrupted_and_is_deleted() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (whole, recorded, interrupted) = {
+        let store = open(tmp.path());
+        let vol = store.ensure_volume("data").expect("volume").id;
+        let new = |name: &str| NewSet {
+            name: name.into(),
+            label: None,
+            created: Timestamp {
+                secs: 1_764_060_170,
+                nanos: 0,
+            },
+            volumes: vec![vol],
+        };
+        let whole = store.commit_set(&new("whole")).expect("commit");
+        let recorded = store.commit_pending_set(&new("recorded")).expect("commit");
+        store
+            .record_set_writers(recorded.id, &[])
+            .expect("recorded whole");
+        let interrupted = store.commit_pending_set(&new("cut")).expect("commit");
+        assert_eq!(
+            store.sets().expect("sets").len(),
+            3,
+            "pending sets are listed"
+        );
+        (whole, recorded, interrupted)
+    };
+    let store = open(tmp.path());
+    let ids: Vec<_> = store.sets().expect("sets").iter().map(|s| s.id).collect();
+    assert_eq!(ids, [whole.id, recorded.id], "{} is gone", interrupted.name);
+    assert!(matches!(
+        store.record_set_writers(interrupted.id, &[]),
+        Err(Error::UnknownSet(_))
+    ));
 }

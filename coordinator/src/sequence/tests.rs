@@ -69,6 +69,7 @@ struct FakeProvider {
     calls: Mutex<Vec<String>>,
     sets: Mutex<Vec<i64>>,
     fail_hold: bool,
+    fail_first_record: bool,
     hold_for: Duration,
     recorded: Mutex<Vec<SetWriter>>,
 }
@@ -100,7 +101,12 @@ impl Provider for FakeProvider {
     }
 
     fn record(&self, _set: &Committed, writers: &[SetWriter]) -> Result<(), ProviderError> {
-        lock(&self.calls).push("record".into());
+        let mut calls = lock(&self.calls);
+        let first = !calls.iter().any(|c| c == "record");
+        calls.push("record".into());
+        if self.fail_first_record && first {
+            return Err(ProviderError::Failed("disk full".into()));
+        }
         *lock(&self.recorded) = writers.to_vec();
         Ok(())
     }
@@ -207,7 +213,14 @@ fn every_writer_sees_every_event_in_order_with_one_set_id() {
     assert!(ids.contains(&created.set_guid));
     assert_eq!(
         *lock(&provider.calls),
-        ["prepare 2026-11-25T084250Z", "hold", "release", "record"]
+        // After PostSnapshot (the set is whole), after BackupComplete.
+        [
+            "prepare 2026-11-25T084250Z",
+            "hold",
+            "release",
+            "record",
+            "record"
+        ]
     );
     // Every writer heard Freeze before the hold, and Thaw after it: the
     // log is in time order.
@@ -384,6 +397,31 @@ fn a_provider_that_cannot_hold_aborts_the_set() {
         *lock(&provider.calls),
         ["prepare 2026-11-25T084250Z", "hold", "release"]
     );
+    assert_eq!(r.state_of("a"), "stable");
+}
+
+#[test]
+fn a_set_that_cannot_be_recorded_whole_is_aborted_and_discarded() {
+    let r = rig();
+    r.writer("a", true, &[]);
+    let provider = FakeProvider {
+        fail_first_record: true,
+        ..FakeProvider::default()
+    };
+    let err = r.create(&provider).expect_err("aborted");
+    assert!(err.to_string().contains("disk full"), "{err}");
+    assert_eq!(
+        *lock(&provider.calls),
+        [
+            "prepare 2026-11-25T084250Z",
+            "hold",
+            "release",
+            "record",
+            "discard"
+        ]
+    );
+    assert!(lock(&provider.sets).is_empty(), "no set is left");
+    assert!(r.events_of("a").contains(&Event::Abort));
     assert_eq!(r.state_of("a"), "stable");
 }
 
