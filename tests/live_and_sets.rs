@@ -694,3 +694,24 @@ fn a_daemon_killed_with_sigkill_leaves_stale_mounts_the_next_one_recovers() {
         );
     }
 }
+
+/// A directory's link count is 2 plus its subdirectories, live and in a
+/// set alike: the volume's hidden folder is not one of them.
+#[test]
+fn directory_link_counts_match_live_and_in_sets() {
+    let d = Daemon::start(Config::default());
+    let live = d.live("data");
+    fs::create_dir_all(live.join("a/b")).unwrap();
+    fs::create_dir(live.join("c")).unwrap();
+    let nlinks = |root: &Path| -> Vec<u64> {
+        ["", "a", "a/b", "c"]
+            .iter()
+            .map(|rel| fs::metadata(root.join(rel)).unwrap().nlink())
+            .collect()
+    };
+    assert_eq!(nlinks(&live), [4, 3, 2, 2], "live");
+    let set = d.create_set();
+    fs::remove_dir(live.join("c")).unwrap();
+    assert_eq!(nlinks(&d.browse(&set, "data")), [4, 3, 2, 2], "in the set");
+    assert_eq!(fs::metadata(&live).unwrap().nlink(), 3, "live after rmdir");
+}

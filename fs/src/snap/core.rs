@@ -191,13 +191,18 @@ impl Browser {
         // object's lock may be deleting sets to make room (see diff.rs).
         let _still = vol.cow.read_lock(node.object);
         let _reading = self.alive(vol, node.set)?;
-        let attr = match self
+        let mut attr = match self
             .store
             .resolve_attr(node.volume, node.object, node.epoch)?
         {
             Some(record) => Attr::from_record(&record, ino),
             None => Attr::from_stat(&backing::fstat(self.live_fd(ino, node, vol)?.as_fd())?, ino),
         };
+        // The backing root counts the hidden folder among its
+        // subdirectories, as the live mount does not (see live/core.rs).
+        if node.object == vol.root_object() {
+            attr.nlink = attr.nlink.saturating_sub(1);
+        }
         lock(&self.attrs).put(ino, attr.clone());
         Ok(attr)
     }
