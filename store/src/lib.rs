@@ -14,6 +14,7 @@ mod catalog;
 mod durable;
 mod error;
 mod ids;
+mod io;
 mod pack;
 mod records;
 mod reserve;
@@ -21,6 +22,7 @@ mod store;
 
 pub use error::{Error, Result};
 pub use ids::{ChunkHash, Epoch, ObjectId, SetId, VolumeId};
+pub use io::{OpenMode, OsIo, StoreFile, StoreIo};
 pub use records::{AttrRecord, DirEntry, FileKind, Timestamp};
 pub use reserve::filesystem_bytes;
 pub use store::{

@@ -14,6 +14,7 @@ use crate::cache::ChunkCache;
 use crate::catalog::Catalog;
 use crate::durable::{GroupSync, Ticket};
 use crate::error::io_err;
+use crate::io::{OsIo, StoreIo};
 use crate::pack::{CHUNK_HEADER, ChunkLocation, Packs};
 use crate::records::{decode, encode};
 use crate::reserve;
@@ -147,6 +148,9 @@ pub struct Preserved {
 
 pub struct Store {
     dir: PathBuf,
+    io: Arc<dyn StoreIo>,
+    /// `dir/catalog.db`, for the I/O backend's commit events.
+    db: PathBuf,
     catalog: Catalog,
     packs: Packs,
     cache: ChunkCache,
@@ -163,8 +167,20 @@ impl Store {
     /// Opens (or creates) the store under `dir`: `dir/catalog.db` and
     /// `dir/packs/`.
     pub fn open(dir: &Path, options: StoreOptions) -> Result<Store> {
+        Store::open_with_io(dir, options, Arc::new(OsIo))
+    }
+
+    /// Opens the store with its packs and reserve behind `io` instead of
+    /// the operating system's files, for tests and tooling: a recording
+    /// backend sees every write, sync and catalog commit in order. The
+    /// catalog itself is always SQLite's files under `dir`.
+    pub fn open_with_io(dir: &Path, options: StoreOptions, io: Arc<dyn StoreIo>) -> Result<Store> {
         std::fs::create_dir_all(dir).map_err(io_err(format!("creating {}", dir.display())))?;
-        let catalog = Catalog::open(&dir.join("catalog.db"))?;
+        let db = dir.join("catalog.db");
+        let catalog = Catalog::open(&db)?;
+        // Whatever opening created or migrated is the first state a
+        // recording backend knows of the catalog.
+        io.catalog_committed(&db);
         let newest: Option<(u32, u64)> = catalog
             .writer()
             .query_row(
@@ -173,9 +189,11 @@ impl Store {
                 |r| Ok((r.get::<_, u32>(0)?, r.get::<_, i64>(1)? as u64)),
             )
             .optional()?;
-        let packs = Packs::open(&dir.join("packs"), newest)?;
+        let packs = Packs::open(io.clone(), &dir.join("packs"), newest)?;
         let store = Store {
             dir: dir.to_path_buf(),
+            io,
+            db,
             catalog,
             packs,
             cache: ChunkCache::new(options.cache_bytes),
@@ -193,13 +211,13 @@ impl Store {
     /// Gives the reserve's space back to the filesystem: on a full disk,
     /// deleting a set still needs room for its catalog transaction.
     pub fn release_reserve(&self) {
-        reserve::release(&self.dir);
+        reserve::release(&*self.io, &self.dir);
     }
 
     /// Sets the reserve aside again (best effort: on a full disk it waits
     /// for the next deletion).
     pub fn restore_reserve(&self) {
-        reserve::restore(&self.dir);
+        reserve::restore(&*self.io, &self.dir);
     }
 
     pub fn dir(&self) -> &Path {
@@ -213,6 +231,7 @@ impl Store {
             "INSERT INTO volumes (name, epoch) VALUES (?1, 1) ON CONFLICT(name) DO NOTHING",
             [name],
         )?;
+        self.io.catalog_committed(&self.db);
         let (id, epoch) = conn.query_row(
             "SELECT id, epoch FROM volumes WHERE name = ?1",
             [name],
@@ -273,8 +292,7 @@ impl Store {
                 epoch: Epoch(epoch as u64),
             });
         }
-        tx.commit()?;
-        let ticket = self.group.committed();
+        let ticket = self.commit(tx)?;
         drop(conn);
         self.make_durable(ticket)?;
         Ok(SetInfo {
@@ -344,7 +362,7 @@ impl Store {
                 params![set.0, w.name, w.required, w.status, w.error, w.components],
             )?;
         }
-        tx.commit()?;
+        self.commit(tx)?;
         Ok(())
     }
 
@@ -410,8 +428,7 @@ impl Store {
             })?
             .collect::<rusqlite::Result<_>>()?
         };
-        tx.commit()?;
-        let ticket = self.group.committed();
+        let ticket = self.commit(tx)?;
         drop(conn);
         self.make_durable(ticket)?;
         // Only once no durable row names them: a crash before this leaves
@@ -487,10 +504,17 @@ impl Store {
             )?
             .execute(params![v, object.0 as i64, hi + 1])?;
         }
-        tx.commit()?;
-        let ticket = self.group.committed();
+        let ticket = self.commit(tx)?;
         drop(conn);
         self.make_durable(ticket)
+    }
+
+    /// Commits `tx` and tells the I/O backend, while the caller still
+    /// holds the writer; the ticket makes the commit durable.
+    fn commit(&self, tx: Transaction<'_>) -> Result<Ticket> {
+        tx.commit()?;
+        self.io.catalog_committed(&self.db);
+        Ok(self.group.committed())
     }
 
     /// Waits until a sync of the packs and the catalog's WAL covers the
@@ -508,7 +532,10 @@ impl Store {
                 *wal = File::open(self.dir.join("catalog.db-wal")).ok();
             }
             match wal.as_ref() {
-                Some(f) => f.sync_data().map_err(io_err("syncing the catalog's WAL")),
+                Some(f) => self
+                    .io
+                    .sync_catalog(f)
+                    .map_err(io_err("syncing the catalog's WAL")),
                 None => Ok(()),
             }
         })
@@ -650,8 +677,7 @@ impl Store {
                                   AND hash NOT IN (SELECT entries FROM dir_records)",
             [],
         )?;
-        tx.commit()?;
-        let ticket = self.group.committed();
+        let ticket = self.commit(tx)?;
         drop(conn);
         self.make_durable(ticket)?;
         self.recount()
@@ -667,18 +693,22 @@ impl Store {
     /// Records that the live inode `object` presents itself with the inode
     /// number `presented`: it took the place of an inode moved aside.
     pub fn set_alias(&self, volume: VolumeId, object: ObjectId, presented: u64) -> Result<()> {
-        self.catalog.writer().execute(
+        let conn = self.catalog.writer();
+        conn.execute(
             "INSERT OR REPLACE INTO aliases (volume_id, object, presented) VALUES (?1, ?2, ?3)",
             params![volume.0, object.0 as i64, presented as i64],
         )?;
+        self.io.catalog_committed(&self.db);
         Ok(())
     }
 
     pub fn drop_alias(&self, volume: VolumeId, object: ObjectId) -> Result<()> {
-        self.catalog.writer().execute(
+        let conn = self.catalog.writer();
+        conn.execute(
             "DELETE FROM aliases WHERE volume_id = ?1 AND object = ?2",
             params![volume.0, object.0 as i64],
         )?;
+        self.io.catalog_committed(&self.db);
         Ok(())
     }
 
@@ -886,8 +916,7 @@ impl Store {
                 )?
                 .execute(params![&hash.0[..], new.pack, new.offset as i64, old.pack, old.offset as i64])?;
             }
-            tx.commit()?;
-            let ticket = self.group.committed();
+            let ticket = self.commit(tx)?;
             drop(conn);
             self.make_durable(ticket)?;
         }
