@@ -17,6 +17,7 @@ mod ids;
 mod io;
 mod pack;
 mod records;
+mod recover;
 mod reserve;
 mod store;
 

@@ -31,8 +31,10 @@ pub(crate) struct ChunkLocation {
 
 struct Appender {
     pack: u32,
-    file: Box<dyn StoreFile>,
+    file: Arc<dyn StoreFile>,
     end: u64,
+    /// How much of the pack the last completed sync covered.
+    synced: u64,
 }
 
 pub(crate) struct Packs {
@@ -66,6 +68,9 @@ impl Packs {
             reset_pack(&*io, dir, later)?;
         }
         let file = open_pack_for_append(&*io, dir, pack)?;
+        // A chunk is only as durable as its pack's name, and the pack may
+        // have been created by a run that crashed before syncing it.
+        sync_dir(&*io, dir)?;
         let len = file.size().map_err(io_err(format!("sizing pack {pack}")))?;
         if len > end {
             file.set_len(end)
@@ -78,10 +83,19 @@ impl Packs {
                 "pack is shorter than the catalog says; the chunks past its end are lost"
             );
         }
+        // Whatever an earlier run left unsynced is made durable now, so
+        // that the first catalog commit can say so (`synced`).
+        file.sync_data()
+            .map_err(io_err(format!("syncing pack {pack}")))?;
         Ok(Packs {
             io,
             dir: dir.to_path_buf(),
-            appender: Mutex::new(Appender { pack, file, end }),
+            appender: Mutex::new(Appender {
+                pack,
+                file,
+                end,
+                synced: end,
+            }),
             readers: Mutex::new(HashMap::new()),
         })
     }
@@ -116,12 +130,30 @@ impl Packs {
         })
     }
 
-    /// Makes every appended chunk durable.
+    /// Makes every chunk appended so far durable (a pack closed for
+    /// appends was synced when it was closed). Appends go on meanwhile.
     pub fn sync(&self) -> Result<()> {
+        let (pack, file, end) = {
+            let app = self.appender.lock().unwrap_or_else(|p| p.into_inner());
+            if app.synced >= app.end {
+                return Ok(());
+            }
+            (app.pack, app.file.clone(), app.end)
+        };
+        file.sync_data()
+            .map_err(io_err(format!("syncing pack {pack}")))?;
+        let mut app = self.appender.lock().unwrap_or_else(|p| p.into_inner());
+        if app.pack == pack {
+            app.synced = app.synced.max(end);
+        }
+        Ok(())
+    }
+
+    /// How far the packs are known durable: every pack before the first
+    /// number, and the first up to the offset.
+    pub fn synced(&self) -> (u32, u64) {
         let app = self.appender.lock().unwrap_or_else(|p| p.into_inner());
-        app.file
-            .sync_data()
-            .map_err(io_err(format!("syncing pack {}", app.pack)))
+        (app.pack, app.synced)
     }
 
     /// Reads the chunk `hash` at `loc` and checks its data against the hash,
@@ -160,10 +192,13 @@ impl Packs {
             .map_err(io_err(format!("syncing pack {}", app.pack)))?;
         let next = app.pack + 1;
         let file = open_pack_for_append(&*self.io, &self.dir, next)?;
+        // Before any chunk in it can be named by a durable catalog row.
+        sync_dir(&*self.io, &self.dir)?;
         *app = Appender {
             pack: next,
             file,
             end: MAGIC.len() as u64,
+            synced: 0,
         };
         Ok(())
     }
@@ -267,6 +302,36 @@ impl Packs {
     }
 }
 
+/// The chunks among `chunks` whose data in the packs under `dir` is
+/// missing or does not match its hash.
+pub(crate) fn damaged(
+    io: &dyn StoreIo,
+    dir: &Path,
+    chunks: &[(ChunkHash, ChunkLocation)],
+) -> Vec<ChunkHash> {
+    let mut open: HashMap<u32, Option<Box<dyn StoreFile>>> = HashMap::new();
+    let mut damaged = Vec::new();
+    for (hash, loc) in chunks {
+        let file = open
+            .entry(loc.pack)
+            .or_insert_with(|| io.open(&pack_path(dir, loc.pack), OpenMode::Read).ok());
+        let mut buf = vec![0u8; loc.len as usize];
+        let intact = file
+            .as_ref()
+            .is_some_and(|f| f.read_exact_at(&mut buf, loc.offset).is_ok())
+            && ChunkHash::of(&buf) == *hash;
+        if !intact {
+            damaged.push(*hash);
+        }
+    }
+    damaged
+}
+
+fn sync_dir(io: &dyn StoreIo, dir: &Path) -> Result<()> {
+    io.sync_dir(dir)
+        .map_err(io_err(format!("syncing {}", dir.display())))
+}
+
 fn pack_path(dir: &Path, pack: u32) -> PathBuf {
     dir.join(format!("{pack:08}.pack"))
 }
@@ -275,11 +340,12 @@ fn pack_number(name: &std::ffi::OsStr) -> Option<u32> {
     name.to_str()?.strip_suffix(".pack")?.parse().ok()
 }
 
-fn open_pack_for_append(io: &dyn StoreIo, dir: &Path, pack: u32) -> Result<Box<dyn StoreFile>> {
+fn open_pack_for_append(io: &dyn StoreIo, dir: &Path, pack: u32) -> Result<Arc<dyn StoreFile>> {
     let path = pack_path(dir, pack);
-    let file = io
-        .open(&path, OpenMode::Create)
-        .map_err(io_err(format!("opening {}", path.display())))?;
+    let file: Arc<dyn StoreFile> = Arc::from(
+        io.open(&path, OpenMode::Create)
+            .map_err(io_err(format!("opening {}", path.display())))?,
+    );
     let len = file
         .size()
         .map_err(io_err(format!("sizing {}", path.display())))?;

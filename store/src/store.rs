@@ -17,10 +17,10 @@ use crate::error::io_err;
 use crate::io::{OsIo, StoreIo};
 use crate::pack::{CHUNK_HEADER, ChunkLocation, Packs};
 use crate::records::{decode, encode};
-use crate::reserve;
 use crate::{
     AttrRecord, ChunkHash, DirEntry, Epoch, Error, ObjectId, Result, SetId, Timestamp, VolumeId,
 };
+use crate::{recover, reserve};
 
 #[derive(Clone, Debug)]
 pub struct StoreOptions {
@@ -157,7 +157,12 @@ pub struct Store {
     durability: Durability,
     punch_holes: bool,
     group: GroupSync,
-    wal: Mutex<Option<File>>,
+    /// Catalog commits made so far, so that a sync of the WAL with
+    /// nothing new in it is skipped.
+    commits: AtomicU64,
+    wal: Mutex<WalSync>,
+    /// The pack position the last commit recorded as durable (`recover`).
+    mark: Mutex<Option<(u32, u64)>>,
     /// Bytes of chunk data the catalog names: the diff area's size for its
     /// limit, kept without a query per write.
     chunk_bytes: AtomicU64,
@@ -178,8 +183,13 @@ impl Store {
         std::fs::create_dir_all(dir).map_err(io_err(format!("creating {}", dir.display())))?;
         let db = dir.join("catalog.db");
         let catalog = Catalog::open(&db)?;
-        // Whatever opening created or migrated is the first state a
-        // recording backend knows of the catalog.
+        // A process crash loses nothing; only a power cut can, and with
+        // `Process` durability that is no promise to keep.
+        if options.durability == Durability::Power {
+            recover::drop_lost_chunks(&mut catalog.writer(), &*io, &dir.join("packs"))?;
+        }
+        // Whatever opening created, migrated or repaired is the first
+        // state a recording backend knows of the catalog.
         io.catalog_committed(&db);
         let newest: Option<(u32, u64)> = catalog
             .writer()
@@ -201,8 +211,15 @@ impl Store {
             durability: options.durability,
             punch_holes: options.punch_holes,
             group: GroupSync::default(),
-            wal: Mutex::new(None),
+            commits: AtomicU64::new(0),
+            wal: Mutex::new(WalSync::default()),
+            mark: Mutex::new(None),
         };
+        if store.durability == Durability::Power {
+            // Open may have cut a pack below the mark an earlier run left;
+            // what is appended there now is not durable yet.
+            store.record_synced(true);
+        }
         store.recount()?;
         store.restore_reserve();
         Ok(store)
@@ -514,31 +531,77 @@ impl Store {
     fn commit(&self, tx: Transaction<'_>) -> Result<Ticket> {
         tx.commit()?;
         self.io.catalog_committed(&self.db);
-        Ok(self.group.committed())
+        self.commits.fetch_add(1, Ordering::SeqCst);
+        Ok(self.group.ticket())
     }
 
-    /// Waits until a sync of the packs and the catalog's WAL covers the
-    /// commit behind `ticket`; concurrent committers share one sync.
+    /// Waits until a sync begun after the change behind `ticket` (appends,
+    /// a commit) has completed; concurrent writers share one. A sync
+    /// flushes the packs, records how far they are durable, then flushes
+    /// the catalog's WAL: when a preserve returns, its chunks are below a
+    /// durable mark, and open never takes them for a power cut's loss.
     fn make_durable(&self, ticket: Ticket) -> Result<()> {
         if self.durability == Durability::Process {
             return Ok(());
         }
         self.group.wait(ticket, || {
             self.packs.sync()?;
-            let mut wal = self.wal.lock().unwrap_or_else(|p| p.into_inner());
-            if wal.is_none() {
-                // SQLite creates the WAL with its first write and keeps the
-                // same file while connections are open.
-                *wal = File::open(self.dir.join("catalog.db-wal")).ok();
-            }
-            match wal.as_ref() {
-                Some(f) => self
-                    .io
-                    .sync_catalog(f)
-                    .map_err(io_err("syncing the catalog's WAL")),
-                None => Ok(()),
-            }
+            self.record_synced(false);
+            self.sync_wal()
         })
+    }
+
+    /// Writes how far the packs are durable into the catalog (`recover`),
+    /// if that moved (or `always`). Best effort: a mark that lags only
+    /// means that open checks more chunks after a crash.
+    fn record_synced(&self, always: bool) {
+        let synced = self.packs.synced();
+        let mut mark = self.mark.lock().unwrap_or_else(|p| p.into_inner());
+        if !always && *mark == Some(synced) {
+            return;
+        }
+        let mut conn = self.catalog.writer();
+        let written = conn.transaction().map_err(Error::from).and_then(|tx| {
+            recover::write_mark(&tx, synced)?;
+            tx.commit()?;
+            Ok(())
+        });
+        match written {
+            Ok(()) => {
+                *mark = Some(synced);
+                self.io.catalog_committed(&self.db);
+                self.commits.fetch_add(1, Ordering::SeqCst);
+            }
+            Err(e) => tracing::debug!("recording how far the packs are synced: {e}"),
+        }
+    }
+
+    /// Makes every catalog commit made so far durable.
+    fn sync_wal(&self) -> Result<()> {
+        let made = self.commits.load(Ordering::SeqCst);
+        let mut wal = self.wal.lock().unwrap_or_else(|p| p.into_inner());
+        if made <= wal.synced {
+            return Ok(());
+        }
+        if wal.file.is_none() {
+            // SQLite creates the WAL with its first write and keeps the
+            // same file while connections are open. Its name must be
+            // durable too, and SQLite syncs the directory only when it
+            // syncs the WAL itself (at a checkpoint).
+            wal.file = File::open(self.dir.join("catalog.db-wal")).ok();
+            if wal.file.is_some() {
+                self.io
+                    .sync_dir(&self.dir)
+                    .map_err(io_err(format!("syncing {}", self.dir.display())))?;
+            }
+        }
+        if let Some(f) = &wal.file {
+            self.io
+                .sync_catalog(f)
+                .map_err(io_err("syncing the catalog's WAL"))?;
+        }
+        wal.synced = made;
+        Ok(())
     }
 
     /// What `object` had preserved with exactly `hi`: the write side's
@@ -907,6 +970,10 @@ impl Store {
                 let data = self.packs.read(&hash, old)?;
                 moved.push((hash, old, self.packs.append(&hash, &data)?));
             }
+            // The copies are durable before a row points at them: open
+            // would drop a lost copy's records, which returned preserves
+            // made (`recover`), not repoint them at the old bytes.
+            self.make_durable(self.group.ticket())?;
             let mut conn = self.catalog.writer();
             let tx = conn.transaction()?;
             // A chunk deleted meanwhile matches no row: its copy is dead bytes.
@@ -924,6 +991,13 @@ impl Store {
         tracing::info!(pack, freed = dead, "reclaimed a pack");
         Ok(dead)
     }
+}
+
+/// The catalog's WAL and how many commits its last sync covered.
+#[derive(Default)]
+struct WalSync {
+    file: Option<File>,
+    synced: u64,
 }
 
 fn to_hash(bytes: &[u8]) -> ChunkHash {
