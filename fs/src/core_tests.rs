@@ -84,7 +84,7 @@ impl Core {
     fn snapshot(&self, name: &str) {
         commit_set(
             &self.store,
-            &[self.volume.clone()],
+            std::slice::from_ref(&self.volume),
             name.into(),
             None,
             Timestamp::default(),

@@ -357,7 +357,11 @@ impl Mutation<'_> {
                 Err(e) if e.is_disk_full() => match guard {
                     Some(guard) if guard.disk_full()? => continue,
                     // Every set is gone: nothing needs keeping any more.
-                    Some(_) if !self.cow.any_set.load(Ordering::Acquire) => return Ok(()),
+                    Some(_) if !self.cow.any_set.load(Ordering::Acquire) => {
+                        self.blocks.clear();
+                        self.pending_bytes = 0;
+                        return Ok(());
+                    }
                     _ => return Err(FsError::from_errno(libc::ENOSPC)),
                 },
                 Err(e) => return Err(e.into()),
@@ -376,6 +380,18 @@ impl Mutation<'_> {
         }
         self.pending_bytes = 0;
         Ok(())
+    }
+
+    /// Whether everything gathered has been stored, so that the change may
+    /// be applied. The live operations assert it (debug builds) right
+    /// before they touch the volume: a pre-image gathered after `preserve`
+    /// must not go unstored.
+    pub fn all_stored(&self) -> bool {
+        self.blocks.is_empty()
+            && self.attrs.is_empty()
+            && self.dirs.is_empty()
+            && self.handles.is_empty()
+            && self.aside.is_empty()
     }
 
     /// Registers an object the mutation created: nothing of it is needed by

@@ -1,11 +1,12 @@
 //! Power-loss ordering with group commit. A pre-image must be on disk,
 //! and its catalog row committed, before the write that overwrites it is
 //! applied; one fsync per write would cost a disk flush per write. So each
-//! catalog commit takes a ticket, and `wait(ticket)` returns once a sync
-//! has covered it: the first waiter syncs the pack and the catalog's WAL
-//! for every commit made so far while later ones queue behind it, and the
-//! next leader covers all of them with one more sync. This file decides
-//! when to sync; what a sync flushes is the caller's closure.
+//! change that must become durable (pack appends, a catalog commit) takes
+//! a ticket, and `wait(ticket)` returns once a sync has covered it: the
+//! first waiter syncs for every change made so far while later ones queue
+//! behind it, and the next leader covers all of them with one more sync.
+//! This file decides when to sync; what a sync flushes is the caller's
+//! closure.
 
 use std::sync::{Condvar, Mutex};
 
@@ -13,7 +14,7 @@ use crate::Result;
 
 #[derive(Default)]
 struct State {
-    committed: u64,
+    made: u64,
     synced: u64,
     syncing: bool,
 }
@@ -24,19 +25,20 @@ pub(crate) struct GroupSync {
     done: Condvar,
 }
 
-/// A commit that must be durable before what depends on it goes ahead.
+/// A change that must be durable before what depends on it goes ahead.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Ticket(u64);
 
 impl GroupSync {
-    /// Call right after a catalog commit, before releasing the writer.
-    pub fn committed(&self) -> Ticket {
+    /// Call right after the change (for a catalog commit: before releasing
+    /// the writer, so that tickets follow the order of commits).
+    pub fn ticket(&self) -> Ticket {
         let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        s.committed += 1;
-        Ticket(s.committed)
+        s.made += 1;
+        Ticket(s.made)
     }
 
-    /// Returns once a sync made after `ticket`'s commit has completed.
+    /// Returns once a sync begun after `ticket`'s change has completed.
     pub fn wait(&self, ticket: Ticket, sync: impl Fn() -> Result<()>) -> Result<()> {
         let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
         loop {
@@ -45,7 +47,7 @@ impl GroupSync {
             }
             if !s.syncing {
                 s.syncing = true;
-                let target = s.committed;
+                let target = s.made;
                 drop(s);
                 let result = sync();
                 s = self.state.lock().unwrap_or_else(|p| p.into_inner());
@@ -78,7 +80,7 @@ mod tests {
                 let (group, syncs) = (group.clone(), syncs.clone());
                 std::thread::spawn(move || {
                     for _ in 0..50 {
-                        let ticket = group.committed();
+                        let ticket = group.ticket();
                         group
                             .wait(ticket, || {
                                 std::thread::sleep(std::time::Duration::from_millis(1));
@@ -105,7 +107,7 @@ mod tests {
     #[test]
     fn a_failed_sync_fails_its_waiter_and_the_next_one_retries() {
         let group = GroupSync::default();
-        let t = group.committed();
+        let t = group.ticket();
         assert!(
             group
                 .wait(t, || Err(crate::Error::UnknownSet("disk".into())))

@@ -14,13 +14,16 @@ mod catalog;
 mod durable;
 mod error;
 mod ids;
+mod io;
 mod pack;
 mod records;
+mod recover;
 mod reserve;
 mod store;
 
 pub use error::{Error, Result};
 pub use ids::{ChunkHash, Epoch, ObjectId, SetId, VolumeId};
+pub use io::{OpenMode, OsIo, StoreFile, StoreIo};
 pub use records::{AttrRecord, DirEntry, FileKind, Timestamp};
 pub use reserve::filesystem_bytes;
 pub use store::{

@@ -9,13 +9,11 @@
 //! This file never decides whether a chunk is needed; the catalog does.
 
 use std::collections::HashMap;
-use std::fs::{self, File, OpenOptions};
-use std::io::Write;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use crate::error::io_err;
+use crate::io::{OpenMode, StoreFile, StoreIo};
 use crate::{ChunkHash, Error, Result};
 
 pub(crate) const MAGIC: &[u8; 8] = b"UMBRAPK1";
@@ -33,14 +31,17 @@ pub(crate) struct ChunkLocation {
 
 struct Appender {
     pack: u32,
-    file: File,
+    file: Arc<dyn StoreFile>,
     end: u64,
+    /// How much of the pack the last completed sync covered.
+    synced: u64,
 }
 
 pub(crate) struct Packs {
+    io: Arc<dyn StoreIo>,
     dir: PathBuf,
     appender: Mutex<Appender>,
-    readers: Mutex<HashMap<u32, Arc<File>>>,
+    readers: Mutex<HashMap<u32, Arc<dyn StoreFile>>>,
 }
 
 impl Packs {
@@ -49,24 +50,28 @@ impl Packs {
     /// than that is damaged: it is left as it is (reads of the lost chunks
     /// fail their hash check) and new chunks still go after `end`, so that
     /// no location the catalog names is ever reused.
-    pub fn open(dir: &Path, newest: Option<(u32, u64)>) -> Result<Packs> {
-        fs::create_dir_all(dir).map_err(io_err(format!("creating {}", dir.display())))?;
+    pub fn open(io: Arc<dyn StoreIo>, dir: &Path, newest: Option<(u32, u64)>) -> Result<Packs> {
+        io.create_dir_all(dir)
+            .map_err(io_err(format!("creating {}", dir.display())))?;
         let (pack, end) = match newest {
             Some((pack, end)) => (pack, end.max(MAGIC.len() as u64)),
-            None => (newest_pack_on_disk(dir)?.unwrap_or(0), MAGIC.len() as u64),
+            None => (
+                packs_on_disk(&*io, dir)?.into_iter().max().unwrap_or(0),
+                MAGIC.len() as u64,
+            ),
         };
         // Packs after the newest named chunk hold only unfinished appends
         // (a crash right after a roll-over) or chunks the catalog dropped:
         // empty them, so that nothing on disk outlives its catalog row at
         // the tail.
-        for later in packs_on_disk(dir)?.into_iter().filter(|&n| n > pack) {
-            reset_pack(dir, later)?;
+        for later in packs_on_disk(&*io, dir)?.into_iter().filter(|&n| n > pack) {
+            reset_pack(&*io, dir, later)?;
         }
-        let file = open_pack_for_append(dir, pack)?;
-        let len = file
-            .metadata()
-            .map_err(io_err(format!("sizing pack {pack}")))?
-            .len();
+        let file = open_pack_for_append(&*io, dir, pack)?;
+        // A chunk is only as durable as its pack's name, and the pack may
+        // have been created by a run that crashed before syncing it.
+        sync_dir(&*io, dir)?;
+        let len = file.size().map_err(io_err(format!("sizing pack {pack}")))?;
         if len > end {
             file.set_len(end)
                 .map_err(io_err(format!("cutting the tail of pack {pack}")))?;
@@ -78,9 +83,19 @@ impl Packs {
                 "pack is shorter than the catalog says; the chunks past its end are lost"
             );
         }
+        // Whatever an earlier run left unsynced is made durable now, so
+        // that the first catalog commit can say so (`synced`).
+        file.sync_data()
+            .map_err(io_err(format!("syncing pack {pack}")))?;
         Ok(Packs {
+            io,
             dir: dir.to_path_buf(),
-            appender: Mutex::new(Appender { pack, file, end }),
+            appender: Mutex::new(Appender {
+                pack,
+                file,
+                end,
+                synced: end,
+            }),
             readers: Mutex::new(HashMap::new()),
         })
     }
@@ -92,16 +107,7 @@ impl Packs {
         if app.end >= PACK_TARGET_SIZE {
             // The closed pack's chunks must stay as durable as the catalog
             // rows naming them: sync it before moving on.
-            app.file
-                .sync_data()
-                .map_err(io_err(format!("syncing pack {}", app.pack)))?;
-            let next = app.pack + 1;
-            let file = open_pack_for_append(&self.dir, next)?;
-            *app = Appender {
-                pack: next,
-                file,
-                end: MAGIC.len() as u64,
-            };
+            self.start_next(&mut app)?;
         }
         let len = u32::try_from(data.len()).map_err(|_| Error::CorruptPack {
             pack: app.pack,
@@ -124,16 +130,34 @@ impl Packs {
         })
     }
 
-    /// Reads the chunk `hash` at `loc` and checks its data against the hash,
-    /// so that a damaged or lost pack region is an error, never wrong bytes.
-    /// Makes every appended chunk durable.
+    /// Makes every chunk appended so far durable (a pack closed for
+    /// appends was synced when it was closed). Appends go on meanwhile.
     pub fn sync(&self) -> Result<()> {
-        let app = self.appender.lock().unwrap_or_else(|p| p.into_inner());
-        app.file
-            .sync_data()
-            .map_err(io_err(format!("syncing pack {}", app.pack)))
+        let (pack, file, end) = {
+            let app = self.appender.lock().unwrap_or_else(|p| p.into_inner());
+            if app.synced >= app.end {
+                return Ok(());
+            }
+            (app.pack, app.file.clone(), app.end)
+        };
+        file.sync_data()
+            .map_err(io_err(format!("syncing pack {pack}")))?;
+        let mut app = self.appender.lock().unwrap_or_else(|p| p.into_inner());
+        if app.pack == pack {
+            app.synced = app.synced.max(end);
+        }
+        Ok(())
     }
 
+    /// How far the packs are known durable: every pack before the first
+    /// number, and the first up to the offset.
+    pub fn synced(&self) -> (u32, u64) {
+        let app = self.appender.lock().unwrap_or_else(|p| p.into_inner());
+        (app.pack, app.synced)
+    }
+
+    /// Reads the chunk `hash` at `loc` and checks its data against the hash,
+    /// so that a damaged or lost pack region is an error, never wrong bytes.
     pub fn read(&self, hash: &ChunkHash, loc: ChunkLocation) -> Result<Vec<u8>> {
         let file = self.reader(loc.pack)?;
         let mut buf = vec![0u8; loc.len as usize];
@@ -159,15 +183,22 @@ impl Packs {
     /// so that the closed one can be compacted.
     pub fn roll(&self) -> Result<()> {
         let mut app = self.appender.lock().unwrap_or_else(|p| p.into_inner());
+        self.start_next(&mut app)
+    }
+
+    fn start_next(&self, app: &mut Appender) -> Result<()> {
         app.file
             .sync_data()
             .map_err(io_err(format!("syncing pack {}", app.pack)))?;
         let next = app.pack + 1;
-        let file = open_pack_for_append(&self.dir, next)?;
+        let file = open_pack_for_append(&*self.io, &self.dir, next)?;
+        // Before any chunk in it can be named by a durable catalog row.
+        sync_dir(&*self.io, &self.dir)?;
         *app = Appender {
             pack: next,
             file,
             end: MAGIC.len() as u64,
+            synced: 0,
         };
         Ok(())
     }
@@ -175,21 +206,13 @@ impl Packs {
     /// Every pack on disk with the bytes it takes (allocated: punched holes
     /// are not counted).
     pub fn list(&self) -> Result<Vec<(u32, u64)>> {
-        use std::os::unix::fs::MetadataExt;
-        let mut out = Vec::new();
-        for entry in fs::read_dir(&self.dir).map_err(io_err("listing packs"))? {
-            let entry = entry.map_err(io_err("listing packs"))?;
-            let name = entry.file_name();
-            let Some(n) = name
-                .to_str()
-                .and_then(|s| s.strip_suffix(".pack"))
-                .and_then(|s| s.parse::<u32>().ok())
-            else {
-                continue;
-            };
-            let meta = entry.metadata().map_err(io_err("sizing a pack"))?;
-            out.push((n, meta.blocks() * 512));
-        }
+        let mut out: Vec<(u32, u64)> = self
+            .io
+            .list(&self.dir)
+            .map_err(io_err("listing packs"))?
+            .into_iter()
+            .filter_map(|(name, bytes)| Some((pack_number(&name)?, bytes)))
+            .collect();
         out.sort_unstable();
         Ok(out)
     }
@@ -202,7 +225,9 @@ impl Packs {
             .unwrap_or_else(|p| p.into_inner())
             .remove(&pack);
         let path = pack_path(&self.dir, pack);
-        fs::remove_file(&path).map_err(io_err(format!("removing {}", path.display())))
+        self.io
+            .remove(&path)
+            .map_err(io_err(format!("removing {}", path.display())))
     }
 
     /// Gives the disk space of dropped chunks back at once by punching
@@ -228,11 +253,11 @@ impl Packs {
                 _ => runs.push((pack, start, end)),
             }
         }
-        let mut open: Option<(u32, File)> = None;
+        let mut open: Option<(u32, Box<dyn StoreFile>)> = None;
         for (pack, start, end) in runs {
             if open.as_ref().is_none_or(|(p, _)| *p != pack) {
                 let path = pack_path(&self.dir, pack);
-                match OpenOptions::new().write(true).open(&path) {
+                match self.io.open(&path, OpenMode::Write) {
                     Ok(f) => open = Some((pack, f)),
                     Err(e) => {
                         tracing::debug!("opening {} to punch dropped chunks: {e}", path.display());
@@ -242,7 +267,7 @@ impl Packs {
                 }
             }
             let Some((_, file)) = &open else { continue };
-            if let Err(e) = punch_hole(file, start, end - start) {
+            if let Err(e) = file.punch_hole(start, end - start) {
                 tracing::debug!("punching dropped chunks out of pack {pack}: {e}");
                 return;
             }
@@ -252,68 +277,81 @@ impl Packs {
     /// Bytes the packs take on disk (allocated, so punched holes do not
     /// count).
     pub fn disk_bytes(&self) -> Result<u64> {
-        use std::os::unix::fs::MetadataExt;
-        let mut total = 0;
-        for entry in fs::read_dir(&self.dir).map_err(io_err("listing packs"))? {
-            let entry = entry.map_err(io_err("listing packs"))?;
-            total += entry.metadata().map_err(io_err("sizing a pack"))?.blocks() * 512;
-        }
-        Ok(total)
+        Ok(self
+            .io
+            .list(&self.dir)
+            .map_err(io_err("listing packs"))?
+            .iter()
+            .map(|(_, bytes)| bytes)
+            .sum())
     }
 
-    fn reader(&self, pack: u32) -> Result<Arc<File>> {
+    fn reader(&self, pack: u32) -> Result<Arc<dyn StoreFile>> {
         let mut readers = self.readers.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(f) = readers.get(&pack) {
             return Ok(f.clone());
         }
         let path = pack_path(&self.dir, pack);
-        let file =
-            Arc::new(File::open(&path).map_err(io_err(format!("opening {}", path.display())))?);
+        let file: Arc<dyn StoreFile> = Arc::from(
+            self.io
+                .open(&path, OpenMode::Read)
+                .map_err(io_err(format!("opening {}", path.display())))?,
+        );
         readers.insert(pack, file.clone());
         Ok(file)
     }
 }
 
-fn punch_hole(file: &File, start: u64, len: u64) -> std::io::Result<()> {
-    use std::os::fd::AsRawFd;
-    let (Ok(start), Ok(len)) = (i64::try_from(start), i64::try_from(len)) else {
-        return Err(std::io::ErrorKind::InvalidInput.into());
-    };
-    // SAFETY: fallocate on an fd we own; no memory is passed.
-    let rc = unsafe {
-        libc::fallocate(
-            file.as_raw_fd(),
-            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
-            start,
-            len,
-        )
-    };
-    if rc < 0 {
-        return Err(std::io::Error::last_os_error());
+/// The chunks among `chunks` whose data in the packs under `dir` is
+/// missing or does not match its hash.
+pub(crate) fn damaged(
+    io: &dyn StoreIo,
+    dir: &Path,
+    chunks: &[(ChunkHash, ChunkLocation)],
+) -> Vec<ChunkHash> {
+    let mut open: HashMap<u32, Option<Box<dyn StoreFile>>> = HashMap::new();
+    let mut damaged = Vec::new();
+    for (hash, loc) in chunks {
+        let file = open
+            .entry(loc.pack)
+            .or_insert_with(|| io.open(&pack_path(dir, loc.pack), OpenMode::Read).ok());
+        let mut buf = vec![0u8; loc.len as usize];
+        let intact = file
+            .as_ref()
+            .is_some_and(|f| f.read_exact_at(&mut buf, loc.offset).is_ok())
+            && ChunkHash::of(&buf) == *hash;
+        if !intact {
+            damaged.push(*hash);
+        }
     }
-    Ok(())
+    damaged
+}
+
+fn sync_dir(io: &dyn StoreIo, dir: &Path) -> Result<()> {
+    io.sync_dir(dir)
+        .map_err(io_err(format!("syncing {}", dir.display())))
 }
 
 fn pack_path(dir: &Path, pack: u32) -> PathBuf {
     dir.join(format!("{pack:08}.pack"))
 }
 
-fn open_pack_for_append(dir: &Path, pack: u32) -> Result<File> {
+fn pack_number(name: &std::ffi::OsStr) -> Option<u32> {
+    name.to_str()?.strip_suffix(".pack")?.parse().ok()
+}
+
+fn open_pack_for_append(io: &dyn StoreIo, dir: &Path, pack: u32) -> Result<Arc<dyn StoreFile>> {
     let path = pack_path(dir, pack);
-    let mut file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(&path)
-        .map_err(io_err(format!("opening {}", path.display())))?;
+    let file: Arc<dyn StoreFile> = Arc::from(
+        io.open(&path, OpenMode::Create)
+            .map_err(io_err(format!("opening {}", path.display())))?,
+    );
     let len = file
-        .metadata()
-        .map_err(io_err(format!("sizing {}", path.display())))?
-        .len();
+        .size()
+        .map_err(io_err(format!("sizing {}", path.display())))?;
     if len < MAGIC.len() as u64 {
         file.set_len(0).map_err(io_err("resetting a new pack"))?;
-        file.write_all(MAGIC)
+        file.write_all_at(MAGIC, 0)
             .map_err(io_err("writing a pack header"))?;
     } else {
         let mut magic = [0u8; 8];
@@ -331,42 +369,38 @@ fn open_pack_for_append(dir: &Path, pack: u32) -> Result<File> {
 }
 
 /// Makes pack `n` an empty pack: just the magic.
-fn reset_pack(dir: &Path, n: u32) -> Result<()> {
+fn reset_pack(io: &dyn StoreIo, dir: &Path, n: u32) -> Result<()> {
     let path = pack_path(dir, n);
-    let mut file = OpenOptions::new()
-        .write(true)
-        .open(&path)
+    let file = io
+        .open(&path, OpenMode::Write)
         .map_err(io_err(format!("opening {}", path.display())))?;
     file.set_len(0)
         .map_err(io_err(format!("emptying {}", path.display())))?;
-    file.write_all(MAGIC)
+    file.write_all_at(MAGIC, 0)
         .map_err(io_err(format!("writing the header of {}", path.display())))
 }
 
 /// The numbers of the pack files in `dir`, in no particular order.
-fn packs_on_disk(dir: &Path) -> Result<Vec<u32>> {
-    let mut packs = Vec::new();
-    for entry in fs::read_dir(dir).map_err(io_err("listing packs"))? {
-        let entry = entry.map_err(io_err("listing packs"))?;
-        let name = entry.file_name();
-        if let Some(n) = name
-            .to_str()
-            .and_then(|s| s.strip_suffix(".pack"))
-            .and_then(|s| s.parse::<u32>().ok())
-        {
-            packs.push(n);
-        }
-    }
-    Ok(packs)
-}
-
-fn newest_pack_on_disk(dir: &Path) -> Result<Option<u32>> {
-    Ok(packs_on_disk(dir)?.into_iter().max())
+fn packs_on_disk(io: &dyn StoreIo, dir: &Path) -> Result<Vec<u32>> {
+    Ok(io
+        .list(dir)
+        .map_err(io_err("listing packs"))?
+        .into_iter()
+        .filter_map(|(name, _)| pack_number(&name))
+        .collect())
 }
 
 #[cfg(test)]
 mod tests {
+    use std::fs::{self, File, OpenOptions};
+    use std::io::Write;
+
     use super::*;
+    use crate::io::OsIo;
+
+    fn open(dir: &Path, newest: Option<(u32, u64)>) -> Result<Packs> {
+        Packs::open(Arc::new(OsIo), dir, newest)
+    }
 
     fn chunk(v: u8) -> (ChunkHash, Vec<u8>) {
         let data = vec![v; 1000 + usize::from(v)];
@@ -376,7 +410,7 @@ mod tests {
     #[test]
     fn a_chunk_is_its_length_its_hash_and_its_data() {
         let tmp = tempfile::tempdir().expect("tempdir");
-        let packs = Packs::open(tmp.path(), None).expect("open");
+        let packs = open(tmp.path(), None).expect("open");
         let (hash, data) = chunk(1);
         let loc = packs.append(&hash, &data).expect("append");
         assert_eq!(
@@ -405,7 +439,7 @@ mod tests {
         let tmp = tempfile::tempdir().expect("tempdir");
         let (a, a_data) = chunk(1);
         let a_loc = {
-            let packs = Packs::open(tmp.path(), None).expect("open");
+            let packs = open(tmp.path(), None).expect("open");
             packs.append(&a, &a_data).expect("append")
         };
         // Make pack 0 full without writing 256 MiB: a sparse tail, as if
@@ -417,7 +451,7 @@ mod tests {
             .expect("pack 0")
             .set_len(full)
             .expect("extend");
-        let packs = Packs::open(tmp.path(), Some((0, full))).expect("open");
+        let packs = open(tmp.path(), Some((0, full))).expect("open");
         let (b, b_data) = chunk(2);
         let b_loc = packs.append(&b, &b_data).expect("append");
         assert_eq!((b_loc.pack, b_loc.offset), (1, 8 + 36));
@@ -433,7 +467,7 @@ mod tests {
             .expect("pack 1");
         f.write_all(&[7; 100]).expect("garbage");
         drop(f);
-        let packs = Packs::open(tmp.path(), Some((1, b_end))).expect("open");
+        let packs = open(tmp.path(), Some((1, b_end))).expect("open");
         let len = |n| fs::metadata(pack_path(tmp.path(), n)).expect("pack").len();
         assert_eq!((len(0), len(1)), (full, b_end));
         let (c, c_data) = chunk(3);

@@ -4,31 +4,31 @@
 //! question "how big is this filesystem"; it never touches packs or the
 //! catalog.
 
-use std::fs::File;
-use std::io::Write;
 use std::path::Path;
+
+use crate::io::{OpenMode, StoreIo};
 
 const RESERVE: &str = "reserve";
 const MAX_BYTES: u64 = 2 * 1024 * 1024;
 
-pub(crate) fn release(store_dir: &Path) {
-    let _ = std::fs::remove_file(store_dir.join(RESERVE));
+pub(crate) fn release(io: &dyn StoreIo, store_dir: &Path) {
+    let _ = io.remove(&store_dir.join(RESERVE));
 }
 
-pub(crate) fn restore(store_dir: &Path) {
+pub(crate) fn restore(io: &dyn StoreIo, store_dir: &Path) {
     let path = store_dir.join(RESERVE);
-    if path.exists() {
+    if io.open(&path, OpenMode::Read).is_ok() {
         return;
     }
     // A 64th of the disk, at most 2 MiB: plenty for a few catalog
     // transactions without taking a small disk's room for pre-images.
     let bytes = filesystem_bytes(store_dir).map_or(MAX_BYTES, |total| (total / 64).min(MAX_BYTES));
-    let made = File::create(&path).and_then(|mut f| {
-        f.write_all(&vec![0u8; bytes as usize])?;
-        f.sync_all()
+    let made = io.open(&path, OpenMode::Create).and_then(|f| {
+        f.write_all_at(&vec![0u8; bytes as usize], 0)?;
+        f.sync_data()
     });
     if let Err(e) = made {
-        let _ = std::fs::remove_file(&path);
+        let _ = io.remove(&path);
         tracing::debug!("setting the store's reserve aside: {e}");
     }
 }

@@ -14,12 +14,13 @@ use crate::cache::ChunkCache;
 use crate::catalog::Catalog;
 use crate::durable::{GroupSync, Ticket};
 use crate::error::io_err;
+use crate::io::{OsIo, StoreIo};
 use crate::pack::{CHUNK_HEADER, ChunkLocation, Packs};
 use crate::records::{decode, encode};
-use crate::reserve;
 use crate::{
     AttrRecord, ChunkHash, DirEntry, Epoch, Error, ObjectId, Result, SetId, Timestamp, VolumeId,
 };
+use crate::{recover, reserve};
 
 #[derive(Clone, Debug)]
 pub struct StoreOptions {
@@ -147,13 +148,21 @@ pub struct Preserved {
 
 pub struct Store {
     dir: PathBuf,
+    io: Arc<dyn StoreIo>,
+    /// `dir/catalog.db`, for the I/O backend's commit events.
+    db: PathBuf,
     catalog: Catalog,
     packs: Packs,
     cache: ChunkCache,
     durability: Durability,
     punch_holes: bool,
     group: GroupSync,
-    wal: Mutex<Option<File>>,
+    /// Catalog commits made so far, so that a sync of the WAL with
+    /// nothing new in it is skipped.
+    commits: AtomicU64,
+    wal: Mutex<WalSync>,
+    /// The pack position the last commit recorded as durable (`recover`).
+    mark: Mutex<Option<(u32, u64)>>,
     /// Bytes of chunk data the catalog names: the diff area's size for its
     /// limit, kept without a query per write.
     chunk_bytes: AtomicU64,
@@ -163,8 +172,25 @@ impl Store {
     /// Opens (or creates) the store under `dir`: `dir/catalog.db` and
     /// `dir/packs/`.
     pub fn open(dir: &Path, options: StoreOptions) -> Result<Store> {
+        Store::open_with_io(dir, options, Arc::new(OsIo))
+    }
+
+    /// Opens the store with its packs and reserve behind `io` instead of
+    /// the operating system's files, for tests and tooling: a recording
+    /// backend sees every write, sync and catalog commit in order. The
+    /// catalog itself is always SQLite's files under `dir`.
+    pub fn open_with_io(dir: &Path, options: StoreOptions, io: Arc<dyn StoreIo>) -> Result<Store> {
         std::fs::create_dir_all(dir).map_err(io_err(format!("creating {}", dir.display())))?;
-        let catalog = Catalog::open(&dir.join("catalog.db"))?;
+        let db = dir.join("catalog.db");
+        let catalog = Catalog::open(&db)?;
+        // A process crash loses nothing; only a power cut can, and with
+        // `Process` durability that is no promise to keep.
+        if options.durability == Durability::Power {
+            recover::drop_lost_chunks(&mut catalog.writer(), &*io, &dir.join("packs"))?;
+        }
+        // Whatever opening created, migrated or repaired is the first
+        // state a recording backend knows of the catalog.
+        io.catalog_committed(&db);
         let newest: Option<(u32, u64)> = catalog
             .writer()
             .query_row(
@@ -173,9 +199,11 @@ impl Store {
                 |r| Ok((r.get::<_, u32>(0)?, r.get::<_, i64>(1)? as u64)),
             )
             .optional()?;
-        let packs = Packs::open(&dir.join("packs"), newest)?;
+        let packs = Packs::open(io.clone(), &dir.join("packs"), newest)?;
         let store = Store {
             dir: dir.to_path_buf(),
+            io,
+            db,
             catalog,
             packs,
             cache: ChunkCache::new(options.cache_bytes),
@@ -183,8 +211,15 @@ impl Store {
             durability: options.durability,
             punch_holes: options.punch_holes,
             group: GroupSync::default(),
-            wal: Mutex::new(None),
+            commits: AtomicU64::new(0),
+            wal: Mutex::new(WalSync::default()),
+            mark: Mutex::new(None),
         };
+        if store.durability == Durability::Power {
+            // Open may have cut a pack below the mark an earlier run left;
+            // what is appended there now is not durable yet.
+            store.record_synced(true);
+        }
         store.recount()?;
         store.restore_reserve();
         store.drop_interrupted_sets()?;
@@ -210,13 +245,13 @@ impl Store {
     /// Gives the reserve's space back to the filesystem: on a full disk,
     /// deleting a set still needs room for its catalog transaction.
     pub fn release_reserve(&self) {
-        reserve::release(&self.dir);
+        reserve::release(&*self.io, &self.dir);
     }
 
     /// Sets the reserve aside again (best effort: on a full disk it waits
     /// for the next deletion).
     pub fn restore_reserve(&self) {
-        reserve::restore(&self.dir);
+        reserve::restore(&*self.io, &self.dir);
     }
 
     pub fn dir(&self) -> &Path {
@@ -230,6 +265,7 @@ impl Store {
             "INSERT INTO volumes (name, epoch) VALUES (?1, 1) ON CONFLICT(name) DO NOTHING",
             [name],
         )?;
+        self.io.catalog_committed(&self.db);
         let (id, epoch) = conn.query_row(
             "SELECT id, epoch FROM volumes WHERE name = ?1",
             [name],
@@ -258,7 +294,7 @@ impl Store {
     /// Closes the current epoch of every volume of the set in one
     /// transaction: the whole cost of a shadow copy set.
     pub fn commit_set(&self, new: &NewSet) -> Result<SetInfo> {
-        self.commit(new, false)
+        self.commit_new_set(new, false)
     }
 
     /// Like `commit_set`, but the set stays pending until
@@ -266,10 +302,10 @@ impl Store {
     /// when the store is next opened was interrupted and is deleted then,
     /// so that an interrupted set is whole or absent.
     pub fn commit_pending_set(&self, new: &NewSet) -> Result<SetInfo> {
-        self.commit(new, true)
+        self.commit_new_set(new, true)
     }
 
-    fn commit(&self, new: &NewSet, pending: bool) -> Result<SetInfo> {
+    fn commit_new_set(&self, new: &NewSet, pending: bool) -> Result<SetInfo> {
         let mut conn = self.catalog.writer();
         let tx = conn.transaction()?;
         let name = free_name(&tx, &new.name)?;
@@ -309,8 +345,7 @@ impl Store {
                 epoch: Epoch(epoch as u64),
             });
         }
-        tx.commit()?;
-        let ticket = self.group.committed();
+        let ticket = self.commit(tx)?;
         drop(conn);
         self.make_durable(ticket)?;
         Ok(SetInfo {
@@ -383,8 +418,10 @@ impl Store {
                 params![set.0, w.name, w.required, w.status, w.error, w.components],
             )?;
         }
-        tx.commit()?;
-        Ok(())
+        // Durable like the commit: a set reported made survives a power cut.
+        let ticket = self.commit(tx)?;
+        drop(conn);
+        self.make_durable(ticket)
     }
 
     /// The writers of every set, in the order they were recorded.
@@ -449,8 +486,7 @@ impl Store {
             })?
             .collect::<rusqlite::Result<_>>()?
         };
-        tx.commit()?;
-        let ticket = self.group.committed();
+        let ticket = self.commit(tx)?;
         drop(conn);
         self.make_durable(ticket)?;
         // Only once no durable row names them: a crash before this leaves
@@ -526,31 +562,87 @@ impl Store {
             )?
             .execute(params![v, object.0 as i64, hi + 1])?;
         }
-        tx.commit()?;
-        let ticket = self.group.committed();
+        let ticket = self.commit(tx)?;
         drop(conn);
         self.make_durable(ticket)
     }
 
-    /// Waits until a sync of the packs and the catalog's WAL covers the
-    /// commit behind `ticket`; concurrent committers share one sync.
+    /// Commits `tx` and tells the I/O backend, while the caller still
+    /// holds the writer; the ticket makes the commit durable.
+    fn commit(&self, tx: Transaction<'_>) -> Result<Ticket> {
+        tx.commit()?;
+        self.io.catalog_committed(&self.db);
+        self.commits.fetch_add(1, Ordering::SeqCst);
+        Ok(self.group.ticket())
+    }
+
+    /// Waits until a sync begun after the change behind `ticket` (appends,
+    /// a commit) has completed; concurrent writers share one. A sync
+    /// flushes the packs, records how far they are durable, then flushes
+    /// the catalog's WAL: when a preserve returns, its chunks are below a
+    /// durable mark, and open never takes them for a power cut's loss.
     fn make_durable(&self, ticket: Ticket) -> Result<()> {
         if self.durability == Durability::Process {
             return Ok(());
         }
         self.group.wait(ticket, || {
             self.packs.sync()?;
-            let mut wal = self.wal.lock().unwrap_or_else(|p| p.into_inner());
-            if wal.is_none() {
-                // SQLite creates the WAL with its first write and keeps the
-                // same file while connections are open.
-                *wal = File::open(self.dir.join("catalog.db-wal")).ok();
-            }
-            match wal.as_ref() {
-                Some(f) => f.sync_data().map_err(io_err("syncing the catalog's WAL")),
-                None => Ok(()),
-            }
+            self.record_synced(false);
+            self.sync_wal()
         })
+    }
+
+    /// Writes how far the packs are durable into the catalog (`recover`),
+    /// if that moved (or `always`). Best effort: a mark that lags only
+    /// means that open checks more chunks after a crash.
+    fn record_synced(&self, always: bool) {
+        let synced = self.packs.synced();
+        let mut mark = self.mark.lock().unwrap_or_else(|p| p.into_inner());
+        if !always && *mark == Some(synced) {
+            return;
+        }
+        let mut conn = self.catalog.writer();
+        let written = conn.transaction().map_err(Error::from).and_then(|tx| {
+            recover::write_mark(&tx, synced)?;
+            tx.commit()?;
+            Ok(())
+        });
+        match written {
+            Ok(()) => {
+                *mark = Some(synced);
+                self.io.catalog_committed(&self.db);
+                self.commits.fetch_add(1, Ordering::SeqCst);
+            }
+            Err(e) => tracing::debug!("recording how far the packs are synced: {e}"),
+        }
+    }
+
+    /// Makes every catalog commit made so far durable.
+    fn sync_wal(&self) -> Result<()> {
+        let made = self.commits.load(Ordering::SeqCst);
+        let mut wal = self.wal.lock().unwrap_or_else(|p| p.into_inner());
+        if made <= wal.synced {
+            return Ok(());
+        }
+        if wal.file.is_none() {
+            // SQLite creates the WAL with its first write and keeps the
+            // same file while connections are open. Its name must be
+            // durable too, and SQLite syncs the directory only when it
+            // syncs the WAL itself (at a checkpoint).
+            wal.file = File::open(self.dir.join("catalog.db-wal")).ok();
+            if wal.file.is_some() {
+                self.io
+                    .sync_dir(&self.dir)
+                    .map_err(io_err(format!("syncing {}", self.dir.display())))?;
+            }
+        }
+        if let Some(f) = &wal.file {
+            self.io
+                .sync_catalog(f)
+                .map_err(io_err("syncing the catalog's WAL"))?;
+        }
+        wal.synced = made;
+        Ok(())
     }
 
     /// What `object` had preserved with exactly `hi`: the write side's
@@ -689,8 +781,7 @@ impl Store {
                                   AND hash NOT IN (SELECT entries FROM dir_records)",
             [],
         )?;
-        tx.commit()?;
-        let ticket = self.group.committed();
+        let ticket = self.commit(tx)?;
         drop(conn);
         self.make_durable(ticket)?;
         self.recount()
@@ -706,18 +797,22 @@ impl Store {
     /// Records that the live inode `object` presents itself with the inode
     /// number `presented`: it took the place of an inode moved aside.
     pub fn set_alias(&self, volume: VolumeId, object: ObjectId, presented: u64) -> Result<()> {
-        self.catalog.writer().execute(
+        let conn = self.catalog.writer();
+        conn.execute(
             "INSERT OR REPLACE INTO aliases (volume_id, object, presented) VALUES (?1, ?2, ?3)",
             params![volume.0, object.0 as i64, presented as i64],
         )?;
+        self.io.catalog_committed(&self.db);
         Ok(())
     }
 
     pub fn drop_alias(&self, volume: VolumeId, object: ObjectId) -> Result<()> {
-        self.catalog.writer().execute(
+        let conn = self.catalog.writer();
+        conn.execute(
             "DELETE FROM aliases WHERE volume_id = ?1 AND object = ?2",
             params![volume.0, object.0 as i64],
         )?;
+        self.io.catalog_committed(&self.db);
         Ok(())
     }
 
@@ -916,6 +1011,10 @@ impl Store {
                 let data = self.packs.read(&hash, old)?;
                 moved.push((hash, old, self.packs.append(&hash, &data)?));
             }
+            // The copies are durable before a row points at them: open
+            // would drop a lost copy's records, which returned preserves
+            // made (`recover`), not repoint them at the old bytes.
+            self.make_durable(self.group.ticket())?;
             let mut conn = self.catalog.writer();
             let tx = conn.transaction()?;
             // A chunk deleted meanwhile matches no row: its copy is dead bytes.
@@ -925,8 +1024,7 @@ impl Store {
                 )?
                 .execute(params![&hash.0[..], new.pack, new.offset as i64, old.pack, old.offset as i64])?;
             }
-            tx.commit()?;
-            let ticket = self.group.committed();
+            let ticket = self.commit(tx)?;
             drop(conn);
             self.make_durable(ticket)?;
         }
@@ -934,6 +1032,13 @@ impl Store {
         tracing::info!(pack, freed = dead, "reclaimed a pack");
         Ok(dead)
     }
+}
+
+/// The catalog's WAL and how many commits its last sync covered.
+#[derive(Default)]
+struct WalSync {
+    file: Option<File>,
+    synced: u64,
 }
 
 fn to_hash(bytes: &[u8]) -> ChunkHash {

@@ -214,6 +214,7 @@ impl LiveFs {
             m.attr(object, node.fd.as_fd())?;
         }
         m.preserve()?;
+        debug_assert!(m.all_stored());
         let raw = node.fd.as_raw_fd();
         if set.uid.is_some() || set.gid.is_some() {
             // SAFETY: the empty path with AT_EMPTY_PATH names the fd itself.
@@ -345,6 +346,7 @@ impl LiveFs {
         let pst = backing::fstat(pnode.fd.as_fd())?;
         let aname = Volume::aside_name(object);
         let (pfd, afd) = (pnode.fd.as_raw_fd(), aside.as_raw_fd());
+        debug_assert!(m.all_stored());
         // SAFETY: both names are valid C strings.
         check(unsafe { libc::linkat(pfd, cname.as_ptr(), afd, aname.as_ptr(), 0) })?;
         // SAFETY: both names are valid C strings.
@@ -407,6 +409,7 @@ impl LiveFs {
         let mut m = self.vol.cow.begin(&[pnode.object]);
         m.dir(pnode.object, pnode.fd.as_fd())?;
         m.preserve()?;
+        debug_assert!(m.all_stored());
         let file = make(pnode.fd.as_fd(), &cname)?;
         let fd = backing::open_path(pnode.fd.as_fd(), &cname)?;
         let st = backing::fstat(fd.as_fd())?;
@@ -544,6 +547,7 @@ impl LiveFs {
         m.dir(pnode.object, pnode.fd.as_fd())?;
         m.attr(node.object, node.fd.as_fd())?;
         m.preserve()?;
+        debug_assert!(m.all_stored());
         // SAFETY: AT_EMPTY_PATH links the inode behind the fd itself.
         check(unsafe {
             libc::linkat(
@@ -601,6 +605,7 @@ impl LiveFs {
             }
         }
         m.preserve()?;
+        debug_assert!(m.all_stored());
         if aside {
             let aname = Volume::aside_name(object);
             // SAFETY: both names are valid C strings.
@@ -684,6 +689,7 @@ impl LiveFs {
             }
         }
         m.preserve()?;
+        debug_assert!(m.all_stored());
         let (pfd, npfd, afd) = (
             pnode.fd.as_raw_fd(),
             npnode.fd.as_raw_fd(),
@@ -767,6 +773,7 @@ impl LiveFs {
         let mut m = self.vol.cow.begin(&[of.object]);
         m.blocks(of.object, of.file.as_fd(), &of.file, offset, end)?;
         m.preserve()?;
+        debug_assert!(m.all_stored());
         of.file.write_all_at(data, offset)?;
         Ok(data.len() as u32)
     }
@@ -814,6 +821,7 @@ impl LiveFs {
             m.attr(of.object, fd)?;
         }
         m.preserve()?;
+        debug_assert!(m.all_stored());
         // SAFETY: plain syscall on an owned descriptor.
         check(unsafe { libc::fallocate64(fd.as_raw_fd(), mode, offset as i64, length as i64) })?;
         Ok(())
@@ -898,6 +906,7 @@ impl LiveFs {
         let mut m = self.vol.cow.begin(&[node.object]);
         m.attr(node.object, node.fd.as_fd())?;
         m.preserve()?;
+        debug_assert!(m.all_stored());
         let set = backing::set_xattr(node.fd.as_fd(), &cstr(name)?, value, flags);
         node.forget_capability();
         Ok(set?)
@@ -908,6 +917,7 @@ impl LiveFs {
         let mut m = self.vol.cow.begin(&[node.object]);
         m.attr(node.object, node.fd.as_fd())?;
         m.preserve()?;
+        debug_assert!(m.all_stored());
         let removed = backing::remove_xattr(node.fd.as_fd(), &cstr(name)?);
         node.forget_capability();
         Ok(removed?)

@@ -4,6 +4,8 @@
 
 #![allow(dead_code)] // each test binary uses its own subset
 
+pub mod recorder;
+
 use std::path::Path;
 
 use tempfile::TempDir;
