@@ -355,7 +355,7 @@ impl Mutation<'_> {
             match self.cow.store.preserve(self.cow.volume, hi, &pre) {
                 Ok(()) => break,
                 Err(e) if e.is_disk_full() => match guard {
-                    Some(guard) if guard.disk_full()? => continue,
+                    Some(guard) if room_made(guard.as_ref())? => continue,
                     // Every set is gone: nothing needs keeping any more.
                     Some(_) if !self.cow.any_set.load(Ordering::Acquire) => {
                         self.blocks.clear();
@@ -400,5 +400,17 @@ impl Mutation<'_> {
         if self.hi.is_some() {
             lock(&self.cow.births).insert(object);
         }
+    }
+}
+
+/// Asks the diff area's policy for room on a full disk. A deletion that
+/// the full disk itself stops is ENOSPC for the write, not EIO.
+fn room_made(guard: &dyn DiffGuard) -> Result<bool> {
+    match guard.disk_full() {
+        Err(FsError::Store(e)) if e.is_disk_full() => {
+            tracing::warn!("diff area: no room even to delete a set: {e}");
+            Err(FsError::from_errno(libc::ENOSPC))
+        }
+        other => other,
     }
 }

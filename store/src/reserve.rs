@@ -9,6 +9,7 @@ use std::path::Path;
 use crate::io::{OpenMode, StoreIo};
 
 const RESERVE: &str = "reserve";
+const MIN_BYTES: u64 = 256 * 1024;
 const MAX_BYTES: u64 = 2 * 1024 * 1024;
 
 pub(crate) fn release(io: &dyn StoreIo, store_dir: &Path) {
@@ -20,9 +21,11 @@ pub(crate) fn restore(io: &dyn StoreIo, store_dir: &Path) {
     if io.open(&path, OpenMode::Read).is_ok() {
         return;
     }
-    // A 64th of the disk, at most 2 MiB: plenty for a few catalog
-    // transactions without taking a small disk's room for pre-images.
-    let bytes = filesystem_bytes(store_dir).map_or(MAX_BYTES, |total| (total / 64).min(MAX_BYTES));
+    // A 64th of the disk, at least 256 KiB and at most 2 MiB: room for a
+    // few catalog transactions without taking a small disk's room for
+    // pre-images.
+    let bytes = filesystem_bytes(store_dir)
+        .map_or(MAX_BYTES, |total| (total / 64).clamp(MIN_BYTES, MAX_BYTES));
     let made = io.open(&path, OpenMode::Create).and_then(|f| {
         f.write_all_at(&vec![0u8; bytes as usize], 0)?;
         f.sync_data()
@@ -35,6 +38,15 @@ pub(crate) fn restore(io: &dyn StoreIo, store_dir: &Path) {
 
 /// The size of the filesystem holding `dir`, in bytes.
 pub fn filesystem_bytes(dir: &Path) -> std::io::Result<u64> {
+    statvfs(dir).map(|st| st.f_blocks * st.f_frsize)
+}
+
+/// The bytes an unprivileged writer could still put on `dir`'s filesystem.
+pub(crate) fn filesystem_free(dir: &Path) -> std::io::Result<u64> {
+    statvfs(dir).map(|st| st.f_bavail * st.f_frsize)
+}
+
+fn statvfs(dir: &Path) -> std::io::Result<libc::statvfs> {
     use std::os::unix::ffi::OsStrExt;
     let c = std::ffi::CString::new(dir.as_os_str().as_bytes())
         .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
@@ -44,5 +56,5 @@ pub fn filesystem_bytes(dir: &Path) -> std::io::Result<u64> {
     if unsafe { libc::statvfs(c.as_ptr(), &mut st) } < 0 {
         return Err(std::io::Error::last_os_error());
     }
-    Ok(st.f_blocks * st.f_frsize)
+    Ok(st)
 }

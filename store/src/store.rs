@@ -962,6 +962,9 @@ impl Store {
     pub fn compact_step(&self) -> Result<u64> {
         const BATCH: i64 = 64;
         let mut best: Option<(u32, u64)> = None;
+        // Copying needs room for the live chunks first: on a (nearly) full
+        // disk it would only fill it with copies it cannot commit.
+        let room = reserve::filesystem_free(&self.dir).unwrap_or(u64::MAX);
         for (pack, allocated) in self.packs.list()? {
             let live: i64 = self.catalog.reader().query_row(
                 "SELECT coalesce(sum(len), 0) + count(*) * ?2 FROM chunks WHERE pack = ?1",
@@ -973,7 +976,9 @@ impl Store {
             // remove; otherwise copying must win back at least a block,
             // or a fresh active pack would be rolled over and over.
             let emptied = live == 0 && pack != self.packs.active();
-            let worth_copying = dead >= crate::BLOCK_SIZE && dead * 2 >= allocated;
+            let worth_copying = dead >= crate::BLOCK_SIZE
+                && dead * 2 >= allocated
+                && (live as u64).saturating_mul(2) < room;
             if (emptied || worth_copying) && best.is_none_or(|(_, d)| dead > d) {
                 best = Some((pack, dead));
             }
