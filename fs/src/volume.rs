@@ -10,7 +10,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-use umbra_store::{Epoch, ObjectId, Store, VolumeId};
+use umbra_store::{Epoch, FileKind, ObjectId, Store, VolumeId};
 
 use crate::backing::{self, cstr};
 use crate::cow::{Clock, Cow};
@@ -40,6 +40,9 @@ pub struct Volume {
     retire: RwLock<()>,
     /// Sets deleted while this daemon runs: their records may be pruned.
     retired: Mutex<HashSet<umbra_store::SetId>>,
+    /// Numbers once presented by inodes that left the live volume while
+    /// the kernel still knew them: their pins stay until it forgets them.
+    held: Mutex<HashSet<u64>>,
     pub(crate) cow: Cow,
     /// Lists the backing paths of the files the live mount has open for
     /// writing; installed by the live mount.
@@ -92,7 +95,7 @@ impl Volume {
             },
             any_set,
         );
-        let volume = Arc::new(Volume {
+        let volume = Volume {
             id: info.id,
             name: name.to_string(),
             backing_path: backing.to_path_buf(),
@@ -105,16 +108,21 @@ impl Volume {
             namespace: Mutex::new(()),
             retire: RwLock::new(()),
             retired: Mutex::new(HashSet::new()),
+            held: Mutex::new(HashSet::new()),
             cow,
             open_writes: Mutex::new(None),
-        });
-        // A deletion cut off between its catalog transaction and freeing
-        // its aside inodes (or a set dropped as interrupted at open) left
-        // inodes nothing needs: free them now.
-        if let Err(e) = volume.free_unreachable_aside() {
-            tracing::warn!(volume = %volume.name, "freeing moved-aside inodes no set needs: {e}");
+        };
+        // What a crash or a stop left in the aside folder that no set needs.
+        if let Err(e) = volume.clear_leftovers() {
+            tracing::warn!(volume = name, "clearing the aside folder: {e}");
         }
-        Ok(volume)
+        if let Err(e) = volume.free_unreachable_aside() {
+            tracing::warn!(
+                volume = name,
+                "freeing moved-aside inodes no set needs: {e}"
+            );
+        }
+        Ok(Arc::new(volume))
     }
 
     pub fn name(&self) -> &str {
@@ -220,51 +228,125 @@ impl Volume {
             .insert(object);
     }
 
-    /// Frees the aside inodes no remaining set can reach. An inode whose
-    /// number a live inode presents (a truncation's alias) keeps existing,
-    /// emptied, so that the number cannot be handed out twice. A file still
-    /// open through the live mount lives on in its descriptors.
+    /// Frees the aside inodes no remaining set can reach, and any file in
+    /// the aside folder that no row accounts for (left by a crash, or moved
+    /// aside while the last set was being deleted). An inode whose number a
+    /// live inode presents (a truncation's alias) keeps existing, emptied,
+    /// so that the number cannot be handed out twice. A file still open
+    /// through the live mount lives on in its descriptors.
     pub(crate) fn free_unreachable_aside(&self) -> Result<()> {
         let store = self.store();
+        // Listed before the rows are read: an inode is moved aside only
+        // after its row is committed, so a listed file without a row has none.
+        let listed = backing::list_dir(self.aside_dir.as_fd())?;
         let doomed = store.unreachable_aside(self.id)?;
-        if doomed.is_empty() {
+        let rows: HashSet<ObjectId> = store.aside_objects(self.id)?.into_iter().collect();
+        let mut pinned: HashSet<u64> = store.presented(self.id)?.into_iter().collect();
+        pinned.extend(lock(&self.held).iter().copied());
+        let orphans: Vec<ObjectId> = listed
+            .iter()
+            .filter_map(|(name, _, _)| name.to_str()?.parse().ok().map(ObjectId))
+            .filter(|o| !rows.contains(o) && !pinned.contains(&o.0))
+            .collect();
+        if doomed.is_empty() && orphans.is_empty() {
             return Ok(());
         }
-        let presented: HashSet<u64> = store.presented(self.id)?.into_iter().collect();
-        let dir = self.aside_dir.as_fd();
-        for object in &doomed {
-            let name = Self::aside_name(*object);
-            let st = match backing::statat(dir, &name) {
-                Ok(st) => st,
-                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => continue,
-                Err(e) => return Err(e.into()),
-            };
-            if presented.contains(&object.0) {
-                let fd = backing::openat(dir, &name, libc::O_WRONLY | libc::O_NOFOLLOW, 0)?;
-                std::fs::File::from(fd).set_len(0)?;
+        for object in doomed.iter().chain(&orphans) {
+            if pinned.contains(&object.0) {
+                let name = Self::aside_name(*object);
+                match backing::openat(self.aside_fd(), &name, libc::O_WRONLY | libc::O_NOFOLLOW, 0)
+                {
+                    Ok(fd) => std::fs::File::from(fd).set_len(0)?,
+                    Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
+                    Err(e) => return Err(e.into()),
+                }
                 continue;
             }
-            let flags = if st.st_mode & libc::S_IFMT == libc::S_IFDIR {
-                libc::AT_REMOVEDIR
-            } else {
-                0
-            };
-            // SAFETY: name is a valid C string.
-            if unsafe {
-                libc::unlinkat(std::os::fd::AsRawFd::as_raw_fd(&dir), name.as_ptr(), flags)
-            } < 0
-            {
-                return Err(io::Error::last_os_error())
-                    .context(|| format!("volume {}: freeing aside inode {}", self.name, object.0));
-            }
-            self.aside
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(object);
+            self.unlink_aside(*object)?;
         }
         store.forget_objects(self.id, &doomed)?;
-        tracing::info!(volume = %self.name, freed = doomed.len(), "freed moved-aside inodes no set needs");
+        tracing::info!(volume = %self.name, freed = doomed.len() + orphans.len(), "freed moved-aside inodes no set needs");
         Ok(())
+    }
+
+    /// Removes what a crash in the middle of a truncation left in the aside
+    /// folder: its half-built successors (any name that is not an object's
+    /// number). Only before the live mount runs, when none is being built.
+    fn clear_leftovers(&self) -> Result<()> {
+        let dir = self.aside_dir.as_fd();
+        for (name, _, kind) in backing::list_dir(dir)? {
+            if name.to_str().is_some_and(|n| n.parse::<u64>().is_ok())
+                || kind == FileKind::Directory
+            {
+                continue;
+            }
+            let c = cstr(&name)?;
+            // SAFETY: c is a valid C string.
+            if unsafe { libc::unlinkat(std::os::fd::AsRawFd::as_raw_fd(&dir), c.as_ptr(), 0) } < 0 {
+                return Err(io::Error::last_os_error()).context(|| {
+                    format!(
+                        "volume {}: removing {name:?} from the aside folder",
+                        self.name
+                    )
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes `object` from the aside folder, if it is there.
+    fn unlink_aside(&self, object: ObjectId) -> Result<()> {
+        let dir = self.aside_dir.as_fd();
+        let name = Self::aside_name(object);
+        let st = match backing::statat(dir, &name) {
+            Ok(st) => st,
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(()),
+            Err(e) => return Err(e.into()),
+        };
+        let flags = if st.st_mode & libc::S_IFMT == libc::S_IFDIR {
+            libc::AT_REMOVEDIR
+        } else {
+            0
+        };
+        // SAFETY: name is a valid C string.
+        if unsafe { libc::unlinkat(std::os::fd::AsRawFd::as_raw_fd(&dir), name.as_ptr(), flags) }
+            < 0
+        {
+            let e = io::Error::last_os_error();
+            if e.raw_os_error() != Some(libc::ENOENT) {
+                return Err(e)
+                    .context(|| format!("volume {}: freeing aside inode {}", self.name, object.0));
+            }
+        }
+        lock(&self.aside).remove(&object);
+        Ok(())
+    }
+
+    /// Keeps the pin of `number` while the kernel may still use it.
+    pub(crate) fn hold_pin(&self, number: u64) {
+        lock(&self.held).insert(number);
+    }
+
+    /// The kernel forgot `number`: its pin goes if nothing else keeps it.
+    pub(crate) fn release_pin(&self, number: u64) -> Result<()> {
+        if lock(&self.held).remove(&number) {
+            self.free_pin(number)?;
+        }
+        Ok(())
+    }
+
+    /// Removes the pin of `number` (an emptied inode moved aside by a
+    /// truncation) once no live inode presents that number, unless a set
+    /// still needs the inode itself: then it goes when the set does.
+    pub(crate) fn free_pin(&self, number: u64) -> Result<()> {
+        let store = self.store();
+        if lock(&self.held).contains(&number)
+            || store.presented(self.id)?.contains(&number)
+            || store.is_aside(self.id, ObjectId(number))?
+        {
+            return Ok(());
+        }
+        self.unlink_aside(ObjectId(number))
     }
 
     /// The name an object takes in the aside folder.
@@ -304,6 +386,10 @@ impl Volume {
             )
         })
     }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 fn ensure_dir(parent: BorrowedFd<'_>, name: &OsStr) -> io::Result<OwnedFd> {

@@ -230,26 +230,19 @@ impl Packs {
             .map_err(io_err(format!("removing {}", path.display())))
     }
 
-    /// Gives the disk space of dropped chunks back at once by punching
-    /// their bytes out of the pack (the file keeps its size; a hole reads
-    /// as zeros). Only bytes of the chunks themselves are touched, so a
-    /// neighbour never is. Best effort: a filesystem without hole punching
-    /// keeps the dead bytes until compaction.
-    pub fn punch(&self, dropped: &[ChunkLocation]) {
-        // Whole runs of neighbouring dead chunks, so that the pages they
-        // share are freed too.
-        let mut ranges: Vec<(u32, u64, u64)> = dropped
-            .iter()
-            .map(|loc| {
-                let start = loc.offset.saturating_sub(CHUNK_HEADER);
-                (loc.pack, start, loc.offset + u64::from(loc.len))
-            })
-            .collect();
+    /// Gives the disk space of `ranges` back to the filesystem: `(pack,
+    /// start, end)` byte ranges that no chunk the catalog names overlaps.
+    /// Overlapping and touching ranges are punched as one, so the pages
+    /// they share go too. The file keeps its length; the ranges read as
+    /// zeros. Best effort: a filesystem that cannot punch leaves the bytes
+    /// for compaction.
+    pub fn punch(&self, ranges: &[(u32, u64, u64)]) {
+        let mut ranges = ranges.to_vec();
         ranges.sort_unstable();
         let mut runs: Vec<(u32, u64, u64)> = Vec::new();
         for (pack, start, end) in ranges {
             match runs.last_mut() {
-                Some(run) if run.0 == pack && run.2 == start => run.2 = end,
+                Some(run) if run.0 == pack && run.2 >= start => run.2 = run.2.max(end),
                 _ => runs.push((pack, start, end)),
             }
         }
@@ -260,7 +253,7 @@ impl Packs {
                 match self.io.open(&path, OpenMode::Write) {
                     Ok(f) => open = Some((pack, f)),
                     Err(e) => {
-                        tracing::debug!("opening {} to punch dropped chunks: {e}", path.display());
+                        tracing::debug!("opening {} to punch dead bytes: {e}", path.display());
                         open = None;
                         continue;
                     }
@@ -268,7 +261,7 @@ impl Packs {
             }
             let Some((_, file)) = &open else { continue };
             if let Err(e) = file.punch_hole(start, end - start) {
-                tracing::debug!("punching dropped chunks out of pack {pack}: {e}");
+                tracing::debug!("punching dead bytes out of pack {pack}: {e}");
                 return;
             }
         }

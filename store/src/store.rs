@@ -15,7 +15,7 @@ use crate::catalog::Catalog;
 use crate::durable::{GroupSync, Ticket};
 use crate::error::io_err;
 use crate::io::{OsIo, StoreIo};
-use crate::pack::{CHUNK_HEADER, ChunkLocation, Packs};
+use crate::pack::{CHUNK_HEADER, ChunkLocation, MAGIC, Packs};
 use crate::records::{decode, encode};
 use crate::{
     AttrRecord, ChunkHash, DirEntry, Epoch, Error, ObjectId, Result, SetId, Timestamp, VolumeId,
@@ -166,6 +166,10 @@ pub struct Store {
     /// Bytes of chunk data the catalog names: the diff area's size for its
     /// limit, kept without a query per write.
     chunk_bytes: AtomicU64,
+    /// Held by a compaction step (whose copies are appended before the
+    /// catalog names them) and by whoever punches dead bytes: no punch
+    /// ever reaches a copy in flight.
+    reclaim: Mutex<()>,
 }
 
 impl Store {
@@ -214,6 +218,7 @@ impl Store {
             commits: AtomicU64::new(0),
             wal: Mutex::new(WalSync::default()),
             mark: Mutex::new(None),
+            reclaim: Mutex::new(()),
         };
         if store.durability == Durability::Power {
             // Open may have cut a pack below the mark an earlier run left;
@@ -471,38 +476,77 @@ impl Store {
         for volume in volumes {
             dropped += prune_records(&tx, volume)?;
         }
-        let unneeded: Vec<ChunkLocation> = {
-            let mut stmt = tx.prepare(
-                "DELETE FROM chunks WHERE hash NOT IN (SELECT hash FROM block_records)
-                                      AND hash NOT IN (SELECT entries FROM dir_records)
-                 RETURNING pack, offset, len",
-            )?;
-            stmt.query_map([], |r| {
-                Ok(ChunkLocation {
-                    pack: r.get(0)?,
-                    offset: r.get::<_, i64>(1)? as u64,
-                    len: r.get(2)?,
-                })
-            })?
-            .collect::<rusqlite::Result<_>>()?
-        };
+        let unneeded = drop_unnamed_chunks(&tx)?;
         let ticket = self.commit(tx)?;
         drop(conn);
-        self.make_durable(ticket)?;
-        // Only once no durable row names them: a crash before this leaves
-        // dead bytes for compaction, never a hole under a named chunk.
-        if self.punch_holes {
-            self.packs.punch(&unneeded);
-        }
-        self.recount()?;
+        self.punch_when_durable(ticket, &unneeded)?;
         Ok(dropped)
     }
 
+    /// Waits until the transaction behind `ticket`, which dropped the
+    /// chunks at `dropped`, is durable; then punches their bytes out of the
+    /// packs, with the dead bytes around them. Only then: a crash before
+    /// leaves dead bytes for compaction, never a hole under a chunk a
+    /// durable row names.
+    fn punch_when_durable(&self, ticket: Ticket, dropped: &[ChunkLocation]) -> Result<()> {
+        self.make_durable(ticket)?;
+        if self.punch_holes && !dropped.is_empty() {
+            let _reclaiming = self.reclaim.lock().unwrap_or_else(|p| p.into_inner());
+            let gaps = self.dead_gaps(dropped)?;
+            self.packs.punch(&gaps);
+        }
+        self.recount()
+    }
+
+    /// The byte ranges around the dropped chunks that no chunk names: from
+    /// the end of the named chunk before each to the start of the named
+    /// chunk after it. Punching the whole gap frees the pages a chunk
+    /// shared with a neighbour dropped earlier, which punching the chunk
+    /// alone leaves allocated for good. Past the last named chunk of a pack
+    /// an append may be in flight, so a gap there ends with the dropped
+    /// chunk. Called with `reclaim` held: the only appends the catalog does
+    /// not name yet are then a `preserve`'s, at the end of the active pack.
+    fn dead_gaps(&self, dropped: &[ChunkLocation]) -> Result<Vec<(u32, u64, u64)>> {
+        let mut dropped = dropped.to_vec();
+        dropped.sort_unstable_by_key(|l| (l.pack, l.offset));
+        let conn = self.catalog.reader();
+        let mut gaps: Vec<(u32, u64, u64)> = Vec::new();
+        for loc in dropped {
+            let start = loc.offset.saturating_sub(CHUNK_HEADER);
+            let end = loc.offset + u64::from(loc.len);
+            if let Some(gap) = gaps.last_mut()
+                && gap.0 == loc.pack
+                && start < gap.2
+            {
+                gap.2 = gap.2.max(end);
+                continue;
+            }
+            let before: Option<i64> = conn
+                .prepare_cached(
+                    "SELECT offset + len FROM chunks WHERE pack = ?1 AND offset < ?2 ORDER BY offset DESC LIMIT 1",
+                )?
+                .query_row(params![loc.pack, loc.offset as i64], |r| r.get(0))
+                .optional()?;
+            let after: Option<i64> = conn
+                .prepare_cached(
+                    "SELECT offset FROM chunks WHERE pack = ?1 AND offset > ?2 ORDER BY offset LIMIT 1",
+                )?
+                .query_row(params![loc.pack, loc.offset as i64], |r| r.get(0))
+                .optional()?;
+            let from = before.map_or(MAGIC.len() as u64, |b| b as u64).min(start);
+            let to = after.map_or(end, |a| (a as u64).saturating_sub(CHUNK_HEADER).max(end));
+            gaps.push((loc.pack, from, to));
+        }
+        Ok(gaps)
+    }
+
     /// Stores `pre` as the state at the end of epoch `hi`, in one
-    /// transaction. When this returns, a later read of a snapshot at an
-    /// epoch `<= hi` finds these records, and they survive what the store's
-    /// `Durability` says (by default a power cut: the caller may overwrite
-    /// the live blocks now).
+    /// transaction: whatever of it a remaining set of the volume needs, so
+    /// nothing when the volume has no set left. When this returns, a later
+    /// read of a snapshot at an epoch `<= hi` resolves to these records (or
+    /// to an older record of the same state), and they survive what the
+    /// store's `Durability` says (by default a power cut: the caller may
+    /// overwrite the live blocks now).
     pub fn preserve(&self, volume: VolumeId, hi: Epoch, pre: &PreImages<'_>) -> Result<()> {
         if pre.is_empty() {
             return Ok(());
@@ -511,15 +555,26 @@ impl Store {
         let tx = conn.transaction()?;
         let v = volume.0;
         let hi = hi.0 as i64;
-        // The first pre-image of a key in an epoch wins. A later one is
-        // ignored before its chunk is stored, so that the catalog never
-        // names a chunk that no record uses.
+        let newest: Option<i64> = tx
+            .prepare_cached("SELECT max(epoch) FROM set_volumes WHERE volume_id = ?1")?
+            .query_row([v], |r| r.get(0))?;
+        // The last set of the volume went while the caller gathered: no
+        // set needs anything (what it moved aside is freed later).
+        let Some(newest) = newest else {
+            return Ok(());
+        };
+        // A record serves the epochs after its key's previous record, up to
+        // its hi. A key already recorded with a hi in [newest, hi) (the
+        // newer sets were deleted) serves every remaining set with that
+        // record; one more would serve none and only wait for pruning. With
+        // the newest set at hi this is the plain "first in this epoch" check.
+        let from = newest.min(hi);
         for (object, block, data) in &pre.blocks {
             if tx
                 .prepare_cached(
-                    "SELECT 1 FROM block_records WHERE volume_id = ?1 AND object = ?2 AND block = ?3 AND hi = ?4",
+                    "SELECT 1 FROM block_records WHERE volume_id = ?1 AND object = ?2 AND block = ?3 AND hi BETWEEN ?4 AND ?5",
                 )?
-                .exists(params![v, object.0 as i64, *block as i64, hi])?
+                .exists(params![v, object.0 as i64, *block as i64, from, hi])?
             {
                 continue;
             }
@@ -530,6 +585,14 @@ impl Store {
             .execute(params![v, object.0 as i64, *block as i64, hi, &hash.0[..]])?;
         }
         for (object, attrs) in &pre.attrs {
+            if tx
+                .prepare_cached(
+                    "SELECT 1 FROM attr_records WHERE volume_id = ?1 AND object = ?2 AND hi BETWEEN ?3 AND ?4",
+                )?
+                .exists(params![v, object.0 as i64, from, hi])?
+            {
+                continue;
+            }
             tx.prepare_cached(
                 "INSERT OR IGNORE INTO attr_records (volume_id, object, hi, attrs) VALUES (?1, ?2, ?3, ?4)",
             )?
@@ -538,9 +601,9 @@ impl Store {
         for (object, entries) in &pre.dirs {
             if tx
                 .prepare_cached(
-                    "SELECT 1 FROM dir_records WHERE volume_id = ?1 AND object = ?2 AND hi = ?3",
+                    "SELECT 1 FROM dir_records WHERE volume_id = ?1 AND object = ?2 AND hi BETWEEN ?3 AND ?4",
                 )?
-                .exists(params![v, object.0 as i64, hi])?
+                .exists(params![v, object.0 as i64, from, hi])?
             {
                 continue;
             }
@@ -550,17 +613,20 @@ impl Store {
             )?
             .execute(params![v, object.0 as i64, hi, &hash.0[..]])?;
         }
-        for (object, handle) in &pre.handles {
-            tx.prepare_cached(
-                "INSERT OR IGNORE INTO handles (volume_id, object, handle) VALUES (?1, ?2, ?3)",
-            )?
-            .execute(params![v, object.0 as i64, handle])?;
-        }
         for object in &pre.aside {
             tx.prepare_cached(
                 "INSERT OR IGNORE INTO aside (volume_id, object, since_epoch) VALUES (?1, ?2, ?3)",
             )?
             .execute(params![v, object.0 as i64, hi + 1])?;
+        }
+        // A handle finds an object a set shows under a name it no longer
+        // has; only an object with a record or an aside row can be one.
+        for (object, handle) in &pre.handles {
+            tx.prepare_cached(&format!(
+                "INSERT OR IGNORE INTO handles (volume_id, object, handle)
+                 SELECT ?1, ?2, ?3 WHERE {HAS_STATE}"
+            ))?
+            .execute(params![v, object.0 as i64, handle])?;
         }
         let ticket = self.commit(tx)?;
         drop(conn);
@@ -754,6 +820,22 @@ impl Store {
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
+    /// Every object of `volume` with an aside row.
+    pub fn aside_objects(&self, volume: VolumeId) -> Result<Vec<ObjectId>> {
+        let conn = self.catalog.reader();
+        let mut stmt = conn.prepare_cached("SELECT object FROM aside WHERE volume_id = ?1")?;
+        let rows = stmt.query_map([volume.0], |r| Ok(ObjectId(r.get::<_, i64>(0)? as u64)))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Whether `object` has an aside row: a set may need its inode.
+    pub fn is_aside(&self, volume: VolumeId, object: ObjectId) -> Result<bool> {
+        let conn = self.catalog.reader();
+        Ok(conn
+            .prepare_cached("SELECT 1 FROM aside WHERE volume_id = ?1 AND object = ?2")?
+            .exists(params![volume.0, object.0 as i64])?)
+    }
+
     /// Forgets freed aside objects: their aside rows, handles and every
     /// record of them, and the chunks no record names any more.
     pub fn forget_objects(&self, volume: VolumeId, objects: &[ObjectId]) -> Result<()> {
@@ -776,15 +858,10 @@ impl Store {
                 .execute(params![volume.0, object.0 as i64])?;
             }
         }
-        tx.execute(
-            "DELETE FROM chunks WHERE hash NOT IN (SELECT hash FROM block_records)
-                                  AND hash NOT IN (SELECT entries FROM dir_records)",
-            [],
-        )?;
+        let unneeded = drop_unnamed_chunks(&tx)?;
         let ticket = self.commit(tx)?;
         drop(conn);
-        self.make_durable(ticket)?;
-        self.recount()
+        self.punch_when_durable(ticket, &unneeded)
     }
 
     /// The inode numbers live inodes present in place of aside ones: those
@@ -961,6 +1038,7 @@ impl Store {
     /// freed, 0 when there is nothing worth doing.
     pub fn compact_step(&self) -> Result<u64> {
         const BATCH: i64 = 64;
+        let _reclaiming = self.reclaim.lock().unwrap_or_else(|p| p.into_inner());
         let mut best: Option<(u32, u64)> = None;
         // Copying needs room for the live chunks first: on a (nearly) full
         // disk it would only fill it with copies it cannot commit.
@@ -1046,6 +1124,29 @@ struct WalSync {
     synced: u64,
 }
 
+/// Drops every chunk no record names any more; returns where they lay.
+fn drop_unnamed_chunks(tx: &Transaction<'_>) -> Result<Vec<ChunkLocation>> {
+    let mut stmt = tx.prepare_cached(
+        "DELETE FROM chunks WHERE hash NOT IN (SELECT hash FROM block_records)
+                              AND hash NOT IN (SELECT entries FROM dir_records)
+         RETURNING pack, offset, len",
+    )?;
+    let rows = stmt.query_map([], |r| {
+        Ok(ChunkLocation {
+            pack: r.get(0)?,
+            offset: r.get::<_, i64>(1)? as u64,
+            len: r.get(2)?,
+        })
+    })?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+/// SQL: the object `?2` of volume `?1` has a record or an aside row.
+const HAS_STATE: &str = "(EXISTS (SELECT 1 FROM attr_records WHERE volume_id = ?1 AND object = ?2)
+     OR EXISTS (SELECT 1 FROM block_records WHERE volume_id = ?1 AND object = ?2)
+     OR EXISTS (SELECT 1 FROM dir_records WHERE volume_id = ?1 AND object = ?2)
+     OR EXISTS (SELECT 1 FROM aside WHERE volume_id = ?1 AND object = ?2))";
+
 fn to_hash(bytes: &[u8]) -> ChunkHash {
     let mut h = [0u8; 32];
     let n = bytes.len().min(32);
@@ -1072,9 +1173,11 @@ fn free_name(tx: &Transaction<'_>, wanted: &str) -> Result<String> {
     }
 }
 
-/// Drops the records of `volume` that serve no remaining set. A record with
-/// `hi = h` whose predecessor (same object and key) has `hi = p` serves the
-/// epochs `(p, h]`; it stays only if a set of the volume has such an epoch.
+/// Drops the records of `volume` that serve no remaining set, and the
+/// handles of objects left with none. A record with `hi = h` whose
+/// predecessor (same object and key) has `hi = p` serves the epochs
+/// `(p, h]`; it stays only if a set of the volume has such an epoch.
+/// Returns the number of records dropped.
 fn prune_records(tx: &Transaction<'_>, volume: i64) -> Result<u64> {
     let mut dropped = 0;
     for (table, key) in [
@@ -1093,6 +1196,15 @@ fn prune_records(tx: &Transaction<'_>, volume: i64) -> Result<u64> {
         );
         dropped += tx.execute(&sql, [volume])? as u64;
     }
+    // An object left with no record and no aside row is never looked up
+    // by handle again.
+    tx.execute(
+        &format!(
+            "DELETE FROM handles AS h WHERE h.volume_id = ?1 AND NOT {}",
+            HAS_STATE.replace("?2", "h.object")
+        ),
+        [volume],
+    )?;
     Ok(dropped)
 }
 

@@ -11,7 +11,8 @@
 //! Checked: every remaining set resolves every key to exactly its content at
 //! the set's instant (`Some(x)` is that content, `None` means the live
 //! content still equals it); a delete leaves every other set resolving as
-//! before and drops exactly the records that serve no remaining set; the
+//! before and drops exactly the records that serve no remaining set, and a
+//! record that would serve none (its newer sets deleted) is never stored; the
 //! record and chunk counts match the model; set names get `-N` suffixes;
 //! `preserved()` rebuilds the write side's memory after a restart.
 
@@ -174,7 +175,22 @@ impl Harness {
             self.store()
                 .preserve(self.vols[vol], Epoch(c - 1), &pre)
                 .expect("preserve");
-            self.records[vol].insert((key, c - 1), old);
+            // The newest set is older than c - 1 when newer ones were
+            // deleted; then a record of the key with a hi in [newest, c - 1)
+            // serves every remaining set, and the store adds none.
+            let newest = self
+                .sets
+                .iter()
+                .filter_map(|s| s.states.get(&vol).map(|(e, _)| *e))
+                .max()
+                .expect("a set of the volume exists");
+            let covered = self.records[vol]
+                .range((key, newest)..(key, c - 1))
+                .next()
+                .is_some();
+            if !covered {
+                self.records[vol].insert((key, c - 1), old);
+            }
             self.preserved[vol].insert(key);
         }
         self.live[vol].insert(key, value);

@@ -144,3 +144,121 @@ fn deleting_an_unknown_set_is_an_error_and_changes_nothing() {
         Err(Error::UnknownSet(_))
     ));
 }
+
+#[test]
+fn a_record_no_remaining_set_would_need_is_never_stored() {
+    let (_dir, store) = temp_store();
+    let vol = store.ensure_volume("data").expect("volume").id;
+    let (one, two, three) = (block(1), block(2), block(3));
+    fn keep(data: &[u8]) -> PreImages<'_> {
+        PreImages {
+            blocks: vec![(FILE, 0, data)],
+            attrs: vec![(FILE, attr(data[0]))],
+            ..PreImages::default()
+        }
+    }
+    let first = commit(&store, "first", &[vol]); // epoch 1 sees 1
+    store
+        .preserve(vol, hi_now(&store, vol), &keep(&one))
+        .expect("preserve"); // hi = 1
+    let newer = commit(&store, "newer", &[vol]); // epoch 2 sees 2
+    store
+        .preserve(vol, hi_now(&store, vol), &keep(&two))
+        .expect("preserve"); // hi = 2
+    store.delete_set(newer.id).expect("delete");
+    // The record hi = 2 went with `newer`. In epoch 3 the key changes again:
+    // a record hi = 2 would serve (1, 2], where no set is left.
+    let stats = store.stats().expect("stats");
+    assert_eq!((stats.block_records, stats.attr_records), (1, 1));
+    let late = ObjectId(8);
+    let pre = PreImages {
+        blocks: vec![(FILE, 0, &three[..]), (late, 0, &three[..])],
+        attrs: vec![(FILE, attr(3)), (late, attr(3))],
+        ..PreImages::default()
+    };
+    store
+        .preserve(vol, hi_now(&store, vol), &pre)
+        .expect("preserve");
+    // `late` had no record: its state at the end of epoch 2 is what `first`
+    // (epoch 1) shows, so it is kept; FILE's would serve nobody.
+    let stats = store.stats().expect("stats");
+    assert_eq!((stats.block_records, stats.attr_records), (2, 2));
+    assert_eq!(stats.chunks, 2);
+    let at = epoch_of(&first, vol);
+    let got = |object| store.resolve_block(vol, object, 0, at).expect("resolve");
+    assert_eq!(got(FILE).as_deref(), Some(&one[..]));
+    assert_eq!(got(late).as_deref(), Some(&three[..]));
+    assert_eq!(
+        store
+            .preserved(vol, FILE, hi_now(&store, vol))
+            .expect("preserved")
+            .blocks,
+        Vec::<u64>::new(),
+        "nothing stored, so nothing preserved in this epoch as far as a restart knows"
+    );
+}
+
+#[test]
+fn with_no_set_left_preserving_stores_nothing() {
+    let (_dir, store) = temp_store();
+    let vol = store.ensure_volume("data").expect("volume").id;
+    let set = commit(&store, "s", &[vol]);
+    let hi = hi_now(&store, vol);
+    // The set is deleted while a mutation gathers its pre-images.
+    store.delete_set(set.id).expect("delete");
+    let data = block(1);
+    let pre = PreImages {
+        blocks: vec![(FILE, 0, &data[..])],
+        attrs: vec![(FILE, attr(1))],
+        dirs: vec![(ObjectId(9), common::dir(1))],
+        handles: vec![(FILE, vec![1, 2, 3])],
+        aside: vec![FILE],
+    };
+    store.preserve(vol, hi, &pre).expect("preserve");
+    let stats = store.stats().expect("stats");
+    assert_eq!(
+        (
+            stats.block_records,
+            stats.attr_records,
+            stats.dir_records,
+            stats.chunks
+        ),
+        (0, 0, 0, 0)
+    );
+    assert_eq!(store.handle(vol, FILE).expect("handle"), None);
+    assert!(store.unreachable_aside(vol).expect("aside").is_empty());
+}
+
+#[test]
+fn a_handle_lives_as_long_as_its_object_has_a_record_or_an_aside_row() {
+    let (_dir, store) = temp_store();
+    let vol = store.ensure_volume("data").expect("volume").id;
+    let (moved, renamed, bare) = (ObjectId(20), ObjectId(21), ObjectId(22));
+    let set = commit(&store, "s", &[vol]);
+    let pre = PreImages {
+        attrs: vec![(renamed, attr(1))],
+        handles: vec![
+            (moved, vec![1]),
+            (renamed, vec![2]),
+            // A handle alone: no set can need it.
+            (bare, vec![3]),
+        ],
+        aside: vec![moved],
+        ..PreImages::default()
+    };
+    store
+        .preserve(vol, hi_now(&store, vol), &pre)
+        .expect("preserve");
+    let handle = |o| store.handle(vol, o).expect("handle");
+    assert_eq!(
+        [handle(moved), handle(renamed), handle(bare)],
+        [Some(vec![1]), Some(vec![2]), None]
+    );
+    store.delete_set(set.id).expect("delete");
+    // The record went with the set; the aside row waits for the filesystem
+    // to free the inode (forget_objects), and its handle with it.
+    assert_eq!([handle(moved), handle(renamed)], [Some(vec![1]), None]);
+    assert_eq!(store.unreachable_aside(vol).expect("aside"), vec![moved]);
+    store.forget_objects(vol, &[moved]).expect("forget");
+    assert_eq!(handle(moved), None);
+}

@@ -10,6 +10,7 @@
 
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
+pub mod catalog;
 pub mod manifest;
 pub mod ops;
 pub mod shrink;

@@ -169,7 +169,30 @@ impl LiveFs {
     }
 
     pub fn forget(&self, ino: u64, n: u64) {
-        self.nodes.forget(ino, n);
+        if self.nodes.forget(ino, n)
+            && let Err(e) = self.vol.release_pin(ino)
+        {
+            tracing::warn!(volume = %self.vol.name(), ino, "freeing a pin: {e}");
+        }
+    }
+
+    /// `object` left the live volume for good: the number it presented
+    /// in place of an inode moved aside (a truncation's alias) is no longer
+    /// shown. That inode's pin goes once the kernel has forgotten the
+    /// number too, so the number is never handed out while still in use.
+    fn retire_alias(&self, object: ObjectId) -> Result<()> {
+        let Some(number) = self.nodes.unalias(object) else {
+            return Ok(());
+        };
+        let known = self.nodes.get(number).is_ok_and(|n| n.object == object);
+        if known {
+            self.vol.hold_pin(number);
+        }
+        self.vol.store().drop_alias(self.vol.id(), object)?;
+        if !known {
+            self.vol.free_pin(number)?;
+        }
+        Ok(())
     }
 
     pub fn getattr(&self, ino: u64) -> Result<Attr> {
@@ -380,6 +403,8 @@ impl LiveFs {
         let path_fd = backing::open_path(pnode.fd.as_fd(), &cname)?;
         self.nodes
             .repoint(ino, successor, path_fd, Some((parent, name)));
+        // An earlier successor that now moved aside presents nothing.
+        self.retire_alias(object)?;
         let mut files = lock(&self.files);
         for of in files.values_mut().filter(|f| f.object == object) {
             let file = backing::as_file(backing::reopen(new.as_fd(), of.access)?);
@@ -622,9 +647,9 @@ impl LiveFs {
             let flags = if dir { libc::AT_REMOVEDIR } else { 0 };
             // SAFETY: cname is a valid C string.
             check(unsafe { libc::unlinkat(pnode.fd.as_raw_fd(), cname.as_ptr(), flags) })?;
-            if last_name && self.nodes.unalias(object) {
-                self.vol.store().drop_alias(self.vol.id(), object)?;
-            }
+        }
+        if last_name {
+            self.retire_alias(object)?;
         }
         Ok(())
     }
@@ -721,8 +746,14 @@ impl LiveFs {
             }
         }
         self.renamed(src, newparent, newname);
-        if exchange && let Some((_, st)) = &dst {
-            self.renamed(ObjectId(st.st_ino), parent, name);
+        if let Some((_, st)) = &dst {
+            let object = ObjectId(st.st_ino);
+            if exchange {
+                self.renamed(object, parent, name);
+            } else if object != src && (is_dir(st) || st.st_nlink <= 1) {
+                // The replaced inode lost its last name.
+                self.retire_alias(object)?;
+            }
         }
         Ok(())
     }

@@ -143,17 +143,19 @@ impl Nodes {
         table.insert(ino, Arc::new(node));
     }
 
-    pub fn unalias(&self, object: ObjectId) -> bool {
+    /// Drops the alias of `object`; returns the number it presented.
+    pub fn unalias(&self, object: ObjectId) -> Option<u64> {
         self.aliases
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&object)
-            .is_some()
     }
 
-    pub fn forget(&self, ino: u64, n: u64) {
+    /// Counts `n` kernel forgets of `ino`; true when the kernel no longer
+    /// knows it (and the node is gone from the table).
+    pub fn forget(&self, ino: u64, n: u64) -> bool {
         if ino == ROOT {
-            return;
+            return false;
         }
         let mut table = self.table.write().unwrap_or_else(|p| p.into_inner());
         if let Some(node) = table.get(&ino) {
@@ -163,7 +165,9 @@ impl Nodes {
             );
             if before <= n {
                 table.remove(&ino);
+                return true;
             }
         }
+        false
     }
 }
