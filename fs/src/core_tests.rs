@@ -106,22 +106,25 @@ impl Core {
             .lookup(set, OsStr::new("data"))
             .expect("volume dir")
             .ino;
-        let fh = self.browser.opendir(root).expect("opendir");
+        let mut names = Vec::new();
+        self.browser
+            .readdir(root, 0, false, &mut |item| {
+                names.push(item.name.to_os_string());
+                false
+            })
+            .expect("readdir");
         let mut out = BTreeMap::new();
-        for entry in self.browser.readdir(fh).expect("readdir").iter() {
-            let Some(file) = entry.name.to_str().filter(|n| !n.starts_with('.')) else {
+        for name in names {
+            let Some(file) = name.to_str().filter(|n| !n.starts_with('.')) else {
                 continue;
             };
-            let attr = self.browser.lookup(root, &entry.name).expect("lookup");
-            let fh = self.browser.open(attr.ino).expect("open");
+            let attr = self.browser.lookup(root, &name).expect("lookup");
             let data = self
                 .browser
-                .read(fh, 0, u32::try_from(attr.size).expect("small"))
+                .read(attr.ino, 0, u32::try_from(attr.size).expect("small"))
                 .expect("read");
-            self.browser.release(fh);
             out.insert(file.to_string(), data);
         }
-        self.browser.releasedir(fh);
         out
     }
 }

@@ -14,7 +14,7 @@ use std::ffi::OsStr;
 use std::fs::File;
 use std::hash::{Hash, Hasher};
 use std::os::fd::BorrowedFd;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use umbra_store::{AttrRecord, BLOCK_SIZE, DirEntry, Epoch, ObjectId, PreImages, Store, VolumeId};
@@ -55,6 +55,10 @@ pub(crate) struct Cow {
     stripes: Box<[RwLock<()>]>,
     preserved: Mutex<HashMap<ObjectId, Preserved>>,
     births: Mutex<HashSet<ObjectId>>,
+    /// Counts the stores of pre-images: a snapshot reader that saw no
+    /// record of an object, and sees this unchanged under the object's read
+    /// lock, knows none has appeared since.
+    stores: AtomicU64,
     /// Keeps the diff area within its limits before pre-images are stored.
     guard: OnceLock<Arc<dyn DiffGuard>>,
 }
@@ -88,7 +92,13 @@ impl Cow {
             stripes: (0..STRIPES).map(|_| RwLock::new(())).collect(),
             preserved: Mutex::new(HashMap::new()),
             births: Mutex::new(HashSet::new()),
+            stores: AtomicU64::new(0),
         }
+    }
+
+    /// How many times pre-images were stored (see `stores`).
+    pub fn stores(&self) -> u64 {
+        self.stores.load(Ordering::Acquire)
     }
 
     pub fn set_guard(&self, guard: Arc<dyn DiffGuard>) {
@@ -353,7 +363,12 @@ impl Mutation<'_> {
         }
         loop {
             match self.cow.store.preserve(self.cow.volume, hi, &pre) {
-                Ok(()) => break,
+                Ok(()) => {
+                    // Before the change is applied and the object's lock
+                    // released.
+                    self.cow.stores.fetch_add(1, Ordering::Release);
+                    break;
+                }
                 Err(e) if e.is_disk_full() => match guard {
                     Some(guard) if room_made(guard.as_ref())? => continue,
                     // Every set is gone: nothing needs keeping any more.

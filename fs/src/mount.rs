@@ -11,7 +11,7 @@ use fuser::{BackgroundSession, Config, INodeNo, MountOption, SessionACL};
 
 use crate::error::Context;
 use crate::live::{LiveAdapter, LiveFs};
-use crate::snap::SnapAdapter;
+use crate::snap::{SnapAdapter, Stale};
 use crate::{Browser, Result, Volume};
 
 #[derive(Clone, Debug)]
@@ -104,9 +104,7 @@ pub fn mount_snapshots(
     mountpoint: &Path,
     options: &MountOptions,
 ) -> Result<MountHandle> {
-    let fs = SnapAdapter {
-        browser: browser.clone(),
-    };
+    let fs = SnapAdapter::new(browser.clone());
     let session = fuser::spawn_mount(
         fs,
         mountpoint,
@@ -114,9 +112,13 @@ pub fn mount_snapshots(
     )
     .context(|| format!("mounting {}", mountpoint.display()))?;
     let notifier = session.notifier();
-    browser.set_invalidate(Box::new(move |parent, name| {
-        // The kernel may not know the name at all; that is not an error.
-        let _ = notifier.inval_entry(INodeNo(parent), name);
+    browser.set_invalidate(Box::new(move |stale| {
+        // The kernel may not know the name or inode at all; that is not an
+        // error.
+        let _ = match stale {
+            Stale::Entry(parent, name) => notifier.inval_entry(INodeNo(parent), name),
+            Stale::Inode(ino) => notifier.inval_inode(INodeNo(ino), 0, 0),
+        };
     }));
     Ok(MountHandle {
         mountpoint: mountpoint.to_path_buf(),

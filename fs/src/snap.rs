@@ -7,4 +7,5 @@ mod fuse;
 mod inodes;
 
 pub use self::core::Browser;
+pub(crate) use self::core::Stale;
 pub(crate) use self::fuse::SnapAdapter;

@@ -404,3 +404,77 @@ fn max_sets_deletes_the_oldest_before_a_new_set() {
         .collect();
     assert_eq!(names, ["b", "c"]);
 }
+
+/// Every name under `root` with its inode number and, for a file, its
+/// bytes.
+fn walk(root: &Path) -> std::collections::BTreeMap<PathBuf, (u64, Vec<u8>)> {
+    let mut out = std::collections::BTreeMap::new();
+    let mut todo = vec![root.to_path_buf()];
+    while let Some(dir) = todo.pop() {
+        for entry in fs::read_dir(&dir).expect("read_dir") {
+            let path = entry.expect("entry").path();
+            let meta = fs::symlink_metadata(&path).expect("lstat");
+            let bytes = if meta.is_file() {
+                read(&path)
+            } else {
+                Vec::new()
+            };
+            if meta.is_dir() {
+                todo.push(path.clone());
+            }
+            let rel = path.strip_prefix(root).expect("under root").to_path_buf();
+            out.insert(rel, (meta.ino(), bytes));
+        }
+    }
+    out
+}
+
+#[test]
+fn a_set_keeps_its_inode_numbers_after_the_kernel_forgets_them() {
+    let rig = Rig::new();
+    fs::create_dir_all(rig.live.join("d/e")).expect("mkdir");
+    fs::write(rig.live.join("d/e/f"), b"f").expect("write");
+    fs::write(rig.live.join("d/e/u"), b"unchanged").expect("write");
+    fs::write(rig.live.join("g"), b"g").expect("write");
+    fs::hard_link(rig.live.join("g"), rig.live.join("d/h")).expect("link");
+    rig.snapshot("one");
+    fs::write(rig.live.join("d/e/f"), b"changed").expect("write");
+    let before = walk(&rig.at("one"));
+    assert_eq!(before[Path::new("d/h")].0, before[Path::new("g")].0);
+    assert_eq!(before[Path::new("d/e/f")].1, b"f");
+    // Dentries and inodes go: the kernel sends FORGET for every one of
+    // them, and looks each up again below.
+    fs::write("/proc/sys/vm/drop_caches", "2").expect("drop caches");
+    let after = walk(&rig.at("one"));
+    assert_eq!(before, after, "same numbers and bytes after FORGET");
+    assert_eq!(read(&rig.at("one").join("d/e/u")), b"unchanged");
+}
+
+#[test]
+fn the_top_listing_follows_sets_while_the_kernel_caches_listings() {
+    let rig = Rig::new();
+    let names = |rig: &Rig| -> Vec<String> {
+        let mut names: Vec<String> = fs::read_dir(&rig.snaps)
+            .expect("ls")
+            .map(|e| e.expect("entry").file_name().into_string().expect("utf-8"))
+            .collect();
+        names.sort();
+        names
+    };
+    assert!(names(&rig).is_empty());
+    fs::write(rig.live.join("f"), b"1").expect("write");
+    let one = rig.snapshot("one");
+    assert_eq!(names(&rig), ["latest", "one"]);
+    rig.snapshot("two");
+    assert_eq!(names(&rig), ["latest", "one", "two"]);
+    assert_eq!(
+        fs::read_link(rig.snaps.join("latest")).expect("readlink"),
+        Path::new("two")
+    );
+    umbra_fs::delete_set(&rig.store, std::slice::from_ref(&rig.volume), one.id)
+        .expect("delete one");
+    rig.browser.refresh().expect("refresh");
+    assert_eq!(names(&rig), ["latest", "two"]);
+    assert!(!rig.snaps.join("one").exists());
+    assert_eq!(read(&rig.at("two").join("f")), b"1");
+}

@@ -7,6 +7,7 @@
 use std::path::Path;
 use std::sync::{Condvar, Mutex, MutexGuard};
 
+use rusqlite::config::DbConfig;
 use rusqlite::{Connection, OpenFlags};
 
 use crate::{Error, Result};
@@ -145,6 +146,7 @@ impl Catalog {
         writer.busy_timeout(std::time::Duration::from_secs(30))?;
         // Every query the store runs stays prepared (rusqlite keeps 16).
         writer.set_prepared_statement_cache_capacity(STATEMENTS);
+        stable_plans(&writer)?;
         migrate(&writer)?;
         let mut readers = Vec::with_capacity(READERS);
         for _ in 0..READERS {
@@ -154,6 +156,7 @@ impl Catalog {
             )?;
             r.busy_timeout(std::time::Duration::from_secs(30))?;
             r.set_prepared_statement_cache_capacity(STATEMENTS);
+            stable_plans(&r)?;
             readers.push(r);
         }
         Ok(Catalog {
@@ -182,6 +185,15 @@ impl Catalog {
                 .unwrap_or_else(|p| p.into_inner());
         }
     }
+}
+
+/// A cached statement keeps its plan whatever is bound to it. Without
+/// this, SQLite (built with STAT4) re-prepares a statement whenever a
+/// bound value of a range condition changes: the browser's block query
+/// was parsed and planned again on every read.
+fn stable_plans(conn: &Connection) -> Result<()> {
+    conn.set_db_config(DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true)?;
+    Ok(())
 }
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {

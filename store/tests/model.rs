@@ -303,14 +303,40 @@ impl Harness {
         let store = self.store();
         let (volume, object, at) = (self.vols[vol], key.object(), Epoch(e));
         match key {
-            Key::Block(_, b) => store
-                .resolve_block(volume, object, b, at)
-                .expect("resolve block")
-                .map(|x| Content::Block(x.to_vec())),
-            Key::Attr(_) => store
-                .resolve_attr(volume, object, at)
-                .expect("resolve attr")
-                .map(Content::Attr),
+            Key::Block(_, b) => {
+                let one = store
+                    .resolve_block(volume, object, b, at)
+                    .expect("resolve block")
+                    .map(|x| Content::Block(x.to_vec()));
+                // The browser resolves a whole read's blocks in one query.
+                let run = store
+                    .resolve_blocks(volume, object, b.saturating_sub(1), b + 1, at)
+                    .expect("resolve blocks");
+                assert!(run.windows(2).all(|w| w[0].0 < w[1].0), "in block order");
+                let in_run = run
+                    .iter()
+                    .find(|(x, _)| *x == b)
+                    .map(|(_, d)| Content::Block(d.to_vec()));
+                assert_eq!(one, in_run, "block {b} alone and in a run");
+                one
+            }
+            Key::Attr(_) => {
+                let one = store
+                    .resolve_attr(volume, object, at)
+                    .expect("resolve attr");
+                // The browser resolves a directory's attributes at once.
+                let others: Vec<ObjectId> =
+                    (0..70).map(|i| ObjectId(object.0 + 1000 + i)).collect();
+                let batch = store
+                    .resolve_attrs(volume, &[&others[..], &[object]].concat(), at)
+                    .expect("resolve attrs");
+                assert_eq!(
+                    one.as_ref(),
+                    batch.get(&object),
+                    "attr of {object:?} alone and in a batch"
+                );
+                one.map(Content::Attr)
+            }
             Key::Dir(_) => store
                 .resolve_dir(volume, object, at)
                 .expect("resolve dir")

@@ -2,16 +2,22 @@
 //! resolved as the copy-on-write model says: the pre-image record with the
 //! smallest `hi >= e`, else the live object, found by name in its live
 //! parent or by its recorded file handle. What is resolved is cached: a
-//! shadow copy never changes.
+//! shadow copy never changes. Nothing here is per open file: the kernel
+//! reads and lists by inode (no OPEN, no OPENDIR), and every cache is
+//! bounded.
+//!
+//! Locking: an object's read lock and the deletion gate are taken after
+//! every live descriptor a step needs has been found, never around the
+//! search (which lists parents under their own locks): std's RwLock may
+//! block a second read lock behind a waiting writer.
 
 use std::collections::HashMap;
-use std::ffi::{OsStr, OsString};
+use std::ffi::{CString, OsStr};
 use std::fs::File;
 use std::num::NonZeroUsize;
 use std::os::fd::{AsFd, OwnedFd};
-use std::os::unix::ffi::{OsStrExt, OsStringExt};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::os::unix::ffi::OsStrExt;
+use std::sync::{Arc, Mutex, RwLock};
 
 use lru::LruCache;
 use umbra_store::{BLOCK_SIZE, DirEntry, FileKind, SetId, SetInfo, Store, Timestamp, VolumeId};
@@ -19,20 +25,54 @@ use umbra_store::{BLOCK_SIZE, DirEntry, FileKind, SetId, SetInfo, Store, Timesta
 use super::inodes::{Inodes, LATEST, Node, ObjectNode, ROOT};
 use crate::attr::Attr;
 use crate::backing;
-use crate::reply::Listing;
 use crate::{FsError, HIDDEN_DIR, Result, Volume};
 
-const CACHE_ENTRIES: usize = 64 * 1024;
+const ATTRS: usize = 64 * 1024;
+/// Directory listings are kept up to this many entries in all.
+const DIR_ENTRIES: usize = 256 * 1024;
 const LIVE_FDS: usize = 1024;
+const LIVE_FILES: usize = 256;
 
-/// Tells the kernel to forget a name it cached (set by the FUSE mount).
-pub(crate) type Invalidate = Box<dyn Fn(u64, &OsStr) + Send + Sync>;
+/// What the kernel should forget (set by the FUSE mount).
+pub(crate) enum Stale<'a> {
+    /// A name in a directory.
+    Entry(u64, &'a OsStr),
+    /// An inode's attributes and cached pages (a directory's cached listing).
+    Inode(u64),
+}
 
-pub(crate) struct SnapFile {
-    ino: u64,
-    node: Arc<Node>,
-    size: u64,
-    live: OnceLock<File>,
+pub(crate) type Invalidate = Box<dyn Fn(Stale<'_>) + Send + Sync>;
+
+/// One entry of a directory as the browser lists it; `offset` is where the
+/// next one starts.
+pub(crate) struct Item<'a> {
+    pub offset: u64,
+    pub ino: u64,
+    pub kind: FileKind,
+    pub name: &'a OsStr,
+    /// With readdirplus only.
+    pub attr: Option<Attr>,
+}
+
+/// Directory listings by inode, bounded by their entries in all.
+struct Dirs {
+    lru: LruCache<u64, Arc<Vec<DirEntry>>>,
+    entries: usize,
+}
+
+impl Dirs {
+    fn put(&mut self, ino: u64, list: Arc<Vec<DirEntry>>) {
+        self.entries += list.len();
+        if let Some(old) = self.lru.put(ino, list) {
+            self.entries -= old.len();
+        }
+        while self.entries > DIR_ENTRIES && self.lru.len() > 1 {
+            match self.lru.pop_lru() {
+                Some((_, old)) => self.entries -= old.len(),
+                None => break,
+            }
+        }
+    }
 }
 
 pub struct Browser {
@@ -41,13 +81,12 @@ pub struct Browser {
     sets: RwLock<Vec<SetInfo>>,
     inodes: Inodes,
     attrs: Mutex<LruCache<u64, Attr>>,
-    dirs: Mutex<LruCache<u64, Arc<Vec<DirEntry>>>>,
+    dirs: Mutex<Dirs>,
     live_fds: Mutex<LruCache<u64, Arc<OwnedFd>>>,
-    listings: Mutex<HashMap<u64, Arc<Vec<Listing>>>>,
-    files: Mutex<HashMap<u64, Arc<SnapFile>>>,
-    next_fh: AtomicU64,
+    live_files: Mutex<LruCache<u64, Arc<File>>>,
     invalidate: Mutex<Option<Invalidate>>,
-    started: Timestamp,
+    /// When the list of sets last changed: the top directory's times.
+    changed: Mutex<Timestamp>,
 }
 
 fn errno(e: i32) -> FsError {
@@ -64,28 +103,42 @@ fn lru<K: std::hash::Hash + Eq, V>(n: usize) -> Mutex<LruCache<K, V>> {
     ))
 }
 
+fn now() -> Timestamp {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    Timestamp {
+        secs: now.as_secs() as i64,
+        nanos: now.subsec_nanos(),
+    }
+}
+
+/// Drops every cached value of a deleted set's inodes.
+fn purge<V>(cache: &Mutex<LruCache<u64, V>>, gone: impl Fn(u64) -> bool) {
+    let mut cache = lock(cache);
+    let doomed: Vec<u64> = cache.iter().map(|(k, _)| *k).filter(|k| gone(*k)).collect();
+    for k in doomed {
+        cache.pop(&k);
+    }
+}
+
 impl Browser {
     pub fn new(store: Arc<Store>, volumes: Vec<Arc<Volume>>) -> Result<Arc<Browser>> {
         let sets = store.sets()?;
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default();
         Ok(Arc::new(Browser {
             store,
             volumes: volumes.into_iter().map(|v| (v.id(), v)).collect(),
             sets: RwLock::new(sets),
             inodes: Inodes::new(),
-            attrs: lru(CACHE_ENTRIES),
-            dirs: lru(CACHE_ENTRIES / 16),
+            attrs: lru(ATTRS),
+            dirs: Mutex::new(Dirs {
+                lru: LruCache::unbounded(),
+                entries: 0,
+            }),
             live_fds: lru(LIVE_FDS),
-            listings: Mutex::new(HashMap::new()),
-            files: Mutex::new(HashMap::new()),
-            next_fh: AtomicU64::new(1),
+            live_files: lru(LIVE_FILES),
             invalidate: Mutex::new(None),
-            started: Timestamp {
-                secs: now.as_secs() as i64,
-                nanos: now.subsec_nanos(),
-            },
+            changed: Mutex::new(now()),
         }))
     }
 
@@ -94,23 +147,49 @@ impl Browser {
     }
 
     /// Re-reads the list of sets after a create or delete, and tells the
-    /// kernel to forget what it cached of the ones that are gone.
+    /// kernel to forget what it cached of the top directory and of the sets
+    /// that are gone.
     pub fn refresh(&self) -> Result<()> {
         let fresh = self.store.sets()?;
-        let gone: Vec<SetInfo> = {
+        let (gone, changed) = {
             let mut sets = self.sets.write().unwrap_or_else(|p| p.into_inner());
-            let gone = sets
+            let gone: Vec<SetInfo> = sets
                 .iter()
                 .filter(|s| !fresh.iter().any(|f| f.id == s.id))
                 .cloned()
                 .collect();
+            let changed = !gone.is_empty() || sets.len() != fresh.len();
             *sets = fresh;
-            gone
+            (gone, changed)
         };
-        for set in gone {
-            self.inodes.drop_set(set.id);
-            if let Some(f) = lock(&self.invalidate).as_ref() {
-                f(ROOT, OsStr::new(&set.name));
+        if changed {
+            *lock(&self.changed) = now();
+        }
+        for set in &gone {
+            let views = self.inodes.drop_set(set.id);
+            let dead = |ino: u64| self.inodes.view_of(ino).is_none_or(|v| views.contains(&v));
+            purge(&self.attrs, dead);
+            purge(&self.live_fds, dead);
+            purge(&self.live_files, dead);
+            let mut dirs = lock(&self.dirs);
+            let doomed: Vec<u64> = dirs
+                .lru
+                .iter()
+                .map(|(k, _)| *k)
+                .filter(|k| dead(*k))
+                .collect();
+            for k in doomed {
+                if let Some(old) = dirs.lru.pop(&k) {
+                    dirs.entries -= old.len();
+                }
+            }
+        }
+        if let Some(f) = lock(&self.invalidate).as_ref() {
+            for set in &gone {
+                f(Stale::Entry(ROOT, OsStr::new(&set.name)));
+            }
+            if changed {
+                f(Stale::Inode(ROOT));
             }
         }
         Ok(())
@@ -133,8 +212,15 @@ impl Browser {
             .cloned()
     }
 
-    fn node(&self, ino: u64) -> Result<Arc<Node>> {
+    fn node(&self, ino: u64) -> Result<Node> {
         self.inodes.get(ino).ok_or_else(|| errno(libc::ENOENT))
+    }
+
+    fn object(&self, ino: u64) -> Result<ObjectNode> {
+        match self.node(ino)? {
+            Node::Object(node) => Ok(node),
+            Node::SetDir(_) => Err(errno(libc::EISDIR)),
+        }
     }
 
     fn volume(&self, id: VolumeId) -> Result<&Arc<Volume>> {
@@ -159,10 +245,7 @@ impl Browser {
 
     pub(crate) fn getattr(&self, ino: u64) -> Result<Attr> {
         match ino {
-            ROOT => {
-                let time = self.newest().map_or(self.started, |s| s.created);
-                Ok(self.dir_attr(ROOT, time, 2))
-            }
+            ROOT => Ok(self.dir_attr(ROOT, *lock(&self.changed), 2)),
             LATEST => {
                 let newest = self.newest().ok_or_else(|| errno(libc::ENOENT))?;
                 Ok(Attr {
@@ -172,12 +255,12 @@ impl Browser {
                     ..self.dir_attr(LATEST, newest.created, 1)
                 })
             }
-            _ => match &*self.node(ino)? {
+            _ => match self.node(ino)? {
                 Node::SetDir(id) => {
-                    let set = self.set(*id).ok_or_else(|| errno(libc::ENOENT))?;
+                    let set = self.set(id).ok_or_else(|| errno(libc::ENOENT))?;
                     Ok(self.dir_attr(ino, set.created, 2))
                 }
-                Node::Object(node) => self.object_attr(ino, node),
+                Node::Object(node) => self.object_attr(ino, &node),
             },
         }
     }
@@ -187,6 +270,7 @@ impl Browser {
             return Ok(attr.clone());
         }
         let vol = self.volume(node.volume)?;
+        let via = self.live_parent(node, vol)?;
         // Object lock first, then the deletion gate: a mutation holding the
         // object's lock may be deleting sets to make room (see diff.rs).
         let _still = vol.cow.read_lock(node.object);
@@ -196,7 +280,7 @@ impl Browser {
             .resolve_attr(node.volume, node.object, node.epoch)?
         {
             Some(record) => Attr::from_record(&record, ino),
-            None => Attr::from_stat(&backing::fstat(self.live_fd(ino, node, vol)?.as_fd())?, ino),
+            None => Attr::from_stat(&self.live_stat(ino, node, vol, via)?, ino),
         };
         // The backing root counts the hidden folder among its
         // subdirectories, as the live mount does not (see live/core.rs).
@@ -205,6 +289,34 @@ impl Browser {
         }
         lock(&self.attrs).put(ino, attr.clone());
         Ok(attr)
+    }
+
+    /// The live object's stat: by name in its live parent when that name
+    /// is still the same inode (no descriptor opened), else through its own
+    /// descriptor. Called under the object's lock: it must not list a
+    /// parent (see the module's note on locking), so `via` comes resolved.
+    fn live_stat(
+        &self,
+        ino: u64,
+        node: &ObjectNode,
+        vol: &Volume,
+        via: Option<(Arc<OwnedFd>, CString)>,
+    ) -> Result<libc::stat64> {
+        if let Some(fd) = lock(&self.live_fds).get(&ino) {
+            return Ok(backing::fstat(fd.as_fd())?);
+        }
+        if let Some((dir, name)) = &via
+            && let Ok(st) = backing::statat(dir.as_fd(), name)
+            && st.st_ino == node.object.0
+        {
+            return Ok(st);
+        }
+        let fd = vol.open_object(
+            node.object,
+            via.as_ref()
+                .map(|(dir, name)| (dir.as_fd(), OsStr::from_bytes(name.as_bytes()))),
+        )?;
+        Ok(backing::fstat(fd.as_fd())?)
     }
 
     /// Holds deletion off and checks the set is still there.
@@ -222,30 +334,70 @@ impl Browser {
         Ok(guard)
     }
 
+    /// The live directory that lists `node` in the set and its name there,
+    /// if the object is not the volume's root.
+    fn live_parent(
+        &self,
+        node: &ObjectNode,
+        vol: &Volume,
+    ) -> Result<Option<(Arc<OwnedFd>, CString)>> {
+        if node.object == vol.root_object() {
+            return Ok(None);
+        }
+        let Some(Node::Object(parent)) = self.inodes.get(node.parent) else {
+            return Ok(None);
+        };
+        let entries = self.entries(node.parent, &parent)?;
+        let entry = match entries.get(node.index as usize) {
+            Some(e) if e.object == node.object => e,
+            _ => match entries.iter().find(|e| e.object == node.object) {
+                Some(e) => e,
+                None => return Ok(None),
+            },
+        };
+        let dir = self.live_fd(node.parent, &parent, vol)?;
+        let name = CString::new(entry.name.clone()).map_err(|_| errno(libc::EINVAL))?;
+        Ok(Some((dir, name)))
+    }
+
     /// The live inode of an object the set shows unchanged.
     fn live_fd(&self, ino: u64, node: &ObjectNode, vol: &Volume) -> Result<Arc<OwnedFd>> {
         if let Some(fd) = lock(&self.live_fds).get(&ino) {
             return Ok(fd.clone());
         }
-        let parent = match self.inodes.get(node.parent).as_deref() {
-            Some(Node::Object(p)) if node.object != vol.root_object() => {
-                Some(self.live_fd(node.parent, p, vol)?)
-            }
-            _ => None,
-        };
-        let fd = Arc::new(vol.open_object(
-            node.object,
-            parent.as_ref().map(|p| (p.as_fd(), node.name.as_os_str())),
-        )?);
+        let parent = self.live_parent(node, vol)?;
+        let fd = Arc::new(
+            vol.open_object(
+                node.object,
+                parent
+                    .as_ref()
+                    .map(|(dir, name)| (dir.as_fd(), OsStr::from_bytes(name.as_bytes()))),
+            )?,
+        );
         lock(&self.live_fds).put(ino, fd.clone());
         Ok(fd)
     }
 
+    /// The live file of a regular object, open for reading.
+    fn live_file(&self, ino: u64, node: &ObjectNode, vol: &Volume) -> Result<Arc<File>> {
+        if let Some(f) = lock(&self.live_files).get(&ino) {
+            return Ok(f.clone());
+        }
+        let fd = self.live_fd(ino, node, vol)?;
+        let file = Arc::new(backing::as_file(backing::reopen(
+            fd.as_fd(),
+            libc::O_RDONLY,
+        )?));
+        lock(&self.live_files).put(ino, file.clone());
+        Ok(file)
+    }
+
     fn entries(&self, ino: u64, node: &ObjectNode) -> Result<Arc<Vec<DirEntry>>> {
-        if let Some(entries) = lock(&self.dirs).get(&ino) {
+        if let Some(entries) = lock(&self.dirs).lru.get(&ino) {
             return Ok(entries.clone());
         }
         let vol = self.volume(node.volume)?;
+        let live = self.live_fd(ino, node, vol);
         // Object lock first, then the deletion gate: a mutation holding the
         // object's lock may be deleting sets to make room (see diff.rs).
         let _still = vol.cow.read_lock(node.object);
@@ -257,7 +409,7 @@ impl Browser {
             Some(entries) => entries,
             None => {
                 let hidden = (node.object == vol.root_object()).then_some(OsStr::new(HIDDEN_DIR));
-                backing::dir_record(self.live_fd(ino, node, vol)?.as_fd(), hidden)?
+                backing::dir_record(live?.as_fd(), hidden)?
             }
         };
         let entries = Arc::new(entries);
@@ -265,71 +417,98 @@ impl Browser {
         Ok(entries)
     }
 
-    fn child_ino(&self, parent: u64, node: &ObjectNode, entry: &DirEntry) -> u64 {
-        self.inodes.object(ObjectNode {
-            set: node.set,
-            volume: node.volume,
-            epoch: node.epoch,
+    /// The volume roots of a set directory, in the set's order.
+    fn volume_roots<'s>(
+        &self,
+        set_ino: u64,
+        set: &'s SetInfo,
+    ) -> Result<Vec<(ObjectNode, &'s str)>> {
+        let mut out = Vec::new();
+        for sv in &set.volumes {
+            let Some(vol) = self.volumes.get(&sv.volume) else {
+                continue;
+            };
+            let view = self
+                .inodes
+                .view(set.id, sv.volume, sv.epoch)
+                .ok_or_else(|| errno(libc::ENFILE))?;
+            out.push((
+                ObjectNode {
+                    view,
+                    set: set.id,
+                    volume: sv.volume,
+                    epoch: sv.epoch,
+                    object: vol.root_object(),
+                    kind: FileKind::Directory,
+                    parent: set_ino,
+                    index: 0,
+                },
+                sv.name.as_str(),
+            ));
+        }
+        Ok(out)
+    }
+
+    fn child(
+        parent_ino: u64,
+        parent: &ObjectNode,
+        entry: &DirEntry,
+        index: usize,
+    ) -> Result<ObjectNode> {
+        Ok(ObjectNode {
             object: entry.object,
             kind: entry.kind,
-            parent,
-            name: OsString::from_vec(entry.name.clone()),
+            parent: parent_ino,
+            index: u32::try_from(index).map_err(|_| errno(libc::EOVERFLOW))?,
+            ..*parent
         })
     }
 
-    fn volume_root_ino(&self, set_ino: u64, set: &SetInfo, name: &str) -> Option<u64> {
-        let sv = set.volumes.iter().find(|v| v.name == name)?;
-        let vol = self.volumes.get(&sv.volume)?;
-        Some(self.inodes.object(ObjectNode {
-            set: set.id,
-            volume: sv.volume,
-            epoch: sv.epoch,
-            object: vol.root_object(),
-            kind: FileKind::Directory,
-            parent: set_ino,
-            name: OsString::from(name),
-        }))
-    }
-
+    /// Looks `name` up in `parent`; an object found counts as one lookup
+    /// the kernel will forget.
     pub(crate) fn lookup(&self, parent: u64, name: &OsStr) -> Result<Attr> {
-        let ino = self.lookup_ino(parent, name)?;
-        self.getattr(ino)
-    }
-
-    fn lookup_ino(&self, parent: u64, name: &OsStr) -> Result<u64> {
         if parent == ROOT {
             if name == "latest" {
-                return self
-                    .newest()
-                    .map(|_| LATEST)
-                    .ok_or_else(|| errno(libc::ENOENT));
+                return self.getattr(LATEST);
             }
-            let sets = self.sets.read().unwrap_or_else(|p| p.into_inner());
-            let set = sets
+            let id = self
+                .sets
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
                 .iter()
                 .find(|s| OsStr::new(&s.name) == name)
+                .map(|s| s.id)
                 .ok_or_else(|| errno(libc::ENOENT))?;
-            return Ok(self.inodes.set_dir(set.id));
+            return self.getattr(self.inodes.set_dir(id));
         }
-        match &*self.node(parent)? {
+        let child = match self.node(parent)? {
             Node::SetDir(id) => {
-                let set = self.set(*id).ok_or_else(|| errno(libc::ENOENT))?;
-                let name = name.to_str().ok_or_else(|| errno(libc::ENOENT))?;
-                self.volume_root_ino(parent, &set, name)
-                    .ok_or_else(|| errno(libc::ENOENT))
+                let set = self.set(id).ok_or_else(|| errno(libc::ENOENT))?;
+                self.volume_roots(parent, &set)?
+                    .into_iter()
+                    .find(|(_, n)| OsStr::new(n) == name)
+                    .map(|(node, _)| node)
+                    .ok_or_else(|| errno(libc::ENOENT))?
             }
             Node::Object(node) => {
                 if node.kind != FileKind::Directory {
                     return Err(errno(libc::ENOTDIR));
                 }
-                let entries = self.entries(parent, node)?;
-                let entry = entries
+                let entries = self.entries(parent, &node)?;
+                let i = entries
                     .binary_search_by(|e| e.name.as_slice().cmp(name.as_bytes()))
-                    .map(|i| &entries[i])
                     .map_err(|_| errno(libc::ENOENT))?;
-                Ok(self.child_ino(parent, node, entry))
+                Self::child(parent, &node, &entries[i], i)?
             }
-        }
+        };
+        let attr = self.object_attr(self.inodes.number(child.view, child.object), &child)?;
+        self.inodes.hold(&child);
+        Ok(attr)
+    }
+
+    /// The kernel dropped `n` lookups of `ino`.
+    pub(crate) fn forget(&self, ino: u64, n: u64) {
+        self.inodes.forget(ino, n);
     }
 
     pub(crate) fn readlink(&self, ino: u64) -> Result<Vec<u8>> {
@@ -339,185 +518,278 @@ impl Browser {
                 .map(|s| s.name.into_bytes())
                 .ok_or_else(|| errno(libc::ENOENT));
         }
-        let Node::Object(node) = &*self.node(ino)? else {
-            return Err(errno(libc::EINVAL));
-        };
+        let node = self.object(ino)?;
         if node.kind != FileKind::Symlink {
             return Err(errno(libc::EINVAL));
         }
         // A symlink's target never changes while the inode lives, and a
         // snapshot's inode lives on (aside if unlinked).
         let vol = self.volume(node.volume)?;
+        let fd = self.live_fd(ino, &node, vol)?;
         let _reading = self.alive(vol, node.set)?;
-        Ok(backing::readlinkat(
-            self.live_fd(ino, node, vol)?.as_fd(),
-            c"",
-        )?)
+        Ok(backing::readlinkat(fd.as_fd(), c"")?)
     }
 
-    pub(crate) fn opendir(&self, ino: u64) -> Result<u64> {
-        let dot = |ino: u64, name: &str| Listing {
+    /// Lists directory `ino` from `offset` (0 is the start) into `add` until
+    /// it answers true (full). With `plus`, every item carries its
+    /// attributes and every object accepted counts as one lookup.
+    pub(crate) fn readdir(
+        &self,
+        ino: u64,
+        offset: u64,
+        plus: bool,
+        add: &mut dyn FnMut(Item<'_>) -> bool,
+    ) -> Result<()> {
+        let dot = |ino: u64, offset: usize, name: &'static str| Item {
+            offset: offset as u64 + 1,
             ino,
             kind: FileKind::Directory,
-            name: name.into(),
+            name: OsStr::new(name),
+            attr: plus.then(|| self.dir_attr(ino, Timestamp::default(), 2)),
         };
-        let mut listing = Vec::new();
+        let start = usize::try_from(offset).unwrap_or(usize::MAX);
         if ino == ROOT {
-            listing.push(dot(ROOT, "."));
-            listing.push(dot(ROOT, ".."));
             let sets = self.sets.read().unwrap_or_else(|p| p.into_inner()).clone();
+            let mut top: Vec<(u64, FileKind, &str)> = vec![
+                (ROOT, FileKind::Directory, "."),
+                (ROOT, FileKind::Directory, ".."),
+            ];
             for set in &sets {
-                listing.push(Listing {
-                    ino: self.inodes.set_dir(set.id),
-                    kind: FileKind::Directory,
-                    name: set.name.clone().into(),
-                });
+                top.push((self.inodes.set_dir(set.id), FileKind::Directory, &set.name));
             }
             if !sets.is_empty() {
-                listing.push(Listing {
-                    ino: LATEST,
-                    kind: FileKind::Symlink,
-                    name: "latest".into(),
-                });
+                top.push((LATEST, FileKind::Symlink, "latest"));
             }
-        } else {
-            match &*self.node(ino)? {
-                Node::SetDir(id) => {
-                    let set = self.set(*id).ok_or_else(|| errno(libc::ENOENT))?;
-                    listing.push(dot(ino, "."));
-                    listing.push(dot(ROOT, ".."));
-                    for sv in &set.volumes {
-                        if let Some(child) = self.volume_root_ino(ino, &set, &sv.name) {
-                            listing.push(Listing {
+            for (i, (ino, kind, name)) in top.into_iter().enumerate().skip(start) {
+                let attr = if plus { Some(self.getattr(ino)?) } else { None };
+                let item = Item {
+                    offset: i as u64 + 1,
+                    ino,
+                    kind,
+                    name: OsStr::new(name),
+                    attr,
+                };
+                if add(item) {
+                    break;
+                }
+            }
+            return Ok(());
+        }
+        match self.node(ino)? {
+            Node::SetDir(id) => {
+                let set = self.set(id).ok_or_else(|| errno(libc::ENOENT))?;
+                let roots = self.volume_roots(ino, &set)?;
+                for i in start..roots.len() + 2 {
+                    let item = match i {
+                        0 => dot(ino, i, "."),
+                        1 => dot(ROOT, i, ".."),
+                        _ => {
+                            let (node, name) = &roots[i - 2];
+                            let child = self.inodes.number(node.view, node.object);
+                            Item {
+                                offset: i as u64 + 1,
                                 ino: child,
                                 kind: FileKind::Directory,
-                                name: sv.name.clone().into(),
-                            });
+                                name: OsStr::new(name),
+                                attr: if plus {
+                                    Some(self.object_attr(child, node)?)
+                                } else {
+                                    None
+                                },
+                            }
                         }
+                    };
+                    if add(item) {
+                        break;
+                    }
+                    if plus && i >= 2 {
+                        self.inodes.hold(&roots[i - 2].0);
                     }
                 }
-                Node::Object(node) => {
-                    if node.kind != FileKind::Directory {
-                        return Err(errno(libc::ENOTDIR));
+            }
+            Node::Object(node) => {
+                if node.kind != FileKind::Directory {
+                    return Err(errno(libc::ENOTDIR));
+                }
+                let entries = self.entries(ino, &node)?;
+                let mut fetched = 0;
+                for i in start..entries.len() + 2 {
+                    if plus && i >= 2 && i - 2 >= fetched {
+                        fetched = self.prefetch_attrs(ino, &node, &entries, i - 2)?;
                     }
-                    listing.push(dot(ino, "."));
-                    listing.push(dot(node.parent, ".."));
-                    for entry in self.entries(ino, node)?.iter() {
-                        listing.push(Listing {
-                            ino: self.child_ino(ino, node, entry),
-                            kind: entry.kind,
-                            name: OsString::from_vec(entry.name.clone()),
-                        });
+                    let (item, child) = match i {
+                        0 => (dot(ino, i, "."), None),
+                        1 => (dot(node.parent, i, ".."), None),
+                        _ => {
+                            let entry = &entries[i - 2];
+                            let child = Self::child(ino, &node, entry, i - 2)?;
+                            let number = self.inodes.number(child.view, child.object);
+                            let item = Item {
+                                offset: i as u64 + 1,
+                                ino: number,
+                                kind: entry.kind,
+                                name: OsStr::from_bytes(&entry.name),
+                                attr: if plus {
+                                    Some(self.object_attr(number, &child)?)
+                                } else {
+                                    None
+                                },
+                            };
+                            (item, Some(child))
+                        }
+                    };
+                    if add(item) {
+                        break;
+                    }
+                    if plus && let Some(child) = child {
+                        self.inodes.hold(&child);
                     }
                 }
             }
         }
-        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        lock(&self.listings).insert(fh, Arc::new(listing));
-        Ok(fh)
+        Ok(())
     }
 
-    pub(crate) fn readdir(&self, fh: u64) -> Result<Arc<Vec<Listing>>> {
-        lock(&self.listings)
-            .get(&fh)
-            .cloned()
-            .ok_or_else(|| errno(libc::EBADF))
-    }
-
-    pub(crate) fn releasedir(&self, fh: u64) {
-        lock(&self.listings).remove(&fh);
-    }
-
-    pub(crate) fn open(&self, ino: u64) -> Result<u64> {
-        let node = self.node(ino)?;
-        let Node::Object(obj) = &*node else {
-            return Err(errno(libc::EISDIR));
+    /// Resolves the attributes of a run of a directory's entries at once
+    /// into the cache: one query for their records, and a stat by name for
+    /// the unchanged rest. Returns where the run ends. An entry whose
+    /// object may have changed since the query is left to `object_attr`.
+    fn prefetch_attrs(
+        &self,
+        dir: u64,
+        node: &ObjectNode,
+        entries: &[DirEntry],
+        first: usize,
+    ) -> Result<usize> {
+        const RUN: usize = 128;
+        let end = (first + RUN).min(entries.len());
+        let missing: Vec<(usize, u64)> = {
+            let attrs = lock(&self.attrs);
+            (first..end)
+                .map(|i| (i, self.inodes.number(node.view, entries[i].object)))
+                .filter(|(_, ino)| !attrs.contains(ino))
+                .collect()
         };
-        if obj.kind != FileKind::Regular {
+        if missing.is_empty() {
+            return Ok(end);
+        }
+        let vol = self.volume(node.volume)?;
+        let live = self.live_fd(dir, node, vol)?;
+        let stores = vol.cow.stores();
+        let objects: Vec<_> = missing.iter().map(|(i, _)| entries[*i].object).collect();
+        let records = {
+            let _reading = self.alive(vol, node.set)?;
+            self.store
+                .resolve_attrs(node.volume, &objects, node.epoch)?
+        };
+        let mut resolved = Vec::with_capacity(missing.len());
+        for (i, ino) in missing {
+            let entry = &entries[i];
+            if let Some(record) = records.get(&entry.object) {
+                // A record, once there, is the set's for good.
+                resolved.push((ino, Attr::from_record(record, ino)));
+                continue;
+            }
+            let name = CString::new(entry.name.clone()).map_err(|_| errno(libc::EINVAL))?;
+            let _still = vol.cow.read_lock(entry.object);
+            let _reading = self.alive(vol, node.set)?;
+            if vol.cow.stores() != stores {
+                continue;
+            }
+            if let Ok(st) = backing::statat(live.as_fd(), &name)
+                && st.st_ino == entry.object.0
+            {
+                resolved.push((ino, Attr::from_stat(&st, ino)));
+            }
+        }
+        let mut attrs = lock(&self.attrs);
+        for (ino, attr) in resolved {
+            attrs.put(ino, attr);
+        }
+        Ok(end)
+    }
+
+    /// Checks that `ino` may be opened for reading (only asked when the
+    /// kernel cannot open without us).
+    pub(crate) fn open(&self, ino: u64) -> Result<()> {
+        match self.object(ino)?.kind {
+            FileKind::Regular => Ok(()),
+            FileKind::Directory => Err(errno(libc::EISDIR)),
+            _ => Err(errno(libc::EINVAL)),
+        }
+    }
+
+    pub(crate) fn read(&self, ino: u64, offset: u64, size: u32) -> Result<Vec<u8>> {
+        let node = self.object(ino)?;
+        if node.kind != FileKind::Regular {
             return Err(errno(libc::EINVAL));
         }
-        let size = self.object_attr(ino, obj)?.size;
-        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        lock(&self.files).insert(
-            fh,
-            Arc::new(SnapFile {
-                ino,
-                node: node.clone(),
-                size,
-                live: OnceLock::new(),
-            }),
-        );
-        Ok(fh)
-    }
-
-    pub(crate) fn release(&self, fh: u64) {
-        lock(&self.files).remove(&fh);
-    }
-
-    pub(crate) fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>> {
-        let file = lock(&self.files)
-            .get(&fh)
-            .cloned()
-            .ok_or_else(|| errno(libc::EBADF))?;
-        let Node::Object(node) = &*file.node else {
-            return Err(errno(libc::EBADF));
-        };
-        let end = offset.saturating_add(u64::from(size)).min(file.size);
+        let len = self.object_attr(ino, &node)?.size;
+        let end = offset.saturating_add(u64::from(size)).min(len);
         if offset >= end {
             return Ok(Vec::new());
         }
         let vol = self.volume(node.volume)?;
+        let live = self.live_file(ino, &node, vol);
         // Object lock first, then the deletion gate: a mutation holding the
         // object's lock may be deleting sets to make room (see diff.rs).
         let _still = vol.cow.read_lock(node.object);
         let _reading = self.alive(vol, node.set)?;
+        let preserved = self.store.resolve_blocks(
+            node.volume,
+            node.object,
+            offset / BLOCK_SIZE,
+            (end - 1) / BLOCK_SIZE,
+            node.epoch,
+        )?;
         let mut out = vec![0u8; (end - offset) as usize];
+        let mut preserved = preserved.iter().peekable();
         let mut pos = offset;
         while pos < end {
             let block = pos / BLOCK_SIZE;
-            let block_end = ((block + 1) * BLOCK_SIZE).min(end);
-            let dst = &mut out[(pos - offset) as usize..(block_end - offset) as usize];
-            match self
-                .store
-                .resolve_block(node.volume, node.object, block, node.epoch)?
-            {
-                Some(chunk) => {
+            let dst_from = (pos - offset) as usize;
+            match preserved.peek() {
+                Some((b, chunk)) if *b == block => {
+                    let block_end = ((block + 1) * BLOCK_SIZE).min(end);
+                    let dst = &mut out[dst_from..(block_end - offset) as usize];
                     let from = (pos - block * BLOCK_SIZE) as usize;
                     let avail = chunk.len().saturating_sub(from).min(dst.len());
                     dst[..avail].copy_from_slice(&chunk[from..from + avail]);
+                    preserved.next();
+                    pos = block_end;
                 }
-                None => {
-                    let live = self.live_file(&file, node, vol)?;
-                    backing::pread_full(live, dst, pos)?;
+                next => {
+                    // Every block up to the next preserved one is live: one
+                    // read for the whole run.
+                    let run_end = next.map_or(end, |(b, _)| (b * BLOCK_SIZE).min(end));
+                    let file = match &live {
+                        Ok(f) => f,
+                        Err(e) => {
+                            tracing::warn!("snapshot read of object {}: {e}", node.object.0);
+                            return Err(errno(e.errno()));
+                        }
+                    };
+                    backing::pread_full(
+                        file,
+                        &mut out[dst_from..(run_end - offset) as usize],
+                        pos,
+                    )?;
+                    pos = run_end;
                 }
             }
-            pos = block_end;
         }
         Ok(out)
-    }
-
-    fn live_file<'a>(
-        &self,
-        file: &'a SnapFile,
-        node: &ObjectNode,
-        vol: &Volume,
-    ) -> Result<&'a File> {
-        if let Some(f) = file.live.get() {
-            return Ok(f);
-        }
-        let fd = self.live_fd(file.ino, node, vol)?;
-        let opened = backing::as_file(backing::reopen(fd.as_fd(), libc::O_RDONLY)?);
-        Ok(file.live.get_or_init(|| opened))
     }
 
     fn xattrs(&self, ino: u64) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
         if ino == ROOT || ino == LATEST {
             return Ok(Vec::new());
         }
-        let Node::Object(node) = &*self.node(ino)? else {
+        let Node::Object(node) = self.node(ino)? else {
             return Ok(Vec::new());
         };
         let vol = self.volume(node.volume)?;
+        let live = self.live_fd(ino, &node, vol);
         // Object lock first, then the deletion gate: a mutation holding the
         // object's lock may be deleting sets to make room (see diff.rs).
         let _still = vol.cow.read_lock(node.object);
@@ -527,7 +799,7 @@ impl Browser {
             .resolve_attr(node.volume, node.object, node.epoch)?
         {
             Some(record) => Ok(record.xattrs),
-            None => Ok(backing::all_xattrs(self.live_fd(ino, node, vol)?.as_fd())?),
+            None => Ok(backing::all_xattrs(live?.as_fd())?),
         }
     }
 

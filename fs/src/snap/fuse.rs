@@ -1,21 +1,23 @@
 //! The thin fuser adapter of the shadow copy browser. The mount is
 //! read-only, so the kernel answers EROFS to every mutation before it
 //! reaches us. A shadow copy never changes, so the kernel may cache it for
-//! long and keep file pages across opens; only the top level (sets come and
-//! go, `latest` moves) is cached briefly.
+//! long, keep file pages and directory listings across opens, and open
+//! without asking; only the top level (sets come and go, `latest` moves)
+//! is cached briefly, and its listing is dropped when the sets change.
 
 use std::ffi::OsStr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use fuser::{
-    Errno, FileHandle, Filesystem, FopenFlags, Generation, INodeNo, KernelConfig, LockOwner,
-    OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen,
-    ReplyStatfs, ReplyXattr, Request,
+    Errno, FileHandle, Filesystem, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig,
+    LockOwner, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEntry,
+    ReplyOpen, ReplyStatfs, ReplyXattr, Request,
 };
 
 use super::core::Browser;
 use super::inodes::{LATEST, ROOT};
+use crate::attr::file_type;
 use crate::reply::{self, errno};
 
 const FROZEN_TTL: Duration = Duration::from_secs(24 * 3600);
@@ -23,6 +25,22 @@ const TOP_TTL: Duration = Duration::from_secs(1);
 
 pub(crate) struct SnapAdapter {
     pub browser: Arc<Browser>,
+    /// The kernel opens files and directories without asking (it offered
+    /// FUSE_NO_OPEN_SUPPORT / FUSE_NO_OPENDIR_SUPPORT): the first OPEN is
+    /// answered ENOSYS and none follows, nor any RELEASE; the kernel then
+    /// keeps file pages and directory listings cached across opens.
+    no_open: bool,
+    no_opendir: bool,
+}
+
+impl SnapAdapter {
+    pub fn new(browser: Arc<Browser>) -> SnapAdapter {
+        SnapAdapter {
+            browser,
+            no_open: false,
+            no_opendir: false,
+        }
+    }
 }
 
 fn ttl_of(ino: u64) -> Duration {
@@ -33,29 +51,51 @@ fn ttl_of(ino: u64) -> Duration {
     }
 }
 
+/// How long the kernel may keep a name of directory `parent` and what it
+/// names: sets come and go, `latest` moves; below, nothing changes.
+fn entry_ttl(parent: u64, ino: u64) -> Duration {
+    if ino == LATEST {
+        Duration::ZERO
+    } else if parent == ROOT {
+        TOP_TTL
+    } else {
+        FROZEN_TTL
+    }
+}
+
 impl Filesystem for SnapAdapter {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         let _ = config.set_max_readahead(1024 * 1024);
+        let offered = config.capabilities();
+        self.no_open = offered.contains(InitFlags::FUSE_NO_OPEN_SUPPORT);
+        self.no_opendir = offered.contains(InitFlags::FUSE_NO_OPENDIR_SUPPORT);
+        // Listing a directory brings every entry's attributes with it: a
+        // tree walk costs no LOOKUP per name. Lookups and listings may run
+        // in parallel in one directory: nothing here changes.
+        for wanted in [
+            InitFlags::FUSE_DO_READDIRPLUS,
+            InitFlags::FUSE_PARALLEL_DIROPS,
+        ] {
+            let _ = config.add_capabilities(wanted);
+        }
         Ok(())
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         match self.browser.lookup(parent.0, name) {
-            Ok(attr) => {
-                let entry_ttl = if parent.0 == ROOT {
-                    TOP_TTL
-                } else {
-                    FROZEN_TTL
-                };
-                reply.entry_with_ttls(
-                    &ttl_of(attr.ino),
-                    &entry_ttl,
-                    &attr.to_fuser(),
-                    Generation(0),
-                )
-            }
+            Ok(attr) => reply.entry_with_ttls(
+                &ttl_of(attr.ino),
+                &entry_ttl(parent.0, attr.ino),
+                &attr.to_fuser(),
+                Generation(0),
+            ),
             Err(e) => reply.error(errno(&e)),
         }
+    }
+
+    /// BATCH_FORGET comes here too (fuser's default splits it).
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        self.browser.forget(ino.0, nlookup);
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
@@ -73,8 +113,11 @@ impl Filesystem for SnapAdapter {
         if flags.0 & libc::O_ACCMODE != libc::O_RDONLY {
             return reply.error(Errno::EROFS);
         }
+        if self.no_open {
+            return reply.error(Errno::ENOSYS);
+        }
         reply::opened(
-            self.browser.open(ino.0),
+            self.browser.open(ino.0).map(|()| 0),
             FopenFlags::FOPEN_KEEP_CACHE,
             reply,
         )
@@ -83,56 +126,75 @@ impl Filesystem for SnapAdapter {
     fn read(
         &self,
         _req: &Request,
-        _ino: INodeNo,
-        fh: FileHandle,
+        ino: INodeNo,
+        _fh: FileHandle,
         offset: u64,
         size: u32,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        reply::data(self.browser.read(fh.0, offset, size), reply)
+        reply::data(self.browser.read(ino.0, offset, size), reply)
     }
 
-    fn release(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        fh: FileHandle,
-        _flags: OpenFlags,
-        _lock_owner: Option<LockOwner>,
-        _flush: bool,
-        reply: ReplyEmpty,
-    ) {
-        self.browser.release(fh.0);
-        reply.ok();
-    }
-
-    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        reply::opened(self.browser.opendir(ino.0), FopenFlags::empty(), reply)
+    fn opendir(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        if self.no_opendir {
+            return reply.error(Errno::ENOSYS);
+        }
+        reply.opened(
+            FileHandle(0),
+            FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE,
+        )
     }
 
     fn readdir(
         &self,
         _req: &Request,
-        _ino: INodeNo,
-        fh: FileHandle,
+        ino: INodeNo,
+        _fh: FileHandle,
         offset: u64,
-        reply: ReplyDirectory,
+        mut reply: ReplyDirectory,
     ) {
-        reply::directory(self.browser.readdir(fh.0), offset, reply)
+        let listed = self.browser.readdir(ino.0, offset, false, &mut |item| {
+            reply.add(
+                INodeNo(item.ino),
+                item.offset,
+                file_type(item.kind),
+                item.name,
+            )
+        });
+        match listed {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(&e)),
+        }
     }
 
-    fn releasedir(
+    fn readdirplus(
         &self,
         _req: &Request,
-        _ino: INodeNo,
-        fh: FileHandle,
-        _flags: OpenFlags,
-        reply: ReplyEmpty,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
     ) {
-        self.browser.releasedir(fh.0);
-        reply.ok();
+        let dir = ino.0;
+        let listed = self.browser.readdir(dir, offset, true, &mut |item| {
+            let Some(attr) = item.attr else {
+                return true;
+            };
+            reply.add(
+                INodeNo(item.ino),
+                item.offset,
+                item.name,
+                &entry_ttl(dir, item.ino),
+                &attr.to_fuser(),
+                Generation(0),
+            )
+        });
+        match listed {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(&e)),
+        }
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
