@@ -207,8 +207,14 @@ fn migrate(conn: &Connection) -> Result<()> {
         |r| r.get::<_, i64>(0).map(|n| n > 0),
     )?;
     if !has_meta {
+        // A new store's packs hold nothing but pack 0's magic: its first
+        // mark (`recover`) comes with the schema, not in a commit of its own.
+        let (pack_key, end_key) = crate::recover::MARK_KEYS;
         conn.execute_batch(&format!(
-            "BEGIN; {SCHEMA_V1} INSERT INTO meta VALUES ('schema_version', 1); COMMIT;"
+            "BEGIN; {SCHEMA_V1} INSERT INTO meta VALUES ('schema_version', 1),
+                ('{pack_key}', 0), ('{end_key}', {});
+             COMMIT;",
+            crate::pack::MAGIC.len()
         ))?;
     }
     let found: i64 = conn.query_row(

@@ -10,12 +10,13 @@
 //! dropping such a record makes its key read the live object again, which
 //! still holds exactly that content.
 //!
-//! To find them without reading every pack, every commit carries a
-//! *mark* (`meta.packs_synced_pack`, `meta.packs_synced_end`): how far the
-//! packs were durable at that moment. Only chunks past the mark of the
-//! newest durable commit can be lost; they are hash-checked at open and a
-//! damaged one is dropped with every record naming it. Damage below the
-//! mark is not a power cut's doing: it stays, and reads of it fail.
+//! To find them without reading every pack, the catalog holds a *mark*
+//! (`meta.packs_synced_pack`, `meta.packs_synced_end`): a point below which
+//! the packs were durable when it was written. Only chunks past the
+//! durable mark can be lost; they are hash-checked at open and a damaged
+//! one is dropped with every record naming it. The mark may lag (chunks
+//! past it that reached the disk pass the check). Damage below the mark is
+//! not a power cut's doing: it stays, and reads of it fail.
 //!
 //! This file only reads and writes the mark and drops lost chunks; when
 //! the mark is written is the caller's business.
@@ -28,25 +29,26 @@ use crate::io::StoreIo;
 use crate::pack::{self, ChunkLocation};
 use crate::{ChunkHash, Result};
 
-const MARK_PACK: &str = "packs_synced_pack";
-const MARK_END: &str = "packs_synced_end";
+/// The `meta` keys of the mark: its pack, its offset.
+pub(crate) const MARK_KEYS: (&str, &str) = ("packs_synced_pack", "packs_synced_end");
 
 /// Records in `tx` that the packs are durable up to `mark` (every pack
 /// before `mark.0`, and `mark.0` up to the offset `mark.1`).
 pub(crate) fn write_mark(tx: &Transaction<'_>, mark: (u32, u64)) -> Result<()> {
     tx.prepare_cached("INSERT OR REPLACE INTO meta (key, value) VALUES (?1, ?2), (?3, ?4)")?
-        .execute(params![MARK_PACK, mark.0, MARK_END, mark.1 as i64])?;
+        .execute(params![MARK_KEYS.0, mark.0, MARK_KEYS.1, mark.1 as i64])?;
     Ok(())
 }
 
-fn read_mark(conn: &Connection) -> Result<Option<(u32, u64)>> {
+/// The mark the catalog holds, if any.
+pub(crate) fn read_mark(conn: &Connection) -> Result<Option<(u32, u64)>> {
     let get = |key: &str| -> Result<Option<i64>> {
         Ok(conn
             .prepare_cached("SELECT value FROM meta WHERE key = ?1")?
             .query_row([key], |r| r.get(0))
             .optional()?)
     };
-    Ok(match (get(MARK_PACK)?, get(MARK_END)?) {
+    Ok(match (get(MARK_KEYS.0)?, get(MARK_KEYS.1)?) {
         (Some(pack), Some(end)) => Some((pack as u32, end as u64)),
         // A catalog from before marks: nothing to go by, nothing dropped.
         _ => None,

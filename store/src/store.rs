@@ -224,7 +224,9 @@ impl Store {
         if store.durability == Durability::Power {
             // Open may have cut a pack below the mark an earlier run left;
             // what is appended there now is not durable yet.
-            store.record_synced(true);
+            *store.mark.lock().unwrap_or_else(|p| p.into_inner()) =
+                recover::read_mark(&store.catalog.writer())?;
+            store.record_synced(false);
         }
         store.recount()?;
         store.restore_reserve();
@@ -645,9 +647,8 @@ impl Store {
 
     /// Waits until a sync begun after the change behind `ticket` (appends,
     /// a commit) has completed; concurrent writers share one. A sync
-    /// flushes the packs, records how far they are durable, then flushes
-    /// the catalog's WAL: when a preserve returns, its chunks are below a
-    /// durable mark, and open never takes them for a power cut's loss.
+    /// flushes the packs, records how far they are durable when that moved
+    /// far enough, then flushes the catalog's WAL.
     fn make_durable(&self, ticket: Ticket) -> Result<()> {
         if self.durability == Durability::Process {
             return Ok(());
@@ -660,12 +661,18 @@ impl Store {
     }
 
     /// Writes how far the packs are durable into the catalog (`recover`),
-    /// if that moved (or `always`). Best effort: a mark that lags only
-    /// means that open checks more chunks after a crash.
+    /// once that moved `MARK_STRIDE` past the mark, to another pack or
+    /// below it (or `always`). A mark that lags is still right, open just
+    /// checks more chunks after a crash; one per sync would cost a WAL page
+    /// per sync, which a small full disk feels. Best effort for the same
+    /// reason.
     fn record_synced(&self, always: bool) {
         let synced = self.packs.synced();
         let mut mark = self.mark.lock().unwrap_or_else(|p| p.into_inner());
-        if !always && *mark == Some(synced) {
+        let near = mark.is_some_and(|(pack, end)| {
+            pack == synced.0 && end <= synced.1 && synced.1 - end < MARK_STRIDE
+        });
+        if !always && near {
             return;
         }
         let mut conn = self.catalog.writer();
@@ -1203,6 +1210,26 @@ impl Store {
         self.packs.remove(pack)?;
         tracing::info!(pack, freed = dead, "reclaimed a pack");
         Ok(dead)
+    }
+}
+
+/// How far the packs' durable end moves before the catalog records it.
+const MARK_STRIDE: u64 = 16 * 1024 * 1024;
+
+impl Drop for Store {
+    /// A store closed in order records exactly how far its packs are
+    /// durable: open then takes no chunk of it for a power cut's loss.
+    fn drop(&mut self) {
+        if self.durability != Durability::Power {
+            return;
+        }
+        let flushed = self.packs.sync().and_then(|()| {
+            self.record_synced(true);
+            self.sync_wal()
+        });
+        if let Err(e) = flushed {
+            tracing::warn!("flushing the store as it closes: {e}");
+        }
     }
 }
 
