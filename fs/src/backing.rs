@@ -372,6 +372,20 @@ pub(crate) fn pread_full(file: &File, buf: &mut [u8], offset: u64) -> io::Result
     Ok(done)
 }
 
+/// Asks the filesystem to start reading the first `len` bytes of `file`
+/// in; does not wait. Only a hint: a failure changes nothing.
+pub(crate) fn will_need(file: &File, len: u64) {
+    // SAFETY: a plain advice call on a descriptor we hold.
+    unsafe {
+        libc::posix_fadvise(
+            file.as_raw_fd(),
+            0,
+            i64::try_from(len).unwrap_or(i64::MAX),
+            libc::POSIX_FADV_WILLNEED,
+        );
+    }
+}
+
 pub(crate) fn as_file(fd: OwnedFd) -> File {
     File::from(fd)
 }

@@ -11,7 +11,7 @@ use fuser::{BackgroundSession, Config, INodeNo, MountOption, SessionACL};
 
 use crate::error::Context;
 use crate::live::{LiveAdapter, LiveFs};
-use crate::snap::{SnapAdapter, Stale};
+use crate::snap::{Kernel, SnapAdapter};
 use crate::{Browser, Result, Volume};
 
 #[derive(Clone, Debug)]
@@ -112,12 +112,12 @@ pub fn mount_snapshots(
     )
     .context(|| format!("mounting {}", mountpoint.display()))?;
     let notifier = session.notifier();
-    browser.set_invalidate(Box::new(move |stale| {
+    browser.connect(Box::new(move |what| {
         // The kernel may not know the name or inode at all; that is not an
         // error.
-        let _ = match stale {
-            Stale::Entry(parent, name) => notifier.inval_entry(INodeNo(parent), name),
-            Stale::Inode(ino) => notifier.inval_inode(INodeNo(ino), 0, 0),
+        let _ = match what {
+            Kernel::ForgetEntry(parent, name) => notifier.inval_entry(INodeNo(parent), name),
+            Kernel::ForgetInode(ino) => notifier.inval_inode(INodeNo(ino), 0, 0),
         };
     }));
     Ok(MountHandle {

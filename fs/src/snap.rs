@@ -1,11 +1,13 @@
 //! The shadow copy browser: `/<set>/<volume>/...` read-only, plus `latest`.
 //! `core` resolves every object of a set from its pre-image records or from
-//! the unchanged live object; `fuse` is the thin adapter.
+//! the unchanged live object; `inodes` numbers them, `ahead` reads small
+//! files ahead into the kernel's cache, `fuse` is the thin adapter.
 
+mod ahead;
 mod core;
 mod fuse;
 mod inodes;
 
 pub use self::core::Browser;
-pub(crate) use self::core::Stale;
+pub(crate) use self::core::Kernel;
 pub(crate) use self::fuse::SnapAdapter;

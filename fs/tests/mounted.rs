@@ -478,3 +478,31 @@ fn the_top_listing_follows_sets_while_the_kernel_caches_listings() {
     assert!(!rig.snaps.join("one").exists());
     assert_eq!(read(&rig.at("two").join("f")), b"1");
 }
+
+/// The browser reads the files after the one asked for ahead of the
+/// reader: every byte must still be the set's, changed or gone live.
+#[test]
+fn reading_many_small_files_in_order_gives_the_sets_bytes() {
+    let rig = Rig::new();
+    fs::create_dir(rig.live.join("many")).expect("mkdir");
+    let name = |i: usize| format!("many/{i:04}");
+    for i in 0..300 {
+        fs::write(rig.live.join(name(i)), format!("v1 {i}")).expect("write");
+    }
+    rig.snapshot("one");
+    for i in (0..300).step_by(3) {
+        fs::write(rig.live.join(name(i)), format!("v2 {i}, longer")).expect("write");
+    }
+    for i in (1..300).step_by(7) {
+        fs::remove_file(rig.live.join(name(i))).expect("unlink");
+    }
+    for pass in 0..2 {
+        for i in 0..300 {
+            assert_eq!(
+                read(&rig.at("one").join(name(i))),
+                format!("v1 {i}").into_bytes(),
+                "pass {pass}, file {i}"
+            );
+        }
+    }
+}

@@ -17,11 +17,13 @@ use std::fs::File;
 use std::num::NonZeroUsize;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
+use std::sync::mpsc::Receiver;
 use std::sync::{Arc, Mutex, RwLock};
 
 use lru::LruCache;
 use umbra_store::{BLOCK_SIZE, DirEntry, FileKind, SetId, SetInfo, Store, Timestamp, VolumeId};
 
+use super::ahead::{self, Ahead, Job};
 use super::inodes::{Inodes, LATEST, Node, ObjectNode, ROOT};
 use crate::attr::Attr;
 use crate::backing;
@@ -33,15 +35,17 @@ const DIR_ENTRIES: usize = 256 * 1024;
 const LIVE_FDS: usize = 1024;
 const LIVE_FILES: usize = 256;
 
-/// What the kernel should forget (set by the FUSE mount).
-pub(crate) enum Stale<'a> {
-    /// A name in a directory.
-    Entry(u64, &'a OsStr),
-    /// An inode's attributes and cached pages (a directory's cached listing).
-    Inode(u64),
+/// What the browser tells the kernel (through the FUSE mount).
+pub(crate) enum Kernel<'a> {
+    /// Forget a name in a directory.
+    ForgetEntry(u64, &'a OsStr),
+    /// Forget an inode's attributes and cached pages (a directory's
+    /// cached listing).
+    ForgetInode(u64),
 }
 
-pub(crate) type Invalidate = Box<dyn Fn(Stale<'_>) + Send + Sync>;
+/// Sends a message to the kernel.
+pub(crate) type Notify = Box<dyn Fn(Kernel<'_>) + Send + Sync>;
 
 /// One entry of a directory as the browser lists it; `offset` is where the
 /// next one starts.
@@ -84,7 +88,10 @@ pub struct Browser {
     dirs: Mutex<Dirs>,
     live_fds: Mutex<LruCache<u64, Arc<OwnedFd>>>,
     live_files: Mutex<LruCache<u64, Arc<File>>>,
-    invalidate: Mutex<Option<Invalidate>>,
+    notify: Mutex<Option<Notify>>,
+    ahead: Ahead,
+    /// The read-ahead thread's queue, until the thread takes it.
+    ahead_jobs: Mutex<Option<Receiver<Job>>>,
     /// When the list of sets last changed: the top directory's times.
     changed: Mutex<Timestamp>,
 }
@@ -125,6 +132,7 @@ fn purge<V>(cache: &Mutex<LruCache<u64, V>>, gone: impl Fn(u64) -> bool) {
 impl Browser {
     pub fn new(store: Arc<Store>, volumes: Vec<Arc<Volume>>) -> Result<Arc<Browser>> {
         let sets = store.sets()?;
+        let (ahead, ahead_jobs) = Ahead::new();
         Ok(Arc::new(Browser {
             store,
             volumes: volumes.into_iter().map(|v| (v.id(), v)).collect(),
@@ -137,13 +145,42 @@ impl Browser {
             }),
             live_fds: lru(LIVE_FDS),
             live_files: lru(LIVE_FILES),
-            invalidate: Mutex::new(None),
+            notify: Mutex::new(None),
+            ahead,
+            ahead_jobs: Mutex::new(Some(ahead_jobs)),
             changed: Mutex::new(now()),
         }))
     }
 
-    pub(crate) fn set_invalidate(&self, f: Invalidate) {
-        *lock(&self.invalidate) = Some(f);
+    /// Connects the browser to its mount: from now on it tells the kernel
+    /// what went stale, and reads small files ahead on a thread of its own
+    /// (see ahead.rs).
+    pub(crate) fn connect(self: &Arc<Self>, notify: Notify) {
+        *lock(&self.notify) = Some(notify);
+        let Some(jobs) = lock(&self.ahead_jobs).take() else {
+            return;
+        };
+        let browser = Arc::downgrade(self);
+        let spawned = std::thread::Builder::new()
+            .name("umbra-ahead".into())
+            .spawn(move || {
+                // Ends when the browser is gone: its sender goes with it.
+                while let Ok(job) = jobs.recv() {
+                    match browser.upgrade() {
+                        Some(b) => b.read_ahead(job),
+                        None => break,
+                    }
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::warn!("no read-ahead for the snapshot browser: {e}");
+        }
+    }
+
+    fn tell(&self, what: Kernel<'_>) {
+        if let Some(f) = lock(&self.notify).as_ref() {
+            f(what);
+        }
     }
 
     /// Re-reads the list of sets after a create or delete, and tells the
@@ -184,13 +221,13 @@ impl Browser {
                 }
             }
         }
-        if let Some(f) = lock(&self.invalidate).as_ref() {
-            for set in &gone {
-                f(Stale::Entry(ROOT, OsStr::new(&set.name)));
-            }
-            if changed {
-                f(Stale::Inode(ROOT));
-            }
+        // The top directory's mtime moved too: the kernel would drop its
+        // cached listing at the next look anyway.
+        for set in &gone {
+            self.tell(Kernel::ForgetEntry(ROOT, OsStr::new(&set.name)));
+        }
+        if changed {
+            self.tell(Kernel::ForgetInode(ROOT));
         }
         Ok(())
     }
@@ -724,13 +761,69 @@ impl Browser {
         if node.kind != FileKind::Regular {
             return Err(errno(libc::EINVAL));
         }
-        let len = self.object_attr(ino, &node)?.size;
+        let (data, len) = self.read_object(ino, &node, offset, size)?;
+        if offset == 0 && len <= ahead::SMALL && self.ahead_jobs_taken() {
+            self.ahead.read(node.parent, node.index);
+        }
+        Ok(data)
+    }
+
+    fn ahead_jobs_taken(&self) -> bool {
+        lock(&self.ahead_jobs).is_none()
+    }
+
+    /// Opens the live files of a run of a directory's small entries and
+    /// asks the backing filesystem to read them in (WILLNEED, which does not
+    /// wait): the reads queue on the disk together, and each READ that
+    /// follows finds its file open and its pages cached. Skips what the
+    /// reader already passed.
+    fn read_ahead(&self, job: Job) {
+        let Some(Node::Object(dir)) = self.inodes.get(job.dir) else {
+            return;
+        };
+        let (Ok(entries), Ok(vol)) = (self.entries(job.dir, &dir), self.volume(dir.volume)) else {
+            return;
+        };
+        let mut bytes = 0;
+        for i in job.from..job.to.min(u32::try_from(entries.len()).unwrap_or(u32::MAX)) {
+            let entry = &entries[i as usize];
+            if entry.kind != FileKind::Regular || !self.ahead.ahead(job.dir, i) {
+                continue;
+            }
+            let Ok(child) = Self::child(job.dir, &dir, entry, i as usize) else {
+                return;
+            };
+            let ino = self.inodes.number(child.view, child.object);
+            let size = match self.object_attr(ino, &child) {
+                Ok(attr) if attr.size > 0 && attr.size <= ahead::SMALL => attr.size,
+                _ => continue,
+            };
+            let Ok(file) = self.live_file(ino, &child, vol) else {
+                continue;
+            };
+            backing::will_need(&file, size);
+            bytes += size;
+            if bytes >= ahead::JOB_BYTES {
+                return;
+            }
+        }
+    }
+
+    /// Bytes `offset..offset + size` of a regular object, and its size.
+    fn read_object(
+        &self,
+        ino: u64,
+        node: &ObjectNode,
+        offset: u64,
+        size: u32,
+    ) -> Result<(Vec<u8>, u64)> {
+        let len = self.object_attr(ino, node)?.size;
         let end = offset.saturating_add(u64::from(size)).min(len);
         if offset >= end {
-            return Ok(Vec::new());
+            return Ok((Vec::new(), len));
         }
         let vol = self.volume(node.volume)?;
-        let live = self.live_file(ino, &node, vol);
+        let live = self.live_file(ino, node, vol);
         // Object lock first, then the deletion gate: a mutation holding the
         // object's lock may be deleting sets to make room (see diff.rs).
         let _still = vol.cow.read_lock(node.object);
@@ -778,7 +871,7 @@ impl Browser {
                 }
             }
         }
-        Ok(out)
+        Ok((out, len))
     }
 
     fn xattrs(&self, ino: u64) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
