@@ -54,12 +54,17 @@ pub(crate) struct OpenFile {
 
 pub(crate) struct LiveFs {
     vol: Arc<Volume>,
-    nodes: Nodes,
+    nodes: Arc<Nodes>,
     /// Shared with the volume, which lists the files open for writing
     /// when a set is flushed (see `Volume::files_open_for_writing`).
     files: Arc<Mutex<HashMap<u64, Arc<OpenFile>>>>,
     dirs: Mutex<HashMap<u64, Arc<Vec<Listing>>>>,
     next_fh: AtomicU64,
+    /// With the writeback cache the kernel owns a regular file's mtime: it
+    /// sends it by SETATTR whenever it changes it, and shows it whatever the
+    /// backing file says. Writes applied here must then leave the backing
+    /// mtime as it was, or a set would show a time the live mount never did.
+    kernel_mtime: bool,
 }
 
 fn errno(e: i32) -> FsError {
@@ -82,20 +87,44 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+fn fd_path(fd: i32) -> Option<std::path::PathBuf> {
+    std::fs::read_link(format!("/proc/self/fd/{fd}")).ok()
+}
+
+/// A backing path of an open file, for the flush before a set. The name it
+/// was opened by may be gone while another link still shows the file (and
+/// its unflushed pages) in the set: then the inode's last known name, if
+/// it still holds the file, stands in.
+fn backing_path(nodes: &Nodes, of: &OpenFile) -> Option<std::path::PathBuf> {
+    let opened = fd_path(of.file.as_raw_fd())?;
+    if !opened.to_string_lossy().ends_with(" (deleted)") {
+        return Some(opened);
+    }
+    let node = nodes.get(nodes.ino_of(of.object)).ok()?;
+    let (parent, name) = node.name()?;
+    let pnode = nodes.get(parent).ok()?;
+    let st = backing::statat(pnode.fd.as_fd(), &cstr(&name).ok()?).ok()?;
+    (node.object == of.object && st.st_ino == of.object.0)
+        .then(|| fd_path(pnode.fd.as_raw_fd()))
+        .flatten()
+        .map(|dir| dir.join(name))
+}
+
 impl LiveFs {
     pub fn new(vol: Arc<Volume>) -> Result<LiveFs> {
         let root_fd = backing::reopen_path(vol.root_fd())?;
         let aliases = vol.store().aliases(vol.id())?;
-        let nodes = Nodes::new(root_fd, vol.root_object(), aliases);
+        let nodes = Arc::new(Nodes::new(root_fd, vol.root_object(), aliases));
         let files: Arc<Mutex<HashMap<u64, Arc<OpenFile>>>> = Arc::default();
-        let listed = files.clone();
+        let (listed, named) = (files.clone(), nodes.clone());
         vol.set_open_writes(Box::new(move || {
-            lock(&listed)
+            let open: Vec<Arc<OpenFile>> = lock(&listed)
                 .values()
                 .filter(|f| f.access != libc::O_RDONLY)
-                .filter_map(|f| {
-                    std::fs::read_link(format!("/proc/self/fd/{}", f.file.as_raw_fd())).ok()
-                })
+                .cloned()
+                .collect();
+            open.iter()
+                .filter_map(|f| backing_path(&named, f))
                 .collect()
         }));
         Ok(LiveFs {
@@ -104,7 +133,13 @@ impl LiveFs {
             files,
             dirs: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
+            kernel_mtime: false,
         })
+    }
+
+    /// Called once the kernel agreed to a writeback cache, before any request.
+    pub fn kernel_owns_mtime(&mut self) {
+        self.kernel_mtime = true;
     }
 
     fn hidden(parent: u64, name: &OsStr) -> bool {
@@ -154,6 +189,34 @@ impl LiveFs {
             }),
         );
         fh
+    }
+
+    /// Runs `change` on a regular file, keeping its backing mtime if the
+    /// kernel owns it. Called under the object's mutation, which orders it
+    /// with the kernel's SETATTRs of the same file.
+    fn keeping_mtime<T>(
+        &self,
+        fd: BorrowedFd<'_>,
+        change: impl FnOnce() -> Result<T>,
+    ) -> Result<T> {
+        if !self.kernel_mtime {
+            return change();
+        }
+        let before = backing::fstat(fd)?;
+        let result = change()?;
+        let times = [
+            libc::timespec {
+                tv_sec: 0,
+                tv_nsec: libc::UTIME_OMIT,
+            },
+            libc::timespec {
+                tv_sec: before.st_mtime,
+                tv_nsec: before.st_mtime_nsec,
+            },
+        ];
+        // SAFETY: times points at two timespecs; fd is open.
+        check(unsafe { libc::futimens(fd.as_raw_fd(), times.as_ptr()) })?;
+        Ok(result)
     }
 
     pub fn lookup(&self, parent: u64, name: &OsStr) -> Result<Attr> {
@@ -233,7 +296,11 @@ impl LiveFs {
             check(unsafe { libc::chmod(path.as_ptr(), mode & 0o7777) })?;
         }
         if let (Some(size), Some(file)) = (set.size, &truncate_file) {
-            file.set_len(size)?;
+            if set.mtime.is_some() {
+                file.set_len(size)?;
+            } else {
+                self.keeping_mtime(file.as_fd(), || Ok(file.set_len(size)?))?;
+            }
         }
         if set.atime.is_some() || set.mtime.is_some() {
             let spec = |t: Option<TimeSet>| match t {
@@ -767,7 +834,9 @@ impl LiveFs {
         let mut m = self.vol.cow.begin(&[of.object]);
         m.blocks(of.object, of.file.as_fd(), &of.file, offset, end)?;
         m.preserve()?;
-        of.file.write_all_at(data, offset)?;
+        self.keeping_mtime(of.file.as_fd(), || {
+            Ok(of.file.write_all_at(data, offset)?)
+        })?;
         Ok(data.len() as u32)
     }
 
@@ -814,9 +883,13 @@ impl LiveFs {
             m.attr(of.object, fd)?;
         }
         m.preserve()?;
-        // SAFETY: plain syscall on an owned descriptor.
-        check(unsafe { libc::fallocate64(fd.as_raw_fd(), mode, offset as i64, length as i64) })?;
-        Ok(())
+        self.keeping_mtime(fd, || {
+            // SAFETY: plain syscall on an owned descriptor.
+            check(unsafe {
+                libc::fallocate64(fd.as_raw_fd(), mode, offset as i64, length as i64)
+            })?;
+            Ok(())
+        })
     }
 
     pub fn opendir(&self, ino: u64) -> Result<u64> {
