@@ -431,11 +431,7 @@ impl RawConfig {
                 self.name_format.as_deref().unwrap_or(DEFAULT_NAME_FORMAT),
             )?,
             threads: self.threads.unwrap_or(DEFAULT_THREADS),
-            // A protected diff area fails live writes with ENOSPC: only
-            // write-through reports that at write() rather than at close.
-            writeback_cache: self
-                .writeback_cache
-                .unwrap_or(self.on_full.unwrap_or_default() != RawOnFull::Protect),
+            writeback_cache: self.writeback_cache.unwrap_or(false),
             max_clients: self.max_clients.unwrap_or(DEFAULT_MAX_CLIENTS),
             socket_group: match &self.socket_group {
                 None => None,
@@ -669,12 +665,10 @@ mount = "/srv/data"
     }
 
     #[test]
-    fn the_writeback_cache_is_on_unless_a_protected_diff_area_needs_write_errors_at_once() {
-        assert!(parse(MINIMAL).expect("valid").writeback_cache);
-        let protect = format!("on_full = \"protect\"\n{MINIMAL}");
-        assert!(!parse(&protect).expect("valid").writeback_cache);
+    fn the_writeback_cache_is_off_unless_asked_for() {
+        assert!(!parse(MINIMAL).expect("valid").writeback_cache);
         for (line, want) in [("true", true), ("false", false)] {
-            let text = format!("writeback_cache = {line}\n{protect}");
+            let text = format!("writeback_cache = {line}\n{MINIMAL}");
             assert_eq!(parse(&text).expect("valid").writeback_cache, want);
         }
     }

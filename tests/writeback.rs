@@ -1,5 +1,5 @@
-//! Flush-and-hold with the kernel's writeback cache on the live mount: a
-//! write() returns while its bytes, the file's size and its mtime may still
+//! Flush-and-hold with the kernel's writeback cache on the live mount
+//! (`writeback_cache = true`): a write() returns while its bytes, the file's size and its mtime may still
 //! be only in the kernel. Every set must nonetheless show exactly what the
 //! live mount showed at its instant: bytes written and closed just before
 //! `umbra create`, bytes of files still open (plain, O_WRONLY over partial
@@ -14,9 +14,27 @@ use std::fs::{self, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::Path;
+use std::sync::{Mutex, MutexGuard};
 
 use common::ops::fill;
 use common::{Config, Daemon, SetJson};
+
+fn start() -> Daemon {
+    Daemon::start(Config::default().line("writeback_cache = true"))
+}
+
+/// One test at a time: any fork in this process (another test starting a
+/// daemon) would flush the files a test holds open, and hide a missing flush.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn serial() -> MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A set, asked for without forking (see `try_create_set_in_process`).
+fn create(d: &Daemon) -> SetJson {
+    d.try_create_set_in_process().unwrap()
+}
 
 /// What the live mount reports of a file: size and mtime.
 fn seen(path: &Path) -> (u64, i64, i64) {
@@ -40,14 +58,15 @@ fn assert_in_set(d: &Daemon, set: &SetJson, rel: &str, content: &[u8], want: (u6
 
 #[test]
 fn bytes_written_and_closed_just_before_create_are_in_the_set() {
-    let d = Daemon::start(Config::default());
+    let _serial = serial();
+    let d = start();
     let live = d.live("data");
     for round in 0..12u64 {
         let rel = format!("closed-{round}");
         let data = fill(round, 100_000 + round as usize * 7919);
         fs::write(live.join(&rel), &data).unwrap();
         let want = seen(&live.join(&rel));
-        let set = d.create_set();
+        let set = create(&d);
         assert_in_set(&d, &set, &rel, &data, want);
         // The backing file has them too: close handed them to the daemon.
         assert_eq!(fs::read(d.backing("data").join(&rel)).unwrap(), data);
@@ -56,7 +75,8 @@ fn bytes_written_and_closed_just_before_create_are_in_the_set() {
 
 #[test]
 fn an_open_writer_shows_in_the_set_with_the_size_and_mtime_of_its_instant() {
-    let d = Daemon::start(Config::default());
+    let _serial = serial();
+    let d = start();
     let path = d.live("data").join("open");
     fs::write(&path, fill(1, 300_000)).unwrap();
     let mut model = fill(1, 300_000);
@@ -75,7 +95,7 @@ fn an_open_writer_shows_in_the_set_with_the_size_and_mtime_of_its_instant() {
             model.resize(end, 0);
         }
         model[offset as usize..end].copy_from_slice(&chunk);
-        sets.push((d.create_set(), model.clone(), seen(&path)));
+        sets.push((create(&d), model.clone(), seen(&path)));
     }
     // Shrink and extend through the open handle, with a write in between.
     f.set_len(12_345).unwrap();
@@ -84,7 +104,7 @@ fn an_open_writer_shows_in_the_set_with_the_size_and_mtime_of_its_instant() {
     model.truncate(12_345);
     model[9_000..9_016].copy_from_slice(b"after the shrink");
     model.resize(600_000, 0);
-    sets.push((d.create_set(), model.clone(), seen(&path)));
+    sets.push((create(&d), model.clone(), seen(&path)));
     f.write_all_at(b"later", 0).unwrap();
     drop(f);
     model[..5].copy_from_slice(b"later");
@@ -96,7 +116,8 @@ fn an_open_writer_shows_in_the_set_with_the_size_and_mtime_of_its_instant() {
 
 #[test]
 fn an_append_writer_shows_every_returned_append_in_the_set() {
-    let d = Daemon::start(Config::default());
+    let _serial = serial();
+    let d = start();
     let path = d.live("data").join("log");
     let mut f = OpenOptions::new()
         .append(true)
@@ -110,7 +131,7 @@ fn an_append_writer_shows_every_returned_append_in_the_set() {
         f.write_all(&line).unwrap();
         model.extend_from_slice(&line);
         if i % 4 == 3 {
-            sets.push((d.create_set(), model.clone(), seen(&path)));
+            sets.push((create(&d), model.clone(), seen(&path)));
         }
     }
     drop(f);
@@ -123,7 +144,8 @@ fn an_append_writer_shows_every_returned_append_in_the_set() {
 #[test]
 fn a_mapped_store_shows_in_the_set_with_its_mtime() {
     const LEN: usize = 64 * 1024;
-    let d = Daemon::start(Config::default());
+    let _serial = serial();
+    let d = start();
     let path = d.live("data").join("mapped");
     fs::write(&path, vec![b'.'; LEN]).unwrap();
     let f = OpenOptions::new()
@@ -152,7 +174,7 @@ fn a_mapped_store_shows_in_the_set_with_its_mtime() {
     let mut model = vec![b'.'; LEN];
     model[40_000..40_006].copy_from_slice(b"STORED");
     let want = seen(&path);
-    let set = d.create_set();
+    let set = create(&d);
     // SAFETY: within the mapping, which is then unmapped once.
     unsafe {
         std::ptr::copy_nonoverlapping(b"LATER".as_ptr(), at.add(40_000), 5);
@@ -165,7 +187,8 @@ fn a_mapped_store_shows_in_the_set_with_its_mtime() {
 
 #[test]
 fn a_file_written_through_a_name_removed_since_shows_under_its_other_name() {
-    let d = Daemon::start(Config::default());
+    let _serial = serial();
+    let d = start();
     let live = d.live("data");
     fs::write(live.join("a"), b"old").unwrap();
     fs::hard_link(live.join("a"), live.join("b")).unwrap();
@@ -177,7 +200,7 @@ fn a_file_written_through_a_name_removed_since_shows_under_its_other_name() {
     f.write_all_at(b"new bytes", 0).unwrap();
     fs::remove_file(live.join("a")).unwrap();
     let want = seen(&live.join("b"));
-    let set = d.create_set();
+    let set = create(&d);
     assert_in_set(&d, &set, "b", b"new bytes", want);
     drop(f);
     assert_eq!(fs::read(live.join("b")).unwrap(), b"new bytes");

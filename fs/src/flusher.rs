@@ -2,7 +2,8 @@
 //! writeback cache still holds for the live mounts, from a thread that
 //! serves no FUSE request. It owns that thread and knows its id, so that the
 //! live mount can tell the daemon's own FSYNCs from an application's. It
-//! never holds a gate and never opens a backing file.
+//! never holds a gate and never opens a backing file (it only borrows the
+//! handle syscall wrapper of backing.rs, for files on the live mount).
 //!
 //! With the writeback cache a write() returns once its bytes are in the
 //! kernel's page cache, and the kernel owns the file's size and mtime until
@@ -14,16 +15,24 @@
 //! the times; `sync_file_range` sends no times, and `syncfs` is no barrier
 //! on FUSE. The FSYNC that ends it needs no backing fsync: a set promises
 //! what was written, not durability the application never asked for.
+//!
+//! Files are opened by FUSE file handle, not by path: a file open for
+//! writing may have been renamed, or may only be reachable through a link
+//! other than the one it was opened by. The kernel resolves a FUSE handle
+//! from its inode cache, where every open file's inode is.
 
 use std::collections::HashSet;
-use std::fs::OpenOptions;
+use std::fs::{File, OpenOptions};
 use std::io;
+use std::os::fd::AsFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 use std::sync::mpsc;
 use std::sync::{Mutex, MutexGuard};
 use std::thread;
 use std::time::Duration;
+
+use crate::backing;
 
 /// Thread ids of the flushes running in this process.
 static FLUSHERS: Mutex<Option<HashSet<u32>>> = Mutex::new(None);
@@ -61,19 +70,28 @@ impl Drop for Listed {
 /// Why a flush failed.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum FlushError {
-    #[error("flushing {path}: {source}")]
-    File { path: PathBuf, source: io::Error },
+    #[error("flushing inode {ino} of {}: {source}", mount.display())]
+    File {
+        mount: PathBuf,
+        ino: u64,
+        source: io::Error,
+    },
     #[error("flushing the files open for writing took longer than {0:?}")]
     Timeout(Duration),
     #[error("starting the flush: {0}")]
     Spawn(io::Error),
+    #[error("the flush thread died")]
+    Died,
 }
 
-/// Flushes `paths` (files on live mounts) on a thread of its own, waiting
-/// at most `timeout`. A file renamed or removed meanwhile is skipped: its
-/// close wrote it back, or another name of it is among `paths`.
-pub(crate) fn flush(paths: Vec<PathBuf>, timeout: Duration) -> Result<(), FlushError> {
-    if paths.is_empty() {
+/// Flushes, for each live mountpoint, the files of those inode numbers, on a
+/// thread of its own, waiting at most `timeout`. An inode the kernel has
+/// forgotten meanwhile was closed, and so written back.
+pub(crate) fn flush(
+    targets: Vec<(PathBuf, Vec<u64>)>,
+    timeout: Duration,
+) -> Result<(), FlushError> {
+    if targets.iter().all(|(_, inos)| inos.is_empty()) {
         return Ok(());
     }
     let (tx, rx) = mpsc::channel();
@@ -81,24 +99,60 @@ pub(crate) fn flush(paths: Vec<PathBuf>, timeout: Duration) -> Result<(), FlushE
         .name("flush".into())
         .spawn(move || {
             let _listed = Listed::me();
-            let result = paths.iter().try_for_each(|path| match flush_one(path) {
-                Err(e) if e.kind() != io::ErrorKind::NotFound => Err(FlushError::File {
-                    path: path.clone(),
-                    source: e,
-                }),
-                _ => Ok(()),
-            });
-            let _ = tx.send(result);
+            let _ = tx.send(flush_all(&targets));
         })
         .map_err(FlushError::Spawn)?;
-    rx.recv_timeout(timeout)
-        .unwrap_or(Err(FlushError::Timeout(timeout)))
+    match rx.recv_timeout(timeout) {
+        Ok(result) => result,
+        Err(mpsc::RecvTimeoutError::Timeout) => Err(FlushError::Timeout(timeout)),
+        Err(mpsc::RecvTimeoutError::Disconnected) => Err(FlushError::Died),
+    }
 }
 
-fn flush_one(path: &std::path::Path) -> io::Result<()> {
-    OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY)
-        .open(path)?
-        .sync_all()
+fn flush_all(targets: &[(PathBuf, Vec<u64>)]) -> Result<(), FlushError> {
+    for (mount, inos) in targets.iter().filter(|(_, inos)| !inos.is_empty()) {
+        let failed = |ino, source| FlushError::File {
+            mount: mount.clone(),
+            ino,
+            source,
+        };
+        // Not O_PATH: open_by_handle_at refuses an O_PATH descriptor.
+        let root = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_DIRECTORY)
+            .open(mount)
+            .map_err(|e| failed(1, e))?;
+        for &ino in inos {
+            match flush_one(&root, ino) {
+                Err(e) if !matches!(e.raw_os_error(), Some(libc::ESTALE | libc::ENOENT)) => {
+                    return Err(failed(ino, e));
+                }
+                _ => {}
+            }
+        }
+    }
+    Ok(())
+}
+
+/// FUSE's file handle (fuse_encode_fh, type 0x81): the node id in two
+/// 32-bit halves, then the generation, which the live mount always gives
+/// as 0.
+fn fuse_handle(ino: u64) -> Vec<u8> {
+    const FILEID_FUSE_WITHOUT_PARENT: i32 = 0x81;
+    let mut handle = Vec::with_capacity(20);
+    handle.extend_from_slice(&12u32.to_ne_bytes());
+    handle.extend_from_slice(&FILEID_FUSE_WITHOUT_PARENT.to_ne_bytes());
+    handle.extend_from_slice(&((ino >> 32) as u32).to_ne_bytes());
+    handle.extend_from_slice(&(ino as u32).to_ne_bytes());
+    handle.extend_from_slice(&0u32.to_ne_bytes());
+    handle
+}
+
+fn flush_one(root: &File, ino: u64) -> io::Result<()> {
+    let fd = backing::open_by_handle(
+        root.as_fd(),
+        &fuse_handle(ino),
+        libc::O_RDONLY | libc::O_NONBLOCK | libc::O_NOCTTY,
+    )?;
+    File::from(fd).sync_all()
 }

@@ -21,6 +21,7 @@ pub struct MountOptions {
     /// The kernel's writeback cache on the live mount: write() returns once
     /// its bytes are in the page cache, and the kernel sends them in large
     /// requests later (or when a set is flushed, a file closed or synced).
+    /// Off by default: a daemon killed meanwhile loses what it was not sent.
     pub writeback_cache: bool,
 }
 
@@ -28,7 +29,7 @@ impl Default for MountOptions {
     fn default() -> Self {
         MountOptions {
             threads: 4,
-            writeback_cache: true,
+            writeback_cache: false,
         }
     }
 }

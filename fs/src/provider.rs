@@ -79,18 +79,14 @@ enum Race {
 
 impl Provider for CowProvider {
     fn prepare(&self, plan: &SetPlan) -> Result<(), ProviderError> {
-        let mut paths = Vec::new();
+        let mut targets = Vec::new();
         for volume in self.picked(plan)? {
             if let Some(mount) = self.mounts.get(volume.name()) {
-                paths.extend(
-                    volume
-                        .files_open_for_writing()
-                        .into_iter()
-                        .map(|rel| mount.join(rel)),
-                );
+                targets.push((mount.clone(), volume.files_open_for_writing()));
             }
         }
-        flusher::flush(paths, self.flush_timeout).map_err(|e| ProviderError::Failed(e.to_string()))
+        flusher::flush(targets, self.flush_timeout)
+            .map_err(|e| ProviderError::Failed(e.to_string()))
     }
 
     fn hold_and_commit(

@@ -28,10 +28,6 @@ impl Rig {
 
     /// Mounts over the directories of `dir`, keeping whatever state they hold.
     fn on(dir: tempfile::TempDir) -> Rig {
-        Rig::with(dir, MountOptions::default())
-    }
-
-    fn with(dir: tempfile::TempDir, opts: MountOptions) -> Rig {
         let (backing, live, snaps, state) = (
             dir.path().join("backing"),
             dir.path().join("live"),
@@ -44,6 +40,7 @@ impl Rig {
         let store = Arc::new(Store::open(&state, StoreOptions::default()).expect("store"));
         let volume = Volume::open(store.clone(), "data", &backing).expect("volume");
         let browser = Browser::new(store.clone(), vec![volume.clone()]).expect("browser");
+        let opts = MountOptions::default();
         let mounts = vec![
             mount_live(volume.clone(), &live, &opts).expect("mount live"),
             mount_snapshots(browser.clone(), &snaps, &opts).expect("mount snapshots"),
@@ -358,15 +355,7 @@ fn a_full_diff_area_deletes_the_oldest_sets_and_live_writes_go_on() {
 
 #[test]
 fn a_protected_full_diff_area_fails_the_live_write_and_keeps_every_set() {
-    // Write-through, as the daemon mounts a protected volume: the write()
-    // itself fails, not a later close.
-    let rig = Rig::with(
-        tempfile::tempdir().expect("tempdir"),
-        MountOptions {
-            writeback_cache: false,
-            ..MountOptions::default()
-        },
-    );
+    let rig = Rig::new();
     let limits = umbra_fs::DiffLimits {
         max_bytes: Some(1 << 20),
         on_full: umbra_fs::OnFull::Protect,

@@ -87,29 +87,6 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-fn fd_path(fd: i32) -> Option<std::path::PathBuf> {
-    std::fs::read_link(format!("/proc/self/fd/{fd}")).ok()
-}
-
-/// A backing path of an open file, for the flush before a set. The name it
-/// was opened by may be gone while another link still shows the file (and
-/// its unflushed pages) in the set: then the inode's last known name, if
-/// it still holds the file, stands in.
-fn backing_path(nodes: &Nodes, of: &OpenFile) -> Option<std::path::PathBuf> {
-    let opened = fd_path(of.file.as_raw_fd())?;
-    if !opened.to_string_lossy().ends_with(" (deleted)") {
-        return Some(opened);
-    }
-    let node = nodes.get(nodes.ino_of(of.object)).ok()?;
-    let (parent, name) = node.name()?;
-    let pnode = nodes.get(parent).ok()?;
-    let st = backing::statat(pnode.fd.as_fd(), &cstr(&name).ok()?).ok()?;
-    (node.object == of.object && st.st_ino == of.object.0)
-        .then(|| fd_path(pnode.fd.as_raw_fd()))
-        .flatten()
-        .map(|dir| dir.join(name))
-}
-
 impl LiveFs {
     pub fn new(vol: Arc<Volume>) -> Result<LiveFs> {
         let root_fd = backing::reopen_path(vol.root_fd())?;
@@ -118,13 +95,10 @@ impl LiveFs {
         let files: Arc<Mutex<HashMap<u64, Arc<OpenFile>>>> = Arc::default();
         let (listed, named) = (files.clone(), nodes.clone());
         vol.set_open_writes(Box::new(move || {
-            let open: Vec<Arc<OpenFile>> = lock(&listed)
+            lock(&listed)
                 .values()
                 .filter(|f| f.access != libc::O_RDONLY)
-                .cloned()
-                .collect();
-            open.iter()
-                .filter_map(|f| backing_path(&named, f))
+                .map(|f| named.ino_of(f.object))
                 .collect()
         }));
         Ok(LiveFs {
