@@ -45,6 +45,8 @@ pub struct Config {
     pub name_format: NameFormat,
     /// FUSE worker threads per mount.
     pub threads: usize,
+    /// The kernel's writeback cache on the live mounts.
+    pub writeback_cache: bool,
     /// Control clients served at once; one more is refused.
     pub max_clients: usize,
     /// The group whose members may use the control socket (mode 0660);
@@ -204,6 +206,7 @@ struct RawConfig {
     snapshots: PathBuf,
     name_format: Option<String>,
     threads: Option<usize>,
+    writeback_cache: Option<bool>,
     max_clients: Option<usize>,
     socket_group: Option<String>,
     #[serde(default, deserialize_with = "seconds")]
@@ -428,6 +431,7 @@ impl RawConfig {
                 self.name_format.as_deref().unwrap_or(DEFAULT_NAME_FORMAT),
             )?,
             threads: self.threads.unwrap_or(DEFAULT_THREADS),
+            writeback_cache: self.writeback_cache.unwrap_or(false),
             max_clients: self.max_clients.unwrap_or(DEFAULT_MAX_CLIENTS),
             socket_group: match &self.socket_group {
                 None => None,
@@ -658,6 +662,15 @@ mount = "/srv/data"
         assert_eq!(config.socket, Path::new("/var/lib/umbra/control.sock"));
         assert_eq!(config.threads, 4);
         assert_eq!(config.name_format, NameFormat::default());
+    }
+
+    #[test]
+    fn the_writeback_cache_is_off_unless_asked_for() {
+        assert!(!parse(MINIMAL).expect("valid").writeback_cache);
+        for (line, want) in [("true", true), ("false", false)] {
+            let text = format!("writeback_cache = {line}\n{MINIMAL}");
+            assert_eq!(parse(&text).expect("valid").writeback_cache, want);
+        }
     }
 
     #[test]

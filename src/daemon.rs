@@ -162,6 +162,7 @@ fn start(
 ) -> Result<(Arc<Service>, control::SocketFile), DaemonError> {
     let options = MountOptions {
         threads: config.threads,
+        writeback_cache: config.writeback_cache,
     };
     for (volume, conf) in volumes.iter().zip(&config.volumes) {
         mounts.mount_live(volume, conf, &options)?;

@@ -55,6 +55,15 @@ struct Recorded {
     deleted: bool,
 }
 
+/// How the live mount caches writes: write-through (the default), or the
+/// kernel's writeback cache (`writeback_cache = true`), whose pages, sizes
+/// and mtimes must reach every set through the flush before its hold.
+#[derive(Clone, Copy, Debug)]
+enum Cache {
+    WriteThrough,
+    Writeback,
+}
+
 /// One daemon, one reference tree, and what the sets should show.
 struct Run {
     // Slots are declared (and so dropped) before the daemon: no fd may stay
@@ -65,12 +74,17 @@ struct Run {
     live: PathBuf,
     reference: PathBuf,
     daemon: Daemon,
+    cache: Cache,
 }
 
 impl Run {
-    fn new() -> Result<Run, Failure> {
-        let daemon = Daemon::try_start(Config::default())
-            .map_err(|e| fail(0, format!("starting the daemon: {e}")))?;
+    fn new(cache: Cache) -> Result<Run, Failure> {
+        let config = match cache {
+            Cache::WriteThrough => Config::default(),
+            Cache::Writeback => Config::default().line("writeback_cache = true"),
+        };
+        let daemon =
+            Daemon::try_start(config).map_err(|e| fail(0, format!("starting the daemon: {e}")))?;
         let live = daemon.live("data");
         let reference = daemon.scratch("reference");
         // Both roots start as the same empty directory.
@@ -85,6 +99,7 @@ impl Run {
             live,
             reference,
             daemon,
+            cache,
         })
     }
 
@@ -127,10 +142,12 @@ impl Run {
     }
 
     fn create_set(&mut self, i: usize) -> Result<(), Failure> {
-        let set = self
-            .daemon
-            .try_create_set()
-            .map_err(|e| fail(i, format!("op #{i} set: {e}")))?;
+        let set = match self.cache {
+            Cache::WriteThrough => self.daemon.try_create_set(),
+            // No fork: it would flush the files the slots hold open.
+            Cache::Writeback => self.daemon.try_create_set_in_process(),
+        }
+        .map_err(|e| fail(i, format!("op #{i} set: {e}")))?;
         let image = Manifest::try_capture(&self.live, &[])
             .map_err(|e| fail(i, format!("capturing live: {e}")))?;
         let reference = Manifest::try_capture(&self.reference, &[])
@@ -275,9 +292,9 @@ impl Run {
 }
 
 /// Replays `ops` against a fresh daemon and reference.
-fn replay(ops: &[Op]) -> Result<(), Failure> {
+fn replay(ops: &[Op], cache: Cache) -> Result<(), Failure> {
     let result = catch_unwind(AssertUnwindSafe(|| {
-        let mut run = Run::new()?;
+        let mut run = Run::new(cache)?;
         for (i, op) in ops.iter().enumerate() {
             run.step(i, op)?;
         }
@@ -298,9 +315,9 @@ fn replay(ops: &[Op]) -> Result<(), Failure> {
 
 /// Generates and runs `n` ops (plus a final set) from `seed`; on failure
 /// returns the ops so far and the failure.
-fn generate_and_run(seed: u64, n: usize) -> Result<Vec<Op>, (Vec<Op>, Failure)> {
+fn generate_and_run(seed: u64, n: usize, cache: Cache) -> Result<Vec<Op>, (Vec<Op>, Failure)> {
     let mut ops = Vec::with_capacity(n + 1);
-    let mut run = match Run::new() {
+    let mut run = match Run::new(cache) {
         Ok(r) => r,
         Err(f) => return Err((ops, f)),
     };
@@ -340,7 +357,7 @@ fn random_seed() -> u64 {
 }
 
 /// Shrinks a failing list, writes it to a file and panics with all of it.
-fn report(seed: Option<u64>, ops: Vec<Op>, first: Failure) -> ! {
+fn report(seed: Option<u64>, ops: Vec<Op>, first: Failure, cache: Cache) -> ! {
     let budget =
         Duration::from_secs(env_u64("UMBRA_ORACLE_SHRINK_SECS").unwrap_or(DEFAULT_SHRINK_SECS));
     let original_len = ops.len();
@@ -351,7 +368,7 @@ fn report(seed: Option<u64>, ops: Vec<Op>, first: Failure) -> ! {
         first.at,
         first.message,
         budget,
-        |candidate| match replay(candidate) {
+        |candidate| match replay(candidate, cache) {
             Ok(()) => Verdict::Pass,
             Err(f) => Verdict::Fail {
                 at: f.at,
@@ -359,8 +376,8 @@ fn report(seed: Option<u64>, ops: Vec<Op>, first: Failure) -> ! {
             },
         },
     );
-    let seed_text = seed.map_or("replayed list".to_string(), |s| {
-        format!("UMBRA_ORACLE_SEED={s}")
+    let seed_text = seed.map_or(format!("replayed list, {cache:?}"), |s| {
+        format!("UMBRA_ORACLE_SEED={s}, {cache:?}")
     });
     let file = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!(
         "oracle-{}.ops",
@@ -395,26 +412,49 @@ fn report(seed: Option<u64>, ops: Vec<Op>, first: Failure) -> ! {
     );
 }
 
+/// One oracle at a time: another test's forks (starting a daemon, running
+/// the CLI) would flush the files a writeback run holds open, and hide a
+/// missing flush before a hold.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 #[test]
 fn random_live_ops_match_a_native_reference_and_every_set_keeps_its_image() {
+    let _serial = serial();
+    run_or_replay(Cache::WriteThrough);
+}
+
+#[test]
+fn with_the_writeback_cache_every_set_keeps_its_image_too() {
+    let _serial = serial();
+    run_or_replay(Cache::Writeback);
+}
+
+fn run_or_replay(cache: Cache) {
     if let Some(path) = std::env::var_os("UMBRA_ORACLE_REPLAY") {
         let text = fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {path:?}: {e}"));
         let ops = ops::parse_ops(&text).unwrap_or_else(|e| panic!("parsing {path:?}: {e}"));
-        eprintln!("oracle: replaying {} ops from {path:?}", ops.len());
-        if let Err(f) = replay(&ops) {
-            report(None, ops, f);
+        eprintln!(
+            "oracle: replaying {} ops from {path:?}, {cache:?}",
+            ops.len()
+        );
+        if let Err(f) = replay(&ops, cache) {
+            report(None, ops, f, cache);
         }
     } else {
-        generate_run_and_report();
+        generate_run_and_report(cache);
     }
 }
 
-fn generate_run_and_report() {
+fn generate_run_and_report(cache: Cache) {
     let seed = env_u64("UMBRA_ORACLE_SEED").unwrap_or_else(random_seed);
     let n = env_u64("UMBRA_ORACLE_OPS").map_or(DEFAULT_OPS, |n| n as usize);
-    eprintln!("oracle: UMBRA_ORACLE_SEED={seed} UMBRA_ORACLE_OPS={n}");
+    eprintln!("oracle: UMBRA_ORACLE_SEED={seed} UMBRA_ORACLE_OPS={n}, {cache:?}");
     let started = Instant::now();
-    match generate_and_run(seed, n) {
+    match generate_and_run(seed, n, cache) {
         Ok(ops) => {
             let sets = ops.iter().filter(|o| matches!(o, Op::CreateSet)).count();
             let restarts = ops.iter().filter(|o| matches!(o, Op::Restart)).count();
@@ -424,7 +464,7 @@ fn generate_run_and_report() {
                 started.elapsed()
             );
         }
-        Err((ops, f)) => report(Some(seed), ops, f),
+        Err((ops, f)) => report(Some(seed), ops, f, cache),
     }
 }
 
@@ -535,20 +575,36 @@ const PINNED: &[(&str, &str)] = &[
          delete-set 0
          restart",
     ),
+    (
+        // The writeback flush opened files by the path their descriptor
+        // showed: '(deleted)' once the name they were opened by was gone,
+        // though another link still showed the file in the set.
+        "writeback_flush_missed_a_file_open_by_a_removed_link",
+        "create a mode=777
+         link a c
+         restart
+         open 0 c
+         unlink c
+         fdwrite 0 off=45224 len=51940 seed=7061114034077812044
+         set",
+    ),
 ];
 
 #[test]
 fn pinned_op_lists_keep_every_set_whole() {
+    let _serial = serial();
     let mut failures = Vec::new();
     for (name, text) in PINNED {
         let ops = ops::parse_ops(text).unwrap_or_else(|e| panic!("pinned list {name}: {e}"));
-        if let Err(f) = replay(&ops) {
-            failures.push(format!(
-                "{name}: at op #{}: {}\n--- ops ---\n{}",
-                f.at,
-                f.message,
-                ops::format_ops(&ops)
-            ));
+        for cache in [Cache::WriteThrough, Cache::Writeback] {
+            if let Err(f) = replay(&ops, cache) {
+                failures.push(format!(
+                    "{name} ({cache:?}): at op #{}: {}\n--- ops ---\n{}",
+                    f.at,
+                    f.message,
+                    ops::format_ops(&ops)
+                ));
+            }
         }
     }
     assert!(

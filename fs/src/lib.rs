@@ -18,6 +18,7 @@ mod core_tests;
 mod cow;
 mod diff;
 mod error;
+mod flusher;
 mod live;
 mod mount;
 mod provider;

@@ -18,11 +18,19 @@ use crate::{Browser, Result, Volume};
 pub struct MountOptions {
     /// FUSE worker threads.
     pub threads: usize,
+    /// The kernel's writeback cache on the live mount: write() returns once
+    /// its bytes are in the page cache, and the kernel sends them in large
+    /// requests later (or when a set is flushed, a file closed or synced).
+    /// Off by default: a daemon killed meanwhile loses what it was not sent.
+    pub writeback_cache: bool,
 }
 
 impl Default for MountOptions {
     fn default() -> Self {
-        MountOptions { threads: 4 }
+        MountOptions {
+            threads: 4,
+            writeback_cache: false,
+        }
     }
 }
 
@@ -89,6 +97,7 @@ pub fn mount_live(
     let name = format!("umbra:{}", volume.name());
     let fs = LiveAdapter {
         fs: LiveFs::new(volume)?,
+        writeback_cache: options.writeback_cache,
     };
     let session = fuser::spawn_mount(fs, mountpoint, &config(name, false, options.threads))
         .context(|| format!("mounting {}", mountpoint.display()))?;

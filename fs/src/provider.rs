@@ -5,20 +5,14 @@
 //! untouched as soon as they are had) and the set is aborted. It never
 //! talks to a writer.
 //!
-//! Flushing (`prepare`, after the writers froze): the live mount is
-//! write-through (no writeback cache), so every write() that returned is
-//! already in the daemon; what the kernel may still hold are the dirty pages
-//! of shared writable mappings. For every file the live mount has open for
-//! writing (a mapping keeps its file open), `sync_file_range` through the
-//! mount, from this thread (never a FUSE request handler), hands them to
-//! the daemon before the hold. `syncfs` would not: it is no barrier on FUSE.
+//! Flushing (`prepare`, after the writers froze): every file the live
+//! mounts have open for writing (a mapping keeps its file open) is flushed
+//! through its mount by `flusher`, so that the kernel's writeback cache
+//! has handed the daemon every write() that returned, with its size and
+//! mtime, before the hold.
 
 use std::collections::HashMap;
-use std::fs::OpenOptions;
-use std::io;
-use std::os::fd::AsRawFd;
-use std::os::unix::fs::OpenOptionsExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::thread;
@@ -28,6 +22,7 @@ use umbra_coordinator::{Committed, Provider, ProviderError, SetPlan, SetWriter};
 use umbra_store::{NewSet, SetId, SetWriterRecord, Store, Timestamp};
 
 use crate::Volume;
+use crate::flusher;
 use crate::shadow::{Pending, commit_held, delete_set};
 
 pub struct CowProvider {
@@ -84,34 +79,14 @@ enum Race {
 
 impl Provider for CowProvider {
     fn prepare(&self, plan: &SetPlan) -> Result<(), ProviderError> {
-        let mut paths = Vec::new();
+        let mut targets = Vec::new();
         for volume in self.picked(plan)? {
             if let Some(mount) = self.mounts.get(volume.name()) {
-                paths.extend(
-                    volume
-                        .files_open_for_writing()
-                        .into_iter()
-                        .map(|rel| mount.join(rel)),
-                );
+                targets.push((mount.clone(), volume.files_open_for_writing()));
             }
         }
-        if paths.is_empty() {
-            return Ok(());
-        }
-        let (tx, rx) = mpsc::channel();
-        thread::Builder::new()
-            .name("flush".into())
-            .spawn(move || {
-                let _ = tx.send(flush(&paths));
-            })
-            .map_err(|e| ProviderError::Failed(format!("starting the flush: {e}")))?;
-        match rx.recv_timeout(self.flush_timeout) {
-            Ok(result) => result,
-            Err(_) => Err(ProviderError::Failed(format!(
-                "flushing the files open for writing took longer than {:?}",
-                self.flush_timeout
-            ))),
-        }
+        flusher::flush(targets, self.flush_timeout)
+            .map_err(|e| ProviderError::Failed(e.to_string()))
     }
 
     fn hold_and_commit(
@@ -198,39 +173,6 @@ impl Provider for CowProvider {
     }
 
     fn release(&self, _plan: &SetPlan) {}
-}
-
-/// Hands the kernel's dirty pages of each file to the daemon through the
-/// mount. A file renamed or removed meanwhile is skipped.
-fn flush(paths: &[PathBuf]) -> Result<(), ProviderError> {
-    for path in paths {
-        match flush_one(path) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => {
-                return Err(ProviderError::Failed(format!(
-                    "flushing {}: {e}",
-                    path.display()
-                )));
-            }
-        }
-    }
-    Ok(())
-}
-
-fn flush_one(path: &Path) -> io::Result<()> {
-    let file = OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY)
-        .open(path)?;
-    let flags = libc::SYNC_FILE_RANGE_WAIT_BEFORE
-        | libc::SYNC_FILE_RANGE_WRITE
-        | libc::SYNC_FILE_RANGE_WAIT_AFTER;
-    // SAFETY: a valid fd; offset 0 and length 0 mean the whole file.
-    if unsafe { libc::sync_file_range(file.as_raw_fd(), 0, 0, flags) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
 }
 
 #[cfg(test)]

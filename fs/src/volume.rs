@@ -24,8 +24,6 @@ pub struct Volume {
     id: VolumeId,
     name: String,
     backing_path: PathBuf,
-    /// `backing_path` with every symlink resolved, as /proc names files.
-    backing_real: PathBuf,
     root: OwnedFd,
     root_object: ObjectId,
     aside_dir: OwnedFd,
@@ -44,12 +42,12 @@ pub struct Volume {
     /// the kernel still knew them: their pins stay until it forgets them.
     held: Mutex<HashSet<u64>>,
     pub(crate) cow: Cow,
-    /// Lists the backing paths of the files the live mount has open for
+    /// Lists the inode numbers of the files the live mount has open for
     /// writing; installed by the live mount.
     open_writes: Mutex<Option<OpenWrites>>,
 }
 
-pub(crate) type OpenWrites = Box<dyn Fn() -> Vec<PathBuf> + Send + Sync>;
+pub(crate) type OpenWrites = Box<dyn Fn() -> Vec<u64> + Send + Sync>;
 
 impl Volume {
     /// Opens the backing directory of volume `name` and registers the volume
@@ -99,8 +97,6 @@ impl Volume {
             id: info.id,
             name: name.to_string(),
             backing_path: backing.to_path_buf(),
-            backing_real: std::fs::canonicalize(backing)
-                .context(|| format!("resolving {}", backing.display()))?,
             root,
             root_object,
             aside_dir,
@@ -147,10 +143,10 @@ impl Volume {
     }
 
     /// The files of the live volume open for writing (a shared writable
-    /// mapping keeps its file open), as paths relative to the volume's
-    /// root. Files with no name left (unlinked, moved aside) are not listed.
-    pub fn files_open_for_writing(&self) -> Vec<PathBuf> {
-        let listed = match self
+    /// mapping keeps its file open), by their inode numbers on the live
+    /// mount: whatever name they have now, or none.
+    pub fn files_open_for_writing(&self) -> Vec<u64> {
+        let mut inos = match self
             .open_writes
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -159,18 +155,9 @@ impl Volume {
             Some(list) => list(),
             None => return Vec::new(),
         };
-        let mut rel: Vec<PathBuf> = listed
-            .into_iter()
-            .filter_map(|p| {
-                p.strip_prefix(&self.backing_real)
-                    .ok()
-                    .map(Path::to_path_buf)
-            })
-            .filter(|p| !p.starts_with(HIDDEN_DIR) && !p.to_string_lossy().ends_with(" (deleted)"))
-            .collect();
-        rel.sort();
-        rel.dedup();
-        rel
+        inos.sort_unstable();
+        inos.dedup();
+        inos
     }
 
     pub(crate) fn store(&self) -> &Arc<Store> {

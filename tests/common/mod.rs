@@ -692,6 +692,36 @@ impl Daemon {
         self.try_create_set_with(&[])
     }
 
+    /// A set of every volume, asked for on the control socket by this very
+    /// process. Running the CLI would fork, and the child closing its copies
+    /// of this process's descriptors flushes their files on a live mount
+    /// with the writeback cache: a test of the flush before the hold must
+    /// not fork between its writes and its set.
+    pub fn try_create_set_in_process(&self) -> Result<SetJson, String> {
+        use std::io::Write as _;
+        let socket = &self.layout.socket;
+        let mut stream = std::os::unix::net::UnixStream::connect(socket)
+            .map_err(|e| format!("connecting to {}: {e}", socket.display()))?;
+        stream
+            .write_all(b"{\"op\":\"create\"}\n")
+            .map_err(|e| format!("sending create: {e}"))?;
+        let mut line = String::new();
+        BufReader::new(stream)
+            .read_line(&mut line)
+            .map_err(|e| format!("reading the answer to create: {e}"))?;
+        #[derive(Deserialize)]
+        #[serde(rename_all = "snake_case")]
+        enum Answer {
+            Ok(SetJson),
+            Error(String),
+        }
+        match serde_json::from_str(&line) {
+            Ok(Answer::Ok(set)) => Ok(set),
+            Ok(Answer::Error(e)) => Err(format!("create: {e}")),
+            Err(e) => Err(format!("create answered {line:?}: {e}")),
+        }
+    }
+
     pub fn try_list_sets(&self) -> Result<Vec<SetJson>, String> {
         let stdout = self.try_umbra_ok(&["list", "--json"])?;
         serde_json::from_str(&stdout)

@@ -54,12 +54,17 @@ pub(crate) struct OpenFile {
 
 pub(crate) struct LiveFs {
     vol: Arc<Volume>,
-    nodes: Nodes,
+    nodes: Arc<Nodes>,
     /// Shared with the volume, which lists the files open for writing
     /// when a set is flushed (see `Volume::files_open_for_writing`).
     files: Arc<Mutex<HashMap<u64, Arc<OpenFile>>>>,
     dirs: Mutex<HashMap<u64, Arc<Vec<Listing>>>>,
     next_fh: AtomicU64,
+    /// With the writeback cache the kernel owns a regular file's mtime: it
+    /// sends it by SETATTR whenever it changes it, and shows it whatever the
+    /// backing file says. Writes applied here must then leave the backing
+    /// mtime as it was, or a set would show a time the live mount never did.
+    kernel_mtime: bool,
 }
 
 fn errno(e: i32) -> FsError {
@@ -86,16 +91,14 @@ impl LiveFs {
     pub fn new(vol: Arc<Volume>) -> Result<LiveFs> {
         let root_fd = backing::reopen_path(vol.root_fd())?;
         let aliases = vol.store().aliases(vol.id())?;
-        let nodes = Nodes::new(root_fd, vol.root_object(), aliases);
+        let nodes = Arc::new(Nodes::new(root_fd, vol.root_object(), aliases));
         let files: Arc<Mutex<HashMap<u64, Arc<OpenFile>>>> = Arc::default();
-        let listed = files.clone();
+        let (listed, named) = (files.clone(), nodes.clone());
         vol.set_open_writes(Box::new(move || {
             lock(&listed)
                 .values()
                 .filter(|f| f.access != libc::O_RDONLY)
-                .filter_map(|f| {
-                    std::fs::read_link(format!("/proc/self/fd/{}", f.file.as_raw_fd())).ok()
-                })
+                .map(|f| named.ino_of(f.object))
                 .collect()
         }));
         Ok(LiveFs {
@@ -104,7 +107,13 @@ impl LiveFs {
             files,
             dirs: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
+            kernel_mtime: false,
         })
+    }
+
+    /// Called once the kernel agreed to a writeback cache, before any request.
+    pub fn kernel_owns_mtime(&mut self) {
+        self.kernel_mtime = true;
     }
 
     fn hidden(parent: u64, name: &OsStr) -> bool {
@@ -154,6 +163,34 @@ impl LiveFs {
             }),
         );
         fh
+    }
+
+    /// Runs `change` on a regular file, keeping its backing mtime if the
+    /// kernel owns it. Called under the object's mutation, which orders it
+    /// with the kernel's SETATTRs of the same file.
+    fn keeping_mtime<T>(
+        &self,
+        fd: BorrowedFd<'_>,
+        change: impl FnOnce() -> Result<T>,
+    ) -> Result<T> {
+        if !self.kernel_mtime {
+            return change();
+        }
+        let before = backing::fstat(fd)?;
+        let result = change()?;
+        let times = [
+            libc::timespec {
+                tv_sec: 0,
+                tv_nsec: libc::UTIME_OMIT,
+            },
+            libc::timespec {
+                tv_sec: before.st_mtime,
+                tv_nsec: before.st_mtime_nsec,
+            },
+        ];
+        // SAFETY: times points at two timespecs; fd is open.
+        check(unsafe { libc::futimens(fd.as_raw_fd(), times.as_ptr()) })?;
+        Ok(result)
     }
 
     pub fn lookup(&self, parent: u64, name: &OsStr) -> Result<Attr> {
@@ -257,7 +294,11 @@ impl LiveFs {
             check(unsafe { libc::chmod(path.as_ptr(), mode & 0o7777) })?;
         }
         if let (Some(size), Some(file)) = (set.size, &truncate_file) {
-            file.set_len(size)?;
+            if set.mtime.is_some() {
+                file.set_len(size)?;
+            } else {
+                self.keeping_mtime(file.as_fd(), || Ok(file.set_len(size)?))?;
+            }
         }
         if set.atime.is_some() || set.mtime.is_some() {
             let spec = |t: Option<TimeSet>| match t {
@@ -805,7 +846,9 @@ impl LiveFs {
         m.blocks(of.object, of.file.as_fd(), &of.file, offset, end)?;
         m.preserve()?;
         debug_assert!(m.all_stored());
-        of.file.write_all_at(data, offset)?;
+        self.keeping_mtime(of.file.as_fd(), || {
+            Ok(of.file.write_all_at(data, offset)?)
+        })?;
         Ok(data.len() as u32)
     }
 
@@ -853,9 +896,13 @@ impl LiveFs {
         }
         m.preserve()?;
         debug_assert!(m.all_stored());
-        // SAFETY: plain syscall on an owned descriptor.
-        check(unsafe { libc::fallocate64(fd.as_raw_fd(), mode, offset as i64, length as i64) })?;
-        Ok(())
+        self.keeping_mtime(fd, || {
+            // SAFETY: plain syscall on an owned descriptor.
+            check(unsafe {
+                libc::fallocate64(fd.as_raw_fd(), mode, offset as i64, length as i64)
+            })?;
+            Ok(())
+        })
     }
 
     pub fn opendir(&self, ino: u64) -> Result<u64> {

@@ -6,13 +6,14 @@ use std::path::Path;
 use std::time::{Duration, UNIX_EPOCH};
 
 use fuser::{
-    FileHandle, Filesystem, FopenFlags, Generation, INodeNo, KernelConfig, LockOwner, OpenFlags,
-    RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry,
-    ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    FileHandle, Filesystem, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig, LockOwner,
+    OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty,
+    ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use umbra_store::Timestamp;
 
 use super::core::{Caller, LiveFs, SetAttrs, TimeSet};
+use crate::flusher;
 use crate::reply::{self, errno};
 
 /// Only umbra changes the backing directory while it is mounted, so the
@@ -21,6 +22,7 @@ const TTL: Duration = Duration::from_secs(60);
 
 pub(crate) struct LiveAdapter {
     pub fs: LiveFs,
+    pub writeback_cache: bool,
 }
 
 fn caller(req: &Request) -> Caller {
@@ -73,6 +75,14 @@ impl Filesystem for LiveAdapter {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         let _ = config.set_max_write(1024 * 1024);
         let _ = config.set_max_readahead(1024 * 1024);
+        if self.writeback_cache {
+            match config.add_capabilities(InitFlags::FUSE_WRITEBACK_CACHE) {
+                Ok(()) => self.fs.kernel_owns_mtime(),
+                Err(_) => {
+                    tracing::warn!("the kernel offers no FUSE writeback cache: write-through")
+                }
+            }
+        }
         Ok(())
     }
 
@@ -277,12 +287,17 @@ impl Filesystem for LiveAdapter {
 
     fn fsync(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino: INodeNo,
         fh: FileHandle,
         datasync: bool,
         reply: ReplyEmpty,
     ) {
+        // The kernel sent every dirty page and the times before this request;
+        // a set's flush needs nothing more (see flusher.rs).
+        if flusher::is_flusher(req.pid()) {
+            return reply.ok();
+        }
         empty!(reply, self.fs.fsync(fh.0, datasync))
     }
 
