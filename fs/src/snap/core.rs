@@ -762,13 +762,15 @@ impl Browser {
             return Err(errno(libc::EINVAL));
         }
         let (data, len) = self.read_object(ino, &node, offset, size)?;
-        if offset == 0 && len <= ahead::SMALL && self.ahead_jobs_taken() {
+        if offset == 0 && len <= ahead::SMALL && self.connected() {
             self.ahead.read(node.parent, node.index);
         }
         Ok(data)
     }
 
-    fn ahead_jobs_taken(&self) -> bool {
+    /// Whether a mount connected the browser (and its read-ahead thread
+    /// takes jobs).
+    fn connected(&self) -> bool {
         lock(&self.ahead_jobs).is_none()
     }
 
