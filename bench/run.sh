@@ -25,6 +25,8 @@
 #   BENCH_OUT=FILE       the Markdown report (default BENCHMARKS-latest.md)
 #   BENCH_KEEP=1         keep the temporary directory (and its raw results)
 #   BENCH_NO_BUILD=1     use the umbra binary already built
+#   BENCH_UMBRA_CONFIG   top-level lines added to umbra's config, e.g.
+#                        'writeback_cache = true'
 #   CARGO_TARGET_DIR     where cargo builds (default ./target)
 #
 # Benchmarks are never pass/fail: this prints numbers and exits 0 unless the
@@ -178,6 +180,7 @@ for n in "${CREATE_SIZES[@]}"; do VOLS+=("f$n"); done
 {
   echo "state_dir = \"$U/state\""
   echo "snapshots = \"$SNAPS\""
+  [ -z "${BENCH_UMBRA_CONFIG:-}" ] || echo "$BENCH_UMBRA_CONFIG"
   for v in "${VOLS[@]}"; do
     printf '[[volume]]\nname = "%s"\nbacking = "%s"\nmount = "%s"\n' "$v" "$U/$v.back" "$U/$v"
     mkdir -p "$U/$v.back" "$U/$v"
