@@ -74,8 +74,10 @@ pub(crate) fn commit_held(
     Ok(Some((set, held.elapsed())))
 }
 
-/// Deletes a set and the records no other set needs. Snapshot reads of
-/// the set's volumes wait while the records are pruned.
+/// Deletes a set and everything no other set needs. Snapshot reads of the
+/// set's volumes wait only while the set itself goes: what no remaining set
+/// needs is then collected in short steps, which neither they nor live
+/// writes resolve to or wait for long.
 pub fn delete_set(store: &Store, volumes: &[Arc<Volume>], set: SetId) -> Result<()> {
     let info = store.sets()?.into_iter().find(|s| s.id == set);
     let involved: Vec<&Arc<Volume>> = volumes
@@ -87,8 +89,9 @@ pub fn delete_set(store: &Store, volumes: &[Arc<Volume>], set: SetId) -> Result<
         .collect();
     {
         let _retiring: Vec<_> = involved.iter().map(|v| v.retiring(set)).collect();
-        store.delete_set(set)?;
+        store.remove_set(set)?;
     }
+    store.collect()?;
     let remaining = store.sets()?;
     for vol in involved {
         let any = remaining

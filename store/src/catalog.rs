@@ -5,7 +5,9 @@
 //! store.rs; this file owns only the database's shape.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use rusqlite::config::DbConfig;
 use rusqlite::{Connection, OpenFlags};
@@ -107,6 +109,8 @@ const STATEMENTS: usize = 64;
 
 pub(crate) struct Catalog {
     writer: Mutex<Connection>,
+    /// Threads waiting for the writer right now.
+    waiting: AtomicUsize,
     readers: Mutex<Vec<Connection>>,
     reader_returned: Condvar,
 }
@@ -161,13 +165,34 @@ impl Catalog {
         }
         Ok(Catalog {
             writer: Mutex::new(writer),
+            waiting: AtomicUsize::new(0),
             readers: Mutex::new(readers),
             reader_returned: Condvar::new(),
         })
     }
 
     pub fn writer(&self) -> MutexGuard<'_, Connection> {
-        lock(&self.writer)
+        self.waiting.fetch_add(1, Ordering::SeqCst);
+        let conn = lock(&self.writer);
+        self.waiting.fetch_sub(1, Ordering::SeqCst);
+        conn
+    }
+
+    /// For background work (collection, compaction) between two of its
+    /// transactions: lets whoever waits for the writer (a live write's
+    /// pre-images) take it first. The mutex is not fair: a thread that
+    /// unlocks and locks again at once can keep a waiter out for as long as
+    /// it loops. Gives up after a few milliseconds, so a steady stream of
+    /// writers cannot hold the background work off for good.
+    pub fn let_writers_in(&self) {
+        self.let_writers_in_within(Duration::from_millis(10));
+    }
+
+    fn let_writers_in_within(&self, patience: Duration) {
+        let deadline = Instant::now() + patience;
+        while self.waiting.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_micros(100));
+        }
     }
 
     pub fn reader(&self) -> Reader<'_> {
@@ -234,4 +259,34 @@ fn migrate(conn: &Connection) -> Result<()> {
         ))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn background_work_lets_a_waiting_writer_in_first() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let catalog = Catalog::open(&tmp.path().join("catalog.db")).expect("open");
+        let order = Mutex::new(Vec::new());
+        std::thread::scope(|s| {
+            let held = catalog.writer();
+            let waiter = s.spawn(|| {
+                let _conn = catalog.writer();
+                lock(&order).push("live write");
+            });
+            while catalog.waiting.load(Ordering::SeqCst) == 0 {
+                std::thread::yield_now();
+            }
+            // A batch ends and the next one starts at once.
+            drop(held);
+            catalog.let_writers_in_within(Duration::from_secs(10));
+            let _next = catalog.writer();
+            lock(&order).push("next batch");
+            drop(_next);
+            waiter.join().expect("waiter");
+        });
+        assert_eq!(*lock(&order), ["live write", "next batch"]);
+    }
 }

@@ -18,6 +18,8 @@ use crate::{ChunkHash, Error, Result};
 
 pub(crate) const MAGIC: &[u8; 8] = b"UMBRAPK1";
 pub(crate) const CHUNK_HEADER: u64 = 4 + 32;
+/// Bytes one hole-punching call frees at most.
+const PUNCH_STEP: u64 = 8 << 20;
 /// A pack is closed for appends once it passes this size.
 const PACK_TARGET_SIZE: u64 = 256 * 1024 * 1024;
 
@@ -260,9 +262,17 @@ impl Packs {
                 }
             }
             let Some((_, file)) = &open else { continue };
-            if let Err(e) = file.punch_hole(start, end - start) {
-                tracing::debug!("punching dead bytes out of pack {pack}: {e}");
-                return;
+            // A bounded range per call: the kernel holds the pack's inode
+            // lock (which appends to the active pack need) while it drops a
+            // range's pages and extents.
+            let mut at = start;
+            while at < end {
+                let len = (end - at).min(PUNCH_STEP);
+                if let Err(e) = file.punch_hole(at, len) {
+                    tracing::debug!("punching dead bytes out of pack {pack}: {e}");
+                    return;
+                }
+                at += len;
             }
         }
     }

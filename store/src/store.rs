@@ -3,7 +3,9 @@
 //! catalog transaction; resolution (the read side) finds the record with the
 //! smallest `hi >= e`, or says "unchanged: read the live object".
 
-use std::collections::HashMap;
+mod collect;
+
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -16,7 +18,7 @@ use crate::catalog::Catalog;
 use crate::durable::{GroupSync, Ticket};
 use crate::error::io_err;
 use crate::io::{OsIo, StoreIo};
-use crate::pack::{CHUNK_HEADER, ChunkLocation, MAGIC, Packs};
+use crate::pack::{ChunkLocation, Packs};
 use crate::records::{decode, encode};
 use crate::{
     AttrRecord, ChunkHash, DirEntry, Epoch, Error, ObjectId, Result, SetId, Timestamp, VolumeId,
@@ -171,6 +173,11 @@ pub struct Store {
     /// catalog names them) and by whoever punches dead bytes: no punch
     /// ever reaches a copy in flight.
     reclaim: Mutex<()>,
+    /// One collection (pruning, dropping unnamed chunks) at a time.
+    collecting: Mutex<()>,
+    /// While a collection looks for unnamed chunks: those `preserve` named
+    /// again meanwhile, which it must keep.
+    renamed: Mutex<Option<HashSet<ChunkHash>>>,
 }
 
 impl Store {
@@ -220,6 +227,8 @@ impl Store {
             wal: Mutex::new(WalSync::default()),
             mark: Mutex::new(None),
             reclaim: Mutex::new(()),
+            collecting: Mutex::new(()),
+            renamed: Mutex::new(None),
         };
         if store.durability == Durability::Power {
             // Open may have cut a pack below the mark an earlier run left;
@@ -228,7 +237,8 @@ impl Store {
                 recover::read_mark(&store.catalog.writer())?;
             store.record_synced(false);
         }
-        store.recount()?;
+        // Finishes what a deletion cut short by a crash left to collect.
+        store.collect()?;
         store.restore_reserve();
         store.drop_interrupted_sets()?;
         Ok(store)
@@ -462,87 +472,6 @@ impl Store {
             .ok_or_else(|| Error::UnknownSet(key.to_string()))
     }
 
-    /// Deletes a set and every record no remaining set needs. Returns the
-    /// number of records dropped.
-    pub fn delete_set(&self, id: SetId) -> Result<u64> {
-        let mut conn = self.catalog.writer();
-        let tx = conn.transaction()?;
-        let volumes: Vec<i64> = {
-            let mut stmt = tx.prepare("SELECT volume_id FROM set_volumes WHERE set_id = ?1")?;
-            stmt.query_map([id.0], |r| r.get(0))?
-                .collect::<rusqlite::Result<_>>()?
-        };
-        if tx.execute("DELETE FROM sets WHERE id = ?1", [id.0])? == 0 {
-            return Err(Error::UnknownSet(id.to_string()));
-        }
-        let mut dropped = 0;
-        for volume in volumes {
-            dropped += prune_records(&tx, volume)?;
-        }
-        let unneeded = drop_unnamed_chunks(&tx)?;
-        let ticket = self.commit(tx)?;
-        drop(conn);
-        self.punch_when_durable(ticket, &unneeded)?;
-        Ok(dropped)
-    }
-
-    /// Waits until the transaction behind `ticket`, which dropped the
-    /// chunks at `dropped`, is durable; then punches their bytes out of the
-    /// packs, with the dead bytes around them. Only then: a crash before
-    /// leaves dead bytes for compaction, never a hole under a chunk a
-    /// durable row names.
-    fn punch_when_durable(&self, ticket: Ticket, dropped: &[ChunkLocation]) -> Result<()> {
-        self.make_durable(ticket)?;
-        if self.punch_holes && !dropped.is_empty() {
-            let _reclaiming = self.reclaim.lock().unwrap_or_else(|p| p.into_inner());
-            let gaps = self.dead_gaps(dropped)?;
-            self.packs.punch(&gaps);
-        }
-        self.recount()
-    }
-
-    /// The byte ranges around the dropped chunks that no chunk names: from
-    /// the end of the named chunk before each to the start of the named
-    /// chunk after it. Punching the whole gap frees the pages a chunk
-    /// shared with a neighbour dropped earlier, which punching the chunk
-    /// alone leaves allocated for good. Past the last named chunk of a pack
-    /// an append may be in flight, so a gap there ends with the dropped
-    /// chunk. Called with `reclaim` held: the only appends the catalog does
-    /// not name yet are then a `preserve`'s, at the end of the active pack.
-    fn dead_gaps(&self, dropped: &[ChunkLocation]) -> Result<Vec<(u32, u64, u64)>> {
-        let mut dropped = dropped.to_vec();
-        dropped.sort_unstable_by_key(|l| (l.pack, l.offset));
-        let conn = self.catalog.reader();
-        let mut gaps: Vec<(u32, u64, u64)> = Vec::new();
-        for loc in dropped {
-            let start = loc.offset.saturating_sub(CHUNK_HEADER);
-            let end = loc.offset + u64::from(loc.len);
-            if let Some(gap) = gaps.last_mut()
-                && gap.0 == loc.pack
-                && start < gap.2
-            {
-                gap.2 = gap.2.max(end);
-                continue;
-            }
-            let before: Option<i64> = conn
-                .prepare_cached(
-                    "SELECT offset + len FROM chunks WHERE pack = ?1 AND offset < ?2 ORDER BY offset DESC LIMIT 1",
-                )?
-                .query_row(params![loc.pack, loc.offset as i64], |r| r.get(0))
-                .optional()?;
-            let after: Option<i64> = conn
-                .prepare_cached(
-                    "SELECT offset FROM chunks WHERE pack = ?1 AND offset > ?2 ORDER BY offset LIMIT 1",
-                )?
-                .query_row(params![loc.pack, loc.offset as i64], |r| r.get(0))
-                .optional()?;
-            let from = before.map_or(MAGIC.len() as u64, |b| b as u64).min(start);
-            let to = after.map_or(end, |a| (a as u64).saturating_sub(CHUNK_HEADER).max(end));
-            gaps.push((loc.pack, from, to));
-        }
-        Ok(gaps)
-    }
-
     /// Stores `pre` as the state at the end of epoch `hi`, in one
     /// transaction: whatever of it a remaining set of the volume needs, so
     /// nothing when the volume has no set left. When this returns, a later
@@ -627,7 +556,8 @@ impl Store {
         for (object, handle) in &pre.handles {
             tx.prepare_cached(&format!(
                 "INSERT OR IGNORE INTO handles (volume_id, object, handle)
-                 SELECT ?1, ?2, ?3 WHERE {HAS_STATE}"
+                 SELECT ?1, ?2, ?3 WHERE {}",
+                collect::HAS_STATE
             ))?
             .execute(params![v, object.0 as i64, handle])?;
         }
@@ -932,34 +862,6 @@ impl Store {
             .exists(params![volume.0, object.0 as i64])?)
     }
 
-    /// Forgets freed aside objects: their aside rows, handles and every
-    /// record of them, and the chunks no record names any more.
-    pub fn forget_objects(&self, volume: VolumeId, objects: &[ObjectId]) -> Result<()> {
-        if objects.is_empty() {
-            return Ok(());
-        }
-        let mut conn = self.catalog.writer();
-        let tx = conn.transaction()?;
-        for object in objects {
-            for table in [
-                "aside",
-                "handles",
-                "block_records",
-                "attr_records",
-                "dir_records",
-            ] {
-                tx.prepare_cached(&format!(
-                    "DELETE FROM {table} WHERE volume_id = ?1 AND object = ?2"
-                ))?
-                .execute(params![volume.0, object.0 as i64])?;
-            }
-        }
-        let unneeded = drop_unnamed_chunks(&tx)?;
-        let ticket = self.commit(tx)?;
-        drop(conn);
-        self.punch_when_durable(ticket, &unneeded)
-    }
-
     /// The inode numbers live inodes present in place of aside ones: those
     /// aside inodes must keep existing, or the number could be handed out
     /// twice.
@@ -1046,6 +948,8 @@ impl Store {
             .execute(params![&hash.0[..], loc.pack, loc.offset as i64, loc.len])?;
             self.chunk_bytes
                 .fetch_add(u64::from(loc.len), Ordering::Relaxed);
+        } else {
+            self.named_again(hash);
         }
         Ok(hash)
     }
@@ -1109,108 +1013,6 @@ impl Store {
             })
             .optional()?)
     }
-
-    /// Reclaims pack space, one pack at a time, until no pack is more than
-    /// half dead. Returns the bytes given back to the filesystem.
-    pub fn compact(&self) -> Result<u64> {
-        let mut freed = 0;
-        loop {
-            let step = self.compact_step()?;
-            if step == 0 {
-                return Ok(freed);
-            }
-            freed += step;
-        }
-    }
-
-    /// One step of reclaiming pack space. `delete_set` already punches
-    /// dropped chunks out of their packs, so on a filesystem that can punch
-    /// holes this only removes packs left with no live chunk; elsewhere
-    /// (and for bytes a crash left unpunched) the pack taking the most
-    /// dead bytes (if more than half of it is dead) has its live chunks copied to the
-    /// active pack in small batches, each its own short transaction made
-    /// durable before the old pack is removed, so live writes (which need
-    /// the catalog's writer) wait for one batch at most. Returns the bytes
-    /// freed, 0 when there is nothing worth doing.
-    pub fn compact_step(&self) -> Result<u64> {
-        const BATCH: i64 = 64;
-        let _reclaiming = self.reclaim.lock().unwrap_or_else(|p| p.into_inner());
-        let mut best: Option<(u32, u64)> = None;
-        // Copying needs room for the live chunks first: on a (nearly) full
-        // disk it would only fill it with copies it cannot commit.
-        let room = reserve::filesystem_free(&self.dir).unwrap_or(u64::MAX);
-        for (pack, allocated) in self.packs.list()? {
-            let live: i64 = self.catalog.reader().query_row(
-                "SELECT coalesce(sum(len), 0) + count(*) * ?2 FROM chunks WHERE pack = ?1",
-                params![pack, CHUNK_HEADER as i64],
-                |r| r.get(0),
-            )?;
-            let dead = allocated.saturating_sub(live as u64);
-            // An emptied pack that takes no more appends costs nothing to
-            // remove; otherwise copying must win back at least a block,
-            // or a fresh active pack would be rolled over and over.
-            let emptied = live == 0 && pack != self.packs.active();
-            let worth_copying = dead >= crate::BLOCK_SIZE
-                && dead * 2 >= allocated
-                && (live as u64).saturating_mul(2) < room;
-            if (emptied || worth_copying) && best.is_none_or(|(_, d)| dead > d) {
-                best = Some((pack, dead));
-            }
-        }
-        let Some((pack, dead)) = best else {
-            return Ok(0);
-        };
-        if pack == self.packs.active() {
-            self.packs.roll()?;
-        }
-        loop {
-            let batch: Vec<(Vec<u8>, ChunkLocation)> = {
-                let conn = self.catalog.reader();
-                let mut stmt = conn.prepare_cached(
-                    "SELECT hash, offset, len FROM chunks WHERE pack = ?1 LIMIT ?2",
-                )?;
-                let rows = stmt.query_map(params![pack, BATCH], |r| {
-                    Ok((
-                        r.get::<_, Vec<u8>>(0)?,
-                        ChunkLocation {
-                            pack,
-                            offset: r.get::<_, i64>(1)? as u64,
-                            len: r.get(2)?,
-                        },
-                    ))
-                })?;
-                rows.collect::<rusqlite::Result<_>>()?
-            };
-            if batch.is_empty() {
-                break;
-            }
-            let mut moved = Vec::with_capacity(batch.len());
-            for (hash, old) in batch {
-                let hash = to_hash(&hash);
-                let data = self.packs.read(&hash, old)?;
-                moved.push((hash, old, self.packs.append(&hash, &data)?));
-            }
-            // The copies are durable before a row points at them: open
-            // would drop a lost copy's records, which returned preserves
-            // made (`recover`), not repoint them at the old bytes.
-            self.make_durable(self.group.ticket())?;
-            let mut conn = self.catalog.writer();
-            let tx = conn.transaction()?;
-            // A chunk deleted meanwhile matches no row: its copy is dead bytes.
-            for (hash, old, new) in &moved {
-                tx.prepare_cached(
-                    "UPDATE chunks SET pack = ?2, offset = ?3 WHERE hash = ?1 AND pack = ?4 AND offset = ?5",
-                )?
-                .execute(params![&hash.0[..], new.pack, new.offset as i64, old.pack, old.offset as i64])?;
-            }
-            let ticket = self.commit(tx)?;
-            drop(conn);
-            self.make_durable(ticket)?;
-        }
-        self.packs.remove(pack)?;
-        tracing::info!(pack, freed = dead, "reclaimed a pack");
-        Ok(dead)
-    }
 }
 
 /// How far the packs' durable end moves before the catalog records it.
@@ -1240,29 +1042,6 @@ struct WalSync {
     synced: u64,
 }
 
-/// Drops every chunk no record names any more; returns where they lay.
-fn drop_unnamed_chunks(tx: &Transaction<'_>) -> Result<Vec<ChunkLocation>> {
-    let mut stmt = tx.prepare_cached(
-        "DELETE FROM chunks WHERE hash NOT IN (SELECT hash FROM block_records)
-                              AND hash NOT IN (SELECT entries FROM dir_records)
-         RETURNING pack, offset, len",
-    )?;
-    let rows = stmt.query_map([], |r| {
-        Ok(ChunkLocation {
-            pack: r.get(0)?,
-            offset: r.get::<_, i64>(1)? as u64,
-            len: r.get(2)?,
-        })
-    })?;
-    Ok(rows.collect::<rusqlite::Result<_>>()?)
-}
-
-/// SQL: the object `?2` of volume `?1` has a record or an aside row.
-const HAS_STATE: &str = "(EXISTS (SELECT 1 FROM attr_records WHERE volume_id = ?1 AND object = ?2)
-     OR EXISTS (SELECT 1 FROM block_records WHERE volume_id = ?1 AND object = ?2)
-     OR EXISTS (SELECT 1 FROM dir_records WHERE volume_id = ?1 AND object = ?2)
-     OR EXISTS (SELECT 1 FROM aside WHERE volume_id = ?1 AND object = ?2))";
-
 fn to_hash(bytes: &[u8]) -> ChunkHash {
     let mut h = [0u8; 32];
     let n = bytes.len().min(32);
@@ -1287,41 +1066,6 @@ fn free_name(tx: &Transaction<'_>, wanted: &str) -> Result<String> {
         }
         n += 1;
     }
-}
-
-/// Drops the records of `volume` that serve no remaining set, and the
-/// handles of objects left with none. A record with `hi = h` whose
-/// predecessor (same object and key) has `hi = p` serves the epochs
-/// `(p, h]`; it stays only if a set of the volume has such an epoch.
-/// Returns the number of records dropped.
-fn prune_records(tx: &Transaction<'_>, volume: i64) -> Result<u64> {
-    let mut dropped = 0;
-    for (table, key) in [
-        ("block_records", "object, block"),
-        ("attr_records", "object"),
-        ("dir_records", "object"),
-    ] {
-        let sql = format!(
-            "DELETE FROM {table} WHERE volume_id = ?1 AND ({key}, hi) IN (
-                SELECT {key}, hi FROM (
-                    SELECT {key}, hi, lag(hi) OVER (PARTITION BY {key} ORDER BY hi) AS prev
-                    FROM {table} WHERE volume_id = ?1)
-                WHERE NOT EXISTS (
-                    SELECT 1 FROM set_volumes sv
-                    WHERE sv.volume_id = ?1 AND sv.epoch <= hi AND (prev IS NULL OR sv.epoch > prev)))"
-        );
-        dropped += tx.execute(&sql, [volume])? as u64;
-    }
-    // An object left with no record and no aside row is never looked up
-    // by handle again.
-    tx.execute(
-        &format!(
-            "DELETE FROM handles AS h WHERE h.volume_id = ?1 AND NOT {}",
-            HAS_STATE.replace("?2", "h.object")
-        ),
-        [volume],
-    )?;
-    Ok(dropped)
 }
 
 #[cfg(test)]

@@ -262,3 +262,75 @@ fn a_handle_lives_as_long_as_its_object_has_a_record_or_an_aside_row() {
     store.forget_objects(vol, &[moved]).expect("forget");
     assert_eq!(handle(moved), None);
 }
+
+#[test]
+fn pruning_in_many_steps_drops_exactly_what_one_pass_would() {
+    let (_dir, store) = temp_store();
+    let vol = store.ensure_volume("data").expect("volume").id;
+    // 3000 blocks change in epoch 2 and again in epoch 3: 6000 records,
+    // more than one pruning step takes.
+    let data: Vec<Vec<u8>> = (0..3000u32).map(|i| i.to_le_bytes().repeat(16)).collect();
+    let mut sets = Vec::new();
+    for _ in 0..2 {
+        let set = commit(&store, "s", &[vol]);
+        let pre = PreImages {
+            blocks: data
+                .iter()
+                .enumerate()
+                .map(|(i, d)| (ObjectId(i as u64 / 7), i as u64, &d[..]))
+                .collect(),
+            ..PreImages::default()
+        };
+        store
+            .preserve(vol, hi_now(&store, vol), &pre)
+            .expect("preserve");
+        sets.push(set);
+    }
+    assert_eq!(store.stats().expect("stats").block_records, 6000);
+    // The first set's records (hi = 1) serve only it.
+    assert_eq!(store.delete_set(sets[0].id).expect("delete"), 3000);
+    let stats = store.stats().expect("stats");
+    assert_eq!((stats.block_records, stats.chunks), (3000, 3000));
+    let at = epoch_of(&sets[1], vol);
+    for (i, d) in data.iter().enumerate() {
+        let got = store
+            .resolve_block(vol, ObjectId(i as u64 / 7), i as u64, at)
+            .expect("resolve")
+            .expect("a record");
+        assert_eq!(&got[..], &d[..]);
+    }
+}
+
+#[test]
+fn a_deletion_cut_short_is_finished_by_the_next_open() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = common::open(dir.path());
+    let vol = store.ensure_volume("data").expect("volume").id;
+    let set = commit(&store, "s", &[vol]);
+    let data = block(1);
+    let pre = PreImages {
+        blocks: vec![(FILE, 0, &data[..])],
+        attrs: vec![(FILE, attr(1))],
+        handles: vec![(FILE, vec![1])],
+        ..PreImages::default()
+    };
+    store
+        .preserve(vol, hi_now(&store, vol), &pre)
+        .expect("preserve");
+    // The set is gone, and then the process: nothing was collected yet.
+    store.remove_set(set.id).expect("remove");
+    assert_eq!(store.stats().expect("stats").block_records, 1);
+    drop(store);
+    let store = common::open(dir.path());
+    let stats = store.stats().expect("stats");
+    assert_eq!(
+        (
+            stats.block_records,
+            stats.attr_records,
+            stats.chunks,
+            stats.chunk_bytes
+        ),
+        (0, 0, 0, 0)
+    );
+    assert_eq!(store.handle(vol, FILE).expect("handle"), None);
+}
