@@ -77,6 +77,22 @@ pub struct ExecLink {
     running: Option<Running>,
 }
 
+/// Spawns `command`, retrying briefly on ETXTBSY: a program that was just
+/// written (a hook installed a moment ago) can still be held open for
+/// writing by a process forked meanwhile, until that one execs.
+fn spawn_retrying_busy(command: &mut Command) -> std::io::Result<std::process::Child> {
+    let mut tries = 0;
+    loop {
+        match command.spawn() {
+            Err(e) if e.kind() == std::io::ErrorKind::ExecutableFileBusy && tries < 20 => {
+                tries += 1;
+                thread::sleep(Duration::from_millis(5));
+            }
+            other => return other,
+        }
+    }
+}
+
 impl WriterLink for ExecLink {
     fn send(&mut self, event: &EventMessage) -> Result<(), LinkError> {
         self.reap();
@@ -84,7 +100,7 @@ impl WriterLink for ExecLink {
         if let Some(succeeded) = event.backup_succeeded {
             command.env("UMBRA_BACKUP_SUCCEEDED", if succeeded { "1" } else { "0" });
         }
-        let mut child = command
+        command
             .arg(event.event.as_str())
             .env("UMBRA_EVENT", event.event.as_str())
             .env("UMBRA_SET_ID", &event.set_id)
@@ -93,14 +109,13 @@ impl WriterLink for ExecLink {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
-            .process_group(0)
-            .spawn()
-            .map_err(|e| {
-                LinkError::Io(std::io::Error::new(
-                    e.kind(),
-                    format!("running {}: {e}", self.program.display()),
-                ))
-            })?;
+            .process_group(0);
+        let mut child = spawn_retrying_busy(&mut command).map_err(|e| {
+            LinkError::Io(std::io::Error::new(
+                e.kind(),
+                format!("running {}: {e}", self.program.display()),
+            ))
+        })?;
         let text = Arc::new(Mutex::new(Vec::new()));
         let (done, finished) = mpsc::channel();
         if let Some(mut pipe) = child.stderr.take() {
