@@ -83,6 +83,33 @@ def status_field(path, field):
     print(doc["diff_area"][field])
 
 
+def latency(log, start_ms, end_ms):
+    """Writes of a fio latency log (log_unix_epoch=1, log_avg_msec=0: one
+    line per write, completion time in ms, latency in ns) that were in
+    flight at some point of [start_ms, end_ms]: their count and latency
+    percentiles p50, p99, p99.9 and the maximum, in microseconds."""
+    start, end = int(start_ms), int(end_ms)
+    lat = []
+    with open(log) as f:
+        for line in f:
+            parts = line.split(",")
+            if len(parts) < 2:
+                continue
+            done, ns = int(parts[0]), int(parts[1])
+            issued = done - ns / 1e6
+            if issued <= end and done >= start:
+                lat.append(ns / 1000)
+    lat.sort()
+    if not lat:
+        print("0 0 0 0 0")
+        return
+
+    def pct(p):
+        return lat[min(len(lat) - 1, int(p / 100 * len(lat)))]
+
+    print("%d %.0f %.0f %.0f %.0f" % (len(lat), pct(50), pct(99), pct(99.9), lat[-1]))
+
+
 # ---------------------------------------------------------------- report
 
 
@@ -97,11 +124,11 @@ def median(xs):
 def fmt(x):
     if x is None:
         return "–"
-    if x >= 100:
+    if abs(x) >= 100:
         return "%.0f" % x
-    if x >= 10:
+    if abs(x) >= 10:
         return "%.1f" % x
-    if x >= 1:
+    if abs(x) >= 1:
         return "%.2f" % x
     return "%.3f" % x
 
@@ -204,6 +231,28 @@ def report(results, meta):
             )
         out.append("")
 
+    gc = [k for k in order if k[0] == "gc"]
+    if gc:
+        out.append(
+            "### Live writes while a deleted set's pre-images are collected "
+            "(the span the deletion took; lower latency is better)"
+        )
+        out.append("")
+        out.append("| measure | unit | no collection | during collection | during/none |")
+        out.append("|---|---|---|---|---|")
+        for key in gc:
+            if "-" in rows[key]:
+                continue
+            a, b = med(key, "idle"), med(key, "collect")
+            out.append(
+                "| %s | %s | %s | %s | %s |"
+                % (key[1], units[key], fmt(a), fmt(b), ratio(b, a))
+            )
+        for key in gc:
+            if "-" in rows[key]:
+                out.append("| %s | %s | | %s | |" % (key[1], units[key], fmt(med(key, "-"))))
+        out.append("")
+
     other = [k for k in order if k[0] in ("store", "rss")]
     if other:
         out.append("### Diff area and daemon memory")
@@ -227,6 +276,7 @@ def main():
         "mkbig": mkbig,
         "overwrite": overwrite,
         "status-field": status_field,
+        "latency": latency,
         "report": report,
     }[cmd](*args)
 

@@ -7,7 +7,8 @@
 # every write a first overwrite). Each workload runs BENCH_REPS times, the
 # targets interleaved, and the median is reported, with ratios to native and
 # to bindfs. Then: `umbra create` wall times, snapshot reads against native,
-# diff-area bytes per byte preserved, and the daemon's peak RSS.
+# diff-area bytes per byte preserved, the daemon's peak RSS, and the latency
+# of live writes while a deleted set's pre-images are collected.
 #
 # Run as root (FUSE mounts, drop_caches):   bench/run.sh
 # A quick run:                              BENCH_SCALE=0.1 bench/run.sh
@@ -16,11 +17,13 @@
 #   BENCH_SCALE=1        multiplies every size and file count
 #   BENCH_REPS=3         runs of each workload (the median is reported)
 #   BENCH_SKIP_FIO=1 BENCH_SKIP_META=1 BENCH_SKIP_UNTAR=1 BENCH_SKIP_CREATE=1
-#   BENCH_SKIP_SNAP=1 BENCH_SKIP_STORE=1 BENCH_SKIP_RSS=1      skip a section
+#   BENCH_SKIP_SNAP=1 BENCH_SKIP_STORE=1 BENCH_SKIP_RSS=1
+#   BENCH_SKIP_GC=1                                              skip a section
 #   BENCH_TARGETS="native bindfs nos cow"   the live targets to measure
 #   BENCH_META_FILES, BENCH_SNAP_FILES, BENCH_SRC_FRACTION   override one size
 #   BENCH_MILLION=1      also time `umbra create` and browse with 1,000,000 files
 #   BENCH_FIO_RUNTIME=8  seconds at most per fio job (throughput stays exact)
+#   BENCH_GC_RUNTIME=20  seconds of the write load around a deletion
 #   BENCH_DIR=/var/tmp   where the temporary directories go (same disk = fair)
 #   BENCH_OUT=FILE       the Markdown report (default BENCHMARKS-latest.md)
 #   BENCH_KEEP=1         keep the temporary directory (and its raw results)
@@ -50,6 +53,7 @@ skip() { local v="BENCH_SKIP_$1"; [ "${!v:-0}" = 1 ]; }
 # n scaled by BENCH_SCALE, at least `min` (default 1).
 scaled() { awk -v n="$1" -v s="$SCALE" -v m="${2:-1}" 'BEGIN { x = int(n * s); print (x < m ? m : x) }'; }
 us() { echo "${EPOCHREALTIME/./}"; }
+ms() { echo $(( $(us) / 1000 )); }
 # timed CMD...: runs CMD, leaves its wall time in microseconds in $T_US.
 timed() { local t0; t0=$(us); "$@"; T_US=$(( $(us) - t0 )); }
 per_s() { awk -v n="$1" -v us="$2" 'BEGIN { printf "%.3f", n / (us / 1e6) }'; }
@@ -145,6 +149,11 @@ DUP_MB=$(scaled 64 4)           # diff area with duplicate content
 CREATE_SIZES=("$(scaled 1000 100)" "$(scaled 100000 1000)")
 [ "${BENCH_MILLION:-0}" = 1 ] && CREATE_SIZES+=(1000000)
 CREATE_REPS=${BENCH_CREATE_REPS:-20}
+GC_MB=$(scaled 1024 64)         # pre-images a deleted set frees
+GC_LOAD_MB=$(scaled 128 8)      # the file plain writes run on
+GC_COW_MB=$(scaled 4096 64)     # the sparse file first overwrites run on
+GC_RT=${BENCH_GC_RUNTIME:-20}   # seconds of load per run
+GC_AT=4                         # seconds into the run the deletion starts
 
 # The source tree for untar: crates from the local cargo registry, enough of
 # them for BENCH_SCALE of its files; else /usr/include.
@@ -175,7 +184,7 @@ make_source_tar() {
 
 # ------------------------------------------------------------- the targets
 mkdir -p "$R/native" "$R/bindfs.back" "$R/bindfs" "$U"
-VOLS=(nos cow snap)
+VOLS=(nos cow snap gc)
 for n in "${CREATE_SIZES[@]}"; do VOLS+=("f$n"); done
 {
   echo "state_dir = \"$U/state\""
@@ -452,6 +461,74 @@ if ! skip RSS; then
   rec rss "daemon open descriptors, most seen (after creates, untar, browsing)" - "$MAX_FDS" fds
 fi
 
+# -------------------------------------------- deletion and collection
+# Live writes while the daemon deletes a set holding GC_MB of pre-images
+# (pruning the catalog, punching the packs, compaction), against the same
+# writes with nothing to collect. Two fio jobs of 4 KiB random writes
+# (psync) through the live mount, side by side: `plain` on a file born
+# after the newest set (nothing to keep: straight to the backing file),
+# `cow` on a sparse GC_COW_MB file the newest set covers (nearly every
+# write is the first to its block: a pre-image kept, the catalog written
+# and synced before the write applies). fio logs every write's latency with
+# its completion time. Each pair of runs (nothing to collect, then
+# collecting) is read over the same span, the one the deletion took, GC_AT
+# s into the run; BENCH_REPS pairs, the median of each figure.
+gc_run() { # name [set-to-delete]
+  local name=$1 doomed=${2:-} t0
+  take_set gc
+  truncate -s "${GC_LOAD_MB}M" "$U/gc/$name.plain"   # born after the set
+  fio --ioengine=psync --rw=randwrite --bs=4k --time_based --runtime="$GC_RT" --randrepeat=0 \
+    --log_avg_msec=0 --log_unix_epoch=1 --output-format=json --output="$R/$name.json" \
+    --name=plain --filename="$U/gc/$name.plain" --size="$GC_LOAD_MB"M --write_lat_log="$R/$name-plain" \
+    --name=cow --filename="$U/gc/cow" --size="$GC_COW_MB"M --write_lat_log="$R/$name-cow" \
+    > /dev/null &
+  LOAD_PID=$!
+  t0=$(ms)
+  sleep "$GC_AT"
+  [ -z "$doomed" ] || GC_C0=$(status_num chunk_bytes)
+  GC_FROM=$(ms)
+  [ -z "$doomed" ] || umbra_c delete "$doomed" > /dev/null
+  GC_TO=$(ms)
+  [ -z "$doomed" ] || GC_C1=$(status_num chunk_bytes)
+  wait "$LOAD_PID"; LOAD_PID=""
+  GC_FROM=$(( GC_FROM - t0 )); GC_TO=$(( GC_TO - t0 ))
+  GC_T0=$t0
+}
+
+if ! skip GC; then
+  log "deletion and collection: $GC_MB MiB of pre-images; 4K random writes, plain over $GC_LOAD_MB MiB and first overwrites over $GC_COW_MB MiB, $GC_RT s runs"
+  truncate -s "${GC_COW_MB}M" "$U/gc.back/cow"
+  for rep in $(seq "$REPS"); do
+    "${PY[@]}" mkbig "$U/gc.back/big-$rep" "$GC_MB" random
+    sync
+    take_set gc
+    doomed=$(umbra_c list --json | jq -r '[.[] | select(.volumes | index("gc"))][-1].name')
+    # Only $doomed needs the old content: GC_MB of pre-images.
+    "${PY[@]}" overwrite "$U/gc/big-$rep" 1
+    gc_run "gc-idle-$rep"
+    idle_t0=$GC_T0
+    gc_run "gc-collect-$rep" "$doomed"
+    (( GC_TO < GC_RT * 1000 )) || log "warning: the deletion outlasted the load"
+    rec gc "umbra delete of the set (wall)" - "$(( GC_TO - GC_FROM ))" ms
+    rec gc "diff-area chunk bytes, net change over the deletion (the load adds some)" - "$(awk -v a="$GC_C0" -v b="$GC_C1" 'BEGIN { printf "%.1f", (b - a) / 1048576 }')" MiB
+    for t in idle collect; do
+      t0=$idle_t0; [ "$t" = idle ] || t0=$GC_T0
+      for job in plain cow; do
+        read -r n p50 p99 p999 max <<< "$("${PY[@]}" latency "$R/gc-$t-$rep-$job"_lat.*.log $(( t0 + GC_FROM )) $(( t0 + GC_TO )))"
+        rec gc "$job: writes in the span" "$t" "$n" writes
+        rec gc "$job: write latency p50" "$t" "$p50" µs
+        rec gc "$job: write latency p99" "$t" "$p99" µs
+        rec gc "$job: write latency p99.9" "$t" "$p999" µs
+        rec gc "$job: write latency max" "$t" "$max" µs
+      done
+      rec gc "plain: IOPS, whole run" "$t" "$(jq -r '.jobs[0].write.iops' "$R/gc-$t-$rep.json")" IOPS
+      rec gc "cow: IOPS, whole run" "$t" "$(jq -r '.jobs[1].write.iops' "$R/gc-$t-$rep.json")" IOPS
+    done
+    delete_sets_of gc
+    rm -f "$U/gc/big-$rep" "$U/gc/"*.plain
+  done
+fi
+
 # ------------------------------------------------------------------ report
 LOAD_END=$(loadavg)
 ELAPSED=$(( ($(us) - T_START) / 1000000 ))
@@ -462,7 +539,7 @@ FS=$(df -T "$R" | awk 'NR == 2 { print $2 }')
   echo "- command: \`$(env | grep -E '^BENCH_' | sort | tr '\n' ' ')bench/run.sh\`; $REPS runs of each workload, median; took ${ELAPSED} s"
   echo "- machine: $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')), $(free -g | awk '/^Mem:/ { print $2 }') GiB RAM, Linux $(uname -r), $FS on $(df "$R" | awk 'NR == 2 { print $1 }')"
   echo "- load average (1, 5, 15 min): $LOAD_START at the start, $LOAD_END at the end (other builds share the cores: compare ratios within this run)"
-  echo "- sizes: fio seq ${SEQ_MB} MiB, rand 4K ${RAND_IO_MB} MiB over ${RAND_MB} MiB, fsync ${FSYNC_IO_MB} MiB, at most ${RT} s a job; metadata $META_FILES files of 100 B; untar $SRC_DESC; snapshot tree $SNAP_FILES files + the source tree; large files $BIG_MB MiB"
+  echo "- sizes: fio seq ${SEQ_MB} MiB, rand 4K ${RAND_IO_MB} MiB over ${RAND_MB} MiB, fsync ${FSYNC_IO_MB} MiB, at most ${RT} s a job; metadata $META_FILES files of 100 B; untar $SRC_DESC; snapshot tree $SNAP_FILES files + the source tree; large files $BIG_MB MiB; collection $GC_MB MiB under 4K writes over $GC_LOAD_MB MiB (plain) and $GC_COW_MB MiB (first overwrites), ${GC_RT} s runs"
   echo "- targets: native = the ext4 directory; bindfs = bindfs $(bindfs --version | awk '{print $2}') with default options; umbra no set = a volume with no set; umbra after a set = a volume whose set was taken right before each step (every write is a first overwrite, every unlink moves an inode aside)"
 } > "$R/meta.md"
 "${PY[@]}" report "$RESULTS" "$R/meta.md" | tee "$OUT"

@@ -21,8 +21,13 @@ use crate::{ChunkHash, Error, ObjectId, Result, SetId, VolumeId};
 
 /// Rows of a table one pruning step looks at.
 const PRUNE_BATCH: usize = 2048;
-/// Chunks one step drops.
-const CHUNK_BATCH: usize = 512;
+/// Chunks one step drops. A step deletes from two B-trees (by hash, by
+/// location) whose orders differ, so it dirties about a page of one of them
+/// per chunk unless its chunks share pages; every dirty page is WAL a live
+/// write's sync may have to flush. Dropping 16384 of 20480 chunks wrote
+/// 37 MiB with 512 a step, 23 MiB with 1024, 10 MiB with 4096, while a step
+/// holds the writer about 1 ms per 512 chunks.
+const CHUNK_BATCH: usize = 1024;
 /// Chunks dropped between two syncs (and punches): a GiB of 64 KiB blocks.
 const PUNCH_AFTER: usize = 16384;
 /// Chunks one compaction step copies.
