@@ -571,8 +571,41 @@ impl Daemon {
             panic!("the daemon is not running");
         };
         signal(&child, libc::SIGKILL);
+        if wait_timeout(&mut child, Duration::from_secs(2)).is_none() {
+            // A daemon thread waiting on a request to the daemon's own
+            // mount (the flush before a hold) cannot die until that request
+            // ends, and nobody is left to answer it: abort the connections,
+            // as an administrator would.
+            self.abort_fuse_connections();
+        }
         if wait_timeout(&mut child, STOP_TIMEOUT).is_none() {
             panic!("{}", self.failure("the daemon survived SIGKILL"));
+        }
+    }
+
+    /// Aborts the FUSE connection of every mountpoint of this daemon,
+    /// found in /proc/self/mountinfo (no syscall reaches the mounts).
+    fn abort_fuse_connections(&self) {
+        let Ok(info) = fs::read_to_string("/proc/self/mountinfo") else {
+            return;
+        };
+        let ours: Vec<String> = self
+            .layout
+            .mountpoints()
+            .iter()
+            .map(|p| p.to_string_lossy().into_owned())
+            .collect();
+        for line in info.lines() {
+            let fields: Vec<&str> = line.split(' ').collect();
+            let (Some(dev), Some(at)) = (fields.get(2), fields.get(4)) else {
+                continue;
+            };
+            if !ours.iter().any(|m| m == at) {
+                continue;
+            }
+            if let Some((_, minor)) = dev.split_once(':') {
+                let _ = fs::write(format!("/sys/fs/fuse/connections/{minor}/abort"), "1");
+            }
         }
     }
 
