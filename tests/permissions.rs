@@ -15,6 +15,19 @@ use common::{Config, Daemon};
 
 const NOBODY: u32 = 65534;
 
+/// Makes `dir` and every directory above it searchable by nobody.
+fn open_the_way(dir: &Path) {
+    let mut p = dir;
+    while p != Path::new("/") {
+        let mode = fs::metadata(p).unwrap().permissions().mode();
+        if mode & 0o005 != 0o005 {
+            fs::set_permissions(p, fs::Permissions::from_mode(mode | 0o755))
+                .unwrap_or_else(|e| panic!("chmod {}: {e}", p.display()));
+        }
+        p = p.parent().unwrap();
+    }
+}
+
 /// `cat path` as the user nobody: its stdout, or None if it was refused.
 fn cat_as_nobody(path: &Path) -> Option<String> {
     let out = Command::new("cat")
@@ -31,21 +44,8 @@ fn cat_as_nobody(path: &Path) -> Option<String> {
 #[test]
 fn an_unprivileged_user_reads_in_a_set_only_what_they_could_read_at_its_instant() {
     let d = Daemon::start(Config::default());
-    for dir in [
-        d.root().to_path_buf(),
-        d.live("data"),
-        d.snapshots().to_path_buf(),
-    ] {
-        let mut p = dir.as_path();
-        // Every directory on the way must be searchable by nobody.
-        while p != Path::new("/") {
-            let mode = fs::metadata(p).unwrap().permissions().mode();
-            if mode & 0o005 != 0o005 {
-                fs::set_permissions(p, fs::Permissions::from_mode(mode | 0o755))
-                    .unwrap_or_else(|e| panic!("chmod {}: {e}", p.display()));
-            }
-            p = p.parent().unwrap();
-        }
+    for dir in [d.root(), &d.live("data"), d.snapshots()] {
+        open_the_way(dir);
     }
     let live = d.live("data");
     fs::write(live.join("secret"), "root only").unwrap();
@@ -108,14 +108,7 @@ fn only_the_daemons_user_or_its_socket_group_may_use_the_control_socket() {
         (Config::default().line("socket_group = \"nogroup\""), true),
     ] {
         let d = Daemon::start(config);
-        let mut p = d.root();
-        while p != Path::new("/") {
-            let mode = fs::metadata(p).unwrap().permissions().mode();
-            if mode & 0o005 != 0o005 {
-                fs::set_permissions(p, fs::Permissions::from_mode(mode | 0o755)).unwrap();
-            }
-            p = p.parent().unwrap();
-        }
+        open_the_way(d.root());
         d.create_set();
         let out = list_as_nobody(&d, NOBODY);
         if allowed {
@@ -129,4 +122,121 @@ fn only_the_daemons_user_or_its_socket_group_may_use_the_control_socket() {
             assert_eq!(d.list_sets().len(), 1, "nothing changed");
         }
     }
+}
+
+/// Runs `sh -c script` with `$1` = `file`, as `uid` (and its group).
+fn sh_as(uid: u32, script: &str, file: &Path) {
+    let status = Command::new("sh")
+        .args(["-c", script, "sh"])
+        .arg(file)
+        .uid(uid)
+        .gid(uid)
+        .status()
+        .unwrap();
+    assert!(status.success(), "{script} on {} as {uid}", file.display());
+}
+
+/// A valid `security.capability` (VFS_CAP_REVISION_2, CAP_NET_RAW permitted).
+const NET_RAW: [u8; 20] = [
+    0, 0, 0, 2, 0, 0x20, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+];
+
+fn capability(path: &Path) -> Option<Vec<u8>> {
+    let out = Command::new("python3")
+        .args([
+            "-c",
+            "import os,sys\ntry: sys.stdout.write(os.getxattr(sys.argv[1], 'security.capability').hex())\nexcept OSError: pass",
+        ])
+        .arg(path)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let hex = String::from_utf8(out.stdout).unwrap();
+    (!hex.is_empty()).then(|| {
+        (0..hex.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+            .collect()
+    })
+}
+
+fn set_capability(path: &Path) {
+    let hex: String = NET_RAW.iter().map(|b| format!("{b:02x}")).collect();
+    let status = Command::new("python3")
+        .args([
+            "-c",
+            "import os,sys; os.setxattr(sys.argv[1], 'security.capability', bytes.fromhex(sys.argv[2]))",
+        ])
+        .arg(path)
+        .arg(hex)
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+/// The kernel leaves clearing set-id bits and file capabilities to umbra
+/// (FUSE_HANDLE_KILLPRIV_V2, so that it need not ask for the capability
+/// before every write): each case ends with the mode and capability it has
+/// on the native filesystem, and a set taken before keeps the old ones.
+#[test]
+fn writes_and_truncations_drop_set_id_bits_and_capabilities_as_natively() {
+    let d = Daemon::start(Config::default());
+    let live = d.live("data");
+    let native = d.scratch("native");
+    open_the_way(&live);
+    open_the_way(&native);
+    let append = "echo more >> \"$1\"";
+    let truncate = "truncate -s 1 \"$1\"";
+    // (name, mode, writer, what it does)
+    let cases: [(&str, u32, u32, &str); 6] = [
+        ("suid-sgid-gx", 0o6777, NOBODY, append),
+        ("sgid-no-gx", 0o2766, NOBODY, append),
+        ("suid-root-writes", 0o4777, 0, append),
+        ("suid-truncated", 0o4777, NOBODY, truncate),
+        ("capability", 0o755, 0, append),
+        ("capability-truncated", 0o755, 0, truncate),
+    ];
+    for dir in [&native, &live] {
+        for (name, mode, _, _) in cases {
+            let f = dir.join(name);
+            fs::write(&f, "start").unwrap();
+            fs::set_permissions(&f, fs::Permissions::from_mode(mode)).unwrap();
+            if name.starts_with("capability") {
+                set_capability(&f);
+            }
+        }
+    }
+    let set = d.create_set();
+    let snap = d.browse(&set, "data");
+    let mode_of = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+    for (name, mode, uid, script) in cases {
+        sh_as(uid, script, &native.join(name));
+        sh_as(uid, script, &live.join(name));
+        let (n, l) = (native.join(name), live.join(name));
+        assert_eq!(
+            mode_of(&l),
+            mode_of(&n),
+            "{name}: mode through umbra vs native"
+        );
+        assert_eq!(
+            capability(&l),
+            capability(&n),
+            "{name}: capability vs native"
+        );
+        assert_eq!(
+            mode_of(&snap.join(name)),
+            mode,
+            "{name}: the set keeps the mode"
+        );
+        let kept = name.starts_with("capability").then(|| NET_RAW.to_vec());
+        assert_eq!(
+            capability(&snap.join(name)),
+            kept,
+            "{name}: the set keeps it"
+        );
+    }
+    // The cases above do change something natively.
+    assert_eq!(mode_of(&native.join("suid-sgid-gx")), 0o777);
+    assert_eq!(mode_of(&native.join("suid-truncated")), 0o777);
+    assert_eq!(capability(&native.join("capability")), None);
 }

@@ -12,7 +12,11 @@ use crate::live::{Caller, LiveFs, SetAttrs};
 use crate::{Browser, Volume, commit_set};
 
 const ROOT: u64 = 1;
-const ME: Caller = Caller { uid: 0, gid: 0 };
+const ME: Caller = Caller {
+    uid: 0,
+    gid: 0,
+    pid: 0,
+};
 
 /// A tiny deterministic generator: the seed is printed on failure.
 struct Rng(u64);
@@ -77,7 +81,7 @@ impl Core {
             }
         };
         let fh = self.live.open(ino, libc::O_RDWR).expect("open");
-        self.live.write(fh, offset, data).expect("write");
+        self.live.write(fh, offset, data, None).expect("write");
         self.live.release(fh);
     }
 

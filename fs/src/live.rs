@@ -6,6 +6,7 @@
 mod core;
 mod fuse;
 mod nodes;
+mod privileges;
 
 pub(crate) use self::core::LiveFs;
 #[cfg(test)]

@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex};
 use umbra_store::{FileKind, ObjectId, Timestamp};
 
 use super::nodes::{Node, Nodes, ROOT};
+use super::privileges;
 use crate::attr::Attr;
 use crate::backing::{self, cstr};
 use crate::reply::Listing;
@@ -26,6 +27,8 @@ use crate::{FsError, HIDDEN_DIR, Result, Volume};
 pub(crate) struct Caller {
     pub uid: u32,
     pub gid: u32,
+    /// The calling thread, whose supplementary groups /proc knows.
+    pub pid: u32,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -43,6 +46,9 @@ pub(crate) struct SetAttrs {
     pub atime: Option<TimeSet>,
     pub mtime: Option<TimeSet>,
     pub fh: Option<u64>,
+    /// A size change by this caller, without CAP_FSETID, clears set-id
+    /// bits (when umbra kills privileges, see `LiveFs::kills_privileges`).
+    pub kill_suidgid: Option<Caller>,
 }
 
 pub(crate) struct OpenFile {
@@ -65,7 +71,15 @@ pub(crate) struct LiveFs {
     /// backing file says. Writes applied here must then leave the backing
     /// mtime as it was, or a set would show a time the live mount never did.
     kernel_mtime: bool,
+    /// With FUSE_HANDLE_KILLPRIV_V2 the kernel marks the mount SB_NOSEC and
+    /// stops asking GETXATTR(security.capability) before every write (half
+    /// of all requests of a small-write load); in exchange the filesystem
+    /// clears set-id bits and file capabilities on write and truncate, as
+    /// the VFS does natively.
+    kills_privileges: bool,
 }
+
+const CAPABILITY: &CStr = c"security.capability";
 
 fn errno(e: i32) -> FsError {
     FsError::from_errno(e)
@@ -108,7 +122,14 @@ impl LiveFs {
             dirs: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             kernel_mtime: false,
+            kills_privileges: false,
         })
+    }
+
+    /// Called once the kernel agreed to FUSE_HANDLE_KILLPRIV_V2, before any
+    /// request.
+    pub fn kill_privileges(&mut self) {
+        self.kills_privileges = true;
     }
 
     /// Called once the kernel agreed to a writeback cache, before any request.
@@ -150,6 +171,57 @@ impl LiveFs {
             .get(&fh)
             .cloned()
             .ok_or_else(|| errno(libc::EBADF))
+    }
+
+    /// What the VFS does before a native write or truncate (`file_remove_privs`):
+    /// drops set-id bits if the caller lacks CAP_FSETID (`kill_suidgid`, as
+    /// the kernel tells), and any file capability. Runs after the pre-images,
+    /// which hold the attributes and xattrs, were kept.
+    fn drop_privileges(
+        &self,
+        object: ObjectId,
+        file: &File,
+        kill_suidgid: Option<Caller>,
+    ) -> Result<()> {
+        if !self.kills_privileges {
+            return Ok(());
+        }
+        if let Some(caller) = kill_suidgid {
+            let st = backing::fstat(file.as_fd())?;
+            let mode = st.st_mode & 0o7777;
+            let kept = privileges::mode_after_change(mode, st.st_gid, caller);
+            if kept != mode {
+                // SAFETY: plain syscall on an owned descriptor.
+                check(unsafe { libc::fchmod(file.as_raw_fd(), kept) })?;
+            }
+        }
+        let node = self.node_of(object);
+        let read = || {
+            backing::get_xattr(file.as_fd(), CAPABILITY)
+                .map_err(|e| e.raw_os_error().unwrap_or(libc::EIO))
+        };
+        let capable = match &node {
+            Some(node) => node.has_capability(read),
+            None => read().is_ok(),
+        };
+        if capable {
+            match backing::remove_xattr(file.as_fd(), CAPABILITY) {
+                Err(e) if e.raw_os_error() != Some(libc::ENODATA) => return Err(e.into()),
+                _ => {}
+            }
+            if let Some(node) = node {
+                node.lost_capability();
+            }
+        }
+        Ok(())
+    }
+
+    /// The node the kernel knows `object` by, if it knows it.
+    fn node_of(&self, object: ObjectId) -> Option<Arc<Node>> {
+        self.nodes
+            .get(self.nodes.ino_of(object))
+            .ok()
+            .filter(|n| n.object == object)
     }
 
     fn add_file(&self, file: File, object: ObjectId, access: i32) -> u64 {
@@ -244,6 +316,7 @@ impl LiveFs {
 
     pub fn setattr(&self, ino: u64, set: SetAttrs) -> Result<Attr> {
         let mut set = set;
+        let truncating = set.size.is_some();
         if set.size == Some(0) && self.truncate_by_swap(ino)? {
             set.size = None;
         }
@@ -275,6 +348,17 @@ impl LiveFs {
         }
         m.preserve()?;
         debug_assert!(m.all_stored());
+        if truncating {
+            let swapped;
+            let file = match &truncate_file {
+                Some(file) => file,
+                None => {
+                    swapped = backing::as_file(backing::reopen(node.fd.as_fd(), libc::O_RDWR)?);
+                    &swapped
+                }
+            };
+            self.drop_privileges(object, file, set.kill_suidgid)?;
+        }
         let raw = node.fd.as_raw_fd();
         if set.uid.is_some() || set.gid.is_some() {
             // SAFETY: the empty path with AT_EMPTY_PATH names the fd itself.
@@ -326,8 +410,8 @@ impl LiveFs {
                 )
             })?;
         }
-        if set.uid.is_some() || set.gid.is_some() || set.mode.is_some() {
-            // chown drops a file capability; chmod may go with it.
+        if set.uid.is_some() || set.gid.is_some() || set.mode.is_some() || set.size.is_some() {
+            // chown and truncation drop a file capability; chmod may go with it.
             node.forget_capability();
         }
         drop(m);
@@ -588,6 +672,7 @@ impl LiveFs {
                         SetAttrs {
                             size: Some(0),
                             fh: Some(fh),
+                            kill_suidgid: (caller.uid != 0).then_some(caller),
                             ..Default::default()
                         },
                     )?
@@ -839,13 +924,20 @@ impl LiveFs {
         Ok(buf)
     }
 
-    pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> Result<u32> {
+    pub fn write(
+        &self,
+        fh: u64,
+        offset: u64,
+        data: &[u8],
+        kill_suidgid: Option<Caller>,
+    ) -> Result<u32> {
         let of = self.file(fh)?;
         let end = offset + data.len() as u64;
         let mut m = self.vol.cow.begin(&[of.object]);
         m.blocks(of.object, of.file.as_fd(), &of.file, offset, end)?;
         m.preserve()?;
         debug_assert!(m.all_stored());
+        self.drop_privileges(of.object, &of.file, kill_suidgid)?;
         self.keeping_mtime(of.file.as_fd(), || {
             Ok(of.file.write_all_at(data, offset)?)
         })?;
@@ -902,7 +994,12 @@ impl LiveFs {
                 libc::fallocate64(fd.as_raw_fd(), mode, offset as i64, length as i64)
             })?;
             Ok(())
-        })
+        })?;
+        // The backing filesystem drops a file capability on fallocate.
+        if let Some(node) = self.node_of(of.object) {
+            node.forget_capability();
+        }
+        Ok(())
     }
 
     pub fn opendir(&self, ino: u64) -> Result<u64> {

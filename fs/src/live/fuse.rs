@@ -29,6 +29,7 @@ fn caller(req: &Request) -> Caller {
     Caller {
         uid: req.uid(),
         gid: req.gid(),
+        pid: req.pid(),
     }
 }
 
@@ -75,6 +76,13 @@ impl Filesystem for LiveAdapter {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         let _ = config.set_max_write(1024 * 1024);
         let _ = config.set_max_readahead(1024 * 1024);
+        match config.add_capabilities(InitFlags::FUSE_HANDLE_KILLPRIV_V2) {
+            Ok(()) => self.fs.kill_privileges(),
+            Err(_) => tracing::info!(
+                "the kernel offers no FUSE_HANDLE_KILLPRIV_V2: it asks for \
+                 security.capability before every write"
+            ),
+        }
         if self.writeback_cache {
             match config.add_capabilities(InitFlags::FUSE_WRITEBACK_CACHE) {
                 Ok(()) => self.fs.kernel_owns_mtime(),
@@ -103,7 +111,7 @@ impl Filesystem for LiveAdapter {
 
     fn setattr(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         mode: Option<u32>,
         uid: Option<u32>,
@@ -127,6 +135,9 @@ impl Filesystem for LiveAdapter {
             atime: atime.map(time_set),
             mtime: mtime.map(time_set),
             fh: fh.map(|f| f.0),
+            // fuser does not pass FATTR_KILL_SUIDGID, which the kernel sets
+            // for a caller without CAP_FSETID; root stands for having it.
+            kill_suidgid: (size.is_some() && req.uid() != 0).then(|| caller(req)),
         };
         match self.fs.setattr(ino.0, set) {
             Ok(attr) => reply.attr(&TTL, &attr.to_fuser()),
@@ -244,17 +255,20 @@ impl Filesystem for LiveAdapter {
 
     fn write(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         data: &[u8],
-        _write_flags: WriteFlags,
+        write_flags: WriteFlags,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        match self.fs.write(fh.0, offset, data) {
+        let kill_suidgid = write_flags
+            .contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID)
+            .then(|| caller(req));
+        match self.fs.write(fh.0, offset, data, kill_suidgid) {
             Ok(n) => reply.written(n),
             Err(e) => reply.error(errno(&e)),
         }

@@ -23,8 +23,9 @@ pub(crate) struct Node {
     pub object: ObjectId,
     lookups: AtomicU64,
     name: Mutex<Option<(u64, OsString)>>,
-    /// `security.capability` as last read (value or errno): the kernel asks
-    /// for it before every write, and only umbra changes it while mounted.
+    /// `security.capability` as last read (value or errno): asked for before
+    /// writes (by the kernel, or by umbra itself when it kills privileges),
+    /// and only umbra changes it while mounted.
     capability: Mutex<Option<Result<Vec<u8>, i32>>>,
 }
 
@@ -50,10 +51,22 @@ impl Node {
         cached.get_or_insert_with(read).clone()
     }
 
+    /// Whether the inode carries a file capability, read by `read` on
+    /// first use.
+    pub fn has_capability(&self, read: impl FnOnce() -> Result<Vec<u8>, i32>) -> bool {
+        let mut cached = self.capability.lock().unwrap_or_else(|p| p.into_inner());
+        cached.get_or_insert_with(read).is_ok()
+    }
+
     /// Called after any change that may add or drop the capability
-    /// (xattr calls, chown, chmod).
+    /// (xattr calls, chown, chmod, truncation, fallocate).
     pub fn forget_capability(&self) {
         *self.capability.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+
+    /// Called once umbra removed the capability itself.
+    pub fn lost_capability(&self) {
+        *self.capability.lock().unwrap_or_else(|p| p.into_inner()) = Some(Err(libc::ENODATA));
     }
 
     pub fn set_name(&self, name: Option<(u64, OsString)>) {
