@@ -312,18 +312,26 @@ impl Store {
     /// Closes the current epoch of every volume of the set in one
     /// transaction: the whole cost of a shadow copy set.
     pub fn commit_set(&self, new: &NewSet) -> Result<SetInfo> {
-        self.commit_new_set(new, false)
+        let (set, ticket) = self.commit_new_set(new, false)?;
+        self.make_durable(ticket)?;
+        Ok(set)
     }
 
     /// Like `commit_set`, but the set stays pending until
     /// `record_set_writers` says its writers thawed: a set still pending
     /// when the store is next opened was interrupted and is deleted then,
     /// so that an interrupted set is whole or absent.
+    ///
+    /// It returns without waiting for a sync: this is the whole of the hold
+    /// of live writes, and a pending set need not survive a power cut, since
+    /// the next open would delete it anyway. `record_set_writers` makes it
+    /// durable. A pre-image kept for it meanwhile is durable only with the
+    /// set's row before it in the WAL, so no record outlives its set.
     pub fn commit_pending_set(&self, new: &NewSet) -> Result<SetInfo> {
-        self.commit_new_set(new, true)
+        Ok(self.commit_new_set(new, true)?.0)
     }
 
-    fn commit_new_set(&self, new: &NewSet, pending: bool) -> Result<SetInfo> {
+    fn commit_new_set(&self, new: &NewSet, pending: bool) -> Result<(SetInfo, Ticket)> {
         let mut conn = self.catalog.writer();
         let tx = conn.transaction()?;
         let name = free_name(&tx, &new.name)?;
@@ -365,14 +373,14 @@ impl Store {
         }
         let ticket = self.commit(tx)?;
         drop(conn);
-        self.make_durable(ticket)?;
-        Ok(SetInfo {
+        let set = SetInfo {
             id,
             name,
             created: new.created,
             label: new.label.clone(),
             volumes,
-        })
+        };
+        Ok((set, ticket))
     }
 
     /// Every set, oldest first; a set's volumes in registration order.

@@ -258,11 +258,13 @@ impl Workload {
             epoch: *gate,
         });
         self.rec.mark(started(id));
+        // As the daemon does: the set is committed pending during the hold
+        // (no sync), changes go on, and it ends pending, durably, once its
+        // writers thawed. Only then has its creation returned.
         let set = self
             .store()
-            .commit_set(&new_set(name, self.vol))
+            .commit_pending_set(&new_set(name, self.vol))
             .expect("commit");
-        self.rec.mark(returned(id));
         assert_eq!(set.volumes[0].epoch, Epoch(*gate));
         self.sets
             .lock()
@@ -270,6 +272,11 @@ impl Workload {
             .insert(name.to_string(), set.id);
         *gate += 1;
         self.preserved.lock().expect("preserved").clear();
+        drop(gate);
+        self.store()
+            .record_set_writers(set.id, &[])
+            .expect("record writers");
+        self.rec.mark(returned(id));
     }
 
     fn delete(&self, name: &str) {
