@@ -661,7 +661,13 @@ impl LiveFs {
             Ok(Some(backing::as_file(fd)))
         });
         match made {
-            Ok((attr, object, Some(file))) => Ok((attr, self.add_file(file, object, libc::O_RDWR))),
+            Ok((attr, object, Some(file))) => {
+                // A new file has no capability: no need to ask before its first write.
+                if let Some(node) = self.node_of(object) {
+                    node.lost_capability();
+                }
+                Ok((attr, self.add_file(file, object, libc::O_RDWR)))
+            }
             Ok((_, _, None)) => Err(errno(libc::EIO)),
             Err(e) if e.errno() == libc::EEXIST && flags & libc::O_EXCL == 0 => {
                 let attr = self.lookup(parent, name)?;

@@ -64,7 +64,7 @@ impl Node {
         *self.capability.lock().unwrap_or_else(|p| p.into_inner()) = None;
     }
 
-    /// Called once umbra removed the capability itself.
+    /// Called once umbra removed the capability itself, or made the file.
     pub fn lost_capability(&self) {
         *self.capability.lock().unwrap_or_else(|p| p.into_inner()) = Some(Err(libc::ENODATA));
     }
