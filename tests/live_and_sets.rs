@@ -715,3 +715,50 @@ fn directory_link_counts_match_live_and_in_sets() {
     assert_eq!(nlinks(&d.browse(&set, "data")), [4, 3, 2, 2], "in the set");
     assert_eq!(fs::metadata(&live).unwrap().nlink(), 3, "live after rmdir");
 }
+
+/// `ls -l` of a directory larger than one READDIRPLUS reply, after a restart
+/// (nothing cached), shows every entry with the backing file's attributes
+/// and the inode number a LOOKUP gives; a second listing, and one after an
+/// O(1) truncation gave a file a new backing inode, agree.
+#[test]
+fn a_long_listing_of_a_large_directory_matches_the_backing_directory() {
+    let mut d = Daemon::start(Config::default());
+    let live = d.live("data").join("many");
+    fs::create_dir(&live).unwrap();
+    for i in 0..1500 {
+        fs::write(live.join(format!("file-{i:04}")), vec![b'x'; i % 97]).unwrap();
+    }
+    fs::write(live.join("big"), vec![7u8; 4 * MIB]).unwrap();
+    d.create_set();
+    d.restart();
+    let live = d.live("data").join("many");
+    let backing = d.backing("data").join("many");
+    let big_ino = ino(&live.join("big"));
+    // The set needs the big file's data: truncating it to zero moves its
+    // inode aside and a new backing inode takes its name and number.
+    truncate(&live.join("big"), 0);
+    for round in 0..2 {
+        let out = std::process::Command::new("ls")
+            .args(["-l", "--time-style=+%s", "-i"])
+            .arg(&live)
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        let listed: Vec<String> = String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .skip(1)
+            .map(str::to_string)
+            .collect();
+        assert_eq!(listed.len(), 1501, "round {round}");
+        for line in &listed {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let (shown_ino, size, name) = (fields[0], fields[5], fields[7]);
+            let meta = fs::symlink_metadata(backing.join(name)).unwrap();
+            assert_eq!(size, meta.len().to_string(), "{name}, round {round}");
+            let expected = if name == "big" { big_ino } else { meta.ino() };
+            assert_eq!(shown_ino, expected.to_string(), "{name}, round {round}");
+        }
+    }
+    assert_eq!(names(&live).len(), 1501);
+}

@@ -7,8 +7,9 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use fuser::{
     FileHandle, Filesystem, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig, LockOwner,
-    OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty,
-    ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus,
+    ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow,
+    WriteFlags,
 };
 use umbra_store::Timestamp;
 
@@ -76,6 +77,11 @@ impl Filesystem for LiveAdapter {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         let _ = config.set_max_write(1024 * 1024);
         let _ = config.set_max_readahead(1024 * 1024);
+        // The kernel asks READDIRPLUS while a directory's entries are being
+        // looked up (`ls -l`, tree walks) and plain READDIR otherwise, which
+        // pins no inode.
+        let _ = config
+            .add_capabilities(InitFlags::FUSE_DO_READDIRPLUS | InitFlags::FUSE_READDIRPLUS_AUTO);
         match config.add_capabilities(InitFlags::FUSE_HANDLE_KILLPRIV_V2) {
             Ok(()) => self.fs.kill_privileges(),
             Err(_) => tracing::info!(
@@ -328,6 +334,63 @@ impl Filesystem for LiveAdapter {
         reply: ReplyDirectory,
     ) {
         reply::directory(self.fs.readdir(fh.0), offset, reply)
+    }
+
+    /// Entries with their attributes, so that `ls -l` or a tree walk needs
+    /// no LOOKUP per entry. Each entry but `.` and `..` counts as a kernel
+    /// lookup; one that no longer fits is given back at once.
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        let entries = match self.fs.readdir(fh.0) {
+            Ok(entries) => entries,
+            Err(e) => return reply.error(errno(&e)),
+        };
+        let mut dir_attr = None;
+        for (i, entry) in entries.iter().enumerate().skip(offset as usize) {
+            let next = (i + 1) as u64;
+            if entry.name == "." || entry.name == ".." {
+                // The kernel takes neither a reference nor the attributes.
+                let attr = match dir_attr.get_or_insert_with(|| self.fs.getattr(ino.0)) {
+                    Ok(attr) => attr.to_fuser(),
+                    Err(e) => return reply.error(errno(e)),
+                };
+                if reply.add(
+                    INodeNo(entry.ino),
+                    next,
+                    &entry.name,
+                    &TTL,
+                    &attr,
+                    Generation(0),
+                ) {
+                    break;
+                }
+                continue;
+            }
+            // Gone since the directory was opened: as readdir would have
+            // listed it, the later LOOKUP tells.
+            let Ok(attr) = self.fs.lookup(ino.0, &entry.name) else {
+                continue;
+            };
+            let full = reply.add(
+                INodeNo(attr.ino),
+                next,
+                &entry.name,
+                &TTL,
+                &attr.to_fuser(),
+                Generation(0),
+            );
+            if full {
+                self.fs.forget(attr.ino, 1);
+                break;
+            }
+        }
+        reply.ok()
     }
 
     fn releasedir(
