@@ -69,7 +69,10 @@ pub enum Command {
     /// All named volumes are copied at one instant, after every registered writer of those volumes
     /// went through Identify, PrepareForBackup, PrepareForSnapshot and Freeze; then Thaw,
     /// PostSnapshot and BackupComplete follow. A required writer's failure aborts the set and
-    /// nothing is created; a second create while one runs is refused. With --json the answer also
+    /// nothing is created; a second create while one runs is refused. The set stays pending from
+    /// its commit until its writers have thawed and heard PostSnapshot (it is listed and browsable
+    /// meanwhile); a set interrupted by a daemon crash in that window is deleted at the daemon's
+    /// next start, so that a set is whole or absent. With --json the answer also
     /// has set_guid (the id the writers saw), hold_ms, total_ms and writers. The set is named after its UTC creation time
     /// (name_format; e.g. 2026-11-25T084250Z, with a suffix -1, -2, ... if that name is taken) and
     /// prints as `<name> (id <id>): <volumes>`. An unknown volume is an error, and then nothing is
