@@ -91,12 +91,18 @@ pub fn abort_connections<'a>(
                 "aborting the FUSE connection {connection} of the stuck mount at {}",
                 path.display()
             );
-            fusectl::abort(*connection).map_err(|source| StaleError::Abort {
-                path: path.clone(),
-                connection: *connection,
-                source,
-            })?;
-            aborted += 1;
+            match fusectl::abort(*connection) {
+                Ok(()) => aborted += 1,
+                // Gone since mountinfo was read: nothing left to free.
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(source) => {
+                    return Err(StaleError::Abort {
+                        path: path.clone(),
+                        connection: *connection,
+                        source,
+                    });
+                }
+            }
         }
     }
     Ok(aborted)
