@@ -61,7 +61,9 @@ pub enum Command {
     /// Mounts every volume of the configuration live and the shadow copy browser read-only,
     /// prints one line per mount and then `umbra: ready`, and serves the control socket until
     /// SIGINT or SIGTERM, when it unmounts everything and exits. Mounts left by a crashed daemon
-    /// are cleaned up first; a second daemon on the same state directory is refused.
+    /// are cleaned up first; a second daemon on the same state directory is refused, unless the
+    /// first was killed but cannot finish exiting: then the FUSE connections of its mountpoints
+    /// are aborted (mounting fusectl at /sys/fs/fuse/connections if needed) so that it can.
     Up,
 
     /// Make a shadow copy set of some or all volumes
