@@ -61,7 +61,9 @@ pub enum Command {
     /// Mounts every volume of the configuration live and the shadow copy browser read-only,
     /// prints one line per mount and then `umbra: ready`, and serves the control socket until
     /// SIGINT or SIGTERM, when it unmounts everything and exits. Mounts left by a crashed daemon
-    /// are cleaned up first; a second daemon on the same state directory is refused.
+    /// are cleaned up first; a second daemon on the same state directory is refused, unless the
+    /// first was killed but cannot finish exiting: then the FUSE connections of its mountpoints
+    /// are aborted (mounting fusectl at /sys/fs/fuse/connections if needed) so that it can.
     Up,
 
     /// Make a shadow copy set of some or all volumes
@@ -69,7 +71,10 @@ pub enum Command {
     /// All named volumes are copied at one instant, after every registered writer of those volumes
     /// went through Identify, PrepareForBackup, PrepareForSnapshot and Freeze; then Thaw,
     /// PostSnapshot and BackupComplete follow. A required writer's failure aborts the set and
-    /// nothing is created; a second create while one runs is refused. With --json the answer also
+    /// nothing is created; a second create while one runs is refused. The set stays pending from
+    /// its commit until its writers have thawed and heard PostSnapshot (it is listed and browsable
+    /// meanwhile); a set interrupted by a daemon crash in that window is deleted at the daemon's
+    /// next start, so that a set is whole or absent. With --json the answer also
     /// has set_guid (the id the writers saw), hold_ms, total_ms and writers. The set is named after its UTC creation time
     /// (name_format; e.g. 2026-11-25T084250Z, with a suffix -1, -2, ... if that name is taken) and
     /// prints as `<name> (id <id>): <volumes>`. An unknown volume is an error, and then nothing is

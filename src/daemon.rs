@@ -1,5 +1,6 @@
 //! `umbra up`: the daemon's life from start to exit. It creates the missing
-//! directories, takes the state dir's lock, recovers stale mounts, opens the
+//! directories, takes the state dir's lock (freeing a predecessor stuck
+//! dying on its own mount first), recovers stale mounts, opens the
 //! store and every volume before it mounts anything, mounts the volumes and
 //! the browser, serves the control socket, and on SIGINT or SIGTERM unmounts
 //! the browser, then the volumes, and returns. The pieces live in the files
@@ -16,6 +17,8 @@ use std::io;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
 
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
@@ -74,11 +77,36 @@ pub enum DaemonError {
     Mount(#[from] MountError),
 }
 
+/// How long a stuck predecessor may take to exit once its connections are
+/// aborted.
+const DYING_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The state dir's lock. A predecessor killed while stuck on a request to
+/// its own mount still holds it, and only aborting its FUSE connections
+/// lets it finish exiting (stale.rs).
+fn lock_state_dir(config: &Config) -> Result<StateLock, DaemonError> {
+    let held_by = match StateLock::acquire(&config.state_dir) {
+        Err(LockError::Held { pid: Some(pid), .. }) if stale::is_dying(pid) => pid,
+        other => return Ok(other?),
+    };
+    tracing::warn!("the previous daemon (pid {held_by}) was killed but cannot finish exiting");
+    stale::abort_connections(config.mountpoints().map(|(_, path)| path))?;
+    let deadline = Instant::now() + DYING_TIMEOUT;
+    loop {
+        match StateLock::acquire(&config.state_dir) {
+            Err(LockError::Held { .. }) if Instant::now() < deadline => {
+                thread::sleep(Duration::from_millis(20));
+            }
+            other => return Ok(other?),
+        }
+    }
+}
+
 /// Runs the daemon of `config` until SIGINT or SIGTERM.
 pub fn up(config: Config) -> Result<(), DaemonError> {
     tracing::debug!(config = %config.origin, "starting");
     create_private_dir(&config.state_dir)?;
-    let _lock = StateLock::acquire(&config.state_dir)?;
+    let _lock = lock_state_dir(&config)?;
     // A dead mount answers ENOTCONN even to mkdir: recover before creating.
     for (what, path) in config.mountpoints() {
         if stale::recover(path)? {

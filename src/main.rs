@@ -1,6 +1,8 @@
 //! The `umbra` binary: parses the command line, sets up logging, runs the
 //! daemon or a client command, and turns any error into one line,
-//! `umbra: <message>`, with a non-zero exit status. Nothing else lives here.
+//! `umbra: <message>`, with a non-zero exit status. Run by the daemon with
+//! umbra_fs's hidden `FLUSH_COMMAND`, it is the daemon's flush child
+//! instead. Nothing else lives here.
 
 mod cli;
 mod client;
@@ -25,6 +27,14 @@ use client::Client;
 use config::Config;
 
 fn main() -> ExitCode {
+    // The daemon's flush child (umbra_fs's flusher): no CLI, no logging,
+    // hidden from --help.
+    if std::env::args_os()
+        .nth(1)
+        .is_some_and(|arg| arg == umbra_fs::FLUSH_COMMAND)
+    {
+        return umbra_fs::flush_child_main();
+    }
     let cli = Cli::parse();
     init_logging();
     match run(cli) {

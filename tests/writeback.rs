@@ -4,7 +4,8 @@
 //! live mount showed at its instant: bytes written and closed just before
 //! `umbra create`, bytes of files still open (plain, O_WRONLY over partial
 //! pages, O_APPEND, truncated and extended, mapped), and the size and mtime
-//! the live mount reported.
+//! the live mount reported. And a daemon killed while it flushes dies
+//! promptly, unaided.
 
 #![allow(clippy::unwrap_used)] // in a test, an unwrap is an assertion
 
@@ -15,6 +16,8 @@ use std::io::Write;
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
+use std::thread;
+use std::time::{Duration, Instant};
 
 use common::ops::fill;
 use common::{Config, Daemon, SetJson};
@@ -204,4 +207,95 @@ fn a_file_written_through_a_name_removed_since_shows_under_its_other_name() {
     assert_in_set(&d, &set, "b", b"new bytes", want);
     drop(f);
     assert_eq!(fs::read(live.join("b")).unwrap(), b"new bytes");
+}
+
+/// How the daemon under test flushes: in a child process (`umbra __flush`),
+/// or, as builds before it did, on a thread named `flush`.
+#[derive(Debug, PartialEq)]
+enum Flushing {
+    Child(u32),
+    Thread,
+}
+
+/// The flush the daemon `pid` is running now, if any.
+fn flushing(pid: u32) -> Option<Flushing> {
+    let tasks = fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+    for task in tasks.flatten() {
+        if fs::read_to_string(task.path().join("comm")).is_ok_and(|c| c.trim() == "flush") {
+            return Some(Flushing::Thread);
+        }
+        let children = fs::read_to_string(task.path().join("children")).unwrap_or_default();
+        for child in children.split_whitespace() {
+            let cmdline = fs::read(format!("/proc/{child}/cmdline")).unwrap_or_default();
+            if cmdline.split(|b| *b == 0).nth(1) == Some(b"__flush".as_slice()) {
+                return child.parse().ok().map(Flushing::Child);
+            }
+        }
+    }
+    None
+}
+
+/// The flush before a hold makes requests to the daemon's own mount. A
+/// daemon SIGKILLed while one is in flight must die at once, without its
+/// FUSE connections being aborted for it, and leave no flush behind: a
+/// daemon thread waiting on such a request kept the process from ever
+/// finishing its exit.
+#[test]
+fn a_daemon_killed_mid_flush_dies_unaided() {
+    const ROUNDS: usize = 4;
+    const FILES: usize = 48;
+    let _serial = serial();
+    let mut d = start();
+    let mut caught = 0;
+    for _attempt in 0..4 * ROUNDS {
+        if caught == ROUNDS {
+            break;
+        }
+        let live = d.live("data");
+        let block = vec![0x5a; 1 << 20];
+        let files: Vec<fs::File> = (0..FILES)
+            .map(|i| {
+                let mut f = fs::File::create(live.join(format!("f{i}"))).unwrap();
+                f.write_all(&block).unwrap();
+                f
+            })
+            .collect();
+        let pid = d.pid().unwrap();
+        let socket = d.layout.socket.clone();
+        let creator = thread::spawn(move || common::create_set_in_process(&socket));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut found = None;
+        while found.is_none() && !creator.is_finished() && Instant::now() < deadline {
+            found = flushing(pid);
+        }
+        let Some(flush) = found else {
+            // The flush ended before it was seen: try again.
+            drop(files);
+            creator.join().unwrap().unwrap();
+            continue;
+        };
+        let aborted = d.kill_reporting_abort();
+        assert!(
+            !aborted,
+            "the daemon, killed while flushing ({flush:?}), could not die until its FUSE connections were aborted"
+        );
+        if let Flushing::Child(child) = flush {
+            let gone = Instant::now() + Duration::from_secs(2);
+            while Path::new(&format!("/proc/{child}")).exists() && Instant::now() < gone {
+                thread::sleep(Duration::from_millis(10));
+            }
+            assert!(
+                !Path::new(&format!("/proc/{child}")).exists(),
+                "the flush child {child} outlived the daemon"
+            );
+        }
+        drop(files);
+        assert!(
+            creator.join().unwrap().is_err(),
+            "a set came of a killed flush"
+        );
+        caught += 1;
+        d.launch();
+    }
+    assert_eq!(caught, ROUNDS, "a flush in flight was caught too rarely");
 }

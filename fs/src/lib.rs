@@ -7,9 +7,13 @@
 //!
 //! Each is a core that tests drive without the kernel and a thin fuser
 //! adapter. `provider` is the coordinator's copy-on-write provider over
-//! the live volumes. This crate knows the store and the coordinator's
-//! Provider trait; it never opens the control socket, never talks to a
-//! writer and never parses configuration.
+//! the live volumes. `fusectl` finds and aborts FUSE connections, for a
+//! daemon recovering from a predecessor stuck on its own mount. This crate
+//! knows the store and the coordinator's Provider trait; it never opens
+//! the control socket, never talks to a writer and never parses
+//! configuration. A binary that mounts live
+//! volumes must run `flush_child_main` when its first argument is
+//! `FLUSH_COMMAND`: a set's flush re-executes the binary so (flusher.rs).
 
 mod attr;
 mod backing;
@@ -19,6 +23,7 @@ mod cow;
 mod diff;
 mod error;
 mod flusher;
+pub mod fusectl;
 mod live;
 mod mount;
 mod provider;
@@ -29,6 +34,7 @@ mod volume;
 
 pub use diff::{DiffArea, DiffLimits, OnFull};
 pub use error::{FsError, Result};
+pub use flusher::{FLUSH_COMMAND, flush_child_main};
 pub use mount::{MountHandle, MountOptions, mount_live, mount_snapshots};
 pub use provider::CowProvider;
 pub use shadow::{commit_set, delete_set};

@@ -4,6 +4,15 @@
 //! (or any FUSE mount listed in /proc/self/mountinfo: the state dir's lock
 //! says no live umbra owns it) is detached: `umount2(MNT_DETACH)`, else
 //! `fusermount3 -uz`. It never unmounts anything but the given mountpoints.
+//!
+//! A daemon SIGKILLed while one of its threads waited on a request to its
+//! own mount, one a FUSE worker had already read, cannot finish exiting: the
+//! kernel waits for that answer uninterruptibly, and the dying process keeps
+//! /dev/fuse (and the state dir's lock) open, so nobody ever answers. Such a
+//! predecessor (`is_dying`) is freed by aborting the FUSE connections of
+//! the configured mountpoints (`abort_connections`), as is a mount that
+//! unmounting alone does not remove. Connections are aborted only then:
+//! an abort also fails the requests of whoever still uses a detached mount.
 
 use std::ffi::CString;
 use std::io;
@@ -11,7 +20,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-const MOUNTINFO: &str = "/proc/self/mountinfo";
+use umbra_fs::fusectl::{self, FuseMount, MOUNTINFO};
 /// Mounts stacked at one mountpoint that a recovery undoes, at most.
 const MAX_STACKED: usize = 8;
 
@@ -27,32 +36,114 @@ pub enum StaleError {
     },
     #[error("the stale mount at {} is still there after {MAX_STACKED} unmounts", .0.display())]
     Stuck(PathBuf),
+    #[error("aborting the FUSE connection {connection} of {}: {source}", .path.display())]
+    Abort {
+        path: PathBuf,
+        connection: u64,
+        #[source]
+        source: io::Error,
+    },
 }
 
 /// Detaches whatever stale FUSE mount sits at `mountpoint`. Returns whether
 /// there was one.
 pub fn recover(mountpoint: &Path) -> Result<bool, StaleError> {
     let target = kernel_path(mountpoint);
+    match detach_all(&target) {
+        Ok(recovered) => Ok(recovered),
+        Err(e) => {
+            // A mount whose server is stuck may refuse to go until its
+            // connection is aborted.
+            if abort_connections([target.as_path()])? == 0 {
+                return Err(e);
+            }
+            detach_all(&target).map(|_| true)
+        }
+    }
+}
+
+fn detach_all(target: &Path) -> Result<bool, StaleError> {
     let mut recovered = false;
     for _ in 0..MAX_STACKED {
-        if !is_stale(&target)? {
+        if !is_stale(target)? {
             return Ok(recovered);
         }
         tracing::warn!(
             "unmounting the stale mount at {} left by a crashed daemon",
             target.display()
         );
-        detach(&target)?;
+        detach(target)?;
         recovered = true;
     }
-    Err(StaleError::Stuck(target))
+    Err(StaleError::Stuck(target.to_path_buf()))
+}
+
+/// Aborts the FUSE connection of every mount at these mountpoints; returns
+/// how many it aborted.
+pub fn abort_connections<'a>(
+    mountpoints: impl IntoIterator<Item = &'a Path>,
+) -> Result<usize, StaleError> {
+    let mounts = fusectl::read_fuse_mounts().map_err(StaleError::Mountinfo)?;
+    let mut aborted = 0;
+    for path in mountpoints.into_iter().map(kernel_path) {
+        for FuseMount { connection, .. } in mounts.iter().filter(|m| m.mountpoint == path) {
+            tracing::warn!(
+                "aborting the FUSE connection {connection} of the stuck mount at {}",
+                path.display()
+            );
+            match fusectl::abort(*connection) {
+                Ok(()) => aborted += 1,
+                // Gone since mountinfo was read: nothing left to free.
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(source) => {
+                    return Err(StaleError::Abort {
+                        path: path.clone(),
+                        connection: *connection,
+                        source,
+                    });
+                }
+            }
+        }
+    }
+    Ok(aborted)
+}
+
+/// Whether process `pid` was killed but has not finished exiting: its main
+/// thread is a zombie while the process lives on, or one of its threads
+/// has SIGKILL pending, which a thread stuck uninterruptibly never takes.
+/// A running daemon's main thread outlives its other threads, and nobody
+/// leaves SIGKILL pending on one for long.
+pub fn is_dying(pid: u32) -> bool {
+    const SIGKILL_BIT: u64 = 1 << (libc::SIGKILL - 1);
+    let proc = PathBuf::from(format!("/proc/{pid}"));
+    let zombie = std::fs::read_to_string(proc.join("stat"))
+        .ok()
+        .and_then(|stat| Some(stat.get(stat.rfind(')')? + 2..)?.starts_with('Z')))
+        .unwrap_or(false);
+    if zombie {
+        return true;
+    }
+    let Ok(tasks) = std::fs::read_dir(proc.join("task")) else {
+        return false;
+    };
+    tasks.flatten().any(|task| {
+        let status = std::fs::read_to_string(task.path().join("status")).unwrap_or_default();
+        status.lines().any(|line| {
+            let pending = line
+                .strip_prefix("SigPnd:")
+                .or_else(|| line.strip_prefix("ShdPnd:"));
+            pending
+                .and_then(|mask| u64::from_str_radix(mask.trim(), 16).ok())
+                .is_some_and(|mask| mask & SIGKILL_BIT != 0)
+        })
+    })
 }
 
 /// Mountinfo is read first: a stat of a FUSE mount whose daemon is stopped
 /// but not dead would hang.
 fn is_stale(path: &Path) -> Result<bool, StaleError> {
-    let mountinfo = std::fs::read_to_string(MOUNTINFO).map_err(StaleError::Mountinfo)?;
-    if fuse_mountpoints(&mountinfo).any(|m| m == path) {
+    let mounts = fusectl::read_fuse_mounts().map_err(StaleError::Mountinfo)?;
+    if mounts.iter().any(|m| m.mountpoint == path) {
         return Ok(true);
     }
     Ok(matches!(std::fs::metadata(path), Err(e) if e.raw_os_error() == Some(libc::ENOTCONN)))
@@ -103,72 +194,23 @@ fn umount_detach(path: &Path) -> io::Result<()> {
     }
 }
 
-/// The mountpoints of FUSE filesystems in a mountinfo text (proc(5)):
-/// field 5 is the mountpoint, and the filesystem type follows the ` - `
-/// separator. `fuseblk` (block-device FUSE, e.g. ntfs-3g) is not ours.
-fn fuse_mountpoints(mountinfo: &str) -> impl Iterator<Item = PathBuf> + '_ {
-    mountinfo.lines().filter_map(|line| {
-        let fields: Vec<&str> = line.split(' ').collect();
-        let mountpoint = fields.get(4)?;
-        let separator = fields.iter().position(|f| *f == "-")?;
-        let fstype = fields.get(separator + 1)?;
-        (*fstype == "fuse" || fstype.starts_with("fuse.")).then(|| unescape(mountpoint))
-    })
-}
-
-/// Undoes mountinfo's octal escapes (`\040` for a space, `\134` for `\`).
-fn unescape(field: &str) -> PathBuf {
-    use std::os::unix::ffi::OsStringExt;
-    let bytes = field.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let octal = bytes
-            .get(i + 1..i + 4)
-            .filter(|d| d.iter().all(|b| (b'0'..=b'7').contains(b)));
-        match (bytes[i], octal) {
-            (b'\\', Some(d)) => {
-                let value = d.iter().fold(0u32, |acc, b| acc * 8 + u32::from(b - b'0'));
-                out.push(u8::try_from(value).unwrap_or(b'?'));
-                i += 4;
-            }
-            (b, _) => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    PathBuf::from(std::ffi::OsString::from_vec(out))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    const SAMPLE: &str = "\
-22 1 0:21 / / rw,relatime shared:1 - ext4 /dev/sda1 rw
-36 22 0:32 / /home/u/clone/data rw,nosuid,nodev,relatime shared:20 - fuse.umbra umbra rw,user_id=0,group_id=0
-37 22 0:33 / /home/u/my\\040snaps rw,nosuid,nodev - fuse umbra rw,user_id=0
-38 22 8:17 / /media/usb rw,relatime shared:5 master:3 - fuseblk /dev/sdb1 rw
-39 22 0:34 / /proc rw,nosuid shared:12 - proc proc rw
-";
-
     #[test]
-    fn fuse_mounts_are_found_in_mountinfo() {
-        let found: Vec<PathBuf> = fuse_mountpoints(SAMPLE).collect();
-        assert_eq!(
-            found,
-            [
-                PathBuf::from("/home/u/clone/data"),
-                PathBuf::from("/home/u/my snaps")
-            ]
-        );
-    }
-
-    #[test]
-    fn escapes_are_undone() {
-        assert_eq!(unescape(r"/a\040b\134c\011d"), PathBuf::from("/a b\\c\td"));
-        assert_eq!(unescape(r"/trailing\04"), PathBuf::from(r"/trailing\04"));
+    fn a_live_process_is_not_dying_and_a_killed_one_is() {
+        assert!(!is_dying(std::process::id()));
+        let mut child = Command::new("sleep").arg("60").spawn().expect("sleep");
+        assert!(!is_dying(child.id()));
+        child.kill().expect("kill");
+        // Killed, not reaped: a zombie, as a stuck daemon's main thread is.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while !is_dying(child.id()) && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert!(is_dying(child.id()));
+        child.wait().expect("reap");
     }
 
     #[test]

@@ -369,6 +369,32 @@ fn wait_timeout(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
     }
 }
 
+/// A set of every volume, asked for on the control socket `socket` by this
+/// very process (see `Daemon::try_create_set_in_process`).
+pub fn create_set_in_process(socket: &Path) -> Result<SetJson, String> {
+    use std::io::Write as _;
+    let mut stream = std::os::unix::net::UnixStream::connect(socket)
+        .map_err(|e| format!("connecting to {}: {e}", socket.display()))?;
+    stream
+        .write_all(b"{\"op\":\"create\"}\n")
+        .map_err(|e| format!("sending create: {e}"))?;
+    let mut line = String::new();
+    BufReader::new(stream)
+        .read_line(&mut line)
+        .map_err(|e| format!("reading the answer to create: {e}"))?;
+    #[derive(Deserialize)]
+    #[serde(rename_all = "snake_case")]
+    enum Answer {
+        Ok(SetJson),
+        Error(String),
+    }
+    match serde_json::from_str(&line) {
+        Ok(Answer::Ok(set)) => Ok(set),
+        Ok(Answer::Error(e)) => Err(format!("create: {e}")),
+        Err(e) => Err(format!("create answered {line:?}: {e}")),
+    }
+}
+
 /// A running `umbra up` in its own temp dir.
 pub struct Daemon {
     pub config: Config,
@@ -567,45 +593,41 @@ impl Daemon {
     /// SIGKILLs the daemon and reaps it, leaving its mounts behind as a
     /// crash does (the next `launch` must recover them).
     pub fn kill(&mut self) {
+        self.kill_reporting_abort();
+    }
+
+    /// `kill`, returning whether the daemon could die only once its FUSE
+    /// connections were aborted (a product bug: see `abort_fuse_connections`).
+    pub fn kill_reporting_abort(&mut self) -> bool {
         let Some(mut child) = self.child.take() else {
             panic!("the daemon is not running");
         };
         signal(&child, libc::SIGKILL);
+        let mut aborted = false;
         if wait_timeout(&mut child, Duration::from_secs(2)).is_none() {
             // A daemon thread waiting on a request to the daemon's own
-            // mount (the flush before a hold) cannot die until that request
-            // ends, and nobody is left to answer it: abort the connections,
-            // as an administrator would.
+            // mount cannot die until that request ends, and nobody is left
+            // to answer it: abort the connections, as an administrator
+            // would. The flush before a hold runs in a child process so
+            // that this never happens; it stays as the suite's safety net.
             self.abort_fuse_connections();
+            aborted = true;
         }
         if wait_timeout(&mut child, STOP_TIMEOUT).is_none() {
             panic!("{}", self.failure("the daemon survived SIGKILL"));
         }
+        aborted
     }
 
     /// Aborts the FUSE connection of every mountpoint of this daemon,
     /// found in /proc/self/mountinfo (no syscall reaches the mounts).
     fn abort_fuse_connections(&self) {
-        let Ok(info) = fs::read_to_string("/proc/self/mountinfo") else {
+        let Ok(mounts) = umbra_fs::fusectl::read_fuse_mounts() else {
             return;
         };
-        let ours: Vec<String> = self
-            .layout
-            .mountpoints()
-            .iter()
-            .map(|p| p.to_string_lossy().into_owned())
-            .collect();
-        for line in info.lines() {
-            let fields: Vec<&str> = line.split(' ').collect();
-            let (Some(dev), Some(at)) = (fields.get(2), fields.get(4)) else {
-                continue;
-            };
-            if !ours.iter().any(|m| m == at) {
-                continue;
-            }
-            if let Some((_, minor)) = dev.split_once(':') {
-                let _ = fs::write(format!("/sys/fs/fuse/connections/{minor}/abort"), "1");
-            }
+        let ours = self.layout.mountpoints();
+        for mount in mounts.iter().filter(|m| ours.contains(&m.mountpoint)) {
+            let _ = umbra_fs::fusectl::abort(mount.connection);
         }
     }
 
@@ -731,28 +753,7 @@ impl Daemon {
     /// with the writeback cache: a test of the flush before the hold must
     /// not fork between its writes and its set.
     pub fn try_create_set_in_process(&self) -> Result<SetJson, String> {
-        use std::io::Write as _;
-        let socket = &self.layout.socket;
-        let mut stream = std::os::unix::net::UnixStream::connect(socket)
-            .map_err(|e| format!("connecting to {}: {e}", socket.display()))?;
-        stream
-            .write_all(b"{\"op\":\"create\"}\n")
-            .map_err(|e| format!("sending create: {e}"))?;
-        let mut line = String::new();
-        BufReader::new(stream)
-            .read_line(&mut line)
-            .map_err(|e| format!("reading the answer to create: {e}"))?;
-        #[derive(Deserialize)]
-        #[serde(rename_all = "snake_case")]
-        enum Answer {
-            Ok(SetJson),
-            Error(String),
-        }
-        match serde_json::from_str(&line) {
-            Ok(Answer::Ok(set)) => Ok(set),
-            Ok(Answer::Error(e)) => Err(format!("create: {e}")),
-            Err(e) => Err(format!("create answered {line:?}: {e}")),
-        }
+        create_set_in_process(&self.layout.socket)
     }
 
     pub fn try_list_sets(&self) -> Result<Vec<SetJson>, String> {
