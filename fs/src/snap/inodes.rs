@@ -297,6 +297,7 @@ impl Inodes {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // in a test, an unwrap is an assertion
 mod tests {
     use super::*;
 
@@ -335,7 +336,7 @@ mod tests {
         assert_eq!(inodes.hold(&node(v, u64::MAX - 5, root, 0)), wide);
         assert_eq!(inodes.hold(&node(v, 12, root, 1)), small);
         assert_ne!(wide, small);
-        assert!(wide < 1 << VIEW_SHIFT && wide >= FIRST_FREE);
+        assert!((FIRST_FREE..1 << VIEW_SHIFT).contains(&wide));
     }
 
     #[test]
