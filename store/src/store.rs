@@ -585,16 +585,29 @@ impl Store {
 
     /// Waits until a sync begun after the change behind `ticket` (appends,
     /// a commit) has completed; concurrent writers share one. A sync
-    /// flushes the packs, records how far they are durable when that moved
-    /// far enough, then flushes the catalog's WAL.
+    /// flushes the packs and the catalog's WAL at the same time (a write
+    /// that keeps a pre-image waits for the slower of the two, not for
+    /// both in turn), then records how far the packs are durable when that
+    /// moved far enough; the next sync makes that record durable.
+    ///
+    /// The WAL may thus reach the disk before the pack bytes its rows name,
+    /// as it may anyway when the kernel writes it back early: open checks
+    /// every chunk past the recorded mark (recover.rs), which never runs
+    /// ahead of the packs.
     fn make_durable(&self, ticket: Ticket) -> Result<()> {
         if self.durability == Durability::Process {
             return Ok(());
         }
         self.group.wait(ticket, || {
-            self.packs.sync()?;
+            let (packs, wal) = std::thread::scope(|scope| {
+                let packs = scope.spawn(|| self.packs.sync());
+                let wal = self.sync_wal();
+                (packs.join(), wal)
+            });
+            packs.unwrap_or_else(|panic| std::panic::resume_unwind(panic))?;
+            wal?;
             self.record_synced(false);
-            self.sync_wal()
+            Ok(())
         })
     }
 
