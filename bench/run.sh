@@ -148,7 +148,7 @@ BIG_MB=$(scaled 256 8)          # snapshot large-file reads
 DUP_MB=$(scaled 64 4)           # diff area with duplicate content
 CREATE_SIZES=("$(scaled 1000 100)" "$(scaled 100000 1000)")
 [ "${BENCH_MILLION:-0}" = 1 ] && CREATE_SIZES+=(1000000)
-CREATE_REPS=${BENCH_CREATE_REPS:-20}
+CREATE_REPS=${BENCH_CREATE_REPS:-60}
 GC_MB=$(scaled 1024 64)         # pre-images a deleted set frees
 GC_LOAD_MB=$(scaled 128 8)      # the file plain writes run on
 GC_COW_MB=$(scaled 4096 64)     # the sparse file first overwrites run on
@@ -346,12 +346,18 @@ if ! skip UNTAR; then
 fi
 
 # ---------------------------------------------------------- umbra create
+# Each create's hold_ms (writes held, measured in the daemon around the
+# gate) and total_ms (flush, hold, writers' events, durable record) from
+# --json, and the wall time of the client command as the script sees it.
 create_series() { # label volumes...
   local label=$1; shift
   for _ in $(seq "$CREATE_REPS"); do
-    timed take_set "$@"
+    timed umbra_c create "$@" --json > "$R/created.json"
     rec create "$label" wall "$(awk -v u="$T_US" 'BEGIN { printf "%.2f", u / 1000 }')" ms
+    rec create "$label" hold "$(jq -r .hold_ms "$R/created.json")" ms
+    rec create "$label" total "$(jq -r .total_ms "$R/created.json")" ms
   done
+  for v in "$@"; do delete_sets_of "$v"; done
 }
 
 if ! skip CREATE; then
