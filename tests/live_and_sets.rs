@@ -762,3 +762,68 @@ fn a_long_listing_of_a_large_directory_matches_the_backing_directory() {
     }
     assert_eq!(names(&live).len(), 1501);
 }
+
+/// The live mount answers xattr questions as the backing file does, while
+/// it keeps their names in memory: a miss, then a set, a remove, a chmod
+/// that rewrites an access ACL, and a file that inherits a default ACL at
+/// its creation.
+#[test]
+fn xattrs_through_the_live_mount_answer_as_the_backing_files_do() {
+    let d = Daemon::start(Config::default());
+    let live = d.live("data");
+    let backing = d.backing("data");
+    let agree = |name: &str, attr: &[u8], when: &str| {
+        assert_eq!(
+            sys::lgetxattr(&live.join(name), attr),
+            sys::lgetxattr(&backing.join(name), attr),
+            "{name} {}: {when}",
+            String::from_utf8_lossy(attr)
+        );
+        assert_eq!(
+            sys::llistxattr(&live.join(name)),
+            sys::llistxattr(&backing.join(name)),
+            "{name}: list {when}"
+        );
+    };
+    fs::write(live.join("f"), "x").unwrap();
+    agree("f", b"user.a", "never set");
+    sys::lsetxattr(&live.join("f"), "user.a", b"1").unwrap();
+    agree("f", b"user.a", "set");
+    assert_eq!(
+        sys::lgetxattr(&live.join("f"), b"user.a"),
+        Ok(b"1".to_vec())
+    );
+    sys::lremovexattr(&live.join("f"), "user.a").unwrap();
+    agree("f", b"user.a", "removed");
+
+    // A default ACL with a named user: files made in the directory get an
+    // access ACL from the backing filesystem, not from umbra.
+    let acl = |entries: &[(u16, u16, u32)]| -> Vec<u8> {
+        let mut v = 2u32.to_le_bytes().to_vec();
+        for (tag, perm, id) in entries {
+            v.extend_from_slice(&tag.to_le_bytes());
+            v.extend_from_slice(&perm.to_le_bytes());
+            v.extend_from_slice(&id.to_le_bytes());
+        }
+        v
+    };
+    const ANY: u32 = u32::MAX;
+    let default = acl(&[
+        (0x01, 7, ANY),
+        (0x02, 4, 65534),
+        (0x04, 5, ANY),
+        (0x10, 7, ANY),
+        (0x20, 5, ANY),
+    ]);
+    fs::create_dir(live.join("acl")).unwrap();
+    sys::lsetxattr(&live.join("acl"), "system.posix_acl_default", &default).unwrap();
+    fs::write(live.join("acl/inherits"), "y").unwrap();
+    agree(
+        "acl/inherits",
+        b"system.posix_acl_access",
+        "inherited at creation",
+    );
+    assert!(sys::lgetxattr(&live.join("acl/inherits"), b"system.posix_acl_access").is_ok());
+    fs::set_permissions(live.join("acl/inherits"), fs::Permissions::from_mode(0o600)).unwrap();
+    agree("acl/inherits", b"system.posix_acl_access", "after a chmod");
+}
