@@ -798,22 +798,12 @@ fn xattrs_through_the_live_mount_answer_as_the_backing_files_do() {
 
     // A default ACL with a named user: files made in the directory get an
     // access ACL from the backing filesystem, not from umbra.
-    let acl = |entries: &[(u16, u16, u32)]| -> Vec<u8> {
-        let mut v = 2u32.to_le_bytes().to_vec();
-        for (tag, perm, id) in entries {
-            v.extend_from_slice(&tag.to_le_bytes());
-            v.extend_from_slice(&perm.to_le_bytes());
-            v.extend_from_slice(&id.to_le_bytes());
-        }
-        v
-    };
-    const ANY: u32 = u32::MAX;
-    let default = acl(&[
-        (0x01, 7, ANY),
-        (0x02, 4, 65534),
-        (0x04, 5, ANY),
-        (0x10, 7, ANY),
-        (0x20, 5, ANY),
+    let default = sys::posix_acl(&[
+        (sys::ACL_USER_OBJ, 7, 0),
+        (sys::ACL_USER, 4, 65534),
+        (sys::ACL_GROUP_OBJ, 5, 0),
+        (sys::ACL_MASK, 7, 0),
+        (sys::ACL_OTHER, 5, 0),
     ]);
     fs::create_dir(live.join("acl")).unwrap();
     sys::lsetxattr(&live.join("acl"), "system.posix_acl_default", &default).unwrap();

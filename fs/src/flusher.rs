@@ -350,13 +350,17 @@ fn fuse_handle(ino: u64) -> Vec<u8> {
     handle
 }
 
+/// The file may have been closed (and so written back) since the daemon
+/// listed it, and its number reused: then the number names nothing
+/// (ESTALE, ENOENT), or something that is no regular file, which is looked
+/// at through O_PATH and never opened (a device's open could do anything).
 fn flush_one(root: &File, ino: u64) -> io::Result<()> {
-    let fd = backing::open_by_handle(
-        root.as_fd(),
-        &fuse_handle(ino),
-        libc::O_RDONLY | libc::O_NONBLOCK | libc::O_NOCTTY,
-    )?;
-    File::from(fd).sync_all()
+    let found = backing::open_by_handle(root.as_fd(), &fuse_handle(ino), libc::O_PATH)?;
+    if backing::fstat(found.as_fd())?.st_mode & libc::S_IFMT != libc::S_IFREG {
+        return Ok(());
+    }
+    let file = backing::reopen(found.as_fd(), libc::O_RDONLY | libc::O_NONBLOCK)?;
+    File::from(file).sync_all()
 }
 
 #[cfg(test)]

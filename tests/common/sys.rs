@@ -135,6 +135,27 @@ pub fn lsetxattr(path: &Path, name: &str, value: &[u8]) -> Result<(), Errno> {
     })
 }
 
+/// The xattr value of a POSIX ACL (`system.posix_acl_access` or
+/// `_default`): version 2, then (tag, permissions, id) entries, which must
+/// come sorted by tag and id. Ids of the owner, group, mask and other
+/// entries are ignored.
+pub fn posix_acl(entries: &[(u16, u16, u32)]) -> Vec<u8> {
+    let mut v = 2u32.to_le_bytes().to_vec();
+    for (tag, perm, id) in entries {
+        v.extend_from_slice(&tag.to_le_bytes());
+        v.extend_from_slice(&perm.to_le_bytes());
+        v.extend_from_slice(&id.to_le_bytes());
+    }
+    v
+}
+
+/// ACL entry tags (linux/posix_acl.h).
+pub const ACL_USER_OBJ: u16 = 0x01;
+pub const ACL_USER: u16 = 0x02;
+pub const ACL_GROUP_OBJ: u16 = 0x04;
+pub const ACL_MASK: u16 = 0x10;
+pub const ACL_OTHER: u16 = 0x20;
+
 pub fn lremovexattr(path: &Path, name: &str) -> Result<(), Errno> {
     let (path, name) = (cstr(path), cstr_os(OsStr::new(name)));
     // SAFETY: valid NUL-terminated strings.
