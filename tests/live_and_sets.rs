@@ -761,6 +761,18 @@ fn a_long_listing_of_a_large_directory_matches_the_backing_directory() {
         }
     }
     assert_eq!(names(&live).len(), 1501);
+    // readdir (through READDIRPLUS at a listing's start) gives `.` and
+    // `..` their own inode numbers.
+    let dots: Vec<(Vec<u8>, u64)> = sys::readdir_inos(&live)
+        .unwrap()
+        .into_iter()
+        .filter(|(name, _)| name == b"." || name == b"..")
+        .collect();
+    assert!(dots.contains(&(b".".to_vec(), ino(&live))), "{dots:?}");
+    assert!(
+        dots.contains(&(b"..".to_vec(), ino(&d.live("data")))),
+        "{dots:?}"
+    );
 }
 
 /// The live mount answers xattr questions as the backing file does, while

@@ -297,3 +297,30 @@ pub fn lstat_ino(path: &Path) -> Result<(u64, u64), Errno> {
         .map(|m| (m.dev(), m.ino()))
         .map_err(|e| errno_of(&e))
 }
+
+/// Every entry of `dir` with the inode number readdir gives (d_ino, not a
+/// stat), dots included.
+pub fn readdir_inos(dir: &Path) -> Result<Vec<(Vec<u8>, u64)>, Errno> {
+    let path = cstr(dir);
+    // SAFETY: a valid NUL-terminated path.
+    let handle = unsafe { libc::opendir(path.as_ptr()) };
+    if handle.is_null() {
+        return Err(last_errno());
+    }
+    let mut entries = Vec::new();
+    loop {
+        // SAFETY: handle is an open DIR*; the entry stays valid until the
+        // next readdir on it.
+        let entry = unsafe { libc::readdir(handle) };
+        if entry.is_null() {
+            break;
+        }
+        // SAFETY: d_name is NUL-terminated within the entry.
+        let name = unsafe { std::ffi::CStr::from_ptr((*entry).d_name.as_ptr()) };
+        // SAFETY: entry is valid (above).
+        entries.push((name.to_bytes().to_vec(), unsafe { (*entry).d_ino }));
+    }
+    // SAFETY: handle was opened above and is closed once.
+    unsafe { libc::closedir(handle) };
+    Ok(entries)
+}

@@ -355,11 +355,13 @@ impl Filesystem for LiveAdapter {
         for (i, entry) in entries.iter().enumerate().skip(offset as usize) {
             let next = (i + 1) as u64;
             if entry.name == "." || entry.name == ".." {
-                // The kernel takes neither a reference nor the attributes.
-                let attr = match dir_attr.get_or_insert_with(|| self.fs.getattr(ino.0)) {
+                // The kernel takes neither a reference nor the attributes,
+                // only the inode number (fuser sends the attributes' one).
+                let mut attr = match dir_attr.get_or_insert_with(|| self.fs.getattr(ino.0)) {
                     Ok(attr) => attr.to_fuser(),
                     Err(e) => return reply.error(errno(e)),
                 };
+                attr.ino = INodeNo(entry.ino);
                 if reply.add(
                     INodeNo(entry.ino),
                     next,
