@@ -25,20 +25,25 @@ pub struct FuseMount {
     pub connection: u64,
 }
 
-/// The FUSE mounts of a mountinfo text (proc(5)): field 3 is the device
-/// (`major:minor`), field 5 the mountpoint, and the filesystem type follows
-/// the ` - ` separator. `fuseblk` (block-device FUSE, e.g. ntfs-3g) is not
-/// umbra's and has no connection of this kind.
+/// One line of mountinfo (proc(5)): field 3 is the device (`major:minor`),
+/// field 5 the mountpoint, and the filesystem type follows the ` - `
+/// separator. Returns the device, the mountpoint and the type.
+fn parse_line(line: &str) -> Option<((u64, u64), PathBuf, &str)> {
+    let fields: Vec<&str> = line.split(' ').collect();
+    let (major, minor) = fields.get(2)?.split_once(':')?;
+    let device = (major.parse().ok()?, minor.parse().ok()?);
+    let mountpoint = unescape(fields.get(4)?);
+    let separator = fields.iter().position(|f| *f == "-")?;
+    Some((device, mountpoint, fields.get(separator + 1)?))
+}
+
+/// The FUSE mounts of a mountinfo text. `fuseblk` (block-device FUSE, e.g.
+/// ntfs-3g) is not umbra's and has no connection of this kind.
 pub fn fuse_mounts(mountinfo: &str) -> impl Iterator<Item = FuseMount> + '_ {
     mountinfo.lines().filter_map(|line| {
-        let fields: Vec<&str> = line.split(' ').collect();
-        let (major, minor) = fields.get(2)?.split_once(':')?;
-        let (major, minor) = (major.parse::<u64>().ok()?, minor.parse::<u64>().ok()?);
-        let mountpoint = fields.get(4)?;
-        let separator = fields.iter().position(|f| *f == "-")?;
-        let fstype = fields.get(separator + 1)?;
-        (*fstype == "fuse" || fstype.starts_with("fuse.")).then(|| FuseMount {
-            mountpoint: unescape(mountpoint),
+        let ((major, minor), mountpoint, fstype) = parse_line(line)?;
+        (fstype == "fuse" || fstype.starts_with("fuse.")).then_some(FuseMount {
+            mountpoint,
             // The kernel's dev_t (MKDEV): 12 bits of major above 20 of minor.
             connection: (major << 20) | minor,
         })
@@ -62,13 +67,10 @@ pub fn abort(connection: u64) -> io::Result<()> {
 
 fn fusectl_mounted() -> io::Result<bool> {
     let mountinfo = std::fs::read_to_string(MOUNTINFO)?;
-    Ok(mountinfo.lines().any(|line| {
-        let fields: Vec<&str> = line.split(' ').collect();
-        let at = fields.get(4).map(|m| unescape(m));
-        let separator = fields.iter().position(|f| *f == "-");
-        let fstype = separator.and_then(|s| fields.get(s + 1));
-        fstype == Some(&"fusectl") && at.as_deref() == Some(Path::new(CONNECTIONS))
-    }))
+    Ok(mountinfo
+        .lines()
+        .filter_map(parse_line)
+        .any(|(_, at, fstype)| fstype == "fusectl" && at == Path::new(CONNECTIONS)))
 }
 
 fn mount_fusectl() -> io::Result<()> {

@@ -348,7 +348,7 @@ impl LiveFs {
         }
         m.preserve()?;
         debug_assert!(m.all_stored());
-        if truncating {
+        if truncating && self.kills_privileges {
             let swapped;
             let file = match &truncate_file {
                 Some(file) => file,
