@@ -8,7 +8,6 @@ use std::fs::File;
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
-use std::os::unix::fs::DirEntryExt;
 
 use umbra_store::{AttrRecord, DirEntry, FileKind, ObjectId, Timestamp};
 
@@ -177,35 +176,78 @@ pub(crate) fn open_by_handle(
 }
 
 /// Entries of a directory (not `.` and `..`), with inode numbers and kinds.
+/// Read from a descriptor opened here with O_NOATIME (`reopen`): a
+/// listing through umbra never moves the backing directory's atime, which
+/// a set whose directory is still live shows as its own.
 pub(crate) fn list_dir(dir: BorrowedFd<'_>) -> io::Result<Vec<(OsString, u64, FileKind)>> {
     let fd = reopen(dir, libc::O_RDONLY | libc::O_DIRECTORY)?;
-    let path = format!("/proc/self/fd/{}", fd.as_raw_fd());
+    let stream = DirStream::new(fd)?;
     let mut out = Vec::new();
-    for entry in std::fs::read_dir(path)? {
-        let entry = entry?;
-        let ft = entry.file_type()?;
-        out.push((entry.file_name(), entry.ino(), kind_of_std(ft)));
+    loop {
+        // readdir64 reports an error only through errno, left as it was
+        // at the end of the stream.
+        // SAFETY: plain errno write of this thread.
+        unsafe { *libc::__errno_location() = 0 };
+        // SAFETY: the stream is open; the entry stays valid until the next call.
+        let entry = unsafe { libc::readdir64(stream.0) };
+        if entry.is_null() {
+            match io::Error::last_os_error().raw_os_error() {
+                Some(0) | None => return Ok(out),
+                Some(e) => return Err(io::Error::from_raw_os_error(e)),
+            }
+        }
+        // SAFETY: a non-null entry from readdir64 with a NUL-terminated name.
+        let (name, ino, d_type) = unsafe {
+            let e = &*entry;
+            (CStr::from_ptr(e.d_name.as_ptr()), e.d_ino, e.d_type)
+        };
+        let name = name.to_bytes();
+        if name == b"." || name == b".." {
+            continue;
+        }
+        let kind = match kind_of_dtype(d_type) {
+            Some(kind) => kind,
+            // A filesystem that does not fill d_type: ask the inode.
+            None => FileKind::from_mode(statat(dir, &CString::new(name)?)?.st_mode)
+                .unwrap_or(FileKind::Regular),
+        };
+        out.push((OsString::from_vec(name.to_vec()), ino, kind));
     }
-    Ok(out)
 }
 
-fn kind_of_std(ft: std::fs::FileType) -> FileKind {
-    use std::os::unix::fs::FileTypeExt;
-    if ft.is_dir() {
-        FileKind::Directory
-    } else if ft.is_symlink() {
-        FileKind::Symlink
-    } else if ft.is_fifo() {
-        FileKind::Fifo
-    } else if ft.is_socket() {
-        FileKind::Socket
-    } else if ft.is_char_device() {
-        FileKind::CharDevice
-    } else if ft.is_block_device() {
-        FileKind::BlockDevice
-    } else {
-        FileKind::Regular
+/// A directory stream that owns its descriptor and closes it once.
+struct DirStream(*mut libc::DIR);
+
+impl DirStream {
+    fn new(fd: OwnedFd) -> io::Result<DirStream> {
+        // SAFETY: fdopendir takes ownership of the descriptor on success.
+        let dir = unsafe { libc::fdopendir(fd.as_raw_fd()) };
+        if dir.is_null() {
+            return Err(io::Error::last_os_error());
+        }
+        std::mem::forget(fd);
+        Ok(DirStream(dir))
     }
+}
+
+impl Drop for DirStream {
+    fn drop(&mut self) {
+        // SAFETY: the stream came from fdopendir and is closed only here.
+        unsafe { libc::closedir(self.0) };
+    }
+}
+
+fn kind_of_dtype(d_type: u8) -> Option<FileKind> {
+    Some(match d_type {
+        libc::DT_DIR => FileKind::Directory,
+        libc::DT_LNK => FileKind::Symlink,
+        libc::DT_FIFO => FileKind::Fifo,
+        libc::DT_SOCK => FileKind::Socket,
+        libc::DT_CHR => FileKind::CharDevice,
+        libc::DT_BLK => FileKind::BlockDevice,
+        libc::DT_REG => FileKind::Regular,
+        _ => return None,
+    })
 }
 
 pub(crate) fn readlinkat(dir: BorrowedFd<'_>, name: &CStr) -> io::Result<Vec<u8>> {

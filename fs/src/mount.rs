@@ -95,12 +95,21 @@ pub fn mount_live(
     options: &MountOptions,
 ) -> Result<MountHandle> {
     let name = format!("umbra:{}", volume.name());
+    let live = LiveFs::new(volume)?;
+    let kernel = live.kernel_link();
     let fs = LiveAdapter {
-        fs: LiveFs::new(volume)?,
+        fs: live,
         writeback_cache: options.writeback_cache,
     };
     let session = fuser::spawn_mount(fs, mountpoint, &config(name, false, options.threads))
         .context(|| format!("mounting {}", mountpoint.display()))?;
+    let notifier = session.notifier();
+    // A negative offset invalidates the attributes only: invalidating the
+    // pages of a file whose write is in flight would wait on the pages that
+    // write holds locked until umbra replies.
+    let _ = kernel.set(Box::new(move |ino| {
+        let _ = notifier.inval_inode(INodeNo(ino), -1, 0);
+    }));
     Ok(MountHandle {
         mountpoint: mountpoint.to_path_buf(),
         session: Some(session),

@@ -95,3 +95,67 @@ pub(crate) fn statfs(result: Result<libc::statvfs64>, read_only: bool, reply: Re
         Err(e) => reply.error(errno(&e)),
     }
 }
+
+/// The requests neither mount serves, answered without fuser's
+/// "[Not Implemented]" warning (a log line per first use of each, which
+/// told a user nothing): with ENOSYS the kernel remembers the answer and
+/// takes its generic path (copy by read and write, the default poll mask);
+/// an ioctl the filesystem does not know is ENOTTY, as natively.
+macro_rules! unsupported_quietly {
+    () => {
+        fn bmap(
+            &self,
+            _req: &fuser::Request,
+            _ino: fuser::INodeNo,
+            _blocksize: u32,
+            _idx: u64,
+            reply: fuser::ReplyBmap,
+        ) {
+            reply.error(fuser::Errno::ENOSYS);
+        }
+
+        fn ioctl(
+            &self,
+            _req: &fuser::Request,
+            _ino: fuser::INodeNo,
+            _fh: fuser::FileHandle,
+            _flags: fuser::IoctlFlags,
+            _cmd: u32,
+            _in_data: &[u8],
+            _out_size: u32,
+            reply: fuser::ReplyIoctl,
+        ) {
+            reply.error(fuser::Errno::ENOTTY);
+        }
+
+        fn poll(
+            &self,
+            _req: &fuser::Request,
+            _ino: fuser::INodeNo,
+            _fh: fuser::FileHandle,
+            _ph: fuser::PollNotifier,
+            _events: fuser::PollEvents,
+            _flags: fuser::PollFlags,
+            reply: fuser::ReplyPoll,
+        ) {
+            reply.error(fuser::Errno::ENOSYS);
+        }
+
+        fn copy_file_range(
+            &self,
+            _req: &fuser::Request,
+            _ino_in: fuser::INodeNo,
+            _fh_in: fuser::FileHandle,
+            _offset_in: u64,
+            _ino_out: fuser::INodeNo,
+            _fh_out: fuser::FileHandle,
+            _offset_out: u64,
+            _len: u64,
+            _flags: fuser::CopyFileRangeFlags,
+            reply: fuser::ReplyWrite,
+        ) {
+            reply.error(fuser::Errno::ENOSYS);
+        }
+    };
+}
+pub(crate) use unsupported_quietly;

@@ -540,6 +540,11 @@ impl Daemon {
         )
     }
 
+    /// What the current run wrote to stderr (its log) so far.
+    pub fn stderr(&self) -> String {
+        fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+
     /// The stdout lines of the current run so far.
     pub fn stdout_lines(&self) -> Vec<String> {
         self.stdout.lock().expect("stdout lines").clone()

@@ -11,7 +11,7 @@ use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use umbra_store::{FileKind, ObjectId, Timestamp};
 
@@ -30,6 +30,17 @@ pub(crate) struct Caller {
     /// The calling thread, whose supplementary groups /proc knows.
     pub pid: u32,
 }
+
+impl Caller {
+    /// This caller when a change of a file's data by it must clear set-id
+    /// bits (it lacks CAP_FSETID), else None.
+    pub fn without_fsetid(self) -> Option<Caller> {
+        privileges::lacks_fsetid(self).then_some(self)
+    }
+}
+
+/// Makes the kernel forget the attributes it cached for a FUSE inode.
+pub(crate) type ForgetAttributes = Box<dyn Fn(u64) + Send + Sync>;
 
 #[derive(Clone, Copy, Debug)]
 pub(crate) enum TimeSet {
@@ -58,13 +69,21 @@ pub(crate) struct OpenFile {
     pub access: i32,
 }
 
+/// An open directory: its entries as last listed, taken anew whenever the
+/// listing starts from the beginning (the first read, `rewinddir`), so a
+/// rewound listing shows the directory as it is now, as POSIX asks.
+struct OpenDir {
+    ino: u64,
+    listing: Option<Arc<Vec<Listing>>>,
+}
+
 pub(crate) struct LiveFs {
     vol: Arc<Volume>,
     nodes: Arc<Nodes>,
     /// Shared with the volume, which lists the files open for writing
     /// when a set is flushed (see `Volume::files_open_for_writing`).
     files: Arc<Mutex<HashMap<u64, Arc<OpenFile>>>>,
-    dirs: Mutex<HashMap<u64, Arc<Vec<Listing>>>>,
+    dirs: Mutex<HashMap<u64, OpenDir>>,
     next_fh: AtomicU64,
     /// With the writeback cache the kernel owns a regular file's mtime: it
     /// sends it by SETATTR whenever it changes it, and shows it whatever the
@@ -77,6 +96,11 @@ pub(crate) struct LiveFs {
     /// clears set-id bits and file capabilities on write and truncate, as
     /// the VFS does natively.
     kills_privileges: bool,
+    /// Set once the mount exists. umbra changes a mode on its own behind
+    /// replies that carry no attributes (a write or fallocate that drops
+    /// set-id bits); without this the kernel would go on showing, and
+    /// exec'ing with, the old set-id bits until its attribute TTL ran out.
+    kernel: Arc<OnceLock<ForgetAttributes>>,
 }
 
 const CAPABILITY: &CStr = c"security.capability";
@@ -123,7 +147,21 @@ impl LiveFs {
             next_fh: AtomicU64::new(1),
             kernel_mtime: false,
             kills_privileges: false,
+            kernel: Arc::default(),
         })
+    }
+
+    /// Where the mount puts its way of telling the kernel to forget an
+    /// inode's attributes; taken before the filesystem moves into its
+    /// session.
+    pub fn kernel_link(&self) -> Arc<OnceLock<ForgetAttributes>> {
+        self.kernel.clone()
+    }
+
+    fn forget_attributes(&self, object: ObjectId) {
+        if let Some(forget) = self.kernel.get() {
+            forget(self.nodes.ino_of(object));
+        }
     }
 
     /// Called once the kernel agreed to FUSE_HANDLE_KILLPRIV_V2, before any
@@ -193,6 +231,7 @@ impl LiveFs {
             if kept != mode {
                 // SAFETY: plain syscall on an owned descriptor.
                 check(unsafe { libc::fchmod(file.as_raw_fd(), kept) })?;
+                self.forget_attributes(object);
             }
         }
         let node = self.node_of(object);
@@ -678,7 +717,7 @@ impl LiveFs {
                         SetAttrs {
                             size: Some(0),
                             fh: Some(fh),
-                            kill_suidgid: (caller.uid != 0).then_some(caller),
+                            kill_suidgid: caller.without_fsetid(),
                             ..Default::default()
                         },
                     )?
@@ -971,11 +1010,34 @@ impl LiveFs {
         Ok(())
     }
 
+    /// SEEK_DATA / SEEK_HOLE on the backing file. Reads and writes use
+    /// pread/pwrite, so moving the backing descriptor's offset disturbs
+    /// nothing.
+    pub fn lseek(&self, fh: u64, offset: i64, whence: i32) -> Result<i64> {
+        let of = self.file(fh)?;
+        // SAFETY: plain syscall on an owned descriptor.
+        let at = unsafe { libc::lseek64(of.file.as_raw_fd(), offset, whence) };
+        if at < 0 {
+            return Err(io::Error::last_os_error().into());
+        }
+        Ok(at)
+    }
+
     pub fn release(&self, fh: u64) {
         lock(&self.files).remove(&fh);
     }
 
-    pub fn fallocate(&self, fh: u64, offset: u64, length: u64, mode: i32) -> Result<()> {
+    /// As natively (`file_modified`), an allocation counts as a change of
+    /// the file's data: it drops set-id bits for a caller without
+    /// CAP_FSETID (`kill_suidgid`) and any file capability.
+    pub fn fallocate(
+        &self,
+        fh: u64,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        kill_suidgid: Option<Caller>,
+    ) -> Result<()> {
         let of = self.file(fh)?;
         let fd = of.file.as_fd();
         let mut m = self.vol.cow.begin(&[of.object]);
@@ -994,6 +1056,7 @@ impl LiveFs {
         }
         m.preserve()?;
         debug_assert!(m.all_stored());
+        self.drop_privileges(of.object, &of.file, kill_suidgid)?;
         self.keeping_mtime(fd, || {
             // SAFETY: plain syscall on an owned descriptor.
             check(unsafe {
@@ -1009,6 +1072,31 @@ impl LiveFs {
     }
 
     pub fn opendir(&self, ino: u64) -> Result<u64> {
+        self.nodes.get(ino)?;
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        lock(&self.dirs).insert(fh, OpenDir { ino, listing: None });
+        Ok(fh)
+    }
+
+    /// The listing a read at `offset` continues: a new one from the
+    /// backing directory at offset 0, else the one that read started.
+    pub fn readdir(&self, fh: u64, offset: u64) -> Result<Arc<Vec<Listing>>> {
+        let ino = {
+            let dirs = lock(&self.dirs);
+            let open = dirs.get(&fh).ok_or_else(|| errno(libc::EBADF))?;
+            match &open.listing {
+                Some(listing) if offset != 0 => return Ok(listing.clone()),
+                _ => open.ino,
+            }
+        };
+        let listing = Arc::new(self.list(ino)?);
+        if let Some(open) = lock(&self.dirs).get_mut(&fh) {
+            open.listing = Some(listing.clone());
+        }
+        Ok(listing)
+    }
+
+    fn list(&self, ino: u64) -> Result<Vec<Listing>> {
         let node = self.nodes.get(ino)?;
         let parent = backing::statat(node.fd.as_fd(), c"..")?;
         let parent_ino = if ino == ROOT {
@@ -1038,16 +1126,7 @@ impl LiveFs {
                 name,
             });
         }
-        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        lock(&self.dirs).insert(fh, Arc::new(entries));
-        Ok(fh)
-    }
-
-    pub fn readdir(&self, fh: u64) -> Result<Arc<Vec<Listing>>> {
-        lock(&self.dirs)
-            .get(&fh)
-            .cloned()
-            .ok_or_else(|| errno(libc::EBADF))
+        Ok(entries)
     }
 
     pub fn releasedir(&self, fh: u64) {

@@ -8,8 +8,8 @@ use std::time::{Duration, UNIX_EPOCH};
 use fuser::{
     FileHandle, Filesystem, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig, LockOwner,
     OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus,
-    ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow,
-    WriteFlags,
+    ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request,
+    TimeOrNow, WriteFlags,
 };
 use umbra_store::Timestamp;
 
@@ -143,7 +143,7 @@ impl Filesystem for LiveAdapter {
             fh: fh.map(|f| f.0),
             // fuser does not pass FATTR_KILL_SUIDGID, which the kernel sets
             // for a caller without CAP_FSETID; root stands for having it.
-            kill_suidgid: (size.is_some() && req.uid() != 0).then(|| caller(req)),
+            kill_suidgid: size.and_then(|_| caller(req).without_fsetid()),
         };
         match self.fs.setattr(ino.0, set) {
             Ok(attr) => reply.attr(&TTL, &attr.to_fuser()),
@@ -333,7 +333,7 @@ impl Filesystem for LiveAdapter {
         offset: u64,
         reply: ReplyDirectory,
     ) {
-        reply::directory(self.fs.readdir(fh.0), offset, reply)
+        reply::directory(self.fs.readdir(fh.0, offset), offset, reply)
     }
 
     /// Entries with their attributes, so that `ls -l` or a tree walk needs
@@ -347,7 +347,7 @@ impl Filesystem for LiveAdapter {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        let entries = match self.fs.readdir(fh.0) {
+        let entries = match self.fs.readdir(fh.0, offset) {
             Ok(entries) => entries,
             Err(e) => return reply.error(errno(&e)),
         };
@@ -471,7 +471,7 @@ impl Filesystem for LiveAdapter {
 
     fn fallocate(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino: INodeNo,
         fh: FileHandle,
         offset: u64,
@@ -479,6 +479,29 @@ impl Filesystem for LiveAdapter {
         mode: i32,
         reply: ReplyEmpty,
     ) {
-        empty!(reply, self.fs.fallocate(fh.0, offset, length, mode))
+        empty!(
+            reply,
+            self.fs
+                .fallocate(fh.0, offset, length, mode, caller(req).without_fsetid())
+        )
     }
+
+    /// SEEK_DATA and SEEK_HOLE (the kernel answers the others itself): the
+    /// backing file's own, so sparse files stay sparse when copied out.
+    fn lseek(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: i64,
+        whence: i32,
+        reply: ReplyLseek,
+    ) {
+        match self.fs.lseek(fh.0, offset, whence) {
+            Ok(offset) => reply.offset(offset),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    reply::unsupported_quietly!();
 }

@@ -25,14 +25,22 @@ fn in_group(caller: Caller, gid: u32) -> bool {
     caller.gid == gid || supplementary_groups(caller.pid).contains(&gid)
 }
 
+/// Whether the caller lacks CAP_FSETID in its effective set, as the VFS
+/// asks before it keeps set-id bits through a change of the file's data.
+/// The kernel says so itself for writes (FUSE_WRITE_KILL_SUIDGID) but not
+/// for truncations (fuser drops FATTR_KILL_SUIDGID) or fallocate. A
+/// caller whose status cannot be read (it exited) counts as lacking it:
+/// dropping a set-id bit is the safe mistake.
+pub(crate) fn lacks_fsetid(caller: Caller) -> bool {
+    const CAP_FSETID: u32 = 4;
+    status_field(caller.pid, "CapEff:")
+        .and_then(|caps| u64::from_str_radix(caps.trim(), 16).ok())
+        .is_none_or(|caps| caps & (1 << CAP_FSETID) == 0)
+}
+
 /// The `Groups:` line of /proc/<pid>/status (a thread id works as well).
 fn supplementary_groups(pid: u32) -> Vec<u32> {
-    let Ok(status) = fs::read_to_string(format!("/proc/{pid}/status")) else {
-        return Vec::new();
-    };
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("Groups:"))
+    status_field(pid, "Groups:")
         .map(|groups| {
             groups
                 .split_whitespace()
@@ -40,6 +48,15 @@ fn supplementary_groups(pid: u32) -> Vec<u32> {
                 .collect()
         })
         .unwrap_or_default()
+}
+
+/// The rest of the line of /proc/<pid>/status that starts with `field`.
+fn status_field(pid: u32, field: &str) -> Option<String> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .map(str::to_owned)
 }
 
 #[cfg(test)]
@@ -79,5 +96,17 @@ mod tests {
             assert!(in_group(me, g));
         }
         assert!(!in_group(OTHER, 4242));
+    }
+
+    #[test]
+    fn capabilities_come_from_proc() {
+        let me = Caller {
+            uid: 0,
+            gid: 0,
+            pid: std::process::id(),
+        };
+        // The tests run as root with a full effective set.
+        assert!(!lacks_fsetid(me));
+        assert!(lacks_fsetid(OTHER), "a caller gone from /proc lacks it");
     }
 }

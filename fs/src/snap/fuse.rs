@@ -208,4 +208,33 @@ impl Filesystem for SnapAdapter {
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
         reply::xattr(self.browser.listxattr(ino.0), size, reply)
     }
+
+    /// A close has nothing to write back in a read-only set.
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: fuser::ReplyEmpty,
+    ) {
+        reply.ok();
+    }
+
+    /// A set's file mixes stored pre-images and live blocks, so it has no
+    /// holes of its own to report: ENOSYS lets the kernel answer SEEK_DATA
+    /// and SEEK_HOLE as for a file that is data throughout.
+    fn lseek(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _offset: i64,
+        _whence: i32,
+        reply: fuser::ReplyLseek,
+    ) {
+        reply.error(Errno::ENOSYS);
+    }
+
+    reply::unsupported_quietly!();
 }
