@@ -326,3 +326,57 @@ fn requests_umbra_does_not_serve_are_answered_without_a_warning() {
         "the daemon's log:\n{stderr}"
     );
 }
+
+/// The xattr names `getfattr` lists for `path` as nobody.
+fn xattr_names_as_nobody(path: &Path) -> Vec<String> {
+    let out = Command::new("getfattr")
+        .args(["--absolute-names", "-m", "-"])
+        .arg(path)
+        .uid(NOBODY)
+        .gid(NOBODY)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut names: Vec<String> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(str::to_string)
+        .collect();
+    names.sort();
+    names
+}
+
+/// Regression: umbra lists xattrs as root, so nobody saw the names of
+/// `trusted.*` attributes, which a filesystem lists only to a caller with
+/// CAP_SYS_ADMIN; in the live mount and in sets.
+#[test]
+fn trusted_xattr_names_stay_hidden_from_an_unprivileged_user() {
+    let d = Daemon::start(Config::default());
+    let live = d.live("data");
+    let native = d.scratch("native");
+    open_the_way(&native);
+    open_the_way(d.snapshots());
+    open_the_way(&live);
+    for dir in [&live, &native] {
+        let f = dir.join("f");
+        fs::write(&f, "x").unwrap();
+        common::sys::lsetxattr(&f, "trusted.secret", b"1").unwrap();
+        common::sys::lsetxattr(&f, "user.plain", b"1").unwrap();
+    }
+    let set = d.create_set();
+    let native_names = xattr_names_as_nobody(&native.join("f"));
+    assert_eq!(native_names, ["user.plain"]);
+    assert_eq!(xattr_names_as_nobody(&live.join("f")), native_names);
+    assert_eq!(
+        xattr_names_as_nobody(&d.browse(&set, "data").join("f")),
+        native_names
+    );
+    // Root still lists them.
+    let all = common::sys::llistxattr(&d.browse(&set, "data").join("f")).unwrap();
+    assert!(all.iter().any(|n| n == b"trusted.secret"));
+}

@@ -12,3 +12,4 @@ pub(crate) use self::core::LiveFs;
 #[cfg(test)]
 pub(crate) use self::core::{Caller, SetAttrs};
 pub(crate) use self::fuse::LiveAdapter;
+pub(crate) use self::privileges::visible_xattr_names;

@@ -439,8 +439,13 @@ impl Filesystem for LiveAdapter {
         reply::xattr(self.fs.getxattr(ino.0, name), size, reply)
     }
 
-    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
-        reply::xattr(self.fs.listxattr(ino.0), size, reply)
+    fn listxattr(&self, req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        let names = self.fs.listxattr(ino.0);
+        reply::xattr(
+            names.map(|n| super::visible_xattr_names(n, req.pid())),
+            size,
+            reply,
+        )
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {

@@ -33,9 +33,37 @@ fn in_group(caller: Caller, gid: u32) -> bool {
 /// dropping a set-id bit is the safe mistake.
 pub(crate) fn lacks_fsetid(caller: Caller) -> bool {
     const CAP_FSETID: u32 = 4;
-    status_field(caller.pid, "CapEff:")
+    !has_capability(caller.pid, CAP_FSETID)
+}
+
+/// Whether thread `pid` has capability `cap` in its effective set; false
+/// when its status cannot be read (it exited).
+fn has_capability(pid: u32, cap: u32) -> bool {
+    status_field(pid, "CapEff:")
         .and_then(|caps| u64::from_str_radix(caps.trim(), 16).ok())
-        .is_none_or(|caps| caps & (1 << CAP_FSETID) == 0)
+        .is_some_and(|caps| caps & (1 << cap) != 0)
+}
+
+/// The xattr names (a NUL-separated list, as listxattr returns it) that
+/// thread `pid` may see: natively a filesystem lists `trusted.*` names only
+/// to a caller with CAP_SYS_ADMIN, and umbra lists them as root. Its
+/// status is read only when there is such a name to hide.
+pub(crate) fn visible_xattr_names(names: Vec<u8>, pid: u32) -> Vec<u8> {
+    const CAP_SYS_ADMIN: u32 = 21;
+    let trusted = |name: &&[u8]| name.starts_with(b"trusted.");
+    let mut listed = names.split(|b| *b == 0).filter(|n| !n.is_empty());
+    if !listed.any(|n| trusted(&n)) || has_capability(pid, CAP_SYS_ADMIN) {
+        return names;
+    }
+    let mut visible = Vec::with_capacity(names.len());
+    for name in names
+        .split(|b| *b == 0)
+        .filter(|n| !n.is_empty() && !trusted(n))
+    {
+        visible.extend_from_slice(name);
+        visible.push(0);
+    }
+    visible
 }
 
 /// The `Groups:` line of /proc/<pid>/status (a thread id works as well).
@@ -108,5 +136,18 @@ mod tests {
         // The tests run as root with a full effective set.
         assert!(!lacks_fsetid(me));
         assert!(lacks_fsetid(OTHER), "a caller gone from /proc lacks it");
+    }
+
+    #[test]
+    fn trusted_xattr_names_are_listed_only_to_an_administrator() {
+        let names = b"user.a\0trusted.b\0security.c\0".to_vec();
+        assert_eq!(
+            visible_xattr_names(names.clone(), u32::MAX),
+            b"user.a\0security.c\0"
+        );
+        assert_eq!(
+            visible_xattr_names(names.clone(), std::process::id()),
+            names
+        );
     }
 }

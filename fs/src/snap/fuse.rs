@@ -205,8 +205,13 @@ impl Filesystem for SnapAdapter {
         reply::xattr(self.browser.getxattr(ino.0, name), size, reply)
     }
 
-    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
-        reply::xattr(self.browser.listxattr(ino.0), size, reply)
+    fn listxattr(&self, req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        let names = self.browser.listxattr(ino.0);
+        reply::xattr(
+            names.map(|n| crate::live::visible_xattr_names(n, req.pid())),
+            size,
+            reply,
+        )
     }
 
     /// A close has nothing to write back in a read-only set.
