@@ -223,3 +223,104 @@ fn protect_on_a_really_full_store_disk_refuses_and_keeps_every_set() {
     }
     d.stop();
 }
+
+/// An ext4 of `mib` MiB with `reserved` percent kept for root, in an image
+/// file beside `path`, loop-mounted at `path` for the test's lifetime.
+struct Ext4(std::path::PathBuf);
+
+impl Ext4 {
+    fn mount(path: &std::path::Path, mib: u64, reserved: u32) -> Ext4 {
+        let image = path.with_extension("img");
+        fs::File::create(&image)
+            .unwrap()
+            .set_len(mib << 20)
+            .unwrap();
+        let made = std::process::Command::new("mkfs.ext4")
+            .args(["-q", "-F", "-m", &reserved.to_string()])
+            .arg(&image)
+            .status()
+            .unwrap();
+        assert!(made.success(), "mkfs.ext4 {}", image.display());
+        fs::create_dir_all(path).unwrap();
+        let mounted = std::process::Command::new("mount")
+            .args(["-o", "loop"])
+            .arg(&image)
+            .arg(path)
+            .status()
+            .unwrap();
+        assert!(
+            mounted.success(),
+            "mounting {} at {}",
+            image.display(),
+            path.display()
+        );
+        Ext4(path.to_path_buf())
+    }
+
+    /// (free blocks, blocks free to an unprivileged user), in bytes.
+    fn free(&self) -> (u64, u64) {
+        use std::os::unix::ffi::OsStrExt;
+        let c = std::ffi::CString::new(self.0.as_os_str().as_bytes()).unwrap();
+        // SAFETY: zeroed statvfs is a valid out-buffer; c is a valid path.
+        let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+        // SAFETY: as above.
+        assert_eq!(unsafe { libc::statvfs(c.as_ptr(), &mut st) }, 0);
+        (st.f_bfree * st.f_frsize, st.f_bavail * st.f_frsize)
+    }
+}
+
+impl Drop for Ext4 {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+/// Regression: pre-images are written by root, so the diff area filled its
+/// disk through the blocks the filesystem keeps for root (`mkfs -m`), on
+/// behalf of whoever wrote to the live volume. It now counts its disk as
+/// full where an unprivileged user's would be: the oldest sets go, live
+/// writes go on, and root's reserve stays whole.
+#[test]
+fn pre_images_never_take_the_blocks_the_store_disk_keeps_for_root() {
+    let mut d = Daemon::prepare(Config::default());
+    let disk = Ext4::mount(&d.layout.state_dir, 32, 25);
+    let (free, available) = disk.free();
+    let reserved = free - available;
+    assert!(reserved > 6 << 20, "the reserve: {reserved}");
+    d.launch();
+    let live = d.live("data").join("f");
+    let size = 4 << 20;
+    fs::write(&live, noise(1, size)).unwrap();
+    let mut sets = Vec::new();
+    for seed in 2..10 {
+        sets.push(d.create_set());
+        // In place: a truncation would move the old inode aside instead.
+        fs::OpenOptions::new()
+            .write(true)
+            .open(&live)
+            .unwrap()
+            .write_all_at(&noise(seed, size), 0)
+            .unwrap();
+        let (free, _) = disk.free();
+        // The catalog's pages may take a few blocks; never the reserve.
+        assert!(
+            free + (1 << 20) >= reserved,
+            "after overwrite {seed}: {free} bytes free, {reserved} reserved for root"
+        );
+    }
+    let remaining = d.list_sets();
+    assert!(
+        !remaining.is_empty() && remaining.len() < sets.len(),
+        "the oldest sets made room: {} of {} left",
+        remaining.len(),
+        sets.len()
+    );
+    let newest = remaining.last().unwrap();
+    assert_eq!(newest.name, sets.last().unwrap().name);
+    // Taken just before the last overwrite (seed 9).
+    let kept = fs::read(d.browse(newest, "data").join("f")).unwrap();
+    assert!(kept == noise(8, size), "the newest set keeps what it saw");
+}

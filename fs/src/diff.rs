@@ -2,8 +2,10 @@
 //! them: VSS's two policies. `DeleteOldest` (the default) deletes the oldest
 //! sets until the pre-image fits and logs which, so live writes never fail
 //! because of the diff area; `Protect` keeps every set and fails the live
-//! write with ENOSPC instead. A disk that is really full (ENOSPC from the
-//! store's own filesystem) is handled by the same policy. `max_sets` caps
+//! write with ENOSPC instead. A disk that is full for an unprivileged
+//! user (no f_bavail left: pre-images never take the blocks reserved for
+//! root) or really full (ENOSPC from the store's own filesystem) is handled
+//! by the same policy. `max_sets` caps
 //! the number of sets: the oldest is deleted before a new one is taken.
 //!
 //! The check runs inside a mutation, which holds its volume's epoch gate
@@ -119,6 +121,13 @@ impl DiffArea {
 
 impl DiffGuard for DiffArea {
     fn make_room(&self, bytes: u64) -> Result<()> {
+        // The disk counts as full where an unprivileged user's would be
+        // (Store::free_bytes); room made there comes back as free space.
+        while bytes > 0 && self.store.free_bytes() < bytes {
+            if !self.disk_full()? {
+                break;
+            }
+        }
         let Some(max) = self.limits.max_bytes else {
             return Ok(());
         };

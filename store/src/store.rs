@@ -272,6 +272,15 @@ impl Store {
         reserve::restore(&*self.io, &self.dir);
     }
 
+    /// The bytes an unprivileged writer could still put on the store's
+    /// filesystem (statvfs's f_bavail): the diff area treats its disk as
+    /// full there, so that pre-images, written as root, never take the
+    /// blocks the filesystem keeps for root (`mkfs -m`) on behalf of users
+    /// who could not have taken them. Unknown counts as plenty.
+    pub fn free_bytes(&self) -> u64 {
+        reserve::filesystem_free(&self.dir).unwrap_or(u64::MAX)
+    }
+
     pub fn dir(&self) -> &Path {
         &self.dir
     }
