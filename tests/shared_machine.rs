@@ -380,3 +380,75 @@ fn trusted_xattr_names_stay_hidden_from_an_unprivileged_user() {
     let all = common::sys::llistxattr(&d.browse(&set, "data").join("f")).unwrap();
     assert!(all.iter().any(|n| n == b"trusted.secret"));
 }
+
+/// The daemon's resident memory and open descriptors.
+fn daemon_usage(pid: u32) -> (u64, usize) {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let rss_kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    let fds = fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count();
+    (rss_kib * 1024, fds)
+}
+
+/// Regression: each open handle of a live directory held the whole
+/// listing in the daemon's memory, so a user opening a large directory
+/// many times (and reading one entry of each) could make the daemon, and
+/// every mount with it, run out of memory. A handle now streams from a
+/// backing directory stream of its own: a descriptor, no copy of the
+/// entries, and the descriptor goes with the handle.
+#[test]
+fn open_handles_of_a_large_directory_cost_the_daemon_no_memory_per_entry() {
+    let d = Daemon::prepare(Config::default());
+    let big = d.backing("data").join("big");
+    fs::create_dir(&big).unwrap();
+    for i in 0..20_000 {
+        fs::write(big.join(format!("a-rather-long-file-name-{i:06}")), "").unwrap();
+    }
+    let mut d = d;
+    d.launch();
+    let pid = d.pid().unwrap();
+    let live = d.live("data").join("big");
+    let c = CString::new(live.as_os_str().as_bytes()).unwrap();
+    let (rss_before, fds_before) = daemon_usage(pid);
+    let mut streams = Vec::new();
+    for _ in 0..200 {
+        // SAFETY: c is a valid path.
+        let stream = unsafe { libc::opendir(c.as_ptr()) };
+        assert!(!stream.is_null());
+        // SAFETY: the stream is open.
+        assert!(!unsafe { libc::readdir64(stream) }.is_null());
+        streams.push(stream);
+    }
+    let (rss_open, fds_open) = daemon_usage(pid);
+    // 200 copies of 20,000 entries were ~300 MB; a stream is a few KiB.
+    assert!(
+        rss_open < rss_before + (64 << 20),
+        "the daemon grew from {rss_before} to {rss_open} bytes"
+    );
+    // A handle still reads the whole directory.
+    // SAFETY: the stream is open.
+    unsafe { libc::rewinddir(streams[7]) };
+    assert_eq!(drain(streams[7]).len(), 20_000);
+    for stream in streams {
+        // SAFETY: closed once.
+        unsafe { libc::closedir(stream) };
+    }
+    // One descriptor a handle, gone with it (what else is open is the
+    // inodes the listings looked up, which the kernel still knows).
+    // The kernel sends RELEASEDIR after close returned.
+    let mut fds_closed = daemon_usage(pid).1;
+    for _ in 0..100 {
+        if fds_closed + 200 <= fds_open + 4 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        fds_closed = daemon_usage(pid).1;
+    }
+    assert!(
+        fds_closed + 200 <= fds_open + 4,
+        "{fds_before} -> {fds_open} open -> {fds_closed} closed"
+    );
+}

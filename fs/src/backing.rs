@@ -176,57 +176,100 @@ pub(crate) fn open_by_handle(
 }
 
 /// Entries of a directory (not `.` and `..`), with inode numbers and kinds.
-/// Read from a descriptor opened here with O_NOATIME (`reopen`): a
-/// listing through umbra never moves the backing directory's atime, which
-/// a set whose directory is still live shows as its own.
 pub(crate) fn list_dir(dir: BorrowedFd<'_>) -> io::Result<Vec<(OsString, u64, FileKind)>> {
-    let fd = reopen(dir, libc::O_RDONLY | libc::O_DIRECTORY)?;
-    let stream = DirStream::new(fd)?;
+    let mut stream = DirStream::open(dir)?;
     let mut out = Vec::new();
-    loop {
-        // readdir64 reports an error only through errno, left as it was
-        // at the end of the stream.
-        // SAFETY: plain errno write of this thread.
-        unsafe { *libc::__errno_location() = 0 };
-        // SAFETY: the stream is open; the entry stays valid until the next call.
-        let entry = unsafe { libc::readdir64(stream.0) };
-        if entry.is_null() {
-            match io::Error::last_os_error().raw_os_error() {
-                Some(0) | None => return Ok(out),
-                Some(e) => return Err(io::Error::from_raw_os_error(e)),
-            }
+    while let Some(entry) = stream.next(dir)? {
+        if entry.name != "." && entry.name != ".." {
+            out.push((entry.name, entry.ino, entry.kind));
         }
-        // SAFETY: a non-null entry from readdir64 with a NUL-terminated name.
-        let (name, ino, d_type) = unsafe {
-            let e = &*entry;
-            (CStr::from_ptr(e.d_name.as_ptr()), e.d_ino, e.d_type)
-        };
-        let name = name.to_bytes();
-        if name == b"." || name == b".." {
-            continue;
-        }
-        let kind = match kind_of_dtype(d_type) {
-            Some(kind) => kind,
-            // A filesystem that does not fill d_type: ask the inode.
-            None => FileKind::from_mode(statat(dir, &CString::new(name)?)?.st_mode)
-                .unwrap_or(FileKind::Regular),
-        };
-        out.push((OsString::from_vec(name.to_vec()), ino, kind));
     }
+    Ok(out)
 }
 
-/// A directory stream that owns its descriptor and closes it once.
-struct DirStream(*mut libc::DIR);
+/// One entry as a directory stream yields it.
+pub(crate) struct RawEntry {
+    pub name: OsString,
+    pub ino: u64,
+    pub kind: FileKind,
+    /// Where the stream stands after this entry (getdents' `d_off`): a
+    /// position `seek` returns to.
+    pub next: u64,
+}
+
+/// A directory stream of its own descriptor, read from where it is put.
+/// Opened with O_NOATIME (`reopen`): a listing through umbra never moves
+/// the backing directory's atime, which a set whose directory is still
+/// live shows as its own. Positions are the backing filesystem's
+/// `d_off` cookies, so a listing read in pieces costs no memory of its own.
+pub(crate) struct DirStream(*mut libc::DIR);
+
+// SAFETY: a DIR is used by one thread at a time (every user holds the
+// stream under a lock or owns it); glibc keeps no thread-local state in it.
+unsafe impl Send for DirStream {}
 
 impl DirStream {
-    fn new(fd: OwnedFd) -> io::Result<DirStream> {
+    pub fn open(dir: BorrowedFd<'_>) -> io::Result<DirStream> {
+        let fd = reopen(dir, libc::O_RDONLY | libc::O_DIRECTORY)?;
         // SAFETY: fdopendir takes ownership of the descriptor on success.
-        let dir = unsafe { libc::fdopendir(fd.as_raw_fd()) };
-        if dir.is_null() {
+        let stream = unsafe { libc::fdopendir(fd.as_raw_fd()) };
+        if stream.is_null() {
             return Err(io::Error::last_os_error());
         }
         std::mem::forget(fd);
-        Ok(DirStream(dir))
+        Ok(DirStream(stream))
+    }
+
+    /// Puts the stream at `position`: 0 is the start (read anew, so what
+    /// was created since shows), anything else a `next` of an earlier entry.
+    pub fn seek(&mut self, position: u64) {
+        // SAFETY: the stream is open.
+        unsafe {
+            if position == 0 {
+                libc::rewinddir(self.0);
+            } else {
+                libc::seekdir(self.0, position as libc::c_long);
+            }
+        }
+    }
+
+    /// The next entry, `.` and `..` included; None at the end. `dir` is the
+    /// same directory, asked for an entry's kind when the filesystem does
+    /// not fill d_type.
+    pub fn next(&mut self, dir: BorrowedFd<'_>) -> io::Result<Option<RawEntry>> {
+        // readdir64 reports an error only through errno, left as it was at
+        // the end of the stream.
+        // SAFETY: plain errno write of this thread.
+        unsafe { *libc::__errno_location() = 0 };
+        // SAFETY: the stream is open; the entry stays valid until the next call.
+        let entry = unsafe { libc::readdir64(self.0) };
+        if entry.is_null() {
+            return match io::Error::last_os_error().raw_os_error() {
+                Some(0) | None => Ok(None),
+                Some(e) => Err(io::Error::from_raw_os_error(e)),
+            };
+        }
+        // SAFETY: a non-null entry from readdir64 with a NUL-terminated name.
+        let (name, ino, d_type, next) = unsafe {
+            let e = &*entry;
+            (
+                CStr::from_ptr(e.d_name.as_ptr()).to_bytes().to_vec(),
+                e.d_ino,
+                e.d_type,
+                e.d_off as u64,
+            )
+        };
+        let kind = match kind_of_dtype(d_type) {
+            Some(kind) => kind,
+            None => FileKind::from_mode(statat(dir, &CString::new(name.clone())?)?.st_mode)
+                .unwrap_or(FileKind::Regular),
+        };
+        Ok(Some(RawEntry {
+            name: OsString::from_vec(name),
+            ino,
+            kind,
+            next,
+        }))
     }
 }
 

@@ -1,26 +1,10 @@
 //! What both FUSE adapters answer the same way: errnos, opened handles,
-//! directory listings, data, xattrs and statfs. Adapters stay thin because
+//! data, xattrs, statfs and the requests neither serves. Adapters stay thin because
 //! the packing of a core's result into a reply lives here once.
 
-use std::ffi::OsString;
-use std::sync::Arc;
+use fuser::{Errno, FileHandle, FopenFlags, ReplyData, ReplyOpen, ReplyStatfs, ReplyXattr};
 
-use fuser::{
-    Errno, FileHandle, FopenFlags, INodeNo, ReplyData, ReplyDirectory, ReplyOpen, ReplyStatfs,
-    ReplyXattr,
-};
-use umbra_store::FileKind;
-
-use crate::attr::file_type;
 use crate::{FsError, Result};
-
-/// One entry of a directory listing, as a core hands it to an adapter.
-#[derive(Clone, Debug)]
-pub(crate) struct Listing {
-    pub ino: u64,
-    pub kind: FileKind,
-    pub name: OsString,
-}
 
 pub(crate) fn errno(e: &FsError) -> Errno {
     // A failure of the diff area reaches the application only as EIO: say
@@ -41,22 +25,6 @@ pub(crate) fn opened(result: Result<u64>, flags: FopenFlags, reply: ReplyOpen) {
 pub(crate) fn data(result: Result<Vec<u8>>, reply: ReplyData) {
     match result {
         Ok(bytes) => reply.data(&bytes),
-        Err(e) => reply.error(errno(&e)),
-    }
-}
-
-/// Fills a readdir reply from `offset` (the index after the last entry the
-/// kernel has) until the buffer is full.
-pub(crate) fn directory(result: Result<Arc<Vec<Listing>>>, offset: u64, mut reply: ReplyDirectory) {
-    match result {
-        Ok(entries) => {
-            for (i, e) in entries.iter().enumerate().skip(offset as usize) {
-                if reply.add(INodeNo(e.ino), (i + 1) as u64, file_type(e.kind), &e.name) {
-                    break;
-                }
-            }
-            reply.ok();
-        }
         Err(e) => reply.error(errno(&e)),
     }
 }

@@ -5,7 +5,7 @@
 //! the adapter in fuse.rs only converts.
 
 use std::collections::HashMap;
-use std::ffi::{CStr, OsStr};
+use std::ffi::{CStr, OsStr, OsString};
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
@@ -19,7 +19,6 @@ use super::nodes::{Node, Nodes, ROOT};
 use super::privileges;
 use crate::attr::Attr;
 use crate::backing::{self, cstr};
-use crate::reply::Listing;
 use crate::{FsError, HIDDEN_DIR, Result, Volume};
 
 /// Who asks: new files belong to them.
@@ -69,12 +68,30 @@ pub(crate) struct OpenFile {
     pub access: i32,
 }
 
-/// An open directory: its entries as last listed, taken anew whenever the
-/// listing starts from the beginning (the first read, `rewinddir`), so a
-/// rewound listing shows the directory as it is now, as POSIX asks.
+/// One entry of a directory listing, as a core hands it to an adapter.
+#[derive(Clone, Debug)]
+pub(crate) struct Listing {
+    pub ino: u64,
+    pub kind: FileKind,
+    pub name: OsString,
+}
+
+/// An open directory: a backing directory stream of its own, read from
+/// the position the kernel asks for (a `d_off` cookie, 0 for the start),
+/// as passthrough filesystems do. It costs one descriptor and no memory
+/// per entry, so no number of open handles of a huge directory can
+/// exhaust the daemon's memory; and a listing that starts again from 0
+/// (`rewinddir`) reads the directory as it is now, as POSIX asks.
 struct OpenDir {
     ino: u64,
-    listing: Option<Arc<Vec<Listing>>>,
+    parent: u64,
+    cursor: Mutex<DirCursor>,
+}
+
+struct DirCursor {
+    stream: backing::DirStream,
+    /// Where `stream` stands: the `next` of the last entry it yielded.
+    at: u64,
 }
 
 pub(crate) struct LiveFs {
@@ -83,7 +100,7 @@ pub(crate) struct LiveFs {
     /// Shared with the volume, which lists the files open for writing
     /// when a set is flushed (see `Volume::files_open_for_writing`).
     files: Arc<Mutex<HashMap<u64, Arc<OpenFile>>>>,
-    dirs: Mutex<HashMap<u64, OpenDir>>,
+    dirs: Mutex<HashMap<u64, Arc<OpenDir>>>,
     next_fh: AtomicU64,
     /// With the writeback cache the kernel owns a regular file's mtime: it
     /// sends it by SETATTR whenever it changes it, and shows it whatever the
@@ -1072,61 +1089,66 @@ impl LiveFs {
     }
 
     pub fn opendir(&self, ino: u64) -> Result<u64> {
-        self.nodes.get(ino)?;
+        let node = self.nodes.get(ino)?;
+        let parent = if ino == ROOT {
+            ROOT
+        } else {
+            let st = backing::statat(node.fd.as_fd(), c"..")?;
+            self.nodes.ino_of(ObjectId(st.st_ino))
+        };
+        let stream = backing::DirStream::open(node.fd.as_fd())?;
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        lock(&self.dirs).insert(fh, OpenDir { ino, listing: None });
+        let open = OpenDir {
+            ino,
+            parent,
+            cursor: Mutex::new(DirCursor { stream, at: 0 }),
+        };
+        lock(&self.dirs).insert(fh, Arc::new(open));
         Ok(fh)
     }
 
-    /// The listing a read at `offset` continues: a new one from the
-    /// backing directory at offset 0, else the one that read started.
-    pub fn readdir(&self, fh: u64, offset: u64) -> Result<Arc<Vec<Listing>>> {
-        let ino = {
-            let dirs = lock(&self.dirs);
-            let open = dirs.get(&fh).ok_or_else(|| errno(libc::EBADF))?;
-            match &open.listing {
-                Some(listing) if offset != 0 => return Ok(listing.clone()),
-                _ => open.ino,
-            }
-        };
-        let listing = Arc::new(self.list(ino)?);
-        if let Some(open) = lock(&self.dirs).get_mut(&fh) {
-            open.listing = Some(listing.clone());
+    /// Hands `add` the entries of open directory `fh` from `offset` on,
+    /// each with the offset that follows it, until `add` says the reply is
+    /// full (true: that entry was not taken, and is the next one read).
+    pub fn readdir(
+        &self,
+        fh: u64,
+        offset: u64,
+        add: &mut dyn FnMut(&Listing, u64) -> bool,
+    ) -> Result<()> {
+        let open = lock(&self.dirs)
+            .get(&fh)
+            .cloned()
+            .ok_or_else(|| errno(libc::EBADF))?;
+        let node = self.nodes.get(open.ino)?;
+        let mut cursor = lock(&open.cursor);
+        if offset == 0 || cursor.at != offset {
+            cursor.stream.seek(offset);
+            cursor.at = offset;
         }
-        Ok(listing)
-    }
-
-    fn list(&self, ino: u64) -> Result<Vec<Listing>> {
-        let node = self.nodes.get(ino)?;
-        let parent = backing::statat(node.fd.as_fd(), c"..")?;
-        let parent_ino = if ino == ROOT {
-            ROOT
-        } else {
-            self.nodes.ino_of(ObjectId(parent.st_ino))
-        };
-        let mut entries = vec![
-            Listing {
+        loop {
+            let before = cursor.at;
+            let Some(entry) = cursor.stream.next(node.fd.as_fd())? else {
+                return Ok(());
+            };
+            cursor.at = entry.next;
+            let ino = match entry.name.as_encoded_bytes() {
+                b"." => open.ino,
+                b".." => open.parent,
+                _ if Self::hidden(open.ino, &entry.name) => continue,
+                _ => self.nodes.ino_of(ObjectId(entry.ino)),
+            };
+            let listing = Listing {
                 ino,
-                kind: FileKind::Directory,
-                name: ".".into(),
-            },
-            Listing {
-                ino: parent_ino,
-                kind: FileKind::Directory,
-                name: "..".into(),
-            },
-        ];
-        for (name, backing_ino, kind) in backing::list_dir(node.fd.as_fd())? {
-            if Self::hidden(ino, &name) {
-                continue;
+                kind: entry.kind,
+                name: entry.name,
+            };
+            if add(&listing, entry.next) {
+                cursor.stream.seek(before);
+                cursor.at = before;
+                return Ok(());
             }
-            entries.push(Listing {
-                ino: self.nodes.ino_of(ObjectId(backing_ino)),
-                kind,
-                name,
-            });
         }
-        Ok(entries)
     }
 
     pub fn releasedir(&self, fh: u64) {

@@ -14,6 +14,7 @@ use fuser::{
 use umbra_store::Timestamp;
 
 use super::core::{Caller, LiveFs, SetAttrs, TimeSet};
+use crate::attr::file_type;
 use crate::flusher;
 use crate::reply::{self, errno};
 
@@ -331,9 +332,15 @@ impl Filesystem for LiveAdapter {
         _ino: INodeNo,
         fh: FileHandle,
         offset: u64,
-        reply: ReplyDirectory,
+        mut reply: ReplyDirectory,
     ) {
-        reply::directory(self.fs.readdir(fh.0, offset), offset, reply)
+        let listed = self.fs.readdir(fh.0, offset, &mut |entry, next| {
+            reply.add(INodeNo(entry.ino), next, file_type(entry.kind), &entry.name)
+        });
+        match listed {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(&e)),
+        }
     }
 
     /// Entries with their attributes, so that `ls -l` or a tree walk needs
@@ -347,37 +354,29 @@ impl Filesystem for LiveAdapter {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        let entries = match self.fs.readdir(fh.0, offset) {
-            Ok(entries) => entries,
-            Err(e) => return reply.error(errno(&e)),
-        };
         let mut dir_attr = None;
-        for (i, entry) in entries.iter().enumerate().skip(offset as usize) {
-            let next = (i + 1) as u64;
+        let listed = self.fs.readdir(fh.0, offset, &mut |entry, next| {
             if entry.name == "." || entry.name == ".." {
                 // The kernel takes neither a reference nor the attributes,
                 // only the inode number (fuser sends the attributes' one).
-                let mut attr = match dir_attr.get_or_insert_with(|| self.fs.getattr(ino.0)) {
-                    Ok(attr) => attr.to_fuser(),
-                    Err(e) => return reply.error(errno(e)),
+                let Ok(attr) = dir_attr.get_or_insert_with(|| self.fs.getattr(ino.0)) else {
+                    return false;
                 };
+                let mut attr = attr.to_fuser();
                 attr.ino = INodeNo(entry.ino);
-                if reply.add(
+                return reply.add(
                     INodeNo(entry.ino),
                     next,
                     &entry.name,
                     &TTL,
                     &attr,
                     Generation(0),
-                ) {
-                    break;
-                }
-                continue;
+                );
             }
-            // Gone since the directory was opened: as readdir would have
-            // listed it, the later LOOKUP tells.
+            // Gone since it was listed: as readdir would have listed it,
+            // the later LOOKUP tells.
             let Ok(attr) = self.fs.lookup(ino.0, &entry.name) else {
-                continue;
+                return false;
             };
             let full = reply.add(
                 INodeNo(attr.ino),
@@ -389,10 +388,13 @@ impl Filesystem for LiveAdapter {
             );
             if full {
                 self.fs.forget(attr.ino, 1);
-                break;
             }
+            full
+        });
+        match (listed, dir_attr) {
+            (Err(e), _) | (_, Some(Err(e))) => reply.error(errno(&e)),
+            _ => reply.ok(),
         }
-        reply.ok()
     }
 
     fn releasedir(
