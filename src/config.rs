@@ -14,6 +14,7 @@ use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
 use umbra_coordinator::ExecWriter;
+use umbra_coordinator::protocol::MAX_TIMEOUT_SECS;
 
 use serde::{Deserialize, Deserializer};
 
@@ -33,6 +34,8 @@ const MAX_CLIENT_TIMEOUT_SECS: f64 = 86_400.0;
 const DEFAULT_WRITER_TIMEOUT_SECS: u64 = 60;
 const DEFAULT_HOLD_TIMEOUT_SECS: u64 = 10;
 const SOCKET_FILE: &str = "control.sock";
+/// FUSE worker threads per mount, at most: each is a real thread.
+const MAX_THREADS: usize = 1024;
 
 /// A checked configuration whose paths are all absolute and normalized.
 #[derive(Clone, Debug, PartialEq)]
@@ -192,6 +195,10 @@ pub enum Problem {
     ClientTimeout(String),
     #[error("{0} must be at least 1")]
     ZeroTimeout(String),
+    #[error("{key} must be at most {MAX_TIMEOUT_SECS} (a day), not {secs}")]
+    LongTimeout { key: String, secs: u64 },
+    #[error("threads must be at most {MAX_THREADS}, not {0}")]
+    ManyThreads(usize),
     #[error("writer {writer:?}: {problem}")]
     Writer { writer: String, problem: String },
     #[error("name_format: {0}")]
@@ -294,6 +301,9 @@ impl Config {
         if self.threads == 0 {
             return Err(Problem::ZeroThreads);
         }
+        if self.threads > MAX_THREADS {
+            return Err(Problem::ManyThreads(self.threads));
+        }
         if self.max_clients == 0 {
             return Err(Problem::ZeroClients);
         }
@@ -303,6 +313,12 @@ impl Config {
         ] {
             if timeout.is_zero() {
                 return Err(Problem::ZeroTimeout(key.into()));
+            }
+            if timeout.as_secs() > MAX_TIMEOUT_SECS {
+                return Err(Problem::LongTimeout {
+                    key: key.into(),
+                    secs: timeout.as_secs(),
+                });
             }
         }
         for (i, writer) in self.writers.iter().enumerate() {
@@ -1044,6 +1060,96 @@ mount = "/mnt/logs"
                 assert_one_line(&e)?;
             }
         }
+    }
+
+    /// A number a config might hold where umbra wants a count, a size or
+    /// seconds: the edges of TOML's i64 and of what a clock can add.
+    fn numberish() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        prop_oneof![
+            2 => prop::sample::select(vec![
+                "0", "1", "-1", "86400", "86401", "4294967296",
+                "9223372036854775807", "-9223372036854775808", "9223372036854775806",
+                "1.5", "1e300", "nan", "inf",
+                "\"1e30G\"", "\"99999999999999999999T\"", "\"18446744073709551615\"",
+                "\"100%\"", "\"0.0000001%\"", "\"1e-300%\"", "\"0.5\"", "\"1.0e400K\"",
+            ])
+            .prop_map(str::to_string),
+            1 => any::<i64>().prop_map(|n| n.to_string()),
+            1 => any::<u64>().prop_map(|n| format!("\"{n}G\"")),
+        ]
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_number_is_a_config_or_a_one_line_error(
+            numbers in proptest::collection::vec(
+                (proptest::sample::select(vec![
+                    "threads", "max_clients", "client_timeout", "writer_timeout_secs",
+                    "hold_timeout_secs", "max_diff_size", "max_sets",
+                ]), numberish()),
+                0..4,
+            ),
+            writer_timeout in proptest::option::of(numberish()),
+        ) {
+            let mut text = String::new();
+            for (key, value) in &numbers {
+                text += &format!("{key} = {value}\n");
+            }
+            text += MINIMAL;
+            if let Some(t) = &writer_timeout {
+                text += &format!("[[writer]]\nname = \"w\"\nexec = \"/bin/true\"\ntimeout_secs = {t}\n");
+            }
+            match Config::parse(&text, Origin::Embedded, Path::new("/base")) {
+                Err(e) => assert_one_line(&e)?,
+                Ok(config) => {
+                    // What the daemon does with them must be safe.
+                    for timeout in std::iter::once(config.writer_timeout)
+                        .chain([config.hold_timeout])
+                        .chain(config.writers.iter().map(|w| w.timeout))
+                    {
+                        proptest::prop_assert!(timeout.as_secs() <= MAX_TIMEOUT_SECS);
+                        proptest::prop_assert!(std::time::Instant::now().checked_add(timeout).is_some());
+                    }
+                    proptest::prop_assert!(config.threads <= MAX_THREADS);
+                    if let Some(size) = config.diff.max_size {
+                        let _ = size.bytes(u64::MAX);
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn timeouts_near_i64_max_are_refused_so_create_cannot_overflow() {
+        for key in ["writer_timeout_secs", "hold_timeout_secs"] {
+            for secs in [i64::MAX, i64::MAX - 1, 86_401] {
+                assert_eq!(
+                    problem(&format!("{key} = {secs}\n{MINIMAL}")),
+                    Problem::LongTimeout {
+                        key: key.into(),
+                        secs: secs as u64,
+                    },
+                    "{key} = {secs}"
+                );
+            }
+            assert!(parse(&format!("{key} = 86400\n{MINIMAL}")).is_ok());
+        }
+        let writer = format!(
+            "{MINIMAL}[[writer]]\nname = \"w\"\nexec = \"/bin/true\"\ntimeout_secs = {}\n",
+            i64::MAX
+        );
+        assert_eq!(
+            problem(&writer).to_string(),
+            format!(
+                "writer \"w\": timeout_secs must be at most 86400 (a day), not {}",
+                i64::MAX
+            )
+        );
+        assert_eq!(
+            problem(&format!("threads = {}\n{MINIMAL}", i64::MAX)),
+            Problem::ManyThreads(i64::MAX as usize)
+        );
     }
 
     #[test]

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
-use crate::link::{LinkError, WriterLink};
+use crate::link::{LinkError, WriterLink, after, deadline_in};
 use crate::protocol::{Component, Event, EventMessage, Failure, Registration};
 use crate::provider::{Committed, Provider, ProviderError, SetPlan};
 use crate::state::WriterState;
@@ -538,7 +538,7 @@ impl Sequence<'_> {
             .map(|p| p.freeze_timeout)
             .min()
             .unwrap_or(self.options.hold_timeout);
-        let deadline = (Instant::now() + self.options.hold_timeout).min(frozen_at + window);
+        let deadline = deadline_in(self.options.hold_timeout).min(after(frozen_at, window));
         let committed = self
             .provider
             .hold_and_commit(&self.plan, deadline)
@@ -614,7 +614,7 @@ impl Sequence<'_> {
             if !part.active() {
                 continue;
             }
-            let deadline = Instant::now() + part.event_timeout;
+            let deadline = deadline_in(part.event_timeout);
             let Some(link) = part.link.as_mut() else {
                 continue;
             };
@@ -652,7 +652,7 @@ impl Sequence<'_> {
             if part.failed.is_none() {
                 part.slot.set_state(WriterState::Stable, None);
             }
-            let deadline = Instant::now() + part.event_timeout;
+            let deadline = deadline_in(part.event_timeout);
             if let Some(link) = part.link.as_mut() {
                 match link.send(&message) {
                     Ok(()) => asked.push((i, deadline)),

@@ -1,0 +1,126 @@
+//! Hostile input at the daemon's edges (issue 10): numbers that would
+//! overflow a deadline or a timestamp, volumes that meet through symlinks,
+//! a shutdown while processes sit inside the mounts, control characters in
+//! what `umbra` prints, a state dir open to others, and a client run from
+//! inside the daemon's own volumes. Each test is named after the defect it
+//! pins.
+
+#![allow(clippy::unwrap_used)] // in a test, an unwrap is an assertion
+
+mod common;
+
+use std::fs;
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::process::Output;
+use std::time::Duration;
+
+use common::{Config, Daemon, assert_one_line_error, run_with_timeout, umbra_cmd};
+
+/// `umbra up --config FILE`, which must give up by itself.
+fn run_up(d: &Daemon, config: &Path) -> Output {
+    let mut cmd = umbra_cmd();
+    cmd.arg("up")
+        .arg("--config")
+        .arg(config)
+        .current_dir(d.root());
+    run_with_timeout(&mut cmd, Duration::from_secs(20))
+}
+
+fn assert_nothing_mounted(d: &Daemon, context: &str) {
+    for mp in d.layout.mountpoints() {
+        assert!(
+            !common::sys::is_mounted(&mp),
+            "{context}: {} was left mounted",
+            mp.display()
+        );
+    }
+}
+
+/// Sends one line on a fresh control connection and returns the answer line.
+fn control_line(socket: &Path, line: &str) -> String {
+    let mut stream = UnixStream::connect(socket).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    stream.write_all(line.as_bytes()).unwrap();
+    stream.write_all(b"\n").unwrap();
+    let mut answer = String::new();
+    BufReader::new(stream).read_line(&mut answer).unwrap();
+    answer
+}
+
+#[test]
+fn a_writer_registering_with_timeout_secs_2_pow_64_minus_1_cannot_make_create_panic() {
+    let d = Daemon::start(Config::default());
+    let answer = control_line(
+        &d.layout.socket,
+        &format!(
+            r#"{{"op":"register","name":"huge","volumes":["data"],"timeout_secs":{}}}"#,
+            u64::MAX
+        ),
+    );
+    let answer: serde_json::Value = serde_json::from_str(&answer).unwrap();
+    let error = answer["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("timeout_secs must be at most 86400"),
+        "the registration is refused: {answer}"
+    );
+    // The daemon is still there, and a set is still made.
+    fs::write(d.live("data").join("f"), "kept").unwrap();
+    let set = d.create_set();
+    assert_eq!(fs::read(d.browse(&set, "data").join("f")).unwrap(), b"kept");
+    let writers = d.umbra_ok(&["writers", "--json"]);
+    assert!(!writers.contains("huge"), "{writers}");
+}
+
+#[test]
+fn hold_and_writer_timeouts_near_i64_max_are_refused_at_up() {
+    let d = Daemon::prepare(Config::default());
+    let good = fs::read_to_string(&d.layout.config_path).unwrap();
+    for key in ["hold_timeout_secs", "writer_timeout_secs"] {
+        let path = d.root().join(format!("{key}.toml"));
+        fs::write(&path, format!("{key} = {}\n{good}", i64::MAX)).unwrap();
+        let out = run_up(&d, &path);
+        let line = assert_one_line_error(&out, key);
+        assert!(
+            line.contains(&format!("{key} must be at most 86400")),
+            "{key}: {line}"
+        );
+        assert_nothing_mounted(&d, key);
+    }
+    let path = d.root().join("writer.toml");
+    fs::write(
+        &path,
+        format!(
+            "{good}\n[[writer]]\nname = \"w\"\nexec = \"/bin/true\"\ntimeout_secs = {}\n",
+            i64::MAX - 1
+        ),
+    )
+    .unwrap();
+    let line = assert_one_line_error(&run_up(&d, &path), "a [[writer]] timeout_secs");
+    assert!(line.contains("writer \"w\": timeout_secs"), "{line}");
+    assert_nothing_mounted(&d, "a [[writer]] timeout_secs");
+}
+
+#[test]
+fn delete_older_than_300000000000y_deletes_no_set() {
+    let d = Daemon::start(Config::default());
+    fs::write(d.live("data").join("f"), "one").unwrap();
+    let first = d.create_set();
+    let second = d.create_set();
+    let out = d.umbra_ok(&["delete", "--older-than", "300000000000y"]);
+    assert_eq!(out, "", "nothing is that old");
+    assert_eq!(d.list_sets(), vec![first.clone(), second]);
+    // The wire's own maximum means the same.
+    let answer = control_line(
+        &d.layout.socket,
+        &format!(r#"{{"op":"delete","older_than_secs":{}}}"#, u64::MAX),
+    );
+    assert_eq!(answer.trim(), r#"{"ok":[]}"#);
+    assert_eq!(
+        fs::read(d.browse(&first, "data").join("f")).unwrap(),
+        b"one"
+    );
+}
