@@ -120,7 +120,10 @@ pub enum Command {
 
     /// List the shadow copy sets, oldest first
     ///
-    /// Prints a table of name, id, creation time (RFC 3339, UTC), volumes and label.
+    /// Prints a table of name, id, creation time (RFC 3339, UTC), volumes and label. Control
+    /// characters in a label (or in any name or message umbra prints as text) are shown escaped,
+    /// as \n or \u{1b}, so that no label can add a line or reach the terminal; --json gives every
+    /// string exactly.
     List {
         #[command(flatten)]
         output: Output,

@@ -124,16 +124,7 @@ pub enum ConfigError {
 /// A path in an error message: as it is, but with control characters (a
 /// newline in a name, say) escaped, so that every error stays one line.
 pub fn shown(path: &Path) -> String {
-    path.to_string_lossy()
-        .chars()
-        .map(|c| {
-            if c.is_control() {
-                c.escape_default().to_string()
-            } else {
-                c.to_string()
-            }
-        })
-        .collect()
+    crate::render::printable(&path.to_string_lossy())
 }
 
 fn line_prefix(line: Option<usize>) -> String {

@@ -223,7 +223,7 @@ fn start(
     let service = Arc::new(
         Service::new(store, volumes, browser, config, coordinator).with_diff_area(diff_area),
     );
-    let socket = control.path().display().to_string();
+    let socket = crate::config::shown(control.path());
     let socket_file = control.serve(service.clone(), limits)?;
     announce(&format!("umbra: control socket at {socket}"))?;
     announce("umbra: ready")?;

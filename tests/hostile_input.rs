@@ -124,3 +124,33 @@ fn delete_older_than_300000000000y_deletes_no_set() {
         b"one"
     );
 }
+
+#[test]
+fn control_characters_in_a_label_are_escaped_by_umbra_list_and_exact_in_json() {
+    let d = Daemon::start(Config::default());
+    let label = "ok\n2099-01-01T000000Z  99  forged\x1b]0;owned\x07\r\u{202e}";
+    let set = d.create_set_with(&["--label", label]);
+    assert_eq!(
+        set.label.as_deref(),
+        Some(label),
+        "--json keeps the label exact"
+    );
+
+    let text = d.umbra_ok(&["list"]);
+    assert_eq!(text.lines().count(), 2, "one header, one set: {text:?}");
+    assert!(
+        !text.chars().any(|c| c.is_control() && c != '\n'),
+        "no control character reaches the terminal: {text:?}"
+    );
+    assert!(
+        text.contains(r"ok\n2099-01-01T000000Z  99  forged\u{1b}]0;owned\u{7}\r\u{202e}"),
+        "{text:?}"
+    );
+    let json: serde_json::Value = serde_json::from_str(&d.umbra_ok(&["list", "--json"])).unwrap();
+    assert_eq!(json[0]["label"], label);
+
+    // An error that carries a name a user typed is one printable line too.
+    let out = d.umbra(&["create", "no\x1b[2Jsuch"]);
+    let line = assert_one_line_error(&out, "create of an unknown volume");
+    assert!(!line.contains('\x1b'), "{line:?}");
+}
