@@ -19,7 +19,10 @@ Every shadow copy set is browsable read-only under the snapshots mountpoint as \
 
 The other commands are clients: they talk to the running daemon through its control socket, \
 found through --socket, then $UMBRA_SOCKET, then the socket of --config, then the embedded \
-default's ./.umbra/control.sock, so that `umbra create` works next to `umbra up` without set-up.";
+default's .umbra/control.sock in the current directory or the nearest directory above it (as git \
+finds .git; only one in a directory owned by the user or root counts), so that `umbra create` \
+works next to `umbra up` without set-up, and from anywhere inside its volumes and snapshots. \
+When none is found, the error names the directory the search started from.";
 
 const AFTER_HELP: &str = "\
 Errors are printed as one line, `umbra: <message>`, and the exit status is then non-zero. \
@@ -35,7 +38,7 @@ The configuration file is described in umbra.toml(5).";
     disable_help_subcommand = true
 )]
 pub struct Cli {
-    /// The daemon's control socket [default: the socket of --config, else ./.umbra/control.sock]
+    /// The daemon's control socket [default: the socket of --config, else .umbra/control.sock here or above]
     ///
     /// For `umbra up`, serve the control socket here instead of at the configuration's `socket`.
     #[arg(long, global = true, env = "UMBRA_SOCKET", value_name = "PATH")]

@@ -154,3 +154,160 @@ fn control_characters_in_a_label_are_escaped_by_umbra_list_and_exact_in_json() {
     let line = assert_one_line_error(&out, "create of an unknown volume");
     assert!(!line.contains('\x1b'), "{line:?}");
 }
+
+/// `umbra up` with no config in a temp dir of its own: the embedded
+/// default, its state in `./.umbra`, `data` live in place at `./data`, the
+/// browser at `./snapshots`. Stopped and unmounted when dropped.
+struct Embedded {
+    root: std::path::PathBuf,
+    child: Option<std::process::Child>,
+    _dir: tempfile::TempDir,
+}
+
+impl Embedded {
+    fn start() -> Embedded {
+        let dir = tempfile::Builder::new()
+            .prefix("umbra-embedded-")
+            .tempdir()
+            .unwrap();
+        let root = fs::canonicalize(dir.path()).unwrap();
+        let mut child = umbra_cmd()
+            .arg("up")
+            .current_dir(&root)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if line == "umbra: ready" {
+                    let _ = tx.send(());
+                }
+            }
+        });
+        let mut embedded = Embedded {
+            root,
+            child: Some(child),
+            _dir: dir,
+        };
+        if rx.recv_timeout(common::READY_TIMEOUT).is_err() {
+            embedded.stop();
+            panic!("umbra up (embedded default) was not ready");
+        }
+        embedded
+    }
+
+    /// `umbra ARGS` run in `cwd`, told nothing of where the daemon is.
+    fn umbra_in(&self, cwd: &Path, args: &[&str]) -> Output {
+        let mut cmd = umbra_cmd();
+        cmd.args(args).current_dir(cwd);
+        run_with_timeout(&mut cmd, common::CLIENT_TIMEOUT)
+    }
+
+    /// SIGTERMs the daemon; returns its exit status.
+    fn stop(&mut self) -> Option<std::process::ExitStatus> {
+        let mut child = self.child.take()?;
+        // SAFETY: plain kill(2) of the child we spawned and have not reaped.
+        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+        let deadline = std::time::Instant::now() + common::STOP_TIMEOUT;
+        let status = loop {
+            match child.try_wait() {
+                Ok(Some(status)) => break Some(status),
+                Ok(None) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                _ => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    break None;
+                }
+            }
+        };
+        for mp in [self.root.join("snapshots"), self.root.join("data")] {
+            for _ in 0..4 {
+                if !common::sys::is_mounted(&mp) {
+                    break;
+                }
+                let _ = common::sys::lazy_unmount(&mp);
+            }
+        }
+        status
+    }
+}
+
+impl Drop for Embedded {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn stdout_of(out: &Output, context: &str) -> String {
+    assert!(
+        out.status.success(),
+        "{context}: {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout.clone()).unwrap()
+}
+
+#[test]
+fn a_client_run_inside_data_finds_the_embedded_defaults_socket() {
+    let mut e = Embedded::start();
+    let deep = e.root.join("data/sub/dir");
+    fs::create_dir_all(&deep).unwrap();
+    fs::write(deep.join("f"), "from deep").unwrap();
+
+    let created = stdout_of(
+        &e.umbra_in(&deep, &["create", "--json", "--label", "deep"]),
+        "create from data/sub/dir",
+    );
+    let created: serde_json::Value = serde_json::from_str(&created).unwrap();
+    let name = created["name"].as_str().unwrap().to_string();
+
+    // From inside the snapshot browser too.
+    let inside_set = e.root.join("snapshots").join(&name).join("data/sub/dir");
+    assert_eq!(fs::read(inside_set.join("f")).unwrap(), b"from deep");
+    for cwd in [&inside_set, &e.root.join("snapshots"), &e.root] {
+        let list = stdout_of(&e.umbra_in(cwd, &["list", "--json"]), "list");
+        let list: serde_json::Value = serde_json::from_str(&list).unwrap();
+        assert_eq!(list[0]["name"], name.as_str(), "from {}", cwd.display());
+    }
+    assert_eq!(e.stop().map(|s| s.success()), Some(true));
+
+    // With the daemon gone (its socket with it), the error says where it
+    // looked: data/ is the plain backing directory again, its own hidden
+    // .umbra holds no socket.
+    let out = e.umbra_in(&deep, &["list"]);
+    let line = assert_one_line_error(&out, "list with the daemon stopped");
+    assert!(
+        line.contains(&format!(
+            "no .umbra/control.sock in {} or any directory above it",
+            deep.display()
+        )),
+        "{line}"
+    );
+}
+
+#[test]
+fn a_client_with_no_socket_anywhere_says_where_it_looked() {
+    let dir = tempfile::tempdir().unwrap();
+    let cwd = fs::canonicalize(dir.path()).unwrap().join("some/where");
+    fs::create_dir_all(&cwd).unwrap();
+    let mut cmd = umbra_cmd();
+    cmd.args(["status"]).current_dir(&cwd);
+    let out = run_with_timeout(&mut cmd, common::CLIENT_TIMEOUT);
+    let line = assert_one_line_error(&out, "status with no daemon anywhere");
+    assert!(
+        line.contains(&format!(
+            "no .umbra/control.sock in {} or any directory above it",
+            cwd.display()
+        )),
+        "{line}"
+    );
+    assert!(line.contains("--socket"), "{line}");
+}
