@@ -63,7 +63,11 @@ pub enum Command {
     ///
     /// Mounts every volume of the configuration live and the shadow copy browser read-only,
     /// prints one line per mount and then `umbra: ready`, and serves the control socket until
-    /// SIGINT or SIGTERM, when it unmounts everything and exits. Mounts left by a crashed daemon
+    /// SIGINT or SIGTERM, when it unmounts everything and exits 0. A mount still in use then (a
+    /// shell's working directory or an open file inside it) is not left behind: the files open for
+    /// writing through it are written back, it is detached lazily and its FUSE connection aborted,
+    /// so that whoever is still inside gets ENOTCONN ("Transport endpoint is not connected")
+    /// instead of a hang, and the next `umbra up` starts cleanly. Mounts left by a crashed daemon
     /// are cleaned up first; a second daemon on the same state directory is refused, unless the
     /// first was killed but cannot finish exiting: then the FUSE connections of its mountpoints
     /// are aborted (mounting fusectl at /sys/fs/fuse/connections if needed) so that it can.

@@ -311,3 +311,97 @@ fn a_client_with_no_socket_anywhere_says_where_it_looked() {
     );
     assert!(line.contains("--socket"), "{line}");
 }
+
+/// `sleep 300` with its working directory at `cwd`; killed when dropped.
+struct Sitter(std::process::Child);
+
+impl Sitter {
+    fn inside(cwd: &Path) -> Sitter {
+        Sitter(
+            std::process::Command::new("sleep")
+                .arg("300")
+                .current_dir(cwd)
+                .spawn()
+                .unwrap(),
+        )
+    }
+
+    /// Lists the working directory through /proc: whatever the answer, it
+    /// must come (no hang on a dead connection).
+    fn look_around(&self) -> Output {
+        let mut ls = std::process::Command::new("ls");
+        ls.arg(format!("/proc/{}/cwd/", self.0.id()));
+        run_with_timeout(&mut ls, Duration::from_secs(10))
+    }
+}
+
+impl Drop for Sitter {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn sigterm_or_sigint_with_a_shell_inside_data_or_snapshots_leaves_no_dead_mount() {
+    for (sig, writeback) in [(libc::SIGTERM, true), (libc::SIGINT, false)] {
+        let context = format!("signal {sig}, writeback_cache = {writeback}");
+        let mut d = Daemon::start(
+            Config::empty()
+                .in_place("data")
+                .volume("logs")
+                .line(&format!("writeback_cache = {writeback}")),
+        );
+        fs::create_dir(d.live("data").join("sub")).unwrap();
+        fs::write(d.live("data").join("sub/f"), "before").unwrap();
+        let set = d.create_set();
+        let in_live = Sitter::inside(&d.live("data").join("sub"));
+        let in_browser = Sitter::inside(&d.browse(&set, "data").join("sub"));
+        // A file held open for writing across the shutdown, its last
+        // bytes neither synced nor closed.
+        let mut held = fs::File::create(d.live("logs").join("held")).unwrap();
+        held.write_all(b"held open").unwrap();
+
+        d.try_stop_with(sig)
+            .unwrap_or_else(|e| panic!("{context}: {e}"));
+        let root = d.root().to_string_lossy().into_owned();
+        let left: Vec<String> = fs::read_to_string("/proc/self/mountinfo")
+            .unwrap()
+            .lines()
+            .filter(|l| l.contains(&root))
+            .map(str::to_string)
+            .collect();
+        assert!(left.is_empty(), "{context}: still mounted: {left:#?}");
+        // What was written through the mount before it went is in the
+        // backing files, the held file's unsynced bytes included.
+        assert_eq!(
+            fs::read(d.backing("logs").join("held")).unwrap(),
+            b"held open",
+            "{context}"
+        );
+        assert_eq!(
+            fs::read(d.backing("data").join("sub/f")).unwrap(),
+            b"before"
+        );
+        // Those still inside get an answer, not a hang.
+        in_live.look_around();
+        in_browser.look_around();
+        let late = held.write_all(b" more").and_then(|()| held.sync_all());
+        assert!(late.is_err(), "{context}: a write after the shutdown");
+
+        // The next daemon starts cleanly over the same directories.
+        d.launch();
+        assert_eq!(
+            fs::read(d.live("data").join("sub/f")).unwrap(),
+            b"before",
+            "{context}"
+        );
+        assert_eq!(
+            fs::read(d.browse(&set, "data").join("sub/f")).unwrap(),
+            b"before",
+            "{context}"
+        );
+        drop((in_live, in_browser, held));
+        d.stop();
+    }
+}
