@@ -1,10 +1,13 @@
 //! The daemon's configuration: the TOML text (a file, or the embedded default
 //! in `default.toml`), every path in it made absolute, and the checks that
-//! keep volumes, mountpoints and the state directory apart. It reads the
-//! config file and nothing else: it never creates a directory, never looks
-//! at what is mounted and never talks to the daemon.
+//! keep volumes, mountpoints and the state directory apart: on the paths as
+//! written when it is parsed, and on where they really lead when the daemon
+//! asks (`check_on_disk`, in places.rs). It reads the config file and,
+//! asked, looks at the disk; it never creates a directory and never talks
+//! to the daemon.
 
 mod diff;
+mod places;
 
 pub use diff::DiffConfig;
 use diff::{DEFAULT_MAX_SETS, DiffSize, RawDurability, RawOnFull};
@@ -175,6 +178,22 @@ pub enum Problem {
         path: PathBuf,
         what: String,
         place: PathBuf,
+    },
+    #[error(
+        "{inner} {} is {} {outer} {}{resolved}",
+        shown(.inner_path),
+        if *.same { "the same directory as" } else { "inside" },
+        shown(.outer_path)
+    )]
+    Overlap {
+        inner: String,
+        inner_path: PathBuf,
+        outer: String,
+        outer_path: PathBuf,
+        same: bool,
+        /// Where the paths really lead, when the disk says more than
+        /// their words.
+        resolved: String,
     },
     #[error("threads must be at least 1")]
     ZeroThreads,
@@ -390,7 +409,37 @@ impl Config {
                 });
             }
         }
+        // The rest of the rule: backings apart and not nested, nothing
+        // inside a backing but its own volume's mount in place.
+        let places = places::places(self);
+        let overlap = places::first_overlap(&places, |i, j| {
+            places::lexical(&places[i].path, &places[j].path)
+        });
+        if let Some((i, j, relation)) = overlap {
+            let (inner, outer) = (&places[i], &places[j]);
+            return Err(Problem::Overlap {
+                inner: inner.what.clone(),
+                inner_path: inner.path.clone(),
+                outer: outer.what.clone(),
+                outer_path: outer.path.clone(),
+                same: relation == places::Relation::Same,
+                resolved: String::new(),
+            });
+        }
         Ok(())
+    }
+
+    /// The rule of `check` again, on where the paths really lead: symlinks
+    /// resolved and directories compared by (dev, ino), so that `b2 -> b`
+    /// or a bind mount cannot make two volumes share a backing, or put the
+    /// state dir or a mountpoint inside a backing. It looks at the disk
+    /// (and /proc/self/mountinfo); the daemon runs it before it creates or
+    /// mounts anything.
+    pub fn check_on_disk(&self) -> Result<(), ConfigError> {
+        places::check_on_disk(self).map_err(|problem| ConfigError::Invalid {
+            origin: self.origin.clone(),
+            problem: Box::new(problem),
+        })
     }
 }
 
@@ -816,6 +865,95 @@ mount = "/mnt/logs"
             "{MINIMAL}[[volume]]\nname = \"b\"\nbacking = \"/srv/data\"\nmount = \"/mnt/b\"\n"
         );
         assert!(matches!(problem(&backing), Problem::SameBacking { .. }));
+    }
+
+    #[test]
+    fn nested_backings_and_a_snapshots_mount_inside_a_backing_are_overlaps() {
+        let nested = format!(
+            "{MINIMAL}[[volume]]\nname = \"b\"\nbacking = \"/srv/data/b\"\nmount = \"/mnt/b\"\n"
+        );
+        assert_eq!(
+            problem(&nested).to_string(),
+            "the backing of volume \"b\" /srv/data/b is inside the backing of volume \"data\" /srv/data"
+        );
+        let separate = MINIMAL.replace("mount = \"/srv/data\"", "mount = \"/mnt/data\"");
+        let snaps = separate.replace("/snapshots", "/srv/data/.snaps");
+        assert_eq!(
+            problem(&snaps).to_string(),
+            "the snapshots mountpoint /srv/data/.snaps is inside the backing of volume \"data\" /srv/data"
+        );
+        let own = separate.replace("mount = \"/mnt/data\"", "mount = \"/srv/data/live\"");
+        assert!(matches!(problem(&own), Problem::Overlap { .. }), "{own}");
+        // In place is the one overlap allowed.
+        assert!(parse(MINIMAL).is_ok());
+    }
+
+    fn on_disk(root: &Path, body: &str) -> Result<Config, ConfigError> {
+        let config = Config::parse(body, Origin::File(root.join("umbra.toml")), root)?;
+        config.check_on_disk()?;
+        Ok(config)
+    }
+
+    #[test]
+    fn two_volumes_on_one_backing_through_a_symlink_are_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path().canonicalize().expect("real");
+        std::fs::create_dir(root.join("b")).expect("mkdir");
+        std::os::unix::fs::symlink("b", root.join("b2")).expect("symlink");
+        let text = "state_dir = \"st\"\nsnapshots = \"snaps\"\n\
+            [[volume]]\nname = \"one\"\nbacking = \"b\"\nmount = \"m1\"\n\
+            [[volume]]\nname = \"two\"\nbacking = \"b2\"\nmount = \"m2\"\n";
+        let err = on_disk(&root, text).expect_err("one backing twice");
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "{}: the backing of volume \"two\" {} is the same directory as the backing of volume \"one\" {} (they lead to {} and {})",
+                root.join("umbra.toml").display(),
+                root.join("b2").display(),
+                root.join("b").display(),
+                root.join("b").display(),
+                root.join("b").display(),
+            )
+        );
+        // Nested through the symlink, and not yet existing.
+        let nested = text.replace("backing = \"b2\"", "backing = \"b2/inner\"");
+        let err = on_disk(&root, &nested).expect_err("nested");
+        assert!(
+            err.to_string()
+                .contains("is inside the backing of volume \"one\""),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_state_dir_or_snapshots_inside_a_backing_through_a_symlink_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path().canonicalize().expect("real");
+        std::fs::create_dir(root.join("data")).expect("mkdir");
+        std::os::unix::fs::symlink("data", root.join("alias")).expect("symlink");
+        let body = |state: &str, snaps: &str| {
+            format!(
+                "state_dir = \"{state}\"\nsnapshots = \"{snaps}\"\n\
+                 [[volume]]\nname = \"data\"\nbacking = \"data\"\nmount = \"data\"\n"
+            )
+        };
+        let err = on_disk(&root, &body("alias/.state", "snaps")).expect_err("state inside");
+        assert!(
+            err.to_string().contains(&format!(
+                "state_dir {} is inside the backing of volume \"data\" {}",
+                root.join("alias/.state").display(),
+                root.join("data").display()
+            )),
+            "{err}"
+        );
+        let err = on_disk(&root, &body(".umbra", "alias/snaps")).expect_err("snapshots inside");
+        assert!(
+            err.to_string().contains("the snapshots mountpoint"),
+            "{err}"
+        );
+        // The embedded default's shape, in place, with nothing existing yet.
+        on_disk(&root, &body(".umbra", "snapshots")).expect("in place is fine");
+        on_disk(&root.join("fresh/clone"), &body(".umbra", "snapshots")).expect("not there yet");
     }
 
     #[test]

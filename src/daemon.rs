@@ -43,6 +43,8 @@ pub enum DaemonError {
         source: io::Error,
     },
     #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error(transparent)]
     Lock(#[from] LockError),
     #[error(transparent)]
     Stale(#[from] StaleError),
@@ -105,6 +107,9 @@ fn lock_state_dir(config: &Config) -> Result<StateLock, DaemonError> {
 /// Runs the daemon of `config` until SIGINT or SIGTERM.
 pub fn up(config: Config) -> Result<(), DaemonError> {
     tracing::debug!(config = %config.origin, "starting");
+    // Before anything is created: a state dir reached through a symlink
+    // into a backing must not be made there.
+    config.check_on_disk()?;
     create_private_dir(&config.state_dir)?;
     let _lock = lock_state_dir(&config)?;
     // A dead mount answers ENOTCONN even to mkdir: recover before creating.

@@ -405,3 +405,84 @@ fn sigterm_or_sigint_with_a_shell_inside_data_or_snapshots_leaves_no_dead_mount(
         d.stop();
     }
 }
+
+#[test]
+fn two_volumes_on_one_backing_through_a_symlink_are_refused_at_up() {
+    let d = Daemon::prepare(Config::empty());
+    let root = d.root().to_path_buf();
+    fs::create_dir(root.join("b")).unwrap();
+    std::os::unix::fs::symlink("b", root.join("b2")).unwrap();
+    fs::create_dir(root.join("data")).unwrap();
+    std::os::unix::fs::symlink("data", root.join("data-alias")).unwrap();
+    let head = "socket = \"ctl.sock\"\nsnapshots = \"snaps\"\n";
+    let volume = |name: &str, backing: &str, mount: &str| {
+        format!("[[volume]]\nname = \"{name}\"\nbacking = \"{backing}\"\nmount = \"{mount}\"\n")
+    };
+    let cases = [
+        (
+            "one backing through a symlink",
+            format!(
+                "state_dir = \"st\"\n{head}{}{}",
+                volume("one", "b", "m1"),
+                volume("two", "b2", "m2")
+            ),
+            ["b2", "is the same directory as", "b"],
+        ),
+        (
+            "a backing nested through a symlink",
+            format!(
+                "state_dir = \"st\"\n{head}{}{}",
+                volume("one", "b", "m1"),
+                volume("two", "b2/inner", "m2")
+            ),
+            ["b2/inner", "is inside", "b"],
+        ),
+        (
+            "a state_dir inside a backing through a symlink",
+            format!(
+                "state_dir = \"data-alias/.state\"\n{head}{}",
+                volume("data", "data", "data")
+            ),
+            ["data-alias/.state", "is inside", "data"],
+        ),
+        (
+            "a snapshots mountpoint inside a backing through a symlink",
+            format!(
+                "state_dir = \"st\"\nsocket = \"ctl.sock\"\nsnapshots = \"data-alias/snaps\"\n{}",
+                volume("data", "data", "data")
+            ),
+            ["data-alias/snaps", "is inside", "data"],
+        ),
+    ];
+    for (what, text, [inner, relation, outer]) in cases {
+        let path = root.join("overlap.toml");
+        fs::write(&path, text).unwrap();
+        let out = run_up(&d, &path);
+        let line = assert_one_line_error(&out, what);
+        let inner = root.join(inner);
+        let outer = root.join(outer);
+        assert!(
+            line.contains(&format!("{} {relation} ", inner.display()))
+                && line.contains(&format!(" {}", outer.display())),
+            "{what}: the error names both paths: {line}"
+        );
+        // Refused before anything was made or mounted.
+        for made in [
+            "st",
+            "data/.state",
+            "data/snaps",
+            "m1",
+            "m2",
+            "snaps",
+            "b/inner",
+        ] {
+            assert!(!root.join(made).exists(), "{what}: {made} was created");
+        }
+        for mp in ["m1", "m2", "data", "snaps"] {
+            assert!(
+                !common::sys::is_mounted(&root.join(mp)),
+                "{what}: {mp} mounted"
+            );
+        }
+    }
+}
