@@ -1,5 +1,6 @@
-//! `umbra up`: the daemon's life from start to exit. It creates the missing
-//! directories, takes the state dir's lock (freeing a predecessor stuck
+//! `umbra up`: the daemon's life from start to exit. It checks where the
+//! configured paths really lead, makes or checks the state dir, creates the
+//! missing directories, takes the state dir's lock (freeing a predecessor stuck
 //! dying on its own mount first), recovers stale mounts, opens the
 //! store and every volume before it mounts anything, mounts the volumes and
 //! the browser, serves the control socket, and on SIGINT or SIGTERM unmounts
@@ -11,10 +12,10 @@ mod lock;
 mod mounts;
 mod service;
 mod stale;
+mod state_dir;
 
 use std::fs;
 use std::io;
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::thread;
@@ -44,6 +45,8 @@ pub enum DaemonError {
     },
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
+    #[error(transparent)]
+    StateDir(#[from] state_dir::StateDirError),
     #[error(transparent)]
     Lock(#[from] LockError),
     #[error(transparent)]
@@ -110,7 +113,7 @@ pub fn up(config: Config) -> Result<(), DaemonError> {
     // Before anything is created: a state dir reached through a symlink
     // into a backing must not be made there.
     config.check_on_disk()?;
-    create_private_dir(&config.state_dir)?;
+    state_dir::prepare(&config)?;
     let _lock = lock_state_dir(&config)?;
     // A dead mount answers ENOTCONN even to mkdir: recover before creating.
     for (what, path) in config.mountpoints() {
@@ -241,30 +244,6 @@ fn signal_name(signal: Option<i32>) -> &'static str {
         Some(SIGTERM) => "SIGTERM",
         _ => "a signal",
     }
-}
-
-/// The state dir is the daemon's alone: mode 0700 when it creates it, and a
-/// warning when an existing one is open to others.
-fn create_private_dir(path: &Path) -> Result<(), DaemonError> {
-    let create_err = |source| DaemonError::CreateDir {
-        what: "state_dir".into(),
-        path: path.to_path_buf(),
-        source,
-    };
-    fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(path)
-        .map_err(create_err)?;
-    let mode = fs::metadata(path).map_err(create_err)?.permissions().mode();
-    if mode & 0o077 != 0 {
-        tracing::warn!(
-            "state_dir {} is open to others (mode {:o})",
-            path.display(),
-            mode & 0o7777
-        );
-    }
-    Ok(())
 }
 
 /// Creates the backing and mount directories, the snapshots mountpoint and

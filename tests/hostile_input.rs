@@ -486,3 +486,55 @@ fn two_volumes_on_one_backing_through_a_symlink_are_refused_at_up() {
         }
     }
 }
+
+fn mode_of(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    fs::metadata(path).unwrap().permissions().mode() & 0o7777
+}
+
+#[test]
+fn a_state_dir_open_to_others_is_tightened_and_one_of_another_user_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    const NOBODY: u32 = 65534;
+    // Ours and open to everyone: tightened to 0700, and said so.
+    let mut d = Daemon::prepare(Config::default());
+    let state = d.layout.state_dir.clone();
+    fs::create_dir_all(&state).unwrap();
+    fs::set_permissions(&state, fs::Permissions::from_mode(0o777)).unwrap();
+    d.launch();
+    assert_eq!(mode_of(&state), 0o700);
+    let log = d.failure("");
+    assert!(log.contains("tightened it to 700"), "{log}");
+    d.stop();
+
+    // Another user's: refused, left as it was.
+    common::sys::lchown(&state, NOBODY, NOBODY).unwrap();
+    fs::set_permissions(&state, fs::Permissions::from_mode(0o777)).unwrap();
+    let line = assert_one_line_error(&run_up(&d, &d.layout.config_path), "nobody's state dir");
+    assert!(
+        line.contains(&format!(
+            "belongs to uid {NOBODY}, not to the daemon's user"
+        )),
+        "{line}"
+    );
+    assert_eq!(mode_of(&state), 0o777);
+    assert_nothing_mounted(&d, "nobody's state dir");
+
+    // A symlink another user owns, even to a directory of ours: refused.
+    common::sys::lchown(&state, 0, 0).unwrap();
+    let real = d.root().join("real-state");
+    fs::rename(&state, &real).unwrap();
+    std::os::unix::fs::symlink(&real, &state).unwrap();
+    common::sys::lchown(&state, NOBODY, NOBODY).unwrap();
+    let line = assert_one_line_error(&run_up(&d, &d.layout.config_path), "nobody's symlink");
+    assert!(
+        line.contains("is a symlink that belongs to uid 65534"),
+        "{line}"
+    );
+    assert_nothing_mounted(&d, "nobody's symlink");
+    // The same symlink, ours: followed.
+    common::sys::lchown(&state, 0, 0).unwrap();
+    d.launch();
+    assert!(real.join("store").is_dir());
+    d.stop();
+}
