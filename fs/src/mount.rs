@@ -108,6 +108,10 @@ impl MountHandle {
     /// is detached instead (see the top of this file). Either way nothing
     /// is left mounted when it returns `Ok`.
     pub fn unmount(mut self) -> Result<()> {
+        self.take_down()
+    }
+
+    fn take_down(&mut self) -> Result<()> {
         let Some(session) = self.session.take() else {
             return Ok(());
         };
@@ -181,10 +185,8 @@ fn lazy_unmount(path: &Path) -> io::Result<()> {
 
 impl Drop for MountHandle {
     fn drop(&mut self) {
-        if let Some(session) = self.session.take()
-            && let Err(e) = session.umount_and_join()
-        {
-            tracing::warn!("unmounting {}: {e}", self.mountpoint.display());
+        if let Err(e) = self.take_down() {
+            tracing::warn!("{e}");
         }
     }
 }
