@@ -165,7 +165,15 @@ impl Part {
     }
 
     fn fail(&mut self, event: Event, failure: Failure) {
-        tracing::warn!(writer = %self.slot.reg.name, %event, "writer failed: {failure}");
+        // The message is the writer's own text: quoted, so that a newline
+        // in it cannot forge a log line.
+        tracing::warn!(
+            writer = %self.slot.reg.name,
+            %event,
+            message = ?failure.message,
+            retryable = failure.retryable,
+            "writer failed"
+        );
         self.slot
             .set_state(WriterState::FailedAt(event), Some(failure.clone()));
         self.failed = Some((event, failure));
