@@ -19,7 +19,10 @@ Every shadow copy set is browsable read-only under the snapshots mountpoint as \
 
 The other commands are clients: they talk to the running daemon through its control socket, \
 found through --socket, then $UMBRA_SOCKET, then the socket of --config, then the embedded \
-default's ./.umbra/control.sock, so that `umbra create` works next to `umbra up` without set-up.";
+default's .umbra/control.sock in the current directory or the nearest directory above it (as git \
+finds .git; only one in a directory owned by the user or root counts), so that `umbra create` \
+works next to `umbra up` without set-up, and from anywhere inside its volumes and snapshots. \
+When none is found, the error names the directory the search started from.";
 
 const AFTER_HELP: &str = "\
 Errors are printed as one line, `umbra: <message>`, and the exit status is then non-zero. \
@@ -35,7 +38,7 @@ The configuration file is described in umbra.toml(5).";
     disable_help_subcommand = true
 )]
 pub struct Cli {
-    /// The daemon's control socket [default: the socket of --config, else ./.umbra/control.sock]
+    /// The daemon's control socket [default: the socket of --config, else .umbra/control.sock here or above]
     ///
     /// For `umbra up`, serve the control socket here instead of at the configuration's `socket`.
     #[arg(long, global = true, env = "UMBRA_SOCKET", value_name = "PATH")]
@@ -60,7 +63,11 @@ pub enum Command {
     ///
     /// Mounts every volume of the configuration live and the shadow copy browser read-only,
     /// prints one line per mount and then `umbra: ready`, and serves the control socket until
-    /// SIGINT or SIGTERM, when it unmounts everything and exits. Mounts left by a crashed daemon
+    /// SIGINT or SIGTERM, when it unmounts everything and exits 0. A mount still in use then (a
+    /// shell's working directory or an open file inside it) is not left behind: the files open for
+    /// writing through it are written back, it is detached lazily and its FUSE connection aborted,
+    /// so that whoever is still inside gets ENOTCONN ("Transport endpoint is not connected")
+    /// instead of a hang, and the next `umbra up` starts cleanly. Mounts left by a crashed daemon
     /// are cleaned up first; a second daemon on the same state directory is refused, unless the
     /// first was killed but cannot finish exiting: then the FUSE connections of its mountpoints
     /// are aborted (mounting fusectl at /sys/fs/fuse/connections if needed) so that it can.
@@ -120,7 +127,10 @@ pub enum Command {
 
     /// List the shadow copy sets, oldest first
     ///
-    /// Prints a table of name, id, creation time (RFC 3339, UTC), volumes and label.
+    /// Prints a table of name, id, creation time (RFC 3339, UTC), volumes and label. Control
+    /// characters in a label (or in any name or message umbra prints as text) are shown escaped,
+    /// as \n or \u{1b}, so that no label can add a line or reach the terminal; --json gives every
+    /// string exactly.
     List {
         #[command(flatten)]
         output: Output,

@@ -14,9 +14,9 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 pub use connection::ClientError;
+pub use discover::DiscoverError;
 use discover::socket_path;
 
-use crate::config::ConfigError;
 use crate::protocol::{CreatedView, Request, SetView, StatusView, WriterInfo};
 use crate::render;
 
@@ -41,12 +41,13 @@ pub struct Client {
 
 impl Client {
     /// The client of the daemon found through `socket`, else the socket
-    /// of the config file `config`, else the embedded default's socket.
+    /// of the config file `config`, else the embedded default's socket in
+    /// `cwd` or the nearest directory above it.
     pub fn find(
         socket: Option<&Path>,
         config: Option<&Path>,
         cwd: &Path,
-    ) -> Result<Client, ConfigError> {
+    ) -> Result<Client, DiscoverError> {
         Ok(Client {
             socket: socket_path(socket, config, cwd)?,
         })

@@ -1,10 +1,13 @@
 //! The daemon's configuration: the TOML text (a file, or the embedded default
 //! in `default.toml`), every path in it made absolute, and the checks that
-//! keep volumes, mountpoints and the state directory apart. It reads the
-//! config file and nothing else: it never creates a directory, never looks
-//! at what is mounted and never talks to the daemon.
+//! keep volumes, mountpoints and the state directory apart: on the paths as
+//! written when it is parsed, and on where they really lead when the daemon
+//! asks (`check_on_disk`, in places.rs). It reads the config file and,
+//! asked, looks at the disk; it never creates a directory and never talks
+//! to the daemon.
 
 mod diff;
+mod places;
 
 pub use diff::DiffConfig;
 use diff::{DEFAULT_MAX_SETS, DiffSize, RawDurability, RawOnFull};
@@ -14,6 +17,7 @@ use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
 use umbra_coordinator::ExecWriter;
+use umbra_coordinator::protocol::MAX_TIMEOUT_SECS;
 
 use serde::{Deserialize, Deserializer};
 
@@ -33,6 +37,8 @@ const MAX_CLIENT_TIMEOUT_SECS: f64 = 86_400.0;
 const DEFAULT_WRITER_TIMEOUT_SECS: u64 = 60;
 const DEFAULT_HOLD_TIMEOUT_SECS: u64 = 10;
 const SOCKET_FILE: &str = "control.sock";
+/// FUSE worker threads per mount, at most: each is a real thread.
+const MAX_THREADS: usize = 1024;
 
 /// A checked configuration whose paths are all absolute and normalized.
 #[derive(Clone, Debug, PartialEq)]
@@ -121,16 +127,7 @@ pub enum ConfigError {
 /// A path in an error message: as it is, but with control characters (a
 /// newline in a name, say) escaped, so that every error stays one line.
 pub fn shown(path: &Path) -> String {
-    path.to_string_lossy()
-        .chars()
-        .map(|c| {
-            if c.is_control() {
-                c.escape_default().to_string()
-            } else {
-                c.to_string()
-            }
-        })
-        .collect()
+    crate::render::printable(&path.to_string_lossy())
 }
 
 fn line_prefix(line: Option<usize>) -> String {
@@ -182,6 +179,22 @@ pub enum Problem {
         what: String,
         place: PathBuf,
     },
+    #[error(
+        "{inner} {} is {} {outer} {}{resolved}",
+        shown(.inner_path),
+        if *.same { "the same directory as" } else { "inside" },
+        shown(.outer_path)
+    )]
+    Overlap {
+        inner: String,
+        inner_path: PathBuf,
+        outer: String,
+        outer_path: PathBuf,
+        same: bool,
+        /// Where the paths really lead, when the disk says more than
+        /// their words.
+        resolved: String,
+    },
     #[error("threads must be at least 1")]
     ZeroThreads,
     #[error("max_clients must be at least 1")]
@@ -192,6 +205,10 @@ pub enum Problem {
     ClientTimeout(String),
     #[error("{0} must be at least 1")]
     ZeroTimeout(String),
+    #[error("{key} must be at most {MAX_TIMEOUT_SECS} (a day), not {secs}")]
+    LongTimeout { key: String, secs: u64 },
+    #[error("threads must be at most {MAX_THREADS}, not {0}")]
+    ManyThreads(usize),
     #[error("writer {writer:?}: {problem}")]
     Writer { writer: String, problem: String },
     #[error("name_format: {0}")]
@@ -294,6 +311,9 @@ impl Config {
         if self.threads == 0 {
             return Err(Problem::ZeroThreads);
         }
+        if self.threads > MAX_THREADS {
+            return Err(Problem::ManyThreads(self.threads));
+        }
         if self.max_clients == 0 {
             return Err(Problem::ZeroClients);
         }
@@ -303,6 +323,12 @@ impl Config {
         ] {
             if timeout.is_zero() {
                 return Err(Problem::ZeroTimeout(key.into()));
+            }
+            if timeout.as_secs() > MAX_TIMEOUT_SECS {
+                return Err(Problem::LongTimeout {
+                    key: key.into(),
+                    secs: timeout.as_secs(),
+                });
             }
         }
         for (i, writer) in self.writers.iter().enumerate() {
@@ -383,7 +409,37 @@ impl Config {
                 });
             }
         }
+        // The rest of the rule: backings apart and not nested, nothing
+        // inside a backing but its own volume's mount in place.
+        let places = places::places(self);
+        let overlap = places::first_overlap(&places, |i, j| {
+            places::lexical(&places[i].path, &places[j].path)
+        });
+        if let Some((i, j, relation)) = overlap {
+            let (inner, outer) = (&places[i], &places[j]);
+            return Err(Problem::Overlap {
+                inner: inner.what.clone(),
+                inner_path: inner.path.clone(),
+                outer: outer.what.clone(),
+                outer_path: outer.path.clone(),
+                same: relation == places::Relation::Same,
+                resolved: String::new(),
+            });
+        }
         Ok(())
+    }
+
+    /// The rule of `check` again, on where the paths really lead: symlinks
+    /// resolved and directories compared by (dev, ino), so that `b2 -> b`
+    /// or a bind mount cannot make two volumes share a backing, or put the
+    /// state dir or a mountpoint inside a backing. It looks at the disk
+    /// (and /proc/self/mountinfo); the daemon runs it before it creates or
+    /// mounts anything.
+    pub fn check_on_disk(&self) -> Result<(), ConfigError> {
+        places::check_on_disk(self).map_err(|problem| ConfigError::Invalid {
+            origin: self.origin.clone(),
+            problem: Box::new(problem),
+        })
     }
 }
 
@@ -812,6 +868,95 @@ mount = "/mnt/logs"
     }
 
     #[test]
+    fn nested_backings_and_a_snapshots_mount_inside_a_backing_are_overlaps() {
+        let nested = format!(
+            "{MINIMAL}[[volume]]\nname = \"b\"\nbacking = \"/srv/data/b\"\nmount = \"/mnt/b\"\n"
+        );
+        assert_eq!(
+            problem(&nested).to_string(),
+            "the backing of volume \"b\" /srv/data/b is inside the backing of volume \"data\" /srv/data"
+        );
+        let separate = MINIMAL.replace("mount = \"/srv/data\"", "mount = \"/mnt/data\"");
+        let snaps = separate.replace("/snapshots", "/srv/data/.snaps");
+        assert_eq!(
+            problem(&snaps).to_string(),
+            "the snapshots mountpoint /srv/data/.snaps is inside the backing of volume \"data\" /srv/data"
+        );
+        let own = separate.replace("mount = \"/mnt/data\"", "mount = \"/srv/data/live\"");
+        assert!(matches!(problem(&own), Problem::Overlap { .. }), "{own}");
+        // In place is the one overlap allowed.
+        assert!(parse(MINIMAL).is_ok());
+    }
+
+    fn on_disk(root: &Path, body: &str) -> Result<Config, ConfigError> {
+        let config = Config::parse(body, Origin::File(root.join("umbra.toml")), root)?;
+        config.check_on_disk()?;
+        Ok(config)
+    }
+
+    #[test]
+    fn two_volumes_on_one_backing_through_a_symlink_are_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path().canonicalize().expect("real");
+        std::fs::create_dir(root.join("b")).expect("mkdir");
+        std::os::unix::fs::symlink("b", root.join("b2")).expect("symlink");
+        let text = "state_dir = \"st\"\nsnapshots = \"snaps\"\n\
+            [[volume]]\nname = \"one\"\nbacking = \"b\"\nmount = \"m1\"\n\
+            [[volume]]\nname = \"two\"\nbacking = \"b2\"\nmount = \"m2\"\n";
+        let err = on_disk(&root, text).expect_err("one backing twice");
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "{}: the backing of volume \"two\" {} is the same directory as the backing of volume \"one\" {} (they lead to {} and {})",
+                root.join("umbra.toml").display(),
+                root.join("b2").display(),
+                root.join("b").display(),
+                root.join("b").display(),
+                root.join("b").display(),
+            )
+        );
+        // Nested through the symlink, and not yet existing.
+        let nested = text.replace("backing = \"b2\"", "backing = \"b2/inner\"");
+        let err = on_disk(&root, &nested).expect_err("nested");
+        assert!(
+            err.to_string()
+                .contains("is inside the backing of volume \"one\""),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_state_dir_or_snapshots_inside_a_backing_through_a_symlink_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path().canonicalize().expect("real");
+        std::fs::create_dir(root.join("data")).expect("mkdir");
+        std::os::unix::fs::symlink("data", root.join("alias")).expect("symlink");
+        let body = |state: &str, snaps: &str| {
+            format!(
+                "state_dir = \"{state}\"\nsnapshots = \"{snaps}\"\n\
+                 [[volume]]\nname = \"data\"\nbacking = \"data\"\nmount = \"data\"\n"
+            )
+        };
+        let err = on_disk(&root, &body("alias/.state", "snaps")).expect_err("state inside");
+        assert!(
+            err.to_string().contains(&format!(
+                "state_dir {} is inside the backing of volume \"data\" {}",
+                root.join("alias/.state").display(),
+                root.join("data").display()
+            )),
+            "{err}"
+        );
+        let err = on_disk(&root, &body(".umbra", "alias/snaps")).expect_err("snapshots inside");
+        assert!(
+            err.to_string().contains("the snapshots mountpoint"),
+            "{err}"
+        );
+        // The embedded default's shape, in place, with nothing existing yet.
+        on_disk(&root, &body(".umbra", "snapshots")).expect("in place is fine");
+        on_disk(&root.join("fresh/clone"), &body(".umbra", "snapshots")).expect("not there yet");
+    }
+
+    #[test]
     fn state_and_socket_stay_out_of_volumes_and_mounts() {
         let inside = MINIMAL.replace("/var/lib/umbra", "/srv/data/.state");
         assert!(
@@ -1044,6 +1189,96 @@ mount = "/mnt/logs"
                 assert_one_line(&e)?;
             }
         }
+    }
+
+    /// A number a config might hold where umbra wants a count, a size or
+    /// seconds: the edges of TOML's i64 and of what a clock can add.
+    fn numberish() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        prop_oneof![
+            2 => prop::sample::select(vec![
+                "0", "1", "-1", "86400", "86401", "4294967296",
+                "9223372036854775807", "-9223372036854775808", "9223372036854775806",
+                "1.5", "1e300", "nan", "inf",
+                "\"1e30G\"", "\"99999999999999999999T\"", "\"18446744073709551615\"",
+                "\"100%\"", "\"0.0000001%\"", "\"1e-300%\"", "\"0.5\"", "\"1.0e400K\"",
+            ])
+            .prop_map(str::to_string),
+            1 => any::<i64>().prop_map(|n| n.to_string()),
+            1 => any::<u64>().prop_map(|n| format!("\"{n}G\"")),
+        ]
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_number_is_a_config_or_a_one_line_error(
+            numbers in proptest::collection::vec(
+                (proptest::sample::select(vec![
+                    "threads", "max_clients", "client_timeout", "writer_timeout_secs",
+                    "hold_timeout_secs", "max_diff_size", "max_sets",
+                ]), numberish()),
+                0..4,
+            ),
+            writer_timeout in proptest::option::of(numberish()),
+        ) {
+            let mut text = String::new();
+            for (key, value) in &numbers {
+                text += &format!("{key} = {value}\n");
+            }
+            text += MINIMAL;
+            if let Some(t) = &writer_timeout {
+                text += &format!("[[writer]]\nname = \"w\"\nexec = \"/bin/true\"\ntimeout_secs = {t}\n");
+            }
+            match Config::parse(&text, Origin::Embedded, Path::new("/base")) {
+                Err(e) => assert_one_line(&e)?,
+                Ok(config) => {
+                    // What the daemon does with them must be safe.
+                    for timeout in std::iter::once(config.writer_timeout)
+                        .chain([config.hold_timeout])
+                        .chain(config.writers.iter().map(|w| w.timeout))
+                    {
+                        proptest::prop_assert!(timeout.as_secs() <= MAX_TIMEOUT_SECS);
+                        proptest::prop_assert!(std::time::Instant::now().checked_add(timeout).is_some());
+                    }
+                    proptest::prop_assert!(config.threads <= MAX_THREADS);
+                    if let Some(size) = config.diff.max_size {
+                        let _ = size.bytes(u64::MAX);
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn timeouts_near_i64_max_are_refused_so_create_cannot_overflow() {
+        for key in ["writer_timeout_secs", "hold_timeout_secs"] {
+            for secs in [i64::MAX, i64::MAX - 1, 86_401] {
+                assert_eq!(
+                    problem(&format!("{key} = {secs}\n{MINIMAL}")),
+                    Problem::LongTimeout {
+                        key: key.into(),
+                        secs: secs as u64,
+                    },
+                    "{key} = {secs}"
+                );
+            }
+            assert!(parse(&format!("{key} = 86400\n{MINIMAL}")).is_ok());
+        }
+        let writer = format!(
+            "{MINIMAL}[[writer]]\nname = \"w\"\nexec = \"/bin/true\"\ntimeout_secs = {}\n",
+            i64::MAX
+        );
+        assert_eq!(
+            problem(&writer).to_string(),
+            format!(
+                "writer \"w\": timeout_secs must be at most 86400 (a day), not {}",
+                i64::MAX
+            )
+        );
+        assert_eq!(
+            problem(&format!("threads = {}\n{MINIMAL}", i64::MAX)),
+            Problem::ManyThreads(i64::MAX as usize)
+        );
     }
 
     #[test]

@@ -1,5 +1,6 @@
-//! `umbra up`: the daemon's life from start to exit. It creates the missing
-//! directories, takes the state dir's lock (freeing a predecessor stuck
+//! `umbra up`: the daemon's life from start to exit. It checks where the
+//! configured paths really lead, makes or checks the state dir, creates the
+//! missing directories, takes the state dir's lock (freeing a predecessor stuck
 //! dying on its own mount first), recovers stale mounts, opens the
 //! store and every volume before it mounts anything, mounts the volumes and
 //! the browser, serves the control socket, and on SIGINT or SIGTERM unmounts
@@ -11,10 +12,10 @@ mod lock;
 mod mounts;
 mod service;
 mod stale;
+mod state_dir;
 
 use std::fs;
 use std::io;
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::thread;
@@ -42,6 +43,10 @@ pub enum DaemonError {
         #[source]
         source: io::Error,
     },
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error(transparent)]
+    StateDir(#[from] state_dir::StateDirError),
     #[error(transparent)]
     Lock(#[from] LockError),
     #[error(transparent)]
@@ -105,7 +110,10 @@ fn lock_state_dir(config: &Config) -> Result<StateLock, DaemonError> {
 /// Runs the daemon of `config` until SIGINT or SIGTERM.
 pub fn up(config: Config) -> Result<(), DaemonError> {
     tracing::debug!(config = %config.origin, "starting");
-    create_private_dir(&config.state_dir)?;
+    // Before anything is created: a state dir reached through a symlink
+    // into a backing must not be made there.
+    config.check_on_disk()?;
+    state_dir::prepare(&config)?;
     let _lock = lock_state_dir(&config)?;
     // A dead mount answers ENOTCONN even to mkdir: recover before creating.
     for (what, path) in config.mountpoints() {
@@ -223,7 +231,7 @@ fn start(
     let service = Arc::new(
         Service::new(store, volumes, browser, config, coordinator).with_diff_area(diff_area),
     );
-    let socket = control.path().display().to_string();
+    let socket = crate::config::shown(control.path());
     let socket_file = control.serve(service.clone(), limits)?;
     announce(&format!("umbra: control socket at {socket}"))?;
     announce("umbra: ready")?;
@@ -236,30 +244,6 @@ fn signal_name(signal: Option<i32>) -> &'static str {
         Some(SIGTERM) => "SIGTERM",
         _ => "a signal",
     }
-}
-
-/// The state dir is the daemon's alone: mode 0700 when it creates it, and a
-/// warning when an existing one is open to others.
-fn create_private_dir(path: &Path) -> Result<(), DaemonError> {
-    let create_err = |source| DaemonError::CreateDir {
-        what: "state_dir".into(),
-        path: path.to_path_buf(),
-        source,
-    };
-    fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(path)
-        .map_err(create_err)?;
-    let mode = fs::metadata(path).map_err(create_err)?.permissions().mode();
-    if mode & 0o077 != 0 {
-        tracing::warn!(
-            "state_dir {} is open to others (mode {:o})",
-            path.display(),
-            mode & 0o7777
-        );
-    }
-    Ok(())
 }
 
 /// Creates the backing and mount directories, the snapshots mountpoint and

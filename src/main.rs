@@ -40,7 +40,10 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(code) => code,
         Err(err) => {
-            eprintln!("umbra: {}", protocol::one_line(&err.to_string()));
+            eprintln!(
+                "umbra: {}",
+                render::printable(&protocol::one_line(&err.to_string()))
+            );
             ExitCode::FAILURE
         }
     }

@@ -127,7 +127,9 @@ fn extra_sections() -> Roff {
         .text([italic("./.umbra/")])
         .text([roman(
             "The embedded default's state dir: the diff area (store/), the lock (lock, holding the \
-             daemon's pid) and the control socket (control.sock).",
+             daemon's pid) and the control socket (control.sock). A client told nothing else \
+             looks for .umbra/control.sock here and then in each directory above, so that it \
+             finds the daemon from inside data/ and snapshots/ too.",
         )])
         .control("SH", ["SEE ALSO"])
         .text([bold("umbra.toml"), roman("(5), "), bold("fusermount3"), roman("(1)")]);

@@ -381,11 +381,36 @@ mod tests {
     /// A JSON-ish request line: umbra's ops and fields with awkward values.
     fn jsonish_line() -> impl proptest::strategy::Strategy<Value = Vec<u8>> {
         use proptest::prelude::*;
-        let key = prop::sample::select(vec!["op", "volumes", "label", "sets", "extra", ""]);
+        let key = prop::sample::select(vec![
+            "op",
+            "volumes",
+            "label",
+            "sets",
+            "extra",
+            "",
+            "oldest",
+            "older_than_secs",
+            "all",
+            "name",
+            "timeout_secs",
+            "required",
+            "components",
+        ]);
         let value = prop::sample::select(vec![
             r#""create""#,
             r#""list""#,
             r#""delete""#,
+            r#""register""#,
+            r#""backup""#,
+            "18446744073709551615",
+            "18446744073709551616",
+            "9223372036854775807",
+            "9223372036854775808",
+            "-9223372036854775809",
+            "0",
+            "86401",
+            r#"[{"name":"db","paths":["a"]}]"#,
+            r#""\u001b]0;x\u0007""#,
             r#""status""#,
             r#""launch""#,
             "null",
@@ -420,7 +445,20 @@ mod tests {
 
     /// What a client is told of a parse error: one line, not empty.
     fn assert_one_line_error(line: &[u8]) -> Result<(), proptest::test_runner::TestCaseError> {
-        if let Err(e) = parse_request(line) {
+        let parsed = parse_request(line);
+        // What the daemon does next with a request's numbers must not panic
+        // either: a registration is validated, and its deadline is set.
+        if let Ok(Request::Register(reg)) = &parsed
+            && reg.validate().is_ok()
+        {
+            let timeout = std::time::Duration::from_secs(reg.timeout_secs.unwrap_or(1));
+            proptest::prop_assert!(
+                std::time::Instant::now().checked_add(timeout).is_some(),
+                "accepted timeout_secs {:?}",
+                reg.timeout_secs
+            );
+        }
+        if let Err(e) = parsed {
             let text = e.to_string();
             proptest::prop_assert!(!text.trim().is_empty(), "empty error");
             proptest::prop_assert!(!text.contains(['\n', '\r']), "not one line: {text:?}");
@@ -479,6 +517,16 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn a_writer_registering_with_timeout_secs_2_pow_64_minus_1_is_refused() {
+        let line = br#"{"op":"register","name":"w","timeout_secs":18446744073709551615}"#;
+        let Ok(Request::Register(reg)) = parse_request(line) else {
+            panic!("a registration");
+        };
+        let err = reg.validate().expect_err("too long a deadline");
+        assert!(err.contains("at most 86400"), "{err}");
     }
 
     #[test]

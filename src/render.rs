@@ -1,22 +1,60 @@
 //! The text a person reads: the answers of `create`, `delete`, `list`, `writers` and
-//! `status` laid out as lines and tables. Pure functions from protocol views
-//! to strings; it never writes anywhere and never shapes `--json` output
-//! (that is the protocol views themselves).
+//! `status` laid out as lines and tables, every string a user or a writer
+//! chose made printable first (`printable`: no control character reaches
+//! the terminal raw). Pure functions from protocol views to strings; it
+//! never writes anywhere and never shapes `--json` output (that is the
+//! protocol views themselves, exact).
 
 use std::fmt::Write as _;
 
 use crate::protocol::{SetView, StatusView, WriterInfo};
 
+/// `text` safe to print on a terminal: every control character (a
+/// newline, ESC, BEL, DEL, the C1 set) and every bidirectional override is
+/// written as a Rust escape (`\n`, `\u{1b}`), so that a label, a writer's
+/// message or a path can neither forge a line nor reach the terminal as a
+/// command. Everything else is kept as it is.
+pub fn printable(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if needs_escape(c) {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+fn needs_escape(c: char) -> bool {
+    c.is_control()
+        || matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+}
+
+/// The names joined by `sep`, each printable.
+fn joined(names: &[String], sep: &str) -> String {
+    names
+        .iter()
+        .map(|n| printable(n))
+        .collect::<Vec<_>>()
+        .join(sep)
+}
+
 /// `2026-11-25T084250Z (id 3): data, logs`
 pub fn created(set: &SetView) -> String {
-    format!("{} (id {}): {}\n", set.name, set.id, set.volumes.join(", "))
+    format!(
+        "{} (id {}): {}\n",
+        printable(&set.name),
+        set.id,
+        joined(&set.volumes, ", ")
+    )
 }
 
 /// One `deleted <name> (id <id>)` line per set.
 pub fn deleted(sets: &[SetView]) -> String {
     let mut out = String::new();
     for set in sets {
-        let _ = writeln!(out, "deleted {} (id {})", set.name, set.id);
+        let _ = writeln!(out, "deleted {} (id {})", printable(&set.name), set.id);
     }
     out
 }
@@ -25,11 +63,11 @@ pub fn deleted(sets: &[SetView]) -> String {
 pub fn list(sets: &[SetView]) -> String {
     let rows = sets.iter().map(|set| {
         vec![
-            set.name.clone(),
+            printable(&set.name),
             set.id.to_string(),
-            set.created.clone(),
-            set.volumes.join(","),
-            set.label.clone().unwrap_or_default(),
+            printable(&set.created),
+            joined(&set.volumes, ","),
+            printable(set.label.as_deref().unwrap_or_default()),
         ]
     });
     table(&["NAME", "ID", "CREATED", "VOLUMES", "LABEL"], rows)
@@ -38,21 +76,27 @@ pub fn list(sets: &[SetView]) -> String {
 /// A table of the writers: name, kind, state, volumes, last error.
 pub fn writers(writers: &[WriterInfo]) -> String {
     let rows = writers.iter().map(|w| {
-        let mut state = w.state.clone();
+        let mut state = printable(&w.state);
         if !w.connected {
             state.push_str(" (gone)");
         }
         let volumes = if w.volumes.is_empty() {
             "*".to_string()
         } else {
-            w.volumes.join(",")
+            joined(&w.volumes, ",")
         };
         let error = match (&w.last_error, w.retryable) {
-            (Some(e), Some(true)) => format!("{e} (retryable)"),
-            (Some(e), _) => e.clone(),
+            (Some(e), Some(true)) => format!("{} (retryable)", printable(e)),
+            (Some(e), _) => printable(e),
             (None, _) => String::new(),
         };
-        vec![w.name.clone(), w.kind.clone(), state, volumes, error]
+        vec![
+            printable(&w.name),
+            printable(&w.kind),
+            state,
+            volumes,
+            error,
+        ]
     });
     table(&["WRITER", "KIND", "STATE", "VOLUMES", "LAST ERROR"], rows)
 }
@@ -61,12 +105,17 @@ pub fn writers(writers: &[WriterInfo]) -> String {
 pub fn status(status: &StatusView) -> String {
     let rows = status.volumes.iter().map(|v| {
         let epoch = v.epoch.to_string();
-        vec![v.name.clone(), v.backing.clone(), v.mount.clone(), epoch]
+        vec![
+            printable(&v.name),
+            printable(&v.backing),
+            printable(&v.mount),
+            epoch,
+        ]
     });
     let mut out = table(&["VOLUME", "BACKING", "MOUNT", "EPOCH"], rows);
     out.push('\n');
     let lines = [
-        ("snapshots", status.snapshots.clone()),
+        ("snapshots", printable(&status.snapshots)),
         (
             "diff area",
             format!(
@@ -85,8 +134,8 @@ pub fn status(status: &StatusView) -> String {
             ),
         ),
         ("sets", status.sets.to_string()),
-        ("state dir", status.state_dir.clone()),
-        ("socket", status.socket.clone()),
+        ("state dir", printable(&status.state_dir)),
+        ("socket", printable(&status.socket)),
     ];
     for (key, value) in lines {
         let _ = writeln!(out, "{:<10} {value}", format!("{key}:"));
@@ -178,6 +227,43 @@ mod tests {
              app     socket  stable                   data\n\
              pg      socket  failed-at-freeze (gone)  *        lock timeout (retryable)\n"
         );
+    }
+
+    #[test]
+    fn control_characters_in_a_label_are_escaped_not_printed_raw() {
+        let forged = "nightly\n2099-01-01T000000Z    99  forged\x1b]0;owned\x07\r\u{202e}";
+        let text = list(&[set(1, "2026-11-25T084250Z", Some(forged), &["da\tta"])]);
+        assert_eq!(text.lines().count(), 2, "{text:?}");
+        assert!(
+            !text.chars().any(|c| c.is_control() && c != '\n'),
+            "{text:?}"
+        );
+        assert!(
+            text.ends_with(
+                "da\\tta   nightly\\n2099-01-01T000000Z    99  forged\\u{1b}]0;owned\\u{7}\\r\\u{202e}\n"
+            ),
+            "{text:?}"
+        );
+    }
+
+    #[test]
+    fn writer_names_errors_and_paths_are_printable() {
+        let w = WriterInfo {
+            name: "w\x1b[2J".into(),
+            kind: "socket".into(),
+            state: "failed-at-freeze".into(),
+            last_error: Some("line one\nline two\x07".into()),
+            retryable: Some(false),
+            volumes: vec!["v\x1b".into()],
+            required: true,
+            connected: true,
+        };
+        let text = writers(&[w]);
+        assert_eq!(text.lines().count(), 2, "{text:?}");
+        assert!(text.contains("w\\u{1b}[2J"), "{text:?}");
+        assert!(text.contains("line one\\nline two\\u{7}"), "{text:?}");
+        assert_eq!(printable("plain été ✓"), "plain été ✓");
+        assert_eq!(printable("\u{85}\u{9b}\u{7f}"), "\\u{85}\\u{9b}\\u{7f}");
     }
 
     #[test]

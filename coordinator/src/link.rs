@@ -24,6 +24,22 @@ pub enum LinkError {
     Io(#[from] io::Error),
 }
 
+/// The instant `timeout` from now. A timeout too long for the clock (a
+/// writer asking for 2^64 - 1 seconds) is as good as no deadline: it is
+/// clamped to a century rather than overflowing.
+pub fn deadline_in(timeout: Duration) -> Instant {
+    after(Instant::now(), timeout)
+}
+
+/// `start + timeout`, clamped as `deadline_in` is.
+pub fn after(start: Instant, timeout: Duration) -> Instant {
+    const CENTURY: Duration = Duration::from_secs(100 * 365 * 86_400);
+    start
+        .checked_add(timeout.min(CENTURY))
+        .or_else(|| start.checked_add(Duration::from_secs(86_400)))
+        .unwrap_or(start)
+}
+
 /// One writer as the coordinator sees it.
 pub trait WriterLink: Send {
     /// Sends `event`; does not wait for the answer.

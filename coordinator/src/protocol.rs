@@ -103,6 +103,11 @@ pub struct Registration {
     pub timeout_secs: Option<u64>,
 }
 
+/// The longest deadline a writer or a config may ask for: a day. Far
+/// beyond any freeze a volume can bear, and far below what an `Instant`
+/// can be moved by.
+pub const MAX_TIMEOUT_SECS: u64 = 86_400;
+
 impl Registration {
     /// A required writer named `name` on `volumes`, with no components.
     pub fn new(name: impl Into<String>, volumes: &[&str]) -> Registration {
@@ -147,8 +152,14 @@ impl Registration {
                 ));
             }
         }
-        if self.timeout_secs == Some(0) {
-            return Err("timeout_secs must be at least 1".into());
+        match self.timeout_secs {
+            Some(0) => return Err("timeout_secs must be at least 1".into()),
+            Some(secs) if secs > MAX_TIMEOUT_SECS => {
+                return Err(format!(
+                    "timeout_secs must be at most {MAX_TIMEOUT_SECS} (a day), not {secs}"
+                ));
+            }
+            _ => {}
         }
         Ok(())
     }

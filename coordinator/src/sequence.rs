@@ -20,7 +20,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
-use crate::link::{LinkError, WriterLink};
+use crate::link::{LinkError, WriterLink, after, deadline_in};
 use crate::protocol::{Component, Event, EventMessage, Failure, Registration};
 use crate::provider::{Committed, Provider, ProviderError, SetPlan};
 use crate::state::WriterState;
@@ -165,7 +165,15 @@ impl Part {
     }
 
     fn fail(&mut self, event: Event, failure: Failure) {
-        tracing::warn!(writer = %self.slot.reg.name, %event, "writer failed: {failure}");
+        // The message is the writer's own text: quoted, so that a newline
+        // in it cannot forge a log line.
+        tracing::warn!(
+            writer = %self.slot.reg.name,
+            %event,
+            message = ?failure.message,
+            retryable = failure.retryable,
+            "writer failed"
+        );
         self.slot
             .set_state(WriterState::FailedAt(event), Some(failure.clone()));
         self.failed = Some((event, failure));
@@ -538,7 +546,7 @@ impl Sequence<'_> {
             .map(|p| p.freeze_timeout)
             .min()
             .unwrap_or(self.options.hold_timeout);
-        let deadline = (Instant::now() + self.options.hold_timeout).min(frozen_at + window);
+        let deadline = deadline_in(self.options.hold_timeout).min(after(frozen_at, window));
         let committed = self
             .provider
             .hold_and_commit(&self.plan, deadline)
@@ -614,7 +622,7 @@ impl Sequence<'_> {
             if !part.active() {
                 continue;
             }
-            let deadline = Instant::now() + part.event_timeout;
+            let deadline = deadline_in(part.event_timeout);
             let Some(link) = part.link.as_mut() else {
                 continue;
             };
@@ -652,7 +660,7 @@ impl Sequence<'_> {
             if part.failed.is_none() {
                 part.slot.set_state(WriterState::Stable, None);
             }
-            let deadline = Instant::now() + part.event_timeout;
+            let deadline = deadline_in(part.event_timeout);
             if let Some(link) = part.link.as_mut() {
                 match link.send(&message) {
                     Ok(()) => asked.push((i, deadline)),

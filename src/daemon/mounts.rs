@@ -9,7 +9,8 @@ use std::sync::Arc;
 
 use umbra_fs::{Browser, FsError, MountHandle, MountOptions, Volume};
 
-use crate::config::VolumeConfig;
+use crate::config::{VolumeConfig, shown};
+use crate::render::printable;
 
 #[derive(Debug, thiserror::Error)]
 pub enum MountError {
@@ -57,12 +58,12 @@ impl Mounts {
         let place = if conf.in_place() {
             "in place".to_string()
         } else {
-            format!("backed by {}", conf.backing.display())
+            format!("backed by {}", shown(&conf.backing))
         };
         announce(&format!(
             "umbra: volume {} live at {} ({place})",
-            conf.name,
-            conf.mount.display()
+            printable(&conf.name),
+            shown(&conf.mount)
         ))
     }
 
@@ -79,7 +80,7 @@ impl Mounts {
         self.mounted.push(Mounted { what, handle });
         announce(&format!(
             "umbra: shadow copies browsable at {} (read-only)",
-            path.display()
+            shown(path)
         ))
     }
 

@@ -86,11 +86,19 @@ impl Selectors {
                     || *i < oldest
                     || self
                         .older_than
-                        .is_some_and(|d| set.created.secs < now.saturating_sub(d.as_secs() as i64))
+                        .is_some_and(|d| set.created.secs < cutoff(now, d))
             })
             .map(|(_, set)| set)
             .collect()
     }
+}
+
+/// The Unix second before which a set is older than `age` at `now`. An
+/// age beyond what i64 seconds hold (`--older-than 300000000000y`) reaches
+/// back before every set, not around to the future.
+fn cutoff(now: i64, age: Duration) -> i64 {
+    let exact = i128::from(now) - i128::from(age.as_secs());
+    i64::try_from(exact).unwrap_or(i64::MIN)
 }
 
 pub struct Service {
@@ -535,6 +543,66 @@ pub(super) mod tests {
             .is_empty()
         );
         assert!(!Selectors::default().any());
+    }
+
+    #[test]
+    fn delete_older_than_300000000000y_deletes_nothing() {
+        let set = |id: i64, secs: i64| SetInfo {
+            id: umbra_store::SetId(id),
+            name: format!("s{id}"),
+            created: umbra_store::Timestamp { secs, nanos: 0 },
+            label: None,
+            volumes: Vec::new(),
+        };
+        let sets = vec![set(1, 0), set(2, 1_800_000_000)];
+        // What humantime makes of `300000000000y`, and the wire's maximum.
+        let ages = [
+            humantime::parse_duration("300000000000y").expect("parses"),
+            Duration::from_secs(u64::MAX),
+            Duration::from_secs(i64::MAX as u64 + 1),
+        ];
+        for age in ages {
+            let picked = Selectors {
+                older_than: Some(age),
+                ..Default::default()
+            }
+            .pick(sets.clone(), 1_900_000_000);
+            assert!(picked.is_empty(), "--older-than {age:?} picked {picked:?}");
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_selector_numbers_pick_without_panicking(
+            oldest in proptest::option::of(proptest::num::usize::ANY),
+            older_than in proptest::option::of(proptest::num::u64::ANY),
+            now in proptest::num::i64::ANY,
+            created in proptest::collection::vec(proptest::num::i64::ANY, 0..5),
+        ) {
+            let sets: Vec<SetInfo> = created
+                .iter()
+                .enumerate()
+                .map(|(i, &secs)| SetInfo {
+                    id: umbra_store::SetId(i as i64),
+                    name: format!("s{i}"),
+                    created: umbra_store::Timestamp { secs, nanos: 0 },
+                    label: None,
+                    volumes: Vec::new(),
+                })
+                .collect();
+            let selectors = Selectors {
+                oldest,
+                older_than: older_than.map(Duration::from_secs),
+                all: false,
+            };
+            for set in selectors.pick(sets, now) {
+                let by_age = older_than.is_some_and(|age| {
+                    i128::from(set.created.secs) < i128::from(now) - i128::from(age)
+                });
+                let by_rank = oldest.is_some_and(|n| (set.id.0 as usize) < n);
+                proptest::prop_assert!(by_age || by_rank, "picked {set:?}");
+            }
+        }
     }
     use std::path::Path;
 

@@ -531,3 +531,53 @@ fn a_pending_set_waits_for_the_requester_and_a_dropped_one_completes_as_failed()
     // The next set goes through as usual.
     r.create(&FakeProvider::default()).expect("created");
 }
+
+#[test]
+fn a_writer_registering_with_timeout_secs_u64_max_is_refused_and_create_does_not_panic() {
+    let r = rig();
+    let link = |name: &str| FakeLink {
+        name: name.into(),
+        log: r.log.clone(),
+        behave: HashMap::new(),
+        last: None,
+        gone: false,
+    };
+    let mut reg = Registration::new("huge", &["data"]);
+    reg.timeout_secs = Some(u64::MAX);
+    let err = r
+        .coordinator
+        .register(reg, Box::new(link("huge")))
+        .expect_err("a deadline beyond a day");
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "timeout_secs must be at most 86400 (a day), not {}",
+            u64::MAX
+        )
+    );
+    let mut reg = Registration::new("day", &["data"]);
+    reg.timeout_secs = Some(crate::protocol::MAX_TIMEOUT_SECS);
+    r.coordinator
+        .register(reg, Box::new(link("day")))
+        .expect("a day is allowed");
+    r.create(&FakeProvider::default()).expect("the set is made");
+}
+
+#[test]
+fn deadlines_beyond_the_clock_are_clamped_not_a_panic() {
+    // What a coordinator built with absurd options (or an old config)
+    // does: every deadline is far away, none overflows.
+    let coordinator = Coordinator::new(Options {
+        event_timeout: Duration::MAX,
+        freeze_timeout: Duration::MAX,
+        hold_timeout: Duration::MAX,
+    });
+    let r = Rig {
+        coordinator,
+        log: Log::default(),
+    };
+    r.writer("w", true, &[]);
+    let created = r.create(&FakeProvider::default()).expect("the set is made");
+    assert_eq!(created.set.name, "2026-11-25T084250Z");
+    assert!(crate::link::deadline_in(Duration::MAX) > Instant::now());
+}
