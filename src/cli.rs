@@ -176,6 +176,19 @@ pub enum Command {
         #[command(flatten)]
         output: Output,
     },
+
+    /// Print a shell completion script
+    ///
+    /// Writes the completion script for SHELL to standard output, made from the same definitions
+    /// as `--help`. Install it where the shell looks, for example
+    /// `umbra completions bash > /etc/bash_completion.d/umbra`,
+    /// `umbra completions zsh > /usr/local/share/zsh/site-functions/_umbra` or
+    /// `umbra completions fish > ~/.config/fish/completions/umbra.fish`.
+    Completions {
+        /// The shell to complete for
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
 }
 
 #[derive(Clone, Copy, Debug, Args)]

@@ -78,6 +78,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         })?,
         Command::Status { output } => client()?.status(output.json)?,
         Command::Writers { output } => client()?.writers(output.json)?,
+        Command::Completions { shell } => {
+            let mut command = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut command, "umbra", &mut std::io::stdout());
+        }
         Command::Backup {
             volumes,
             keep,
