@@ -121,6 +121,16 @@ pub(crate) fn statat(dir: BorrowedFd<'_>, name: &CStr) -> io::Result<libc::stat6
 
 /// A file handle: survives renames and names the inode, not a path.
 pub(crate) fn name_to_handle(dir: BorrowedFd<'_>, name: &CStr) -> io::Result<Vec<u8>> {
+    name_to_handle_at(dir, name).map(|(handle, _)| handle)
+}
+
+/// The handle of the inode behind `fd` and the id of the mount it is on:
+/// a handle opens only against a descriptor of the same filesystem.
+pub(crate) fn handle_of(fd: BorrowedFd<'_>) -> io::Result<(Vec<u8>, i32)> {
+    name_to_handle_at(fd, c"")
+}
+
+fn name_to_handle_at(dir: BorrowedFd<'_>, name: &CStr) -> io::Result<(Vec<u8>, i32)> {
     const MAX_HANDLE: usize = 128;
     // struct file_handle { u32 handle_bytes; i32 handle_type; u8 f_handle[]; }
     let mut buf = vec![0u8; 8 + MAX_HANDLE];
@@ -147,7 +157,7 @@ pub(crate) fn name_to_handle(dir: BorrowedFd<'_>, name: &CStr) -> io::Result<Vec
     }
     let len = u32::from_ne_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
     buf.truncate(8 + len.min(MAX_HANDLE));
-    Ok(buf)
+    Ok((buf, mount_id))
 }
 
 /// Opens the inode a handle names, on the filesystem of `mount`.
