@@ -3,6 +3,11 @@
 //! mutation preceded by its copy-on-write preservation (see cow.rs).
 //! Operations take FUSE inode numbers and return `Result`s carrying errnos;
 //! the adapter in fuse.rs only converts.
+//!
+//! Descriptors: an inode's O_PATH descriptor comes from the bounded cache
+//! (nodes.rs) and is held only for the operation. What stays open is what
+//! users hold open: one backing file per open file handle (`files`), until
+//! the kernel releases it; directory listings hold none.
 
 use std::collections::HashMap;
 use std::ffi::{CStr, OsStr};

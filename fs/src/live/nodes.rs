@@ -181,8 +181,9 @@ impl Nodes {
         aliases: Vec<(ObjectId, u64)>,
     ) -> Nodes {
         let mount = Arc::new(root_fd);
-        // Opening by handle needs CAP_DAC_READ_SEARCH: try it once on the
-        // root rather than fail on every cache miss.
+        // Opening by handle needs CAP_DAC_READ_SEARCH, and a mount
+        // descriptor that is not O_PATH (the volume opened its root
+        // O_RDONLY): try it once on the root rather than fail on every miss.
         let mount_id = match backing::handle_of(mount.as_fd()).and_then(|(handle, id)| {
             backing::open_by_handle(mount.as_fd(), &handle, libc::O_PATH).map(|_| id)
         }) {
