@@ -249,3 +249,64 @@ fn one_backing_descriptor_per_cached_inode_exhausts_rlimit_nofile() {
     );
     d.stop();
 }
+
+/// When users hold so many files open that the daemon does run out of
+/// descriptors, the control socket still answers: each client is told why
+/// (one line, not a reset or a hang), and once the files close everything
+/// works again.
+#[test]
+fn a_daemon_out_of_descriptors_tells_control_clients_instead_of_resetting_them() {
+    let mut d = Daemon::prepare(Config::default());
+    d.limit_descriptors(256);
+    d.launch();
+    let live = d.live("data");
+    let mut held = Vec::new();
+    let exhausted = loop {
+        let path = live.join(format!("open{}", held.len()));
+        match fs::File::create(&path) {
+            Ok(f) => held.push(f),
+            Err(e) => break e,
+        }
+        assert!(held.len() < 1_000, "256 descriptors never ran out");
+    };
+    assert_eq!(
+        exhausted.raw_os_error(),
+        Some(libc::EMFILE),
+        "after {} open files: {exhausted}",
+        held.len()
+    );
+    for _ in 0..3 {
+        let out = d.umbra(&["status", "--json"]);
+        println!(
+            "status with {} files held open: {}, {}",
+            held.len(),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+        if !out.status.success() {
+            let line = common::assert_one_line_error(&out, "status while out of descriptors");
+            assert!(
+                line.contains("descriptors") || line.contains("Too many open files"),
+                "{line}"
+            );
+        }
+    }
+    drop(held);
+    // The kernel releases the files asynchronously: give it a moment.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let out = d.umbra(&["status", "--json"]);
+        if out.status.success() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "status still fails once the files are closed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+    let set = d.create_set();
+    assert_eq!(fs::read(d.browse(&set, "data").join("open0")).unwrap(), b"");
+    d.stop();
+}
