@@ -274,29 +274,18 @@ fn create_dirs(config: &Config) -> Result<(), DaemonError> {
     Ok(())
 }
 
-/// The live mounts hold a descriptor for every inode the kernel keeps
-/// looked up, so the default limit (often 1,024) would make lookups fail
-/// with EMFILE on a busy volume: raise it as far as the system allows
-/// (`fs.nr_open` as root, else the hard limit).
+/// Raises the soft descriptor limit to the hard one: more room for the
+/// files users hold open through the live mounts, and for the caches, which
+/// size themselves from the soft limit (umbra-fs `fds.rs`). The hard limit
+/// is the administrator's (`prlimit`, `LimitNOFILE=`) and stays as it is:
+/// no cache grows with the tree, so umbra needs no more than it allows.
 fn raise_descriptor_limit() {
-    let nr_open = std::fs::read_to_string("/proc/sys/fs/nr_open")
-        .ok()
-        .and_then(|s| s.trim().parse::<libc::rlim_t>().ok());
     // SAFETY: getrlimit/setrlimit read and write a plain struct.
     unsafe {
         let mut limit: libc::rlimit = std::mem::zeroed();
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 || limit.rlim_cur >= limit.rlim_max
+        {
             return;
-        }
-        if let Some(max) = nr_open.filter(|&m| m > limit.rlim_max) {
-            let wanted = libc::rlimit {
-                rlim_cur: max,
-                rlim_max: max,
-            };
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &wanted) == 0 {
-                tracing::debug!(limit = max, "raised the descriptor limit");
-                return;
-            }
         }
         limit.rlim_cur = limit.rlim_max;
         if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
@@ -304,6 +293,8 @@ fn raise_descriptor_limit() {
                 "cannot raise the descriptor limit: {}",
                 std::io::Error::last_os_error()
             );
+        } else {
+            tracing::debug!(limit = limit.rlim_cur, "raised the soft descriptor limit");
         }
     }
 }

@@ -120,6 +120,16 @@ pub(crate) fn statat(dir: BorrowedFd<'_>, name: &CStr) -> io::Result<libc::stat6
 
 /// A file handle: survives renames and names the inode, not a path.
 pub(crate) fn name_to_handle(dir: BorrowedFd<'_>, name: &CStr) -> io::Result<Vec<u8>> {
+    name_to_handle_at(dir, name).map(|(handle, _)| handle)
+}
+
+/// The handle of the inode behind `fd` and the id of the mount it is on:
+/// a handle opens only against a descriptor of the same filesystem.
+pub(crate) fn handle_of(fd: BorrowedFd<'_>) -> io::Result<(Vec<u8>, i32)> {
+    name_to_handle_at(fd, c"")
+}
+
+fn name_to_handle_at(dir: BorrowedFd<'_>, name: &CStr) -> io::Result<(Vec<u8>, i32)> {
     const MAX_HANDLE: usize = 128;
     // struct file_handle { u32 handle_bytes; i32 handle_type; u8 f_handle[]; }
     let mut buf = vec![0u8; 8 + MAX_HANDLE];
@@ -146,7 +156,7 @@ pub(crate) fn name_to_handle(dir: BorrowedFd<'_>, name: &CStr) -> io::Result<Vec
     }
     let len = u32::from_ne_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
     buf.truncate(8 + len.min(MAX_HANDLE));
-    Ok(buf)
+    Ok((buf, mount_id))
 }
 
 /// Opens the inode a handle names, on the filesystem of `mount`.
@@ -179,7 +189,7 @@ pub(crate) fn open_by_handle(
 pub(crate) fn list_dir(dir: BorrowedFd<'_>) -> io::Result<Vec<(OsString, u64, FileKind)>> {
     let mut stream = DirStream::open(dir)?;
     let mut out = Vec::new();
-    while let Some(entry) = stream.next(dir)? {
+    while let Some(entry) = stream.next()? {
         if entry.name != "." && entry.name != ".." {
             out.push((entry.name, entry.ino, entry.kind));
         }
@@ -233,10 +243,8 @@ impl DirStream {
         }
     }
 
-    /// The next entry, `.` and `..` included; None at the end. `dir` is the
-    /// same directory, asked for an entry's kind when the filesystem does
-    /// not fill d_type.
-    pub fn next(&mut self, dir: BorrowedFd<'_>) -> io::Result<Option<RawEntry>> {
+    /// The next entry, `.` and `..` included; None at the end.
+    pub fn next(&mut self) -> io::Result<Option<RawEntry>> {
         // readdir64 reports an error only through errno, left as it was at
         // the end of the stream.
         // SAFETY: plain errno write of this thread.
@@ -261,8 +269,13 @@ impl DirStream {
         };
         let kind = match kind_of_dtype(d_type) {
             Some(kind) => kind,
-            None => FileKind::from_mode(statat(dir, &CString::new(name.clone())?)?.st_mode)
-                .unwrap_or(FileKind::Regular),
+            // A filesystem that does not fill d_type: ask the inode.
+            None => {
+                // SAFETY: the stream is open; its descriptor stays ours.
+                let dir = unsafe { BorrowedFd::borrow_raw(libc::dirfd(self.0)) };
+                FileKind::from_mode(statat(dir, &CString::new(name.clone())?)?.st_mode)
+                    .unwrap_or(FileKind::Regular)
+            }
         };
         Ok(Some(RawEntry {
             name: OsString::from_vec(name),

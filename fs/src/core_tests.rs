@@ -215,3 +215,31 @@ fn random_writes_truncates_renames_and_unlinks_keep_every_set_exact() {
         );
     }
 }
+
+/// A live inode keeps a file handle, not a descriptor: once its cached
+/// descriptor is gone it is found again by handle wherever it moved, and
+/// once the backing inode is freed it answers as a removed path does.
+#[test]
+fn an_evicted_live_descriptor_reopens_by_handle_and_a_freed_inode_is_enoent() {
+    let core = Core::new();
+    core.write_file("a", 0, b"hello");
+    let ino = core.live.lookup(ROOT, OsStr::new("a")).expect("lookup").ino;
+    let backing = core.volume.backing_path().to_path_buf();
+
+    core.live.evict(ino);
+    std::fs::rename(backing.join("a"), backing.join("b")).expect("rename behind umbra");
+    assert_eq!(core.live.getattr(ino).expect("getattr").size, 5);
+    let fh = core.live.open(ino, libc::O_RDONLY).expect("open");
+    assert_eq!(core.live.read(fh, 0, 64).expect("read"), b"hello");
+    core.live.release(fh);
+
+    core.live.evict(ino);
+    std::fs::remove_file(backing.join("b")).expect("unlink behind umbra");
+    let err = core.live.getattr(ino).expect_err("the inode is freed");
+    assert_eq!(err.errno(), libc::ENOENT);
+    let err = core
+        .live
+        .open(ino, libc::O_RDONLY)
+        .expect_err("the inode is freed");
+    assert_eq!(err.errno(), libc::ENOENT);
+}

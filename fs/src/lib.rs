@@ -22,6 +22,7 @@ mod core_tests;
 mod cow;
 mod diff;
 mod error;
+mod fds;
 mod flusher;
 pub mod fusectl;
 mod live;

@@ -4,7 +4,9 @@
 //! answer and its connection is dropped; the daemon goes on. So does a
 //! client that does not send a whole line in time (the client timeout) and
 //! one over the cap on clients served at once: neither can hold the daemon
-//! or other clients up. A connection that opens with `register` is a
+//! or other clients up. When the daemon runs out of descriptors, accepting
+//! goes on: a spare descriptor, given up for the moment, lets each waiting
+//! client be told so. A connection that opens with `register` is a
 //! writer's: after the answer it belongs to the coordinator. What a request
 //! does is the service's business, not this file's.
 
@@ -190,9 +192,17 @@ impl Drop for Seat {
 
 fn accept_loop(listener: &UnixListener, service: &Arc<Service>, limits: Limits) {
     let clients = Arc::new(AtomicUsize::new(0));
+    let mut spare = spare_descriptor();
+    // Whether the last accept failed for want of descriptors (logged once
+    // per shortage, not once per try).
+    let mut starved = false;
     for stream in listener.incoming() {
         match stream {
             Ok(stream) => {
+                starved = false;
+                if spare.is_none() {
+                    spare = spare_descriptor();
+                }
                 let Some(seat) = Seat::take(&clients, limits.max_clients) else {
                     // The answer fits the empty socket buffer: this write
                     // does not wait for the client.
@@ -218,13 +228,35 @@ fn accept_loop(listener: &UnixListener, service: &Arc<Service>, limits: Limits) 
                     tracing::error!("cannot start a thread for a control client: {e}");
                 }
             }
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) => {
+                if !starved {
+                    tracing::error!("accepting a control client: {e}");
+                    starved = true;
+                }
+                // The spare descriptor makes room for the waiting client,
+                // which learns why instead of waiting in the backlog.
+                drop(spare.take());
+                if let Ok((stream, _)) = listener.accept() {
+                    let _ = stream.set_write_timeout(Some(Duration::from_millis(100)));
+                    refuse(
+                        &mut &stream,
+                        format!("the daemon is out of file descriptors ({e}); try again"),
+                    );
+                }
+                spare = spare_descriptor();
+                thread::sleep(Duration::from_millis(10));
+            }
             Err(e) => {
-                // Out of file descriptors, say: wait rather than spin.
                 tracing::error!("accepting a control client: {e}");
                 thread::sleep(Duration::from_millis(100));
             }
         }
     }
+}
+
+/// A descriptor held only to be given up when accept runs out of them.
+fn spare_descriptor() -> Option<fs::File> {
+    fs::File::open("/dev/null").ok()
 }
 
 /// A whole-line deadline over a client's buffered reader: each blocking
@@ -285,7 +317,10 @@ fn serve_client(stream: &UnixStream, service: &Service, timeout: Duration) {
     let owned = match stream.try_clone() {
         Ok(owned) => owned,
         Err(e) => {
-            tracing::error!("control client: {e}");
+            refuse(
+                &mut &*stream,
+                format!("the daemon cannot serve a client now: {e}"),
+            );
             return;
         }
     };

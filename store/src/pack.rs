@@ -7,10 +7,15 @@
 //! chunk the catalog names are an unfinished append and are cut off at open.
 //! Every read checks the chunk's data against the hash it was asked for.
 //! This file never decides whether a chunk is needed; the catalog does.
+//! Packs open for reading are kept in an LRU of `READERS`, so the store's
+//! descriptors do not grow with the diff area (one per 256 MiB of it).
 
 use std::collections::HashMap;
+use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+
+use lru::LruCache;
 
 use crate::error::io_err;
 use crate::io::{OpenMode, StoreFile, StoreIo};
@@ -22,6 +27,10 @@ pub(crate) const CHUNK_HEADER: u64 = 4 + 32;
 const PUNCH_STEP: u64 = 8 << 20;
 /// A pack is closed for appends once it passes this size.
 const PACK_TARGET_SIZE: u64 = 256 * 1024 * 1024;
+
+/// Packs kept open for reading at most; a reader already handed out stays
+/// open until its user lets go.
+const READERS: usize = 32;
 
 /// Where a chunk's data lies.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -43,7 +52,7 @@ pub(crate) struct Packs {
     io: Arc<dyn StoreIo>,
     dir: PathBuf,
     appender: Mutex<Appender>,
-    readers: Mutex<HashMap<u32, Arc<dyn StoreFile>>>,
+    readers: Mutex<LruCache<u32, Arc<dyn StoreFile>>>,
 }
 
 impl Packs {
@@ -98,7 +107,9 @@ impl Packs {
                 end,
                 synced: end,
             }),
-            readers: Mutex::new(HashMap::new()),
+            readers: Mutex::new(LruCache::new(
+                NonZeroUsize::new(READERS).unwrap_or(NonZeroUsize::MIN),
+            )),
         })
     }
 
@@ -225,7 +236,7 @@ impl Packs {
         self.readers
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .remove(&pack);
+            .pop(&pack);
         let path = pack_path(&self.dir, pack);
         self.io
             .remove(&path)
@@ -300,7 +311,7 @@ impl Packs {
                 .open(&path, OpenMode::Read)
                 .map_err(io_err(format!("opening {}", path.display())))?,
         );
-        readers.insert(pack, file.clone());
+        readers.put(pack, file.clone());
         Ok(file)
     }
 }

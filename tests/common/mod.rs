@@ -404,6 +404,8 @@ pub struct Daemon {
     stdout: Arc<Mutex<Vec<String>>>,
     stderr_path: PathBuf,
     runs: u32,
+    /// RLIMIT_NOFILE (soft and hard) the daemon starts under, if set.
+    nofile: Option<u64>,
     // Dropped last, after Drop has unmounted everything.
     _dir: tempfile::TempDir,
 }
@@ -431,6 +433,7 @@ impl Daemon {
             stdout: Arc::new(Mutex::new(Vec::new())),
             stderr_path: root.join("daemon-0.stderr"),
             runs: 0,
+            nofile: None,
             _dir: dir,
         }
     }
@@ -457,6 +460,12 @@ impl Daemon {
         }
     }
 
+    /// Starts the daemon under RLIMIT_NOFILE `n` (soft and hard), as
+    /// `prlimit --nofile=N:N umbra up` would; call before `launch`.
+    pub fn limit_descriptors(&mut self, n: u64) {
+        self.nofile = Some(n);
+    }
+
     /// Spawns `umbra up --config FILE` and waits for `umbra: ready`.
     pub fn try_launch(&mut self) -> Result<(), String> {
         assert!(self.child.is_none(), "the daemon is already running");
@@ -467,7 +476,25 @@ impl Daemon {
             .join(format!("daemon-{}.stderr", self.runs));
         let stderr = fs::File::create(&self.stderr_path)
             .map_err(|e| format!("creating the stderr file: {e}"))?;
-        let mut child = umbra_cmd()
+        let mut cmd = umbra_cmd();
+        if let Some(n) = self.nofile {
+            use std::os::unix::process::CommandExt;
+            let limit = libc::rlimit {
+                rlim_cur: n,
+                rlim_max: n,
+            };
+            // SAFETY: setrlimit is async-signal-safe and touches only the
+            // child's own limits, between fork and exec.
+            unsafe {
+                cmd.pre_exec(move || {
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let mut child = cmd
             .arg("up")
             .arg("--config")
             .arg(&self.layout.config_path)

@@ -3,6 +3,11 @@
 //! mutation preceded by its copy-on-write preservation (see cow.rs).
 //! Operations take FUSE inode numbers and return `Result`s carrying errnos;
 //! the adapter in fuse.rs only converts.
+//!
+//! Descriptors: an inode's O_PATH descriptor comes from the bounded cache
+//! (nodes.rs) and is held only for the operation. What stays open is what
+//! users hold open: one backing file per open file handle (`files`), until
+//! the kernel releases it; directory listings hold none.
 
 use std::collections::HashMap;
 use std::ffi::{CStr, OsStr, OsString};
@@ -146,7 +151,7 @@ impl LiveFs {
     pub fn new(vol: Arc<Volume>) -> Result<LiveFs> {
         let root_fd = backing::reopen_path(vol.root_fd())?;
         let aliases = vol.store().aliases(vol.id())?;
-        let nodes = Arc::new(Nodes::new(root_fd, vol.root_object(), aliases));
+        let nodes = Arc::new(Nodes::new(vol.name(), root_fd, vol.root_object(), aliases));
         let files: Arc<Mutex<HashMap<u64, Arc<OpenFile>>>> = Arc::default();
         let (listed, named) = (files.clone(), nodes.clone());
         vol.set_open_writes(Box::new(move || {
@@ -215,8 +220,8 @@ impl LiveFs {
         Ok(attr)
     }
 
-    fn child(&self, parent: &Node, name: &OsStr) -> Result<(OwnedFd, libc::stat64)> {
-        let fd = backing::open_path(parent.fd.as_fd(), &cstr(name)?)?;
+    fn child(&self, dir: BorrowedFd<'_>, name: &OsStr) -> Result<(OwnedFd, libc::stat64)> {
+        let fd = backing::open_path(dir, &cstr(name)?)?;
         let st = backing::fstat(fd.as_fd())?;
         Ok((fd, st))
     }
@@ -326,7 +331,8 @@ impl LiveFs {
             return Err(errno(libc::ENOENT));
         }
         let pnode = self.nodes.get(parent)?;
-        let (fd, st) = self.child(&pnode, name)?;
+        let parent_fd = pnode.fd()?;
+        let (fd, st) = self.child(parent_fd.as_fd(), name)?;
         let object = ObjectId(st.st_ino);
         let attr = self.attr_of(object, fd.as_fd())?;
         self.nodes.remember(object, fd, parent, name.to_owned());
@@ -360,14 +366,24 @@ impl LiveFs {
         Ok(())
     }
 
+    /// Drops the cached descriptor of `ino`, as the cache's eviction does.
+    #[cfg(test)]
+    pub fn evict(&self, ino: u64) {
+        if let Ok(node) = self.nodes.get(ino) {
+            node.evict();
+        }
+    }
+
     pub fn getattr(&self, ino: u64) -> Result<Attr> {
         let node = self.nodes.get(ino)?;
-        self.attr_of(node.object, node.fd.as_fd())
+        let node_fd = node.fd()?;
+        self.attr_of(node.object, node_fd.as_fd())
     }
 
     pub fn readlink(&self, ino: u64) -> Result<Vec<u8>> {
         let node = self.nodes.get(ino)?;
-        Ok(backing::readlinkat(node.fd.as_fd(), c"")?)
+        let node_fd = node.fd()?;
+        Ok(backing::readlinkat(node_fd.as_fd(), c"")?)
     }
 
     pub fn setattr(&self, ino: u64, set: SetAttrs) -> Result<Attr> {
@@ -377,6 +393,7 @@ impl LiveFs {
             set.size = None;
         }
         let node = self.nodes.get(ino)?;
+        let node_fd = node.fd()?;
         let object = node.object;
         let handle_file = set.fh.map(|fh| self.file(fh)).transpose()?;
         let mut m = self.vol.cow.begin(&[object]);
@@ -384,13 +401,13 @@ impl LiveFs {
         if let Some(size) = set.size {
             let file = match &handle_file {
                 Some(of) => of.file.try_clone(),
-                None => backing::reopen(node.fd.as_fd(), libc::O_RDWR).map(backing::as_file),
+                None => backing::reopen(node_fd.as_fd(), libc::O_RDWR).map(backing::as_file),
             }?;
             let current = file.metadata()?.len();
             if size < current {
-                m.blocks(object, node.fd.as_fd(), &file, size, current)?;
+                m.blocks(object, node_fd.as_fd(), &file, size, current)?;
             } else {
-                m.attr(object, node.fd.as_fd())?;
+                m.attr(object, node_fd.as_fd())?;
             }
             truncate_file = Some(file);
         }
@@ -400,7 +417,7 @@ impl LiveFs {
             || set.atime.is_some()
             || set.mtime.is_some()
         {
-            m.attr(object, node.fd.as_fd())?;
+            m.attr(object, node_fd.as_fd())?;
         }
         m.preserve()?;
         debug_assert!(m.all_stored());
@@ -409,13 +426,13 @@ impl LiveFs {
             let file = match &truncate_file {
                 Some(file) => file,
                 None => {
-                    swapped = backing::as_file(backing::reopen(node.fd.as_fd(), libc::O_RDWR)?);
+                    swapped = backing::as_file(backing::reopen(node_fd.as_fd(), libc::O_RDWR)?);
                     &swapped
                 }
             };
             self.drop_privileges(object, file, set.kill_suidgid)?;
         }
-        let raw = node.fd.as_raw_fd();
+        let raw = node_fd.as_raw_fd();
         if set.uid.is_some() || set.gid.is_some() {
             // SAFETY: the empty path with AT_EMPTY_PATH names the fd itself.
             check(unsafe {
@@ -471,7 +488,7 @@ impl LiveFs {
             node.forget_capability();
         }
         drop(m);
-        self.attr_of(object, node.fd.as_fd())
+        self.attr_of(object, node_fd.as_fd())
     }
 
     /// Truncates a large single-link file to zero in O(1) when a set still
@@ -483,7 +500,8 @@ impl LiveFs {
     fn truncate_by_swap(&self, ino: u64) -> Result<bool> {
         const WORTH_IT: u64 = 4 * umbra_store::BLOCK_SIZE;
         let node = self.nodes.get(ino)?;
-        let st = backing::fstat(node.fd.as_fd())?;
+        let node_fd = node.fd()?;
+        let st = backing::fstat(node_fd.as_fd())?;
         if st.st_mode & libc::S_IFMT != libc::S_IFREG
             || st.st_nlink != 1
             || (st.st_size as u64) < WORTH_IT
@@ -495,8 +513,9 @@ impl LiveFs {
         };
         let _ns = self.vol.namespace_lock();
         let pnode = self.nodes.get(parent)?;
+        let parent_fd = pnode.fd()?;
         let cname = cstr(&name)?;
-        match backing::statat(pnode.fd.as_fd(), &cname) {
+        match backing::statat(parent_fd.as_fd(), &cname) {
             Ok(now) if now.st_ino == node.object.0 => {}
             _ => return Ok(false),
         }
@@ -505,9 +524,9 @@ impl LiveFs {
         if !m.needs(object) {
             return Ok(false);
         }
-        m.dir(pnode.object, pnode.fd.as_fd())?;
-        m.attr(object, node.fd.as_fd())?;
-        m.handle(object, pnode.fd.as_fd(), &name)?;
+        m.dir(pnode.object, parent_fd.as_fd())?;
+        m.attr(object, node_fd.as_fd())?;
+        m.handle(object, parent_fd.as_fd(), &name)?;
         m.aside(object);
         // The successor, built in the hidden folder with the same owner,
         // mode, xattrs and atime; its mtime and ctime are now, as a
@@ -527,7 +546,7 @@ impl LiveFs {
         check(unsafe { libc::fchown(new.as_raw_fd(), st.st_uid, st.st_gid) })?;
         // SAFETY: as above.
         check(unsafe { libc::fchmod(new.as_raw_fd(), st.st_mode & 0o7777) })?;
-        for (xname, value) in backing::all_xattrs(node.fd.as_fd())? {
+        for (xname, value) in backing::all_xattrs(node_fd.as_fd())? {
             let xname = std::ffi::CString::new(xname).map_err(|_| errno(libc::EINVAL))?;
             backing::set_xattr(new.as_fd(), &xname, &value, 0)?;
         }
@@ -547,9 +566,9 @@ impl LiveFs {
         m.preserve()?;
         // A truncation never touches its directory: the swap's link and
         // rename must not show in the parent's times either.
-        let pst = backing::fstat(pnode.fd.as_fd())?;
+        let pst = backing::fstat(parent_fd.as_fd())?;
         let aname = Volume::aside_name(object);
-        let (pfd, afd) = (pnode.fd.as_raw_fd(), aside.as_raw_fd());
+        let (pfd, afd) = (parent_fd.as_raw_fd(), aside.as_raw_fd());
         debug_assert!(m.all_stored());
         // SAFETY: both names are valid C strings.
         check(unsafe { libc::linkat(pfd, cname.as_ptr(), afd, aname.as_ptr(), 0) })?;
@@ -581,7 +600,7 @@ impl LiveFs {
         m.born(successor);
         self.vol.mark_aside(object);
         self.vol.store().set_alias(self.vol.id(), successor, ino)?;
-        let path_fd = backing::open_path(pnode.fd.as_fd(), &cname)?;
+        let path_fd = backing::open_path(parent_fd.as_fd(), &cname)?;
         self.nodes
             .repoint(ino, successor, path_fd, Some((parent, name)));
         // An earlier successor that now moved aside presents nothing.
@@ -612,17 +631,18 @@ impl LiveFs {
         let cname = cstr(name)?;
         let _ns = self.vol.namespace_lock();
         let pnode = self.nodes.get(parent)?;
+        let parent_fd = pnode.fd()?;
         let mut m = self.vol.cow.begin(&[pnode.object]);
-        m.dir(pnode.object, pnode.fd.as_fd())?;
+        m.dir(pnode.object, parent_fd.as_fd())?;
         m.preserve()?;
         debug_assert!(m.all_stored());
-        let file = make(pnode.fd.as_fd(), &cname)?;
-        let fd = backing::open_path(pnode.fd.as_fd(), &cname)?;
+        let file = make(parent_fd.as_fd(), &cname)?;
+        let fd = backing::open_path(parent_fd.as_fd(), &cname)?;
         let st = backing::fstat(fd.as_fd())?;
         let object = ObjectId(st.st_ino);
         m.born(object);
         drop(m);
-        let pst = backing::fstat(pnode.fd.as_fd())?;
+        let pst = backing::fstat(parent_fd.as_fd())?;
         let gid = if pst.st_mode & libc::S_ISGID != 0 {
             pst.st_gid
         } else {
@@ -752,28 +772,30 @@ impl LiveFs {
         let cname = cstr(newname)?;
         let _ns = self.vol.namespace_lock();
         let node = self.nodes.get(ino)?;
+        let node_fd = node.fd()?;
         if self.vol.is_aside(node.object) {
             return Err(errno(libc::ENOENT));
         }
         let pnode = self.nodes.get(newparent)?;
+        let parent_fd = pnode.fd()?;
         let mut m = self.vol.cow.begin(&[pnode.object, node.object]);
-        m.dir(pnode.object, pnode.fd.as_fd())?;
-        m.attr(node.object, node.fd.as_fd())?;
+        m.dir(pnode.object, parent_fd.as_fd())?;
+        m.attr(node.object, node_fd.as_fd())?;
         m.preserve()?;
         debug_assert!(m.all_stored());
         // SAFETY: AT_EMPTY_PATH links the inode behind the fd itself.
         check(unsafe {
             libc::linkat(
-                node.fd.as_raw_fd(),
+                node_fd.as_raw_fd(),
                 c"".as_ptr(),
-                pnode.fd.as_raw_fd(),
+                parent_fd.as_raw_fd(),
                 cname.as_ptr(),
                 libc::AT_EMPTY_PATH,
             )
         })?;
         drop(m);
-        let attr = self.attr_of(node.object, node.fd.as_fd())?;
-        let fd = backing::reopen_path(node.fd.as_fd())?;
+        let attr = self.attr_of(node.object, node_fd.as_fd())?;
+        let fd = backing::reopen_path(node_fd.as_fd())?;
         self.nodes
             .remember(node.object, fd, newparent, newname.to_owned());
         Ok(attr)
@@ -796,7 +818,8 @@ impl LiveFs {
         let cname = cstr(name)?;
         let _ns = self.vol.namespace_lock();
         let pnode = self.nodes.get(parent)?;
-        let (fd, st) = self.child(&pnode, name)?;
+        let parent_fd = pnode.fd()?;
+        let (fd, st) = self.child(parent_fd.as_fd(), name)?;
         match (dir, is_dir(&st)) {
             (true, false) => return Err(errno(libc::ENOTDIR)),
             (false, true) => return Err(errno(libc::EISDIR)),
@@ -804,7 +827,7 @@ impl LiveFs {
         }
         let object = ObjectId(st.st_ino);
         let mut m = self.vol.cow.begin(&[pnode.object, object]);
-        m.dir(pnode.object, pnode.fd.as_fd())?;
+        m.dir(pnode.object, parent_fd.as_fd())?;
         let last_name = dir || st.st_nlink <= 1;
         let aside = m.needs(object) && last_name;
         if m.needs(object) {
@@ -812,7 +835,7 @@ impl LiveFs {
                 return Err(errno(libc::ENOTEMPTY));
             }
             m.attr(object, fd.as_fd())?;
-            m.handle(object, pnode.fd.as_fd(), name)?;
+            m.handle(object, parent_fd.as_fd(), name)?;
             if aside {
                 m.aside(object);
             }
@@ -824,7 +847,7 @@ impl LiveFs {
             // SAFETY: both names are valid C strings.
             check(unsafe {
                 libc::renameat(
-                    pnode.fd.as_raw_fd(),
+                    parent_fd.as_raw_fd(),
                     cname.as_ptr(),
                     self.vol.aside_fd().as_raw_fd(),
                     aname.as_ptr(),
@@ -834,7 +857,7 @@ impl LiveFs {
         } else {
             let flags = if dir { libc::AT_REMOVEDIR } else { 0 };
             // SAFETY: cname is a valid C string.
-            check(unsafe { libc::unlinkat(pnode.fd.as_raw_fd(), cname.as_ptr(), flags) })?;
+            check(unsafe { libc::unlinkat(parent_fd.as_raw_fd(), cname.as_ptr(), flags) })?;
         }
         if last_name {
             self.retire_alias(object)?;
@@ -858,9 +881,11 @@ impl LiveFs {
         let (csrc, cdst) = (cstr(name)?, cstr(newname)?);
         let _ns = self.vol.namespace_lock();
         let pnode = self.nodes.get(parent)?;
+        let parent_fd = pnode.fd()?;
         let npnode = self.nodes.get(newparent)?;
-        let (src_fd, src_st) = self.child(&pnode, name)?;
-        let dst = match self.child(&npnode, newname) {
+        let newparent_fd = npnode.fd()?;
+        let (src_fd, src_st) = self.child(parent_fd.as_fd(), name)?;
+        let dst = match self.child(newparent_fd.as_fd(), newname) {
             Ok(found) => Some(found),
             Err(e) if e.errno() == libc::ENOENT => None,
             Err(e) => return Err(e),
@@ -871,17 +896,17 @@ impl LiveFs {
             objects.push(ObjectId(st.st_ino));
         }
         let mut m = self.vol.cow.begin(&objects);
-        m.dir(pnode.object, pnode.fd.as_fd())?;
-        m.dir(npnode.object, npnode.fd.as_fd())?;
+        m.dir(pnode.object, parent_fd.as_fd())?;
+        m.dir(npnode.object, newparent_fd.as_fd())?;
         m.attr(src, src_fd.as_fd())?;
-        m.handle(src, pnode.fd.as_fd(), name)?;
+        m.handle(src, parent_fd.as_fd(), name)?;
         // The replaced inode, if a snapshot may need it, goes aside.
         let mut aside = None;
         if let Some((dst_fd, dst_st)) = &dst {
             let object = ObjectId(dst_st.st_ino);
             if object != src && m.needs(object) {
                 m.attr(object, dst_fd.as_fd())?;
-                m.handle(object, npnode.fd.as_fd(), newname)?;
+                m.handle(object, newparent_fd.as_fd(), newname)?;
                 if !exchange
                     && flags & libc::RENAME_NOREPLACE == 0
                     && (is_dir(dst_st) || dst_st.st_nlink <= 1)
@@ -904,8 +929,8 @@ impl LiveFs {
         m.preserve()?;
         debug_assert!(m.all_stored());
         let (pfd, npfd, afd) = (
-            pnode.fd.as_raw_fd(),
-            npnode.fd.as_raw_fd(),
+            parent_fd.as_raw_fd(),
+            newparent_fd.as_raw_fd(),
             self.vol.aside_fd().as_raw_fd(),
         );
         match aside {
@@ -957,13 +982,14 @@ impl LiveFs {
 
     pub fn open(&self, ino: u64, flags: i32) -> Result<u64> {
         let node = self.nodes.get(ino)?;
+        let node_fd = node.fd()?;
         let access = if flags & libc::O_ACCMODE == libc::O_RDONLY {
             libc::O_RDONLY
         } else {
             libc::O_RDWR
         };
         let keep = flags & (libc::O_SYNC | libc::O_DSYNC | libc::O_NONBLOCK);
-        let file = backing::as_file(backing::reopen(node.fd.as_fd(), access | keep)?);
+        let file = backing::as_file(backing::reopen(node_fd.as_fd(), access | keep)?);
         let fh = self.add_file(file, node.object, access);
         if flags & libc::O_TRUNC != 0 && access == libc::O_RDWR {
             self.setattr(
@@ -1019,8 +1045,9 @@ impl LiveFs {
     /// Makes a directory's entries durable on the backing filesystem.
     pub fn fsyncdir(&self, ino: u64) -> Result<()> {
         let node = self.nodes.get(ino)?;
+        let node_fd = node.fd()?;
         let dir = backing::as_file(backing::reopen(
-            node.fd.as_fd(),
+            node_fd.as_fd(),
             libc::O_RDONLY | libc::O_DIRECTORY,
         )?);
         dir.sync_all()?;
@@ -1090,13 +1117,14 @@ impl LiveFs {
 
     pub fn opendir(&self, ino: u64) -> Result<u64> {
         let node = self.nodes.get(ino)?;
+        let node_fd = node.fd()?;
         let parent = if ino == ROOT {
             ROOT
         } else {
-            let st = backing::statat(node.fd.as_fd(), c"..")?;
+            let st = backing::statat(node_fd.as_fd(), c"..")?;
             self.nodes.ino_of(ObjectId(st.st_ino))
         };
-        let stream = backing::DirStream::open(node.fd.as_fd())?;
+        let stream = backing::DirStream::open(node_fd.as_fd())?;
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         let open = OpenDir {
             ino,
@@ -1120,7 +1148,6 @@ impl LiveFs {
             .get(&fh)
             .cloned()
             .ok_or_else(|| errno(libc::EBADF))?;
-        let node = self.nodes.get(open.ino)?;
         let mut cursor = lock(&open.cursor);
         if offset == 0 || cursor.at != offset {
             cursor.stream.seek(offset);
@@ -1128,7 +1155,7 @@ impl LiveFs {
         }
         loop {
             let before = cursor.at;
-            let Some(entry) = cursor.stream.next(node.fd.as_fd())? else {
+            let Some(entry) = cursor.stream.next()? else {
                 return Ok(());
             };
             cursor.at = entry.next;
@@ -1168,39 +1195,48 @@ impl LiveFs {
         let node = self.nodes.get(ino)?;
         let cname = cstr(name)?;
         if name == OsStr::new("security.capability") {
+            // Asked before every write: a cached answer needs no descriptor.
+            if let Some(known) = node.cached_capability() {
+                return known.map_err(errno);
+            }
+            let node_fd = node.fd()?;
             return node
                 .capability(|| {
-                    backing::get_xattr(node.fd.as_fd(), &cname)
+                    backing::get_xattr(node_fd.as_fd(), &cname)
                         .map_err(|e| e.raw_os_error().unwrap_or(libc::EIO))
                 })
                 .map_err(errno);
         }
-        Ok(backing::get_xattr(node.fd.as_fd(), &cname)?)
+        let node_fd = node.fd()?;
+        Ok(backing::get_xattr(node_fd.as_fd(), &cname)?)
     }
 
     pub fn listxattr(&self, ino: u64) -> Result<Vec<u8>> {
         let node = self.nodes.get(ino)?;
-        Ok(backing::list_xattrs(node.fd.as_fd())?)
+        let node_fd = node.fd()?;
+        Ok(backing::list_xattrs(node_fd.as_fd())?)
     }
 
     pub fn setxattr(&self, ino: u64, name: &OsStr, value: &[u8], flags: i32) -> Result<()> {
         let node = self.nodes.get(ino)?;
+        let node_fd = node.fd()?;
         let mut m = self.vol.cow.begin(&[node.object]);
-        m.attr(node.object, node.fd.as_fd())?;
+        m.attr(node.object, node_fd.as_fd())?;
         m.preserve()?;
         debug_assert!(m.all_stored());
-        let set = backing::set_xattr(node.fd.as_fd(), &cstr(name)?, value, flags);
+        let set = backing::set_xattr(node_fd.as_fd(), &cstr(name)?, value, flags);
         node.forget_capability();
         Ok(set?)
     }
 
     pub fn removexattr(&self, ino: u64, name: &OsStr) -> Result<()> {
         let node = self.nodes.get(ino)?;
+        let node_fd = node.fd()?;
         let mut m = self.vol.cow.begin(&[node.object]);
-        m.attr(node.object, node.fd.as_fd())?;
+        m.attr(node.object, node_fd.as_fd())?;
         m.preserve()?;
         debug_assert!(m.all_stored());
-        let removed = backing::remove_xattr(node.fd.as_fd(), &cstr(name)?);
+        let removed = backing::remove_xattr(node_fd.as_fd(), &cstr(name)?);
         node.forget_capability();
         Ok(removed?)
     }

@@ -4,7 +4,8 @@
 //! parent or by its recorded file handle. What is resolved is cached: a
 //! shadow copy never changes. Nothing here is per open file: the kernel
 //! reads and lists by inode (no OPEN, no OPENDIR), and every cache is
-//! bounded.
+//! bounded; the live descriptors and files it keeps open are sized by the
+//! process's descriptor budget (fds.rs).
 //!
 //! Locking: an object's read lock and the deletion gate are taken after
 //! every live descriptor a step needs has been found, never around the
@@ -32,8 +33,6 @@ use crate::{FsError, HIDDEN_DIR, Result, Volume};
 const ATTRS: usize = 64 * 1024;
 /// Directory listings are kept up to this many entries in all.
 const DIR_ENTRIES: usize = 256 * 1024;
-const LIVE_FDS: usize = 1024;
-const LIVE_FILES: usize = 256;
 
 /// What the browser tells the kernel (through the FUSE mount).
 pub(crate) enum Kernel<'a> {
@@ -143,8 +142,8 @@ impl Browser {
                 lru: LruCache::unbounded(),
                 entries: 0,
             }),
-            live_fds: lru(LIVE_FDS),
-            live_files: lru(LIVE_FILES),
+            live_fds: lru(crate::fds::budget().snap_fds),
+            live_files: lru(crate::fds::budget().snap_files),
             notify: Mutex::new(None),
             ahead,
             ahead_jobs: Mutex::new(Some(ahead_jobs)),
