@@ -508,6 +508,7 @@ pub(super) mod tests {
             name: format!("s{id}"),
             created: umbra_store::Timestamp { secs, nanos: 0 },
             label: None,
+            origin: umbra_store::SetOrigin::Manual,
             volumes: Vec::new(),
         };
         let sets = vec![set(1, 100), set(2, 200), set(3, 300)];
@@ -552,6 +553,7 @@ pub(super) mod tests {
             name: format!("s{id}"),
             created: umbra_store::Timestamp { secs, nanos: 0 },
             label: None,
+            origin: umbra_store::SetOrigin::Manual,
             volumes: Vec::new(),
         };
         let sets = vec![set(1, 0), set(2, 1_800_000_000)];
@@ -587,6 +589,7 @@ pub(super) mod tests {
                     name: format!("s{i}"),
                     created: umbra_store::Timestamp { secs, nanos: 0 },
                     label: None,
+                    origin: umbra_store::SetOrigin::Manual,
                     volumes: Vec::new(),
                 })
                 .collect();
@@ -661,6 +664,7 @@ pub(super) mod tests {
             .commit_set(&NewSet {
                 name: name.into(),
                 label: label.map(Into::into),
+                origin: umbra_store::SetOrigin::Manual,
                 created: Timestamp {
                     secs: 1_795_596_170,
                     nanos: 0,
