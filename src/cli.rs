@@ -188,7 +188,7 @@ pub enum Command {
     ///
     /// Prints each volume's backing directory, mountpoint and current epoch, the snapshots
     /// mountpoint, the bytes of the diff area (distinct pre-image chunks, and on disk) and the
-    /// number of sets.
+    /// number of sets, and the [schedule]'s times with its next firing.
     Status {
         #[command(flatten)]
         output: Output,

@@ -173,6 +173,17 @@ pub struct StatusView {
     pub diff_area: DiffAreaView,
     /// How many sets exist.
     pub sets: u64,
+    /// The `[schedule]`'s times and next firing; `None` without times.
+    #[serde(default)]
+    pub schedule: Option<ScheduleView>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScheduleView {
+    /// The calendar times as configured.
+    pub times: Vec<String>,
+    /// RFC 3339, UTC; `None` if no time fires again.
+    pub next: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -173,6 +173,15 @@ pub fn status(status: &StatusView) -> String {
     for (key, value) in lines {
         let _ = writeln!(out, "{:<10} {value}", format!("{key}:"));
     }
+    if let Some(schedule) = &status.schedule {
+        let next = schedule.next.as_deref().unwrap_or("never");
+        let _ = writeln!(
+            out,
+            "schedule:  next {} ({})",
+            printable(next),
+            joined(&schedule.times, "; ")
+        );
+    }
     out
 }
 
@@ -383,8 +392,16 @@ mod tests {
                 max_sets: None,
             },
             sets: 3,
+            schedule: Some(crate::protocol::ScheduleView {
+                times: vec!["hourly".into(), "Mon 07:00".into()],
+                next: Some("2026-11-25T09:00:00Z".into()),
+            }),
         };
         let text = status(&view);
+        assert!(
+            text.ends_with("schedule:  next 2026-11-25T09:00:00Z (hourly; Mon 07:00)\n"),
+            "{text}"
+        );
         assert!(text.starts_with(
             "VOLUME  BACKING    MOUNT      EPOCH\n\
              data    /srv/data  /srv/data  4\n\

@@ -131,6 +131,11 @@ fn a_schedule_of_seconds_makes_scheduled_sets_and_retention_thins_them() {
     let log = d.stderr();
     assert!(log.contains("retention deleted shadow copy set"), "{log}");
     assert!(log.contains("origin=scheduled"), "{log}");
+    let status = d.status();
+    assert_eq!(status["schedule"]["times"], serde_json::json!(["*:*:0/2"]));
+    let next = DateTime::parse_from_rfc3339(status["schedule"]["next"].as_str().unwrap()).unwrap();
+    assert_eq!(next.timestamp() % 2, 0, "{status}");
+    assert!(next.with_timezone(&Utc) > Utc::now() - chrono::Duration::seconds(1));
 
     // The same rules without times: nothing new is made, so what prune
     // says can be checked against what it does.
@@ -223,6 +228,58 @@ fn a_schedule_of_seconds_makes_scheduled_sets_and_retention_thins_them() {
         again.sets.iter().all(|p| p.action == "keep"),
         "pruning twice deletes nothing more: {again:?}"
     );
+}
+
+#[test]
+fn retention_never_deletes_the_set_a_running_backup_reads() {
+    // Rules that keep nothing: every set may go but the newest and the
+    // one a backup is reading.
+    let rules = [
+        "keep_hourly = 0",
+        "keep_daily = 0",
+        "keep_monthly = 0",
+        "keep_yearly = 0",
+        "min_age = 0",
+        "keep_manual = 0",
+        "keep_backup = 0",
+    ];
+    let d = Daemon::start(with_schedule(Config::default(), &rules));
+    fs::write(d.live("data").join("f"), "old").unwrap();
+    let old = d.create_set();
+    fs::write(d.live("data").join("f"), "backed up").unwrap();
+    let report = d.root().join("prune.json");
+    let socket = d.layout.socket.to_string_lossy().into_owned();
+    let umbra = common::umbra_bin().to_string_lossy().into_owned();
+    // The backup's own command prunes, then reads the set it backs up.
+    let script =
+        "\"$0\" prune --socket \"$1\" --json > \"$2\" && cat \"$UMBRA_SNAPSHOT/data/f\" > \"$2.f\"";
+    let report_arg = report.to_string_lossy().into_owned();
+    d.umbra_ok(&[
+        "backup",
+        "--keep",
+        "--",
+        "sh",
+        "-c",
+        script,
+        &umbra,
+        &socket,
+        &report_arg,
+    ]);
+    let pruned: PruneJson = serde_json::from_str(&fs::read_to_string(&report).unwrap()).unwrap();
+    assert!(!pruned.dry_run);
+    let verdict = |id: u64| pruned.sets.iter().find(|p| p.id == id).unwrap();
+    assert_eq!(verdict(old.id).action, "delete");
+    let backup = pruned.sets.iter().find(|p| p.origin == "backup").unwrap();
+    assert_eq!(backup.action, "keep");
+    assert!(backup.kept_by.contains(&"in_use".to_string()), "{backup:?}");
+    assert_eq!(
+        fs::read_to_string(d.root().join("prune.json.f")).unwrap(),
+        "backed up",
+        "the backup read its set after the prune"
+    );
+    let sets = d.list_sets();
+    assert_eq!(sets.len(), 1, "{sets:?}");
+    assert_eq!(sets[0].origin, "backup", "kept by --keep, listed as backup");
 }
 
 /// `HH:MM:SS` in UTC, `secs` from `at`.

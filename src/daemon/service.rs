@@ -21,8 +21,8 @@ use umbra_store::{SetId, SetInfo, SetOrigin, Store};
 use crate::config::Config;
 use crate::naming::{self, NameFormat};
 use crate::protocol::{
-    CreatedView, DiffAreaView, PruneView, PrunedSet, Request, SetView, StatusView, VolumeView,
-    WriterInfo,
+    CreatedView, DiffAreaView, PruneView, PrunedSet, Request, ScheduleView, SetView, StatusView,
+    VolumeView, WriterInfo,
 };
 use crate::schedule::{Candidate, Schedule};
 
@@ -495,6 +495,17 @@ impl Service {
                 max_sets: self.diff_area.as_ref().and_then(|a| a.limits().max_sets),
             },
             sets: self.store.sets()?.len() as u64,
+            schedule: self
+                .config
+                .schedule
+                .as_ref()
+                .filter(|s| !s.times.is_empty())
+                .map(|s| ScheduleView {
+                    times: s.times.iter().map(ToString::to_string).collect(),
+                    next: s
+                        .next_after(Utc::now())
+                        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
+                }),
         })
     }
 
