@@ -257,7 +257,7 @@ fn start(
             let theirs = service.clone();
             let job_schedule = schedule.clone();
             let timer = Timer::start(schedule, stamp, last_set, move |_| {
-                theirs.take_scheduled(&job_schedule);
+                theirs.take_scheduled(&job_schedule)
             })
             .map_err(DaemonError::Scheduler)?;
             Some(timer)

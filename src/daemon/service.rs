@@ -202,7 +202,9 @@ impl Service {
     /// One firing of the schedule: a set through the same writer sequence
     /// as `umbra create`, recorded as scheduled, then retention. Both are
     /// logged; a failure of either is logged and waits for the next firing.
-    pub fn take_scheduled(&self, schedule: &Schedule) {
+    /// False if another set (a backup) is being made: nothing was done and
+    /// the scheduler tries again.
+    pub fn take_scheduled(&self, schedule: &Schedule) -> bool {
         match self.create_as(
             &schedule.volumes,
             schedule.label.clone(),
@@ -210,13 +212,15 @@ impl Service {
         ) {
             Ok(_) => {}
             Err(ServiceError::Sequence(SequenceError::Busy)) => {
-                tracing::warn!("scheduled set skipped: another set (a backup?) is being made")
+                tracing::warn!("scheduled set waits: another set (a backup?) is being made");
+                return false;
             }
             Err(e) => tracing::error!("scheduled set failed: {e}"),
         }
         if let Err(e) = self.prune(false) {
             tracing::error!("retention after the scheduled set failed: {e}");
         }
+        true
     }
 
     /// Applies the schedule's retention rules at this instant: every set

@@ -22,6 +22,8 @@ use super::Schedule;
 
 /// The longest the thread sleeps without looking at the wall clock.
 const MAX_NAP: Duration = Duration::from_secs(15);
+/// How soon a firing that found another set being made tries again.
+const RETRY_SECS: i64 = 10;
 
 /// The running scheduler; stopped (and joined) by `stop` or on drop.
 pub struct Timer {
@@ -32,12 +34,14 @@ pub struct Timer {
 impl Timer {
     /// Starts the thread. `last_set` is when the newest scheduled set was
     /// made, used when the stamp file is missing. `job` runs at each
-    /// firing, with the firing's time.
+    /// firing, with the firing's time, and answers false if it could not
+    /// start (another set was being made): it is tried again `RETRY_SECS`
+    /// later, until the next firing.
     pub fn start(
         schedule: Schedule,
         stamp: PathBuf,
         last_set: Option<DateTime<Utc>>,
-        job: impl FnMut(DateTime<Utc>) + Send + 'static,
+        job: impl FnMut(DateTime<Utc>) -> bool + Send + 'static,
     ) -> io::Result<Timer> {
         let (tx, rx) = mpsc::channel();
         let thread = std::thread::Builder::new()
@@ -81,27 +85,40 @@ fn run(
     stamp: &Path,
     last_set: Option<DateTime<Utc>>,
     clock: impl Fn() -> DateTime<Utc>,
-    mut job: impl FnMut(DateTime<Utc>),
+    mut job: impl FnMut(DateTime<Utc>) -> bool,
     mut nap: impl FnMut(Duration) -> bool,
 ) {
+    // The stamp moves only when the job ran: a firing still waiting for
+    // its retry when the daemon stops is made up at the next start.
     let mut fire = |now: DateTime<Utc>| {
-        job(now);
-        write_stamp(stamp, now);
+        let ran = job(now);
+        if ran {
+            write_stamp(stamp, now);
+        }
+        ran
+    };
+    let retry = |at: DateTime<Utc>, following: Option<DateTime<Utc>>| {
+        let soon = at + chrono::Duration::seconds(RETRY_SECS);
+        Some(following.map_or(soon, |f| f.min(soon)))
     };
     let now = clock();
     let last = read_stamp(stamp).max(last_set);
+    let mut caught_up = true;
     if schedule.missed(last, now) {
         tracing::info!(
             last = %last.map(|l| l.to_rfc3339()).unwrap_or_default(),
             "a scheduled set was missed while the daemon was down: taking one now"
         );
-        fire(now);
+        caught_up = fire(now);
     } else if last.is_none() {
         // From now on a stop across a firing is noticed at the next start.
         write_stamp(stamp, now);
     }
     let mut seen = clock();
     let mut next = schedule.next_after(seen);
+    if !caught_up {
+        next = retry(seen, next);
+    }
     match next {
         Some(due) => tracing::info!(next = %due.to_rfc3339(), "schedule started"),
         None => tracing::warn!("the schedule never fires again"),
@@ -122,9 +139,12 @@ fn run(
                 if now - due > chrono::Duration::seconds(MAX_NAP.as_secs() as i64 + 5) {
                     tracing::info!(due = %due.to_rfc3339(), "the clock jumped over scheduled times: taking one set for them");
                 }
-                fire(now);
+                let ran = fire(now);
                 seen = clock();
                 next = schedule.next_after(seen.max(due));
+                if !ran {
+                    next = retry(seen, next);
+                }
                 continue;
             }
             Some(due) => (due - now).to_std().unwrap_or(Duration::ZERO).min(MAX_NAP),
@@ -200,6 +220,17 @@ mod tests {
         last_set: Option<DateTime<Utc>>,
         times: Vec<DateTime<Utc>>,
     ) -> Vec<DateTime<Utc>> {
+        drive_busy(schedule, stamp, last_set, times, 0)
+    }
+
+    /// `drive`, with a job that cannot start its first `busy` times.
+    fn drive_busy(
+        schedule: &Schedule,
+        stamp: &Path,
+        last_set: Option<DateTime<Utc>>,
+        times: Vec<DateTime<Utc>>,
+        busy: usize,
+    ) -> Vec<DateTime<Utc>> {
         let fired = Arc::new(Mutex::new(Vec::new()));
         let last = *times.last().expect("some times");
         let clock_times = Mutex::new(times.into_iter());
@@ -217,7 +248,12 @@ mod tests {
             stamp,
             last_set,
             clock,
-            move |t| theirs.lock().expect("fired").push(t),
+            move |t| {
+                let mut fired = theirs.lock().expect("fired");
+                fired.push(t);
+                // Busy for the first `busy` tries.
+                fired.len() > busy
+            },
             |_| !done.load(std::sync::atomic::Ordering::SeqCst),
         );
         fired.lock().expect("fired").clone()
@@ -294,5 +330,40 @@ mod tests {
             fired,
             [at("2026-12-05T10:30:00Z"), at("2026-12-04T06:00:00Z")]
         );
+    }
+
+    #[test]
+    fn a_firing_that_finds_another_set_being_made_tries_again_until_the_next() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let stamp = tmp.path().join("schedule.stamp");
+        write_stamp(&stamp, at("2026-12-04T10:00:00Z"));
+        let fired = drive_busy(
+            &hourly(),
+            &stamp,
+            None,
+            vec![
+                at("2026-12-04T10:30:00Z"),
+                at("2026-12-04T10:30:01Z"),
+                at("2026-12-04T11:00:00Z"), // busy
+                at("2026-12-04T11:00:01Z"),
+                at("2026-12-04T11:00:05Z"),
+                at("2026-12-04T11:00:11Z"), // busy again
+                at("2026-12-04T11:00:12Z"),
+                at("2026-12-04T11:00:21Z"),
+                at("2026-12-04T11:00:22Z"), // taken
+                at("2026-12-04T11:00:23Z"),
+                at("2026-12-04T11:00:40Z"),
+            ],
+            2,
+        );
+        assert_eq!(
+            fired,
+            [
+                at("2026-12-04T11:00:00Z"),
+                at("2026-12-04T11:00:11Z"),
+                at("2026-12-04T11:00:22Z")
+            ]
+        );
+        assert_eq!(read_stamp(&stamp), Some(at("2026-12-04T11:00:22Z")));
     }
 }
