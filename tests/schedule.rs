@@ -294,10 +294,10 @@ fn a_daemon_down_across_several_firings_takes_one_set_at_start() {
     let t0 = Utc::now();
     let times = format!(
         "times = [\"{}\", \"{}\", \"{}\", \"{}\"]",
-        clock_time(t0, 4),
-        clock_time(t0, 12),
-        clock_time(t0, 14),
-        clock_time(t0, 16)
+        clock_time(t0, 5),
+        clock_time(t0, 15),
+        clock_time(t0, 16),
+        clock_time(t0, 17)
     );
     let mut d = Daemon::start(with_schedule(
         Config::default(),
@@ -308,8 +308,12 @@ fn a_daemon_down_across_several_firings_takes_one_set_at_start() {
     });
     assert_eq!(scheduled(&sets).len(), 1, "{sets:#?}");
     d.stop();
-    // Down across the firings at +12, +14 and +16.
-    let back = t0 + chrono::Duration::seconds(18);
+    assert!(
+        Utc::now() < t0 + chrono::Duration::seconds(15),
+        "the daemon started and stopped before the next firing"
+    );
+    // Down across the firings at +15, +16 and +17.
+    let back = t0 + chrono::Duration::seconds(19);
     if let Ok(wait) = (back - Utc::now()).to_std() {
         sleep(wait);
     }
