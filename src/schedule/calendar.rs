@@ -93,21 +93,7 @@ impl std::fmt::Display for Calendar {
 impl Calendar {
     pub fn parse(text: &str) -> Result<Calendar, CalendarError> {
         let trimmed = text.trim();
-        let expanded = match trimmed.to_ascii_lowercase().as_str() {
-            "minutely" => "*-*-* *:*:00",
-            "hourly" => "*-*-* *:00:00",
-            "daily" => "*-*-* 00:00:00",
-            "weekly" => "Mon *-*-* 00:00:00",
-            "monthly" => "*-*-01 00:00:00",
-            "quarterly" => "*-01,04,07,10-01 00:00:00",
-            "semiannually" => "*-01,07-01 00:00:00",
-            "yearly" | "annually" => "*-01-01 00:00:00",
-            _ => trimmed,
-        };
-        let mut tokens: Vec<&str> = expanded.split_whitespace().collect();
-        if tokens.is_empty() {
-            return Err(CalendarError::Empty);
-        }
+        let mut tokens: Vec<&str> = trimmed.split_whitespace().collect();
         let mut utc = false;
         if let Some(last) = tokens.last().copied()
             && last.starts_with(|c: char| c.is_ascii_alphabetic())
@@ -118,6 +104,26 @@ impl Calendar {
             }
             utc = true;
             tokens.pop();
+        }
+        let shorthand = match tokens.as_slice() {
+            [one] => match one.to_ascii_lowercase().as_str() {
+                "minutely" => Some("*-*-* *:*:00"),
+                "hourly" => Some("*-*-* *:00:00"),
+                "daily" => Some("*-*-* 00:00:00"),
+                "weekly" => Some("Mon *-*-* 00:00:00"),
+                "monthly" => Some("*-*-01 00:00:00"),
+                "quarterly" => Some("*-01,04,07,10-01 00:00:00"),
+                "semiannually" => Some("*-01,07-01 00:00:00"),
+                "yearly" | "annually" => Some("*-01-01 00:00:00"),
+                _ => None,
+            },
+            _ => None,
+        };
+        if let Some(expanded) = shorthand {
+            tokens = expanded.split_whitespace().collect();
+        }
+        if tokens.is_empty() {
+            return Err(CalendarError::Empty);
         }
         let mut weekdays = 0x7f;
         if let Some(first) = tokens.first().copied()

@@ -167,6 +167,14 @@ fn local_time_reads_the_zone_and_utc_overrides_it() {
         next_cet("07:00 UTC", "2026-12-04T12:00:00Z", 1),
         ["2026-12-05T07:00:00Z"]
     );
+    assert_eq!(
+        next_cet("daily UTC", "2026-12-04T12:00:00Z", 1),
+        ["2026-12-05T00:00:00Z"]
+    );
+    assert_eq!(
+        next_cet("daily", "2026-12-04T12:00:00Z", 1),
+        ["2026-12-04T23:00:00Z"]
+    );
     // In summer it is 05:00 UTC.
     assert_eq!(
         next_cet("07:00", "2026-07-01T12:00:00Z", 1),
