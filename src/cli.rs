@@ -160,7 +160,7 @@ pub enum Command {
     /// Apply the schedule's retention rules: delete the sets no rule keeps
     ///
     /// The rules are the daemon's [schedule] table (umbra.toml(5)): the first scheduled set of each
-    /// of the newest N hours, days, ISO weeks, months and years stays, as in snapper's timeline;
+    /// of the newest N hours, days, ISO weeks, months, quarters and years stays, as in snapper's timeline;
     /// so do the newest set, a set a running umbra backup is using, every set younger than
     /// min_age, and manual and kept backup sets unless keep_manual or keep_backup give a count.
     /// Prints every set with its action and the rules that keep it; --dry-run deletes nothing.

@@ -707,7 +707,7 @@ mount = "/srv/data"
         let config = parse(&format!(
             "{MINIMAL}[schedule]\ntimes = [\"Mon..Fri 07:00,12:00\", \"hourly\"]\n\
              volumes = [\"data\", \"data\"]\nlabel = \"timeline\"\ntimezone = \"UTC\"\n\
-             keep_hourly = 24\nkeep_daily = 7\nkeep_weekly = 4\nkeep_monthly = 0\n\
+             keep_hourly = 24\nkeep_daily = 7\nkeep_weekly = 4\nkeep_monthly = 0\nkeep_quarterly = 3\n\
              min_age = \"1h\"\nkeep_manual = 5\nkeep_backup = \"all\"\n"
         ))
         .expect("parses");
@@ -724,9 +724,10 @@ mount = "/srv/data"
                 rules.daily,
                 rules.weekly,
                 rules.monthly,
+                rules.quarterly,
                 rules.yearly
             ),
-            (24, 7, 4, 0, 10)
+            (24, 7, 4, 0, 3, 10)
         );
         assert_eq!(rules.min_age, Duration::from_secs(3600));
         assert_eq!(rules.keep_manual, Some(5));

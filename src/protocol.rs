@@ -127,7 +127,8 @@ pub struct PrunedSet {
     /// `keep` or `delete` (done, or with `dry_run` to be done).
     pub action: String,
     /// The rules that keep it (`newest`, `in_use`, `min_age`, `hourly`,
-    /// `daily`, `weekly`, `monthly`, `yearly`, `manual`, `backup`); empty
+    /// `daily`, `weekly`, `monthly`, `quarterly`, `yearly`, `manual`,
+    /// `backup`); empty
     /// for a set that goes.
     pub kept_by: Vec<String>,
 }

@@ -27,6 +27,7 @@ pub struct RawSchedule {
     keep_daily: Option<i64>,
     keep_weekly: Option<i64>,
     keep_monthly: Option<i64>,
+    keep_quarterly: Option<i64>,
     keep_yearly: Option<i64>,
     min_age: Option<Age>,
     keep_manual: Option<Count>,
@@ -124,6 +125,7 @@ impl RawSchedule {
             daily: count("keep_daily", self.keep_daily, defaults.daily)?,
             weekly: count("keep_weekly", self.keep_weekly, defaults.weekly)?,
             monthly: count("keep_monthly", self.keep_monthly, defaults.monthly)?,
+            quarterly: count("keep_quarterly", self.keep_quarterly, defaults.quarterly)?,
             yearly: count("keep_yearly", self.keep_yearly, defaults.yearly)?,
             min_age: match &self.min_age {
                 None => defaults.min_age,

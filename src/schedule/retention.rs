@@ -4,7 +4,7 @@
 //! what it answers, `umbra prune --dry-run` shows it.
 //!
 //! Scheduled sets are thinned out by period: the first (oldest) scheduled
-//! set of each hour, day, ISO week, month and year (in the schedule's time
+//! set of each hour, day, ISO week, month, quarter and year (in the schedule's time
 //! zone) is that period's set, and the sets of the newest N periods of each
 //! kind stay. A set can stay by several rules. Whatever the timeline says,
 //! a set stays if it is the newest set of all, if a running `umbra backup`
@@ -25,6 +25,7 @@ pub struct Rules {
     pub daily: u32,
     pub weekly: u32,
     pub monthly: u32,
+    pub quarterly: u32,
     pub yearly: u32,
     /// A set younger than this always stays.
     pub min_age: Duration,
@@ -42,6 +43,7 @@ impl Default for Rules {
             daily: 10,
             weekly: 0,
             monthly: 10,
+            quarterly: 0,
             yearly: 10,
             min_age: Duration::from_secs(1800),
             keep_manual: None,
@@ -64,6 +66,7 @@ pub enum Keep {
     Daily,
     Weekly,
     Monthly,
+    Quarterly,
     Yearly,
     /// A manual set: all of them, or one of the newest `keep_manual`.
     Manual,
@@ -81,6 +84,7 @@ impl Keep {
             Keep::Daily => "daily",
             Keep::Weekly => "weekly",
             Keep::Monthly => "monthly",
+            Keep::Quarterly => "quarterly",
             Keep::Yearly => "yearly",
             Keep::Manual => "manual",
             Keep::Backup => "backup",
@@ -135,7 +139,7 @@ pub fn judge<Tz: TimeZone>(
         .filter(|&i| sets[i].origin == SetOrigin::Scheduled)
         .collect();
     let local = |i: usize| sets[i].created.with_timezone(zone);
-    let periods: [(Keep, u32, &PeriodOf); 5] = [
+    let periods: [(Keep, u32, &PeriodOf); 6] = [
         (Keep::Hourly, rules.hourly, &|i| {
             let t = local(i);
             (t.year(), t.month(), t.day(), t.hour())
@@ -151,6 +155,10 @@ pub fn judge<Tz: TimeZone>(
         (Keep::Monthly, rules.monthly, &|i| {
             let t = local(i);
             (t.year(), t.month(), 0, 0)
+        }),
+        (Keep::Quarterly, rules.quarterly, &|i| {
+            let t = local(i);
+            (t.year(), t.month0() / 3, 0, 0)
         }),
         (Keep::Yearly, rules.yearly, &|i| (local(i).year(), 0, 0, 0)),
     ];

@@ -27,6 +27,7 @@ fn none() -> Rules {
         daily: 0,
         weekly: 0,
         monthly: 0,
+        quarterly: 0,
         yearly: 0,
         min_age: std::time::Duration::ZERO,
         keep_manual: None,
@@ -71,13 +72,15 @@ fn a_set_can_be_kept_by_several_periods() {
         daily: 3,
         weekly: 2,
         monthly: 2,
+        quarterly: 2,
         yearly: 1,
         ..none()
     };
     let now = at("2027-01-01T00:00:00Z");
     let verdicts = judge(&sets, &rules, now, &Utc);
     // Nov 1 is the first set of November and of 2026; Dec 1 of December.
-    assert_eq!(verdicts[0], [Keep::Monthly, Keep::Yearly]);
+    // Q4 2026 began before the first set: Nov 1 is its first.
+    assert_eq!(verdicts[0], [Keep::Monthly, Keep::Quarterly, Keep::Yearly]);
     assert_eq!(verdicts[30], [Keep::Monthly]);
     // The daily ones: the three newest days.
     assert_eq!(verdicts[39], [Keep::Newest, Keep::Daily]);
@@ -228,17 +231,23 @@ fn candidates() -> impl Strategy<Value = Vec<Candidate>> {
 
 fn rules() -> impl Strategy<Value = Rules> {
     (
-        (0u32..5, 0u32..5, 0u32..5, 0u32..5, 0u32..3),
+        (0u32..5, 0u32..5, 0u32..5, 0u32..5, 0u32..3, 0u32..3),
         0u64..200_000,
         prop::option::of(0u32..4),
         prop::option::of(0u32..4),
     )
         .prop_map(
-            |((hourly, daily, weekly, monthly, yearly), min_age, keep_manual, keep_backup)| Rules {
+            |(
+                (hourly, daily, weekly, monthly, quarterly, yearly),
+                min_age,
+                keep_manual,
+                keep_backup,
+            )| Rules {
                 hourly,
                 daily,
                 weekly,
                 monthly,
+                quarterly,
                 yearly,
                 min_age: std::time::Duration::from_secs(min_age),
                 keep_manual,
