@@ -127,7 +127,8 @@ pub enum Command {
 
     /// List the shadow copy sets, oldest first
     ///
-    /// Prints a table of name, id, creation time (RFC 3339, UTC), volumes and label. Control
+    /// Prints a table of name, id, creation time (RFC 3339, UTC), origin (manual, scheduled or
+    /// backup: who asked for the set), volumes and label. Control
     /// characters in a label (or in any name or message umbra prints as text) are shown escaped,
     /// as \n or \u{1b}, so that no label can add a line or reach the terminal; --json gives every
     /// string exactly.
@@ -156,6 +157,22 @@ pub enum Command {
         all: bool,
     },
 
+    /// Apply the schedule's retention rules: delete the sets no rule keeps
+    ///
+    /// The rules are the daemon's [schedule] table (umbra.toml(5)): the first scheduled set of each
+    /// of the newest N hours, days, ISO weeks, months, quarters and years stays, as in snapper's timeline;
+    /// so do the newest set, a set a running umbra backup is using, every set younger than
+    /// min_age, and manual and kept backup sets unless keep_manual or keep_backup give a count.
+    /// Prints every set with its action and the rules that keep it; --dry-run deletes nothing.
+    /// The daemon applies the same rules after each scheduled set.
+    Prune {
+        /// Show what would be deleted, delete nothing
+        #[arg(long)]
+        dry_run: bool,
+        #[command(flatten)]
+        output: Output,
+    },
+
     /// Show the registered writers and their states
     ///
     /// Prints each writer's name, kind (socket or exec), state (stable, waiting-for-freeze,
@@ -171,7 +188,7 @@ pub enum Command {
     ///
     /// Prints each volume's backing directory, mountpoint and current epoch, the snapshots
     /// mountpoint, the bytes of the diff area (distinct pre-image chunks, and on disk) and the
-    /// number of sets.
+    /// number of sets, and the [schedule]'s times with its next firing.
     Status {
         #[command(flatten)]
         output: Output,
@@ -195,7 +212,7 @@ pub enum Command {
 pub struct Output {
     /// Print one JSON document on stdout instead of text
     ///
-    /// A set is an object with id, name, created (RFC 3339), label and volumes (names).
+    /// A set is an object with id, name, created (RFC 3339), label, origin and volumes (names).
     #[arg(long)]
     pub json: bool,
 }

@@ -17,7 +17,7 @@ pub use connection::ClientError;
 pub use discover::DiscoverError;
 use discover::socket_path;
 
-use crate::protocol::{CreatedView, Request, SetView, StatusView, WriterInfo};
+use crate::protocol::{CreatedView, PruneView, Request, SetView, StatusView, WriterInfo};
 use crate::render;
 
 #[derive(Debug, thiserror::Error)]
@@ -72,6 +72,11 @@ impl Client {
     pub fn delete(&self, request: Request) -> Result<(), CommandError> {
         let deleted: Vec<SetView> = self.call(&request)?;
         print(false, &deleted, |sets| render::deleted(sets))
+    }
+
+    pub fn prune(&self, dry_run: bool, json: bool) -> Result<(), CommandError> {
+        let pruned: PruneView = self.call(&Request::Prune { dry_run })?;
+        print(json, &pruned, render::pruned)
     }
 
     pub fn status(&self, json: bool) -> Result<(), CommandError> {

@@ -8,6 +8,7 @@
 
 mod diff;
 mod places;
+mod schedule;
 
 pub use diff::DiffConfig;
 use diff::{DEFAULT_MAX_SETS, DiffSize, RawDurability, RawOnFull};
@@ -71,6 +72,8 @@ pub struct Config {
     pub writers: Vec<ExecWriter>,
     /// The diff area's limits and durability.
     pub diff: DiffConfig,
+    /// When sets are taken and which retention keeps (`[schedule]`).
+    pub schedule: Option<crate::schedule::Schedule>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -213,6 +216,8 @@ pub enum Problem {
     Writer { writer: String, problem: String },
     #[error("name_format: {0}")]
     NameFormat(#[from] NameFormatError),
+    #[error("schedule: {0}")]
+    Schedule(String),
 }
 
 #[derive(Deserialize)]
@@ -239,6 +244,7 @@ struct RawConfig {
     volumes: Vec<RawVolume>,
     #[serde(default, rename = "writer")]
     writers: Vec<RawWriter>,
+    schedule: Option<schedule::RawSchedule>,
 }
 
 #[derive(Deserialize)]
@@ -517,6 +523,13 @@ impl RawConfig {
                 on_full: self.on_full.unwrap_or_default(),
                 durability: self.durability.unwrap_or_default(),
             },
+            schedule: match &self.schedule {
+                None => None,
+                Some(raw) => {
+                    let known: Vec<&str> = volumes.iter().map(|v| v.name.as_str()).collect();
+                    Some(raw.resolve(&known).map_err(Problem::Schedule)?)
+                }
+            },
             state_dir,
             volumes,
         };
@@ -686,6 +699,113 @@ mount = "/srv/data"
         assert_eq!(
             problem(&format!("hold_timeout_secs = 0\n{MINIMAL}")).to_string(),
             "hold_timeout_secs must be at least 1"
+        );
+    }
+
+    #[test]
+    fn a_schedule_has_times_volumes_a_label_and_timeline_retention() {
+        let config = parse(&format!(
+            "{MINIMAL}[schedule]\ntimes = [\"Mon..Fri 07:00,12:00\", \"hourly\"]\n\
+             volumes = [\"data\", \"data\"]\nlabel = \"timeline\"\ntimezone = \"UTC\"\n\
+             keep_hourly = 24\nkeep_daily = 7\nkeep_weekly = 4\nkeep_monthly = 0\nkeep_quarterly = 3\n\
+             min_age = \"1h\"\nkeep_manual = 5\nkeep_backup = \"all\"\n"
+        ))
+        .expect("parses");
+        let schedule = config.schedule.expect("a schedule");
+        assert_eq!(schedule.times.len(), 2);
+        assert_eq!(schedule.times[0].to_string(), "Mon..Fri 07:00,12:00");
+        assert_eq!(schedule.volumes, ["data"]);
+        assert_eq!(schedule.label.as_deref(), Some("timeline"));
+        assert_eq!(schedule.zone, crate::schedule::Zone::Utc);
+        let rules = schedule.retention;
+        assert_eq!(
+            (
+                rules.hourly,
+                rules.daily,
+                rules.weekly,
+                rules.monthly,
+                rules.quarterly,
+                rules.yearly
+            ),
+            (24, 7, 4, 0, 3, 10)
+        );
+        assert_eq!(rules.min_age, Duration::from_secs(3600));
+        assert_eq!(rules.keep_manual, Some(5));
+        assert_eq!(rules.keep_backup, None);
+
+        let one = parse(&format!("{MINIMAL}[schedule]\ntimes = \"daily\"\n")).expect("parses");
+        let one = one.schedule.expect("a schedule");
+        assert_eq!(one.zone, crate::schedule::Zone::Local);
+        assert_eq!(one.retention, crate::schedule::Rules::default());
+        assert!(parse(MINIMAL).expect("parses").schedule.is_none());
+    }
+
+    #[test]
+    fn a_bad_schedule_is_a_one_line_error_that_names_the_key() {
+        let error = |table: &str| {
+            let text = format!("{MINIMAL}[schedule]\n{table}\n");
+            let message = parse(&text).expect_err(table).to_string();
+            assert!(!message.contains('\n'), "{message}");
+            message
+        };
+        let prefix = "/etc/umbra/umbra.toml: schedule: ";
+        assert_eq!(
+            error("times = \"Mon..Fry 07:00\""),
+            format!(
+                "{prefix}times: \"Mon..Fry 07:00\": unknown weekday \"Fry\" (Mon, Tue, Wed, Thu, Fri, Sat, Sun)"
+            )
+        );
+        assert_eq!(
+            error("times = [\"hourly\", \"25:00\"]"),
+            format!(
+                "{prefix}times: \"25:00\": hour \"25\": expected a number from 0 to 23, *, a range a..b or a repetition a/n"
+            )
+        );
+        assert_eq!(
+            error("times = \"2020-01-01\""),
+            format!("{prefix}times: \"2020-01-01\" never fires again")
+        );
+        assert_eq!(
+            error("times = \"hourly\"\nvolumes = [\"nope\"]"),
+            format!("{prefix}volumes: no volume named \"nope\"")
+        );
+        assert_eq!(
+            error("keep_hourly = -1"),
+            format!("{prefix}keep_hourly must be from 0 to 100000, not -1")
+        );
+        assert_eq!(
+            error("keep_daily = 99999999999"),
+            format!("{prefix}keep_daily must be from 0 to 100000, not 99999999999")
+        );
+        assert_eq!(
+            error("keep_manual = \"some\""),
+            format!("{prefix}keep_manual must be \"all\" or a number of sets, not \"some\"")
+        );
+        assert_eq!(
+            error("keep_backup = -3"),
+            format!("{prefix}keep_backup must be from 0 to 100000, not -3")
+        );
+        assert_eq!(
+            error("min_age = -5"),
+            format!("{prefix}min_age must not be negative, not -5")
+        );
+        assert!(error("min_age = \"soon\"").starts_with(&format!("{prefix}min_age \"soon\": ")));
+        assert_eq!(
+            error("timezone = \"Europe/Berlin\""),
+            format!(
+                "{prefix}timezone \"Europe/Berlin\": expected \"local\" or \"UTC\" (other zones: set TZ for the daemon)"
+            )
+        );
+        let unknown = error("keep_hourli = 3");
+        assert!(unknown.contains("keep_hourli"), "{unknown}");
+        assert!(
+            unknown.starts_with("/etc/umbra/umbra.toml: line "),
+            "{unknown}"
+        );
+        let wrong_type = error("times = 5");
+        assert!(
+            wrong_type.contains("a calendar time or a list of them"),
+            "{wrong_type}"
         );
     }
 

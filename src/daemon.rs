@@ -3,8 +3,9 @@
 //! missing directories, takes the state dir's lock (freeing a predecessor stuck
 //! dying on its own mount first), recovers stale mounts, opens the
 //! store and every volume before it mounts anything, mounts the volumes and
-//! the browser, serves the control socket, and on SIGINT or SIGTERM unmounts
-//! the browser, then the volumes, and returns. The pieces live in the files
+//! the browser, serves the control socket, starts the schedule, and on
+//! SIGINT or SIGTERM stops the schedule, unmounts the browser, then the
+//! volumes, and returns. The pieces live in the files
 //! under `daemon/`; this file only puts them in order.
 
 mod control;
@@ -28,6 +29,7 @@ use umbra_fs::{Browser, DiffArea, FsError, MountOptions, Volume};
 use umbra_store::{Store, StoreOptions};
 
 use crate::config::Config;
+use crate::schedule::timer::Timer;
 use control::{ControlError, ControlSocket};
 use lock::{LockError, StateLock};
 use mounts::{MountError, Mounts, announce};
@@ -80,7 +82,13 @@ pub enum DaemonError {
     Signals(#[source] io::Error),
     #[error(transparent)]
     Mount(#[from] MountError),
+    #[error("starting the scheduler: {0}")]
+    Scheduler(#[source] io::Error),
 }
+
+/// The last firing of the schedule, in the state dir, so that a firing
+/// missed while the daemon was down is made up once at start.
+const SCHEDULE_STAMP: &str = "schedule.stamp";
 
 /// How long a stuck predecessor may take to exit once its connections are
 /// aborted.
@@ -161,7 +169,7 @@ pub fn up(config: Config) -> Result<(), DaemonError> {
 
     let mut mounts = Mounts::default();
     let started = start(config, store, volumes, control, &mut mounts);
-    let (service, socket_file) = match started {
+    let (service, socket_file, timer) = match started {
         Ok(running) => running,
         Err(e) => {
             if let Err(undo) = mounts.unmount_all() {
@@ -179,6 +187,10 @@ pub fn up(config: Config) -> Result<(), DaemonError> {
             std::process::exit(1);
         }
     });
+    // No scheduled set starts from here on (one under way is finished).
+    if let Some(timer) = timer {
+        timer.stop();
+    }
     // No create or delete may be half done when the mounts go.
     let _quiet = service.quiesce();
     drop(socket_file);
@@ -187,15 +199,18 @@ pub fn up(config: Config) -> Result<(), DaemonError> {
     Ok(())
 }
 
-/// Mounts the volumes, then the browser, then serves the control socket
-/// and says `umbra: ready`.
+/// What `start` leaves running.
+type Running = (Arc<Service>, control::SocketFile, Option<Timer>);
+
+/// Mounts the volumes, then the browser, then serves the control socket,
+/// starts the schedule and says `umbra: ready`.
 fn start(
     config: Config,
     store: Arc<Store>,
     volumes: Vec<Arc<Volume>>,
     control: ControlSocket,
     mounts: &mut Mounts,
-) -> Result<(Arc<Service>, control::SocketFile), DaemonError> {
+) -> Result<Running, DaemonError> {
     let options = MountOptions {
         threads: config.threads,
         writeback_cache: config.writeback_cache,
@@ -228,14 +243,45 @@ fn start(
                 source,
             })?;
     let diff_area = DiffArea::install(store.clone(), &volumes, &browser, diff_limits);
+    let schedule = config.schedule.clone();
+    let stamp = config.state_dir.join(SCHEDULE_STAMP);
+    let last_set = newest_scheduled(&store);
     let service = Arc::new(
         Service::new(store, volumes, browser, config, coordinator).with_diff_area(diff_area),
     );
     let socket = crate::config::shown(control.path());
     let socket_file = control.serve(service.clone(), limits)?;
+    let timer = match schedule.filter(|s| !s.times.is_empty()) {
+        None => None,
+        Some(schedule) => {
+            let theirs = service.clone();
+            let job_schedule = schedule.clone();
+            let timer = Timer::start(schedule, stamp, last_set, move |_| {
+                theirs.take_scheduled(&job_schedule)
+            })
+            .map_err(DaemonError::Scheduler)?;
+            Some(timer)
+        }
+    };
     announce(&format!("umbra: control socket at {socket}"))?;
     announce("umbra: ready")?;
-    Ok((service, socket_file))
+    Ok((service, socket_file, timer))
+}
+
+/// When the newest scheduled set was made: the last firing, when the
+/// stamp file is gone.
+fn newest_scheduled(store: &Store) -> Option<chrono::DateTime<chrono::Utc>> {
+    let sets = match store.sets() {
+        Ok(sets) => sets,
+        Err(e) => {
+            tracing::warn!("reading the sets for the schedule: {e}");
+            return None;
+        }
+    };
+    sets.iter()
+        .filter(|s| s.origin == umbra_store::SetOrigin::Scheduled)
+        .filter_map(|s| chrono::DateTime::from_timestamp(s.created.secs, s.created.nanos))
+        .max()
 }
 
 fn signal_name(signal: Option<i32>) -> &'static str {

@@ -11,6 +11,7 @@ mod daemon;
 mod naming;
 mod protocol;
 mod render;
+mod schedule;
 
 #[cfg(test)]
 mod man;
@@ -77,6 +78,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             all,
         })?,
         Command::Status { output } => client()?.status(output.json)?,
+        Command::Prune { dry_run, output } => client()?.prune(dry_run, output.json)?,
         Command::Writers { output } => client()?.writers(output.json)?,
         Command::Completions { shell } => {
             let mut command = <Cli as clap::CommandFactory>::command();

@@ -127,7 +127,8 @@ fn extra_sections() -> Roff {
         .text([italic("./.umbra/")])
         .text([roman(
             "The embedded default's state dir: the diff area (store/), the lock (lock, holding the \
-             daemon's pid) and the control socket (control.sock). A client told nothing else \
+             daemon's pid), the control socket (control.sock) and, with a [schedule], the time of \
+             its last firing (schedule.stamp). A client told nothing else \
              looks for .umbra/control.sock here and then in each directory above, so that it \
              finds the daemon from inside data/ and snapshots/ too.",
         )])

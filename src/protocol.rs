@@ -62,6 +62,12 @@ pub enum Request {
     /// After `backup`, on the same connection: whether the backup worked.
     /// Answer: the final [`CreatedView`], with its writers.
     BackupComplete { succeeded: bool },
+    /// Apply the `[schedule]`'s retention rules now: delete the sets no
+    /// rule keeps (unless `dry_run`). Answer: a [`PruneView`].
+    Prune {
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        dry_run: bool,
+    },
     /// Only as a connection's first line: the connection becomes a
     /// writer's (umbra-writer(7)). Answer: `{"registered": NAME}`, then
     /// events.
@@ -91,11 +97,40 @@ pub struct SetView {
     /// RFC 3339, UTC.
     pub created: String,
     pub label: Option<String>,
+    /// Who asked for it: `manual`, `scheduled` or `backup`.
+    #[serde(default = "manual")]
+    pub origin: String,
     /// The names of the set's volumes.
     pub volumes: Vec<String>,
     /// The writers that took part, and how they fared.
     #[serde(default)]
     pub writers: Vec<SetWriter>,
+}
+
+fn manual() -> String {
+    "manual".into()
+}
+
+/// What `umbra prune` answers: every set, oldest first, with what
+/// retention did or would do to it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PruneView {
+    /// Nothing was deleted: `action` says what would be.
+    pub dry_run: bool,
+    pub sets: Vec<PrunedSet>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PrunedSet {
+    #[serde(flatten)]
+    pub set: SetView,
+    /// `keep` or `delete` (done, or with `dry_run` to be done).
+    pub action: String,
+    /// The rules that keep it (`newest`, `in_use`, `min_age`, `hourly`,
+    /// `daily`, `weekly`, `monthly`, `quarterly`, `yearly`, `manual`,
+    /// `backup`); empty
+    /// for a set that goes.
+    pub kept_by: Vec<String>,
 }
 
 /// What `umbra create` answers: the set, the id its writers saw, and how
@@ -139,6 +174,17 @@ pub struct StatusView {
     pub diff_area: DiffAreaView,
     /// How many sets exist.
     pub sets: u64,
+    /// The `[schedule]`'s times and next firing; `None` without times.
+    #[serde(default)]
+    pub schedule: Option<ScheduleView>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScheduleView {
+    /// The calendar times as configured.
+    pub times: Vec<String>,
+    /// RFC 3339, UTC; `None` if no time fires again.
+    pub next: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -298,15 +344,30 @@ mod tests {
             name: "2026-11-25T084250Z".into(),
             created: "2026-11-25T08:42:50Z".into(),
             label: None,
+            origin: "scheduled".into(),
             volumes: vec!["data".into()],
             writers: vec![],
         };
         let ok = Response::Ok(set.clone());
         let wire = json!({"ok": {"id": 3, "name": "2026-11-25T084250Z",
-            "created": "2026-11-25T08:42:50Z", "label": null, "volumes": ["data"], "writers": []}});
+            "created": "2026-11-25T08:42:50Z", "label": null, "origin": "scheduled",
+            "volumes": ["data"], "writers": []}});
         assert_eq!(serde_json::to_value(&ok).expect("serializes"), wire);
         let back: Response<SetView> = serde_json::from_value(wire).expect("parses");
         assert_eq!(back, ok);
+        // A daemon from before origins answers without one: manual.
+        let old: SetView = serde_json::from_value(json!({"id": 3, "name": "n",
+            "created": "2026-11-25T08:42:50Z", "label": null, "volumes": []}))
+        .expect("parses");
+        assert_eq!(old.origin, "manual");
+        assert_eq!(
+            parse_request(br#"{"op":"prune","dry_run":true}"#).expect("parses"),
+            Request::Prune { dry_run: true }
+        );
+        assert_eq!(
+            parse_request(br#"{"op":"prune"}"#).expect("parses"),
+            Request::Prune { dry_run: false }
+        );
 
         let err: Response<SetView> = Response::error("no volume named \"x\"\nsecond line");
         let wire = json!({"error": "no volume named \"x\" second line"});

@@ -1,4 +1,4 @@
-//! The text a person reads: the answers of `create`, `delete`, `list`, `writers` and
+//! The text a person reads: the answers of `create`, `delete`, `list`, `prune`, `writers` and
 //! `status` laid out as lines and tables, every string a user or a writer
 //! chose made printable first (`printable`: no control character reaches
 //! the terminal raw). Pure functions from protocol views to strings; it
@@ -7,7 +7,7 @@
 
 use std::fmt::Write as _;
 
-use crate::protocol::{SetView, StatusView, WriterInfo};
+use crate::protocol::{PruneView, SetView, StatusView, WriterInfo};
 
 /// `text` safe to print on a terminal: every control character (a
 /// newline, ESC, BEL, DEL, the C1 set) and every bidirectional override is
@@ -59,18 +59,51 @@ pub fn deleted(sets: &[SetView]) -> String {
     out
 }
 
-/// A table of the sets: name, id, created, volumes, label.
+/// A table of the sets: name, id, created, origin, volumes, label.
 pub fn list(sets: &[SetView]) -> String {
     let rows = sets.iter().map(|set| {
         vec![
             printable(&set.name),
             set.id.to_string(),
             printable(&set.created),
+            printable(&set.origin),
             joined(&set.volumes, ","),
             printable(set.label.as_deref().unwrap_or_default()),
         ]
     });
-    table(&["NAME", "ID", "CREATED", "VOLUMES", "LABEL"], rows)
+    table(
+        &["NAME", "ID", "CREATED", "ORIGIN", "VOLUMES", "LABEL"],
+        rows,
+    )
+}
+
+/// What retention did (or, dry, would do): a table of every set with its
+/// action and the rules that keep it, then a count.
+pub fn pruned(view: &PruneView) -> String {
+    let (keep, delete) = if view.dry_run {
+        ("keep", "delete")
+    } else {
+        ("kept", "deleted")
+    };
+    let rows = view.sets.iter().map(|p| {
+        let action = if p.action == "delete" { delete } else { keep };
+        vec![
+            action.to_string(),
+            printable(&p.set.name),
+            p.set.id.to_string(),
+            printable(&p.set.origin),
+            joined(&p.kept_by, ","),
+        ]
+    });
+    let mut out = table(&["ACTION", "NAME", "ID", "ORIGIN", "KEPT BY"], rows);
+    let gone = view.sets.iter().filter(|p| p.action == "delete").count();
+    let verb = if view.dry_run {
+        "would delete"
+    } else {
+        "deleted"
+    };
+    let _ = writeln!(out, "{verb} {gone} of {} sets", view.sets.len());
+    out
 }
 
 /// A table of the writers: name, kind, state, volumes, last error.
@@ -140,6 +173,15 @@ pub fn status(status: &StatusView) -> String {
     for (key, value) in lines {
         let _ = writeln!(out, "{:<10} {value}", format!("{key}:"));
     }
+    if let Some(schedule) = &status.schedule {
+        let next = schedule.next.as_deref().unwrap_or("never");
+        let _ = writeln!(
+            out,
+            "schedule:  next {} ({})",
+            printable(next),
+            joined(&schedule.times, "; ")
+        );
+    }
     out
 }
 
@@ -199,6 +241,7 @@ mod tests {
             name: name.into(),
             created: "2026-11-25T08:42:50Z".into(),
             label: label.map(Into::into),
+            origin: "manual".into(),
             volumes: volumes.iter().map(ToString::to_string).collect(),
             writers: vec![],
         }
@@ -285,10 +328,40 @@ mod tests {
         ];
         assert_eq!(
             list(&sets),
-            "NAME                  ID  CREATED               VOLUMES    LABEL\n\
-             2026-11-25T084250Z    1   2026-11-25T08:42:50Z  data,logs  before upgrade\n\
-             2026-11-25T084250Z-1  12  2026-11-25T08:42:50Z  data\n"
+            "NAME                  ID  CREATED               ORIGIN  VOLUMES    LABEL\n\
+             2026-11-25T084250Z    1   2026-11-25T08:42:50Z  manual  data,logs  before upgrade\n\
+             2026-11-25T084250Z-1  12  2026-11-25T08:42:50Z  manual  data\n"
         );
+    }
+
+    #[test]
+    fn prune_shows_each_sets_action_and_rules() {
+        let entry = |id: i64, action: &str, kept_by: &[&str]| crate::protocol::PrunedSet {
+            set: SetView {
+                origin: "scheduled".into(),
+                ..set(id, &format!("s{id}\u{1b}"), None, &["data"])
+            },
+            action: action.into(),
+            kept_by: kept_by.iter().map(ToString::to_string).collect(),
+        };
+        let mut view = PruneView {
+            dry_run: true,
+            sets: vec![
+                entry(1, "delete", &[]),
+                entry(2, "keep", &["daily", "monthly"]),
+            ],
+        };
+        assert_eq!(
+            pruned(&view),
+            "ACTION  NAME      ID  ORIGIN     KEPT BY\n\
+             delete  s1\\u{1b}  1   scheduled\n\
+             keep    s2\\u{1b}  2   scheduled  daily,monthly\n\
+             would delete 1 of 2 sets\n"
+        );
+        view.dry_run = false;
+        assert!(pruned(&view).starts_with("ACTION   NAME"));
+        assert!(pruned(&view).contains("\ndeleted  s1"));
+        assert!(pruned(&view).ends_with("deleted 1 of 2 sets\n"));
     }
 
     #[test]
@@ -319,8 +392,16 @@ mod tests {
                 max_sets: None,
             },
             sets: 3,
+            schedule: Some(crate::protocol::ScheduleView {
+                times: vec!["hourly".into(), "Mon 07:00".into()],
+                next: Some("2026-11-25T09:00:00Z".into()),
+            }),
         };
         let text = status(&view);
+        assert!(
+            text.ends_with("schedule:  next 2026-11-25T09:00:00Z (hourly; Mon 07:00)\n"),
+            "{text}"
+        );
         assert!(text.starts_with(
             "VOLUME  BACKING    MOUNT      EPOCH\n\
              data    /srv/data  /srv/data  4\n\

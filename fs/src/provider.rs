@@ -19,7 +19,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use umbra_coordinator::{Committed, Provider, ProviderError, SetPlan, SetWriter};
-use umbra_store::{NewSet, SetId, SetWriterRecord, Store, Timestamp};
+use umbra_store::{NewSet, SetId, SetOrigin, SetWriterRecord, Store, Timestamp};
 
 use crate::Volume;
 use crate::flusher;
@@ -29,6 +29,7 @@ pub struct CowProvider {
     store: Arc<Store>,
     volumes: Vec<Arc<Volume>>,
     created: Timestamp,
+    origin: SetOrigin,
     /// Where each volume is mounted live, by name: flushed through there.
     mounts: HashMap<String, PathBuf>,
     flush_timeout: Duration,
@@ -41,6 +42,7 @@ impl CowProvider {
             store,
             volumes,
             created,
+            origin: SetOrigin::Manual,
             mounts: HashMap::new(),
             flush_timeout: Duration::from_secs(10),
         }
@@ -51,6 +53,13 @@ impl CowProvider {
     pub fn flushing_through(mut self, mounts: HashMap<String, PathBuf>, timeout: Duration) -> Self {
         self.mounts = mounts;
         self.flush_timeout = timeout;
+        self
+    }
+
+    /// Records who asked for the sets (a schedule, a backup); manual
+    /// unless told.
+    pub fn asked_by(mut self, origin: SetOrigin) -> Self {
+        self.origin = origin;
         self
     }
 
@@ -99,6 +108,7 @@ impl Provider for CowProvider {
         let (tx, rx) = mpsc::channel();
         let store = self.store.clone();
         let (name, label, created) = (plan.name.clone(), plan.label.clone(), self.created);
+        let origin = self.origin;
         let theirs = race.clone();
         thread::Builder::new()
             .name("commit".into())
@@ -115,6 +125,7 @@ impl Provider for CowProvider {
                 let new = NewSet {
                     name,
                     label,
+                    origin,
                     created,
                     volumes: Vec::new(),
                 };

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use umbra_store::{NewSet, SetId, SetInfo, Store, Timestamp};
+use umbra_store::{NewSet, SetId, SetInfo, SetOrigin, Store, Timestamp};
 
 use crate::{Result, Volume};
 
@@ -23,6 +23,7 @@ pub fn commit_set(
     let new = NewSet {
         name,
         label,
+        origin: SetOrigin::Manual,
         created,
         volumes: Vec::new(),
     };

@@ -16,13 +16,15 @@ use umbra_coordinator::{
     SetWriter, WriterLink,
 };
 use umbra_fs::{Browser, CowProvider, DiffArea, FsError, Volume};
-use umbra_store::{SetId, SetInfo, Store};
+use umbra_store::{SetId, SetInfo, SetOrigin, Store};
 
 use crate::config::Config;
 use crate::naming::{self, NameFormat};
 use crate::protocol::{
-    CreatedView, DiffAreaView, Request, SetView, StatusView, VolumeView, WriterInfo,
+    CreatedView, DiffAreaView, PruneView, PrunedSet, Request, ScheduleView, SetView, StatusView,
+    VolumeView, WriterInfo,
 };
+use crate::schedule::{Candidate, Schedule};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {
@@ -44,6 +46,8 @@ pub enum ServiceError {
     LateRegister,
     #[error("backup and backup_complete are a pair on one connection")]
     NotABackup,
+    #[error("the daemon's config has no [schedule]: no retention rules say what to prune")]
+    NoSchedule,
     #[error("deleted {deleted} of {wanted} sets, then: {source}")]
     PartialDelete {
         deleted: usize,
@@ -61,6 +65,7 @@ pub enum Answer {
     Writers(Vec<WriterInfo>),
     Sets(Vec<SetView>),
     Status(StatusView),
+    Pruned(PruneView),
 }
 
 /// Which sets a delete picks besides the named ones.
@@ -114,6 +119,8 @@ pub struct Service {
     creating: Mutex<()>,
     /// The diff area's limits: `max_sets` is made room for before a set.
     diff_area: Option<Arc<DiffArea>>,
+    /// The set a running `umbra backup` is reading: retention keeps it.
+    in_backup: Mutex<Option<SetId>>,
 }
 
 impl Service {
@@ -138,6 +145,7 @@ impl Service {
             changes: Mutex::new(()),
             creating: Mutex::new(()),
             diff_area: None,
+            in_backup: Mutex::new(None),
         }
     }
 
@@ -161,6 +169,7 @@ impl Service {
                 self.delete(&sets, selectors).map(Answer::Sets)
             }
             Request::Status {} => self.status().map(Answer::Status),
+            Request::Prune { dry_run } => self.prune(dry_run).map(Answer::Pruned),
             Request::Writers {} => Ok(Answer::Writers(self.writers())),
             Request::Register(_) => Err(ServiceError::LateRegister),
             Request::Backup { .. } | Request::BackupComplete { .. } => {
@@ -177,8 +186,93 @@ impl Service {
         names: &[String],
         label: Option<String>,
     ) -> Result<CreatedView, ServiceError> {
-        let (_creating, pending) = self.start(names, label)?;
+        self.create_as(names, label, SetOrigin::Manual)
+    }
+
+    fn create_as(
+        &self,
+        names: &[String],
+        label: Option<String>,
+        origin: SetOrigin,
+    ) -> Result<CreatedView, ServiceError> {
+        let (_creating, pending) = self.start(names, label, origin)?;
         self.created_view(pending.complete(true))
+    }
+
+    /// One firing of the schedule: a set through the same writer sequence
+    /// as `umbra create`, recorded as scheduled, then retention. Both are
+    /// logged; a failure of either is logged and waits for the next firing.
+    /// False if another set (a backup) is being made: nothing was done and
+    /// the scheduler tries again.
+    pub fn take_scheduled(&self, schedule: &Schedule) -> bool {
+        match self.create_as(
+            &schedule.volumes,
+            schedule.label.clone(),
+            SetOrigin::Scheduled,
+        ) {
+            Ok(_) => {}
+            Err(ServiceError::Sequence(SequenceError::Busy)) => {
+                tracing::warn!("scheduled set waits: another set (a backup?) is being made");
+                return false;
+            }
+            Err(e) => tracing::error!("scheduled set failed: {e}"),
+        }
+        if let Err(e) = self.prune(false) {
+            tracing::error!("retention after the scheduled set failed: {e}");
+        }
+        true
+    }
+
+    /// Applies the schedule's retention rules at this instant: every set
+    /// with the rules that keep it, the others deleted unless `dry_run`.
+    pub fn prune(&self, dry_run: bool) -> Result<PruneView, ServiceError> {
+        let schedule = self
+            .config
+            .schedule
+            .as_ref()
+            .ok_or(ServiceError::NoSchedule)?;
+        let _changing = self.changes.lock().unwrap_or_else(PoisonError::into_inner);
+        let sets = self.store.sets()?;
+        let in_use = *self
+            .in_backup
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let candidates: Vec<Candidate> = sets
+            .iter()
+            .map(|set| Candidate {
+                created: chrono::DateTime::from_timestamp(set.created.secs, set.created.nanos)
+                    .unwrap_or(chrono::DateTime::<Utc>::MAX_UTC),
+                origin: set.origin,
+                in_use: in_use == Some(set.id),
+            })
+            .collect();
+        let verdicts = schedule.judge(&candidates, Utc::now());
+        let doomed = verdicts.iter().filter(|k| k.is_empty()).count();
+        let mut done = 0;
+        let mut out = Vec::with_capacity(sets.len());
+        for (set, kept) in sets.iter().zip(verdicts) {
+            if kept.is_empty() && !dry_run {
+                if let Err(source) = umbra_fs::delete_set(&self.store, &self.volumes, set.id) {
+                    self.refresh();
+                    return Err(ServiceError::PartialDelete {
+                        deleted: done,
+                        wanted: doomed,
+                        source,
+                    });
+                }
+                done += 1;
+                tracing::info!(set = %set.name, id = %set.id, origin = %set.origin, "retention deleted shadow copy set");
+            }
+            out.push(PrunedSet {
+                set: view(set),
+                action: if kept.is_empty() { "delete" } else { "keep" }.into(),
+                kept_by: kept.iter().map(|k| k.as_str().to_string()).collect(),
+            });
+        }
+        if done > 0 {
+            self.refresh();
+        }
+        Ok(PruneView { dry_run, sets: out })
     }
 
     /// Makes a set up to PostSnapshot for a requester that backs it up and
@@ -189,8 +283,12 @@ impl Service {
         label: Option<String>,
         keep: bool,
     ) -> Result<Backup<'_>, ServiceError> {
-        let (creating, pending) = self.start(names, label)?;
+        let (creating, pending) = self.start(names, label, SetOrigin::Backup)?;
         let set = self.store.find_set(&pending.set().id.to_string())?;
+        *self
+            .in_backup
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(set.id);
         let view = CreatedView {
             path: self.config.snapshots.join(&set.name).display().to_string(),
             set: view(&set),
@@ -212,6 +310,7 @@ impl Service {
         &self,
         names: &[String],
         label: Option<String>,
+        origin: SetOrigin,
     ) -> Result<(MutexGuard<'_, ()>, Pending<'_>), ServiceError> {
         let volumes = self.pick_volumes(names)?;
         let creating = match self.creating.try_lock() {
@@ -236,7 +335,8 @@ impl Service {
             self.volumes.clone(),
             naming::timestamp(now),
         )
-        .flushing_through(mounts, self.config.hold_timeout);
+        .flushing_through(mounts, self.config.hold_timeout)
+        .asked_by(origin);
         let request = SetRequest {
             name,
             label,
@@ -249,7 +349,7 @@ impl Service {
 
     fn created_view(&self, created: Created) -> Result<CreatedView, ServiceError> {
         let set = self.store.find_set(&created.set.id.to_string())?;
-        tracing::info!(set = %set.name, id = %set.id, hold = ?created.set.hold, "created shadow copy set");
+        tracing::info!(set = %set.name, id = %set.id, origin = %set.origin, hold = ?created.set.hold, "created shadow copy set");
         let path = self.config.snapshots.join(&set.name).display().to_string();
         let mut set = view(&set);
         set.writers = created.writers;
@@ -399,6 +499,17 @@ impl Service {
                 max_sets: self.diff_area.as_ref().and_then(|a| a.limits().max_sets),
             },
             sets: self.store.sets()?.len() as u64,
+            schedule: self
+                .config
+                .schedule
+                .as_ref()
+                .filter(|s| !s.times.is_empty())
+                .map(|s| ScheduleView {
+                    times: s.times.iter().map(ToString::to_string).collect(),
+                    next: s
+                        .next_after(Utc::now())
+                        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
+                }),
         })
     }
 
@@ -462,7 +573,13 @@ impl Backup<'_> {
         let Some(pending) = self.pending.take() else {
             return Ok(self.view.clone());
         };
-        let view = self.service.created_view(pending.complete(succeeded))?;
+        let completed = self.service.created_view(pending.complete(succeeded));
+        *self
+            .service
+            .in_backup
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = None;
+        let view = completed?;
         if !self.keep {
             self.service
                 .delete(&[view.set.id.to_string()], Selectors::default())?;
@@ -493,6 +610,7 @@ fn view(set: &SetInfo) -> SetView {
         name: set.name.clone(),
         created: naming::rfc3339(set.created),
         label: set.label.clone(),
+        origin: set.origin.as_str().into(),
         volumes: set.volumes.iter().map(|v| v.name.clone()).collect(),
         writers: Vec::new(),
     }
@@ -508,6 +626,7 @@ pub(super) mod tests {
             name: format!("s{id}"),
             created: umbra_store::Timestamp { secs, nanos: 0 },
             label: None,
+            origin: umbra_store::SetOrigin::Manual,
             volumes: Vec::new(),
         };
         let sets = vec![set(1, 100), set(2, 200), set(3, 300)];
@@ -552,6 +671,7 @@ pub(super) mod tests {
             name: format!("s{id}"),
             created: umbra_store::Timestamp { secs, nanos: 0 },
             label: None,
+            origin: umbra_store::SetOrigin::Manual,
             volumes: Vec::new(),
         };
         let sets = vec![set(1, 0), set(2, 1_800_000_000)];
@@ -587,6 +707,7 @@ pub(super) mod tests {
                     name: format!("s{i}"),
                     created: umbra_store::Timestamp { secs, nanos: 0 },
                     label: None,
+                    origin: umbra_store::SetOrigin::Manual,
                     volumes: Vec::new(),
                 })
                 .collect();
@@ -661,6 +782,7 @@ pub(super) mod tests {
             .commit_set(&NewSet {
                 name: name.into(),
                 label: label.map(Into::into),
+                origin: umbra_store::SetOrigin::Manual,
                 created: Timestamp {
                     secs: 1_795_596_170,
                     nanos: 0,
@@ -683,6 +805,7 @@ pub(super) mod tests {
                 name: "2026-11-25T084250Z".into(),
                 created: "2026-11-25T08:42:50Z".into(),
                 label: Some("nightly".into()),
+                origin: "manual".into(),
                 volumes: vec!["data".into(), "logs".into()],
                 writers: vec![],
             }]

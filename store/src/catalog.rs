@@ -23,6 +23,10 @@ const STEPS: &[&str] = &[
     // 2: a set stays pending from its commit until its writers thawed and
     // it was recorded; a set still pending at open was interrupted.
     "ALTER TABLE sets ADD COLUMN pending INTEGER NOT NULL DEFAULT 0;",
+    // 3: who asked for a set, for retention; every older set was asked for
+    // by hand (`umbra create`, or a kept backup before origins existed).
+    "ALTER TABLE sets ADD COLUMN origin TEXT NOT NULL DEFAULT 'manual'
+         CHECK (origin IN ('manual', 'scheduled', 'backup'));",
 ];
 
 const SCHEMA_V1: &str = "

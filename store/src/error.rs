@@ -25,6 +25,8 @@ pub enum Error {
     UnknownSet(String),
     #[error("no volume named {0:?}")]
     UnknownVolume(String),
+    #[error("set origin {0:?} in the catalog is unknown to this umbra")]
+    UnknownOrigin(String),
 }
 
 impl Error {

@@ -80,7 +80,45 @@ pub struct SetInfo {
     pub name: String,
     pub created: Timestamp,
     pub label: Option<String>,
+    pub origin: SetOrigin,
     pub volumes: Vec<SetVolume>,
+}
+
+/// Who asked for a set: kept with it so that retention can tell the sets a
+/// schedule made (which it may thin out) from those a person or a backup
+/// asked for.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum SetOrigin {
+    /// `umbra create` (and every set made before origins were recorded).
+    #[default]
+    Manual,
+    /// The daemon's `[schedule]`.
+    Scheduled,
+    /// `umbra backup --keep`.
+    Backup,
+}
+
+impl SetOrigin {
+    /// The word stored in the catalog and shown to users.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SetOrigin::Manual => "manual",
+            SetOrigin::Scheduled => "scheduled",
+            SetOrigin::Backup => "backup",
+        }
+    }
+
+    fn parse(word: &str) -> Option<SetOrigin> {
+        [SetOrigin::Manual, SetOrigin::Scheduled, SetOrigin::Backup]
+            .into_iter()
+            .find(|o| o.as_str() == word)
+    }
+}
+
+impl std::fmt::Display for SetOrigin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// A writer that took part in a set, as the coordinator reported it. The
@@ -101,6 +139,7 @@ pub struct SetWriterRecord {
 pub struct NewSet {
     pub name: String,
     pub label: Option<String>,
+    pub origin: SetOrigin,
     pub created: Timestamp,
     pub volumes: Vec<VolumeId>,
 }
@@ -345,14 +384,15 @@ impl Store {
         let tx = conn.transaction()?;
         let name = free_name(&tx, &new.name)?;
         tx.execute(
-            "INSERT INTO sets (name, created_secs, created_nanos, label, pending)
-             VALUES (?1, ?2, ?3, ?4, ?5)",
+            "INSERT INTO sets (name, created_secs, created_nanos, label, pending, origin)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             params![
                 name,
                 new.created.secs,
                 new.created.nanos,
                 new.label,
-                pending
+                pending,
+                new.origin.as_str()
             ],
         )?;
         let id = SetId(tx.last_insert_rowid());
@@ -387,6 +427,7 @@ impl Store {
             name,
             created: new.created,
             label: new.label.clone(),
+            origin: new.origin,
             volumes,
         };
         Ok((set, ticket))
@@ -397,7 +438,8 @@ impl Store {
         let conn = self.catalog.reader();
         // LEFT JOIN: a set of no volumes is still a set, and holds its name.
         let mut stmt = conn.prepare_cached(
-            "SELECT s.id, s.name, s.created_secs, s.created_nanos, s.label, v.id, v.name, sv.epoch
+            "SELECT s.id, s.name, s.created_secs, s.created_nanos, s.label, v.id, v.name, sv.epoch,
+                    s.origin
              FROM sets s LEFT JOIN set_volumes sv ON sv.set_id = s.id
                          LEFT JOIN volumes v ON v.id = sv.volume_id
              ORDER BY s.id, v.id",
@@ -415,6 +457,7 @@ impl Store {
                         nanos: r.get::<_, i64>(3)? as u32,
                     },
                     label: r.get(4)?,
+                    origin: origin(&r.get::<_, String>(8)?)?,
                     volumes: Vec::new(),
                 });
             }
@@ -1079,6 +1122,10 @@ fn to_hash(bytes: &[u8]) -> ChunkHash {
     ChunkHash(h)
 }
 
+fn origin(word: &str) -> Result<SetOrigin> {
+    SetOrigin::parse(word).ok_or_else(|| Error::UnknownOrigin(word.to_string()))
+}
+
 fn free_name(tx: &Transaction<'_>, wanted: &str) -> Result<String> {
     let taken = |name: &str| -> Result<bool> {
         Ok(tx
@@ -1119,6 +1166,7 @@ mod tests {
             .commit_set(&NewSet {
                 name: "s".into(),
                 label: None,
+                origin: SetOrigin::Manual,
                 created: Timestamp::default(),
                 volumes: vec![vol],
             })

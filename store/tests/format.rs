@@ -8,7 +8,7 @@ mod common;
 use std::fs;
 
 use rusqlite::Connection;
-use umbra_store::{ChunkHash, Epoch, ObjectId, PreImages};
+use umbra_store::{ChunkHash, Epoch, NewSet, ObjectId, PreImages, SetOrigin, Timestamp};
 
 use common::{attr, block, commit, dir, hi_now, open, pack_path};
 
@@ -51,7 +51,7 @@ fn a_new_store_is_a_catalog_a_pack_directory_and_a_reserve() {
 }
 
 #[test]
-fn the_catalog_schema_is_version_2() {
+fn the_catalog_schema_is_version_3() {
     let tmp = tempfile::tempdir().expect("tempdir");
     drop(open(tmp.path()));
     let db = Connection::open(tmp.path().join("catalog.db")).expect("catalog");
@@ -72,7 +72,7 @@ fn the_catalog_schema_is_version_2() {
         [
             ("packs_synced_end".to_string(), 8),
             ("packs_synced_pack".to_string(), 0),
-            ("schema_version".to_string(), 2)
+            ("schema_version".to_string(), 3)
         ]
     );
 
@@ -129,6 +129,7 @@ fn the_catalog_schema_is_version_2() {
             ("created_nanos", int, true, 0),
             ("label", "TEXT", false, 0),
             ("pending", int, true, 0),
+            ("origin", "TEXT", true, 0),
         ])
     );
     assert_eq!(
@@ -331,7 +332,8 @@ fn a_version_1_catalog_is_migrated_and_keeps_its_sets() {
     {
         let db = Connection::open(tmp.path().join("catalog.db")).expect("catalog");
         db.execute_batch(
-            "ALTER TABLE sets DROP COLUMN pending;
+            "ALTER TABLE sets DROP COLUMN origin;
+             ALTER TABLE sets DROP COLUMN pending;
              UPDATE meta SET value = 1 WHERE key = 'schema_version';",
         )
         .expect("back to version 1");
@@ -353,5 +355,62 @@ fn a_version_1_catalog_is_migrated_and_keeps_its_sets() {
             |r| r.get(0),
         )
         .expect("version");
-    assert_eq!(version, 2);
+    assert_eq!(version, 3);
+}
+
+/// A version 2 catalog (a store made before sets recorded who asked for
+/// them): its sets read as manual, so retention keeps them, and new sets
+/// record their origin.
+#[test]
+fn a_version_2_catalog_is_migrated_and_its_sets_read_as_manual() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    {
+        let store = open(tmp.path());
+        let vol = store.ensure_volume("data").expect("volume").id;
+        commit(&store, "old", &[vol]);
+    }
+    {
+        let db = Connection::open(tmp.path().join("catalog.db")).expect("catalog");
+        db.execute_batch(
+            "ALTER TABLE sets DROP COLUMN origin;
+             UPDATE meta SET value = 2 WHERE key = 'schema_version';",
+        )
+        .expect("back to version 2");
+    }
+    let store = open(tmp.path());
+    let vol = store.volumes().expect("volumes")[0].id;
+    store
+        .commit_set(&NewSet {
+            name: "new".into(),
+            label: None,
+            origin: SetOrigin::Scheduled,
+            created: Timestamp::default(),
+            volumes: vec![vol],
+        })
+        .expect("commit");
+    let origins: Vec<(String, SetOrigin)> = store
+        .sets()
+        .expect("sets")
+        .into_iter()
+        .map(|s| (s.name, s.origin))
+        .collect();
+    assert_eq!(
+        origins,
+        [
+            ("old".to_string(), SetOrigin::Manual),
+            ("new".to_string(), SetOrigin::Scheduled)
+        ]
+    );
+    drop(store);
+    let db = Connection::open(tmp.path().join("catalog.db")).expect("catalog");
+    let stored: Vec<String> = db
+        .prepare("SELECT origin FROM sets ORDER BY id")
+        .expect("origins")
+        .query_map([], |r| r.get(0))
+        .expect("query")
+        .collect::<rusqlite::Result<_>>()
+        .expect("rows");
+    assert_eq!(stored, ["manual", "scheduled"]);
+    let refused = db.execute("UPDATE sets SET origin = 'cron'", []);
+    assert!(refused.is_err(), "the catalog refuses an unknown origin");
 }

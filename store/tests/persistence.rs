@@ -148,6 +148,7 @@ fn a_set_keeps_its_label_and_creation_time() {
         .commit_set(&NewSet {
             name: "x".into(),
             label: Some("before upgrade".into()),
+            origin: umbra_store::SetOrigin::Manual,
             created,
             volumes: vec![b, a],
         })
@@ -169,6 +170,7 @@ fn committing_a_set_of_an_unknown_volume_fails_and_leaves_nothing() {
         .commit_set(&NewSet {
             name: "x".into(),
             label: None,
+            origin: umbra_store::SetOrigin::Manual,
             created: Timestamp::default(),
             volumes: vec![vol, VolumeId(vol.0 + 10)],
         })
@@ -269,7 +271,7 @@ fn a_catalog_from_a_newer_umbra_is_refused() {
             |r| r.get(0),
         )
         .expect("schema_version");
-    assert_eq!(v, 2);
+    assert_eq!(v, 3);
     db.execute(
         "UPDATE meta SET value = 99 WHERE key = 'schema_version'",
         [],
@@ -278,7 +280,7 @@ fn a_catalog_from_a_newer_umbra_is_refused() {
     drop(db);
     match Store::open(tmp.path(), Default::default()) {
         Err(Error::SchemaTooNew { found, supported }) => {
-            assert_eq!((found, supported), (99, 2));
+            assert_eq!((found, supported), (99, 3));
         }
         Err(other) => panic!("expected SchemaTooNew, got {other:?}"),
         Ok(_) => panic!("expected SchemaTooNew, the store opened"),
@@ -308,6 +310,7 @@ fn a_set_still_pending_at_open_was_interrupted_and_is_deleted() {
         let new = |name: &str| NewSet {
             name: name.into(),
             label: None,
+            origin: umbra_store::SetOrigin::Manual,
             created: Timestamp {
                 secs: 1_764_060_170,
                 nanos: 0,

@@ -97,6 +97,7 @@ fn new_set(name: &str, vol: VolumeId) -> NewSet {
     NewSet {
         name: name.to_string(),
         label: None,
+        origin: umbra_store::SetOrigin::Manual,
         created: Timestamp::default(),
         volumes: vec![vol],
     }

@@ -11,6 +11,7 @@ fn a_sets_writers_are_kept_and_go_with_the_set() {
     let new = NewSet {
         name: "2026-11-25T084250Z".into(),
         label: None,
+        origin: umbra_store::SetOrigin::Manual,
         created: Timestamp { secs: 1, nanos: 0 },
         volumes: vec![volume.id],
     };

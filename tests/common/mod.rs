@@ -124,6 +124,9 @@ pub struct SetJson {
     pub name: String,
     pub created: String,
     pub label: Option<String>,
+    /// `manual`, `scheduled` or `backup`.
+    #[serde(default)]
+    pub origin: String,
     pub volumes: Vec<String>,
 }
 

@@ -514,6 +514,7 @@ mod tests {
                 .commit_set(&NewSet {
                     name: "s".into(),
                     label: None,
+                    origin: crate::SetOrigin::Manual,
                     created: Timestamp::default(),
                     volumes: vec![vol],
                 })

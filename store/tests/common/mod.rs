@@ -107,6 +107,7 @@ pub fn commit(store: &Store, name: &str, volumes: &[VolumeId]) -> SetInfo {
         .commit_set(&NewSet {
             name: name.to_string(),
             label: None,
+            origin: umbra_store::SetOrigin::Manual,
             created: Timestamp {
                 secs: 1_764_060_170,
                 nanos: 0,
