@@ -16,6 +16,7 @@ const ME: Caller = Caller {
     uid: 0,
     gid: 0,
     pid: 0,
+    umask: 0,
 };
 
 /// A tiny deterministic generator: the seed is printed on failure.

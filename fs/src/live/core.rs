@@ -15,6 +15,7 @@ use std::sync::{Arc, Mutex};
 
 use umbra_store::{FileKind, ObjectId, Timestamp};
 
+use super::caller::AsCaller;
 use super::nodes::{Node, Nodes, ROOT};
 use super::privileges;
 use crate::attr::Attr;
@@ -22,13 +23,16 @@ use crate::backing::{self, cstr};
 use crate::reply::Listing;
 use crate::{FsError, HIDDEN_DIR, Result, Volume};
 
-/// Who asks: new files belong to them.
+/// Who asks: what they create is made as them (see caller.rs).
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Caller {
     pub uid: u32,
     pub gid: u32,
     /// The calling thread, whose supplementary groups /proc knows.
     pub pid: u32,
+    /// The umask a creation applies: the caller's when the kernel left it
+    /// to umbra (FUSE_DONT_MASK), else 0, the kernel having applied it.
+    pub umask: u32,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -543,13 +547,14 @@ impl LiveFs {
     }
 
     /// Creates a name in `parent` with `make`, after preserving the
-    /// directory; the new object is the caller's and is born in this epoch.
+    /// directory; `make` runs as the caller, so the backing filesystem
+    /// gives the new object its owner, group and mode as it would natively
+    /// (see caller.rs). The object is born in this epoch.
     fn make(
         &self,
         parent: u64,
         name: &OsStr,
         caller: Caller,
-        fix_mode: Option<u32>,
         make: impl FnOnce(BorrowedFd<'_>, &CStr) -> io::Result<Option<File>>,
     ) -> Result<(Attr, ObjectId, Option<File>)> {
         Self::creatable(parent, name)?;
@@ -560,36 +565,15 @@ impl LiveFs {
         m.dir(pnode.object, pnode.fd.as_fd())?;
         m.preserve()?;
         debug_assert!(m.all_stored());
-        let file = make(pnode.fd.as_fd(), &cname)?;
+        let file = {
+            let _as = AsCaller::enter(caller)?;
+            make(pnode.fd.as_fd(), &cname)?
+        };
         let fd = backing::open_path(pnode.fd.as_fd(), &cname)?;
         let st = backing::fstat(fd.as_fd())?;
         let object = ObjectId(st.st_ino);
         m.born(object);
         drop(m);
-        let pst = backing::fstat(pnode.fd.as_fd())?;
-        let gid = if pst.st_mode & libc::S_ISGID != 0 {
-            pst.st_gid
-        } else {
-            caller.gid
-        };
-        if st.st_uid != caller.uid || st.st_gid != gid {
-            // SAFETY: the empty path with AT_EMPTY_PATH names the fd itself.
-            check(unsafe {
-                libc::fchownat(
-                    fd.as_raw_fd(),
-                    c"".as_ptr(),
-                    caller.uid,
-                    gid,
-                    libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW,
-                )
-            })?;
-            // chown clears the set-id bits the caller asked for.
-            if let Some(mode) = fix_mode.filter(|m| m & (libc::S_ISUID | libc::S_ISGID) != 0) {
-                let path = backing::proc_path(fd.as_raw_fd());
-                // SAFETY: path is a valid C string.
-                check(unsafe { libc::chmod(path.as_ptr(), mode & 0o7777) })?;
-            }
-        }
         let attr = self.attr_of(object, fd.as_fd())?;
         self.nodes.remember(object, fd, parent, name.to_owned());
         Ok((attr, object, file))
@@ -603,7 +587,7 @@ impl LiveFs {
         rdev: u64,
         caller: Caller,
     ) -> Result<Attr> {
-        let (attr, _, _) = self.make(parent, name, caller, Some(mode), |dir, c| {
+        let (attr, _, _) = self.make(parent, name, caller, |dir, c| {
             // SAFETY: c is a valid C string.
             check(unsafe { libc::mknodat(dir.as_raw_fd(), c.as_ptr(), mode, rdev) }).map(|_| None)
         })?;
@@ -611,17 +595,11 @@ impl LiveFs {
     }
 
     pub fn mkdir(&self, parent: u64, name: &OsStr, mode: u32, caller: Caller) -> Result<Attr> {
-        let (attr, _, _) = self.make(
-            parent,
-            name,
-            caller,
-            Some(mode | libc::S_IFDIR),
-            |dir, c| {
-                // SAFETY: c is a valid C string.
-                check(unsafe { libc::mkdirat(dir.as_raw_fd(), c.as_ptr(), mode & 0o7777) })
-                    .map(|_| None)
-            },
-        )?;
+        let (attr, _, _) = self.make(parent, name, caller, |dir, c| {
+            // SAFETY: c is a valid C string.
+            check(unsafe { libc::mkdirat(dir.as_raw_fd(), c.as_ptr(), mode & 0o7777) })
+                .map(|_| None)
+        })?;
         Ok(attr)
     }
 
@@ -633,7 +611,7 @@ impl LiveFs {
         caller: Caller,
     ) -> Result<Attr> {
         let target = cstr(target)?;
-        let (attr, _, _) = self.make(parent, name, caller, None, |dir, c| {
+        let (attr, _, _) = self.make(parent, name, caller, |dir, c| {
             // SAFETY: both are valid C strings.
             check(unsafe { libc::symlinkat(target.as_ptr(), dir.as_raw_fd(), c.as_ptr()) })
                 .map(|_| None)
@@ -651,7 +629,7 @@ impl LiveFs {
         flags: i32,
         caller: Caller,
     ) -> Result<(Attr, u64)> {
-        let made = self.make(parent, name, caller, Some(mode), |dir, c| {
+        let made = self.make(parent, name, caller, |dir, c| {
             let fd = backing::openat(
                 dir,
                 c,

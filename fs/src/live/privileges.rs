@@ -3,8 +3,7 @@
 //! `file_remove_privs`, computed from the caller the kernel names. Pure
 //! logic plus one read of /proc; it never touches a file.
 
-use std::fs;
-
+use super::caller::supplementary_groups;
 use super::core::Caller;
 
 /// The mode a regular file keeps after a write or truncation by `caller`,
@@ -25,23 +24,6 @@ fn in_group(caller: Caller, gid: u32) -> bool {
     caller.gid == gid || supplementary_groups(caller.pid).contains(&gid)
 }
 
-/// The `Groups:` line of /proc/<pid>/status (a thread id works as well).
-fn supplementary_groups(pid: u32) -> Vec<u32> {
-    let Ok(status) = fs::read_to_string(format!("/proc/{pid}/status")) else {
-        return Vec::new();
-    };
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("Groups:"))
-        .map(|groups| {
-            groups
-                .split_whitespace()
-                .filter_map(|g| g.parse().ok())
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -50,6 +32,7 @@ mod tests {
         uid: 1000,
         gid: 1000,
         pid: u32::MAX,
+        umask: 0,
     };
 
     #[test]
@@ -69,6 +52,7 @@ mod tests {
             uid: 0,
             gid: u32::MAX,
             pid: std::process::id(),
+            umask: 0,
         };
         // SAFETY: getgroups with a zero size only counts.
         let count = unsafe { libc::getgroups(0, std::ptr::null_mut()) };

@@ -1,0 +1,281 @@
+//! What a request runs as. The daemon is root; a backing syscall that
+//! creates or allocates must run as the caller instead, so that the backing
+//! filesystem itself decides what it decides natively: the new inode's
+//! owner and group (set-group-ID directories), its mode (the umask, or a
+//! default ACL in its place, with `group::` as natively), quotas, and the
+//! blocks reserved for root (`mkfs -m`). `AsCaller::enter` switches the
+//! calling worker thread, and only it, to the caller's fsuid, fsgid,
+//! supplementary groups and umask, without CAP_SYS_RESOURCE; dropping the
+//! guard gives root back on every path.
+//!
+//! Everything here is per thread on purpose: glibc's setgroups/setuid
+//! change every thread of the process, so the raw syscalls are used; the
+//! umask lives in the fs_struct, which each worker unshares once. The
+//! copy-on-write preservation (old blocks, the store) never runs under a
+//! guard: only the one mutating backing syscall does.
+
+use std::cell::Cell;
+use std::fs;
+use std::io;
+
+use super::core::Caller;
+
+/// CAP_SYS_RESOURCE: reserved blocks and quota limits do not apply to it.
+const CAP_SYS_RESOURCE: u32 = 24;
+const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
+
+#[repr(C)]
+struct CapHeader {
+    version: u32,
+    pid: i32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct CapData {
+    effective: u32,
+    permitted: u32,
+    inheritable: u32,
+}
+
+thread_local! {
+    /// Whether this thread has its own fs_struct, so its umask is its own.
+    static OWN_UMASK: Cell<bool> = const { Cell::new(false) };
+}
+
+/// The calling thread acts as a caller until this is dropped.
+pub(crate) struct AsCaller {
+    /// The thread's umask before, when it was changed.
+    umask: Option<u32>,
+    /// Root's capabilities and groups before, when the identity was changed.
+    root: Option<Root>,
+}
+
+struct Root {
+    caps: [CapData; 2],
+    groups: Vec<libc::gid_t>,
+}
+
+fn check(ret: libc::c_long) -> io::Result<()> {
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+fn capget() -> io::Result<[CapData; 2]> {
+    let mut header = CapHeader {
+        version: LINUX_CAPABILITY_VERSION_3,
+        pid: 0,
+    };
+    let mut data = [CapData::default(); 2];
+    // SAFETY: header and two data structs as capget(2) v3 expects; pid 0
+    // is the calling thread.
+    check(unsafe {
+        libc::syscall(
+            libc::SYS_capget,
+            &mut header as *mut CapHeader,
+            data.as_mut_ptr(),
+        )
+    })?;
+    Ok(data)
+}
+
+fn capset(data: &[CapData; 2]) -> io::Result<()> {
+    let mut header = CapHeader {
+        version: LINUX_CAPABILITY_VERSION_3,
+        pid: 0,
+    };
+    // SAFETY: as capget; the raw syscall changes this thread only.
+    check(unsafe {
+        libc::syscall(
+            libc::SYS_capset,
+            &mut header as *mut CapHeader,
+            data.as_ptr(),
+        )
+    })
+}
+
+fn getgroups() -> io::Result<Vec<libc::gid_t>> {
+    // SAFETY: a zero size only counts.
+    let n = unsafe { libc::syscall(libc::SYS_getgroups, 0, std::ptr::null_mut::<libc::gid_t>()) };
+    check(n)?;
+    let mut groups = vec![0; n as usize];
+    // SAFETY: the buffer holds n gids.
+    let n = unsafe { libc::syscall(libc::SYS_getgroups, n, groups.as_mut_ptr()) };
+    check(n)?;
+    groups.truncate(n as usize);
+    Ok(groups)
+}
+
+/// The raw syscall: this thread only (glibc's wrapper signals every thread).
+fn setgroups(groups: &[libc::gid_t]) -> io::Result<()> {
+    // SAFETY: the pointer and length describe `groups`.
+    check(unsafe { libc::syscall(libc::SYS_setgroups, groups.len(), groups.as_ptr()) })
+}
+
+/// setfsuid/setfsgid answer the previous id whatever happens; asking again
+/// with an invalid id tells whether the change took.
+fn setfsid(call: libc::c_long, id: u32) -> io::Result<()> {
+    // SAFETY: plain per-thread syscalls taking an id.
+    unsafe { libc::syscall(call, id) };
+    // SAFETY: as above; u32::MAX (-1) changes nothing and answers the current id.
+    let now = unsafe { libc::syscall(call, u32::MAX) } as u32;
+    if now == id {
+        Ok(())
+    } else {
+        Err(io::Error::from_raw_os_error(libc::EPERM))
+    }
+}
+
+/// Gives this thread its own fs_struct once, so that its umask changes no
+/// other thread.
+fn own_umask() -> io::Result<()> {
+    if OWN_UMASK.get() {
+        return Ok(());
+    }
+    // SAFETY: unsharing CLONE_FS copies this thread's root, cwd and umask.
+    check(unsafe { libc::unshare(libc::CLONE_FS) }.into())?;
+    OWN_UMASK.set(true);
+    Ok(())
+}
+
+impl AsCaller {
+    /// Switches this thread to `caller`. A root caller in group root keeps
+    /// root's identity and only gets its umask.
+    pub fn enter(caller: Caller) -> io::Result<AsCaller> {
+        own_umask()?;
+        let mut guard = AsCaller {
+            umask: None,
+            root: None,
+        };
+        // SAFETY: umask only swaps this thread's (now private) mask.
+        guard.umask = Some(unsafe { libc::umask(caller.umask & 0o777) });
+        if caller.uid == 0 && caller.gid == 0 {
+            return Ok(guard);
+        }
+        guard.root = Some(Root {
+            caps: capget()?,
+            groups: getgroups()?,
+        });
+        setgroups(&supplementary_groups(caller.pid))?;
+        setfsid(libc::SYS_setfsgid, caller.gid)?;
+        if caller.uid != 0 {
+            // The kernel dropped the file capabilities from the effective
+            // set with the fsuid; the reserve and quota limits need one more.
+            setfsid(libc::SYS_setfsuid, caller.uid)?;
+            let mut caps = capget()?;
+            caps[0].effective &= !(1 << CAP_SYS_RESOURCE);
+            capset(&caps)?;
+        }
+        Ok(guard)
+    }
+}
+
+impl Drop for AsCaller {
+    fn drop(&mut self) {
+        if let Some(root) = self.root.take() {
+            let restored = setfsid(libc::SYS_setfsuid, 0)
+                .and_then(|()| setfsid(libc::SYS_setfsgid, 0))
+                .and_then(|()| setgroups(&root.groups))
+                .and_then(|()| capset(&root.caps));
+            if let Err(e) = restored {
+                // A worker that cannot be root again would fail every
+                // later request in odd ways; nothing sane is left to do.
+                tracing::error!("a FUSE worker cannot return to root: {e}");
+                std::process::abort();
+            }
+        }
+        if let Some(mask) = self.umask {
+            // SAFETY: as in enter.
+            unsafe { libc::umask(mask) };
+        }
+    }
+}
+
+/// The `Groups:` line of /proc/<pid>/status (a thread id works as well);
+/// none when the caller is gone.
+pub(crate) fn supplementary_groups(pid: u32) -> Vec<u32> {
+    let Ok(status) = fs::read_to_string(format!("/proc/{pid}/status")) else {
+        return Vec::new();
+    };
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Groups:"))
+        .map(|groups| {
+            groups
+                .split_whitespace()
+                .filter_map(|g| g.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // in a test, an unwrap is an assertion
+mod tests {
+    use std::os::unix::fs::MetadataExt;
+
+    use super::*;
+
+    fn nobody(umask: u32) -> Caller {
+        Caller {
+            uid: 65534,
+            gid: 65534,
+            pid: u32::MAX,
+            umask,
+        }
+    }
+
+    /// Each check runs on a thread of its own: the guard must leave that
+    /// thread as root, and no other thread is touched meanwhile.
+    #[test]
+    fn a_file_made_as_the_caller_is_theirs_and_root_comes_back() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(
+            dir.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o777),
+        )
+        .unwrap();
+        let path = dir.path().join("f");
+        let before = capget().unwrap();
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                own_umask().unwrap();
+                // SAFETY: this thread's own mask, as the daemon sets it.
+                unsafe { libc::umask(0) };
+                {
+                    let _as = AsCaller::enter(nobody(0o027)).unwrap();
+                    std::fs::write(&path, b"x").unwrap();
+                    // The file capabilities (CAP_DAC_OVERRIDE is 1) went with the fsuid and
+                    // CAP_SYS_RESOURCE was dropped by hand.
+                    let caps = capget().unwrap();
+                    assert_eq!(caps[0].effective & (1 << CAP_SYS_RESOURCE), 0);
+                    assert_eq!(caps[0].effective & (1 << 1), 0);
+                }
+                assert_eq!(capget().unwrap()[0].effective, before[0].effective);
+                // SAFETY: u32::MAX only asks.
+                assert_eq!(unsafe { libc::syscall(libc::SYS_setfsuid, u32::MAX) }, 0);
+                // SAFETY: as above.
+                let mask = unsafe { libc::umask(0) };
+                assert_eq!(mask, 0, "the worker's umask came back");
+            })
+            .join()
+            .unwrap();
+        });
+        let meta = std::fs::metadata(&path).unwrap();
+        assert_eq!((meta.uid(), meta.gid()), (65534, 65534));
+        assert_eq!(meta.mode() & 0o777, 0o640);
+    }
+
+    #[test]
+    fn supplementary_groups_come_from_proc() {
+        let mine = getgroups().unwrap();
+        let listed = supplementary_groups(std::process::id());
+        for g in mine {
+            assert!(listed.contains(&g));
+        }
+        assert!(supplementary_groups(u32::MAX).is_empty());
+    }
+}
