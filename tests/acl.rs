@@ -14,7 +14,7 @@ use std::ffi::CString;
 use std::fs;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::{Config, Daemon};
@@ -72,6 +72,8 @@ enum Op {
     Mkdir(u32),
     Fifo(u32),
     Symlink,
+    /// Create, then write 4 KiB at a time until a write fails.
+    Fill,
 }
 
 /// What nobody gets from `op` on `path` with `umask`: 0 or the errno. The
@@ -127,6 +129,16 @@ fn as_nobody(op: Op, path: &Path, umask: u32) -> i32 {
                 Op::Mkdir(mode) => libc::mkdir(c.as_ptr(), mode),
                 Op::Fifo(mode) => libc::mknod(c.as_ptr(), libc::S_IFIFO | mode, 0),
                 Op::Symlink => libc::symlink(target.as_ptr(), c.as_ptr()),
+                Op::Fill => {
+                    let fd = libc::open(c.as_ptr(), libc::O_CREAT | libc::O_WRONLY, 0o644);
+                    let block = [0x5au8; 4096];
+                    if fd < 0 {
+                        -1
+                    } else {
+                        while libc::write(fd, block.as_ptr().cast(), block.len()) >= 0 {}
+                        -1
+                    }
+                }
             };
             libc::_exit(if ret < 0 {
                 *libc::__errno_location()
@@ -333,4 +345,107 @@ fn what_nobody_creates_gets_owner_group_mode_and_acl_as_natively() {
     assert_eq!(made(&live.join("sgid/dir")).0 & 0o2000, 0o2000);
     // nobody is outside `tests`: the set-group-ID bit it asked for goes.
     assert_eq!(made(&live.join("sgid/sgidfile")).0 & 0o7777, 0o0755);
+}
+
+/// A daemon whose volume's backing directory lies on a small ext4 of its
+/// own, made with 20% of its blocks reserved for root; a native directory
+/// sits beside the volume on the same filesystem. Unmounted after the
+/// daemon stopped.
+struct OnSmallExt4 {
+    d: Daemon,
+    mnt: PathBuf,
+}
+
+impl OnSmallExt4 {
+    fn start() -> OnSmallExt4 {
+        let d = Daemon::prepare(Config::default());
+        let mnt = d.backing("data").parent().unwrap().to_path_buf();
+        let image = d.root().join("small.ext4");
+        fs::File::create(&image).unwrap().set_len(64 << 20).unwrap();
+        run(
+            "mkfs.ext4",
+            &[
+                "-q",
+                "-F",
+                "-m",
+                "20",
+                "-E",
+                "lazy_itable_init=0,lazy_journal_init=0",
+            ],
+            &image,
+        );
+        let status = Command::new("mount")
+            .args(["-o", "loop"])
+            .arg(&image)
+            .arg(&mnt)
+            .status()
+            .unwrap();
+        assert!(status.success(), "mounting the small ext4");
+        let mut guard = OnSmallExt4 { d, mnt };
+        fs::create_dir_all(guard.d.backing("data")).unwrap();
+        guard.d.launch();
+        guard
+    }
+}
+
+impl Drop for OnSmallExt4 {
+    fn drop(&mut self) {
+        let _ = self.d.try_stop();
+        let umounted = Command::new("umount")
+            .arg(&self.mnt)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !umounted {
+            let _ = Command::new("umount").arg("-l").arg(&self.mnt).status();
+        }
+    }
+}
+
+/// How many bytes nobody writes into `dir/fill` before a write fails, and
+/// the errno; the file is then removed and its blocks given back.
+fn fill_as_nobody(dir: &Path) -> (u64, i32) {
+    let file = dir.join("fill");
+    let errno = as_nobody(Op::Fill, &file, 0o022);
+    let size = fs::metadata(&file).unwrap().len();
+    fs::remove_file(&file).unwrap();
+    // Freed blocks count as free once the journal committed.
+    let status = Command::new("sync").arg("-f").arg(dir).status().unwrap();
+    assert!(status.success());
+    (size, errno)
+}
+
+/// The filed defect: writes through umbra landed as root and used the
+/// blocks ext4 reserves for root (`mkfs -m`): 54 MiB written by nobody
+/// where natively 40 MiB. Writes now allocate as the writer, without
+/// CAP_SYS_RESOURCE, and stop where they stop natively.
+#[test]
+fn nobody_stops_at_the_blocks_reserved_for_root_as_natively() {
+    let small = OnSmallExt4::start();
+    let native = small.mnt.join("native");
+    let live = small.d.live("data").join("fill");
+    fs::create_dir_all(&native).unwrap();
+    fs::create_dir_all(&live).unwrap();
+    for dir in [&native, &live] {
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o777)).unwrap();
+        open_the_way(dir);
+    }
+    let (native_bytes, native_errno) = fill_as_nobody(&native);
+    let (umbra_bytes, umbra_errno) = fill_as_nobody(&live);
+    let (again_bytes, _) = fill_as_nobody(&native);
+    eprintln!(
+        "nobody filled {native_bytes} bytes natively ({again_bytes} again after), \
+         {umbra_bytes} through umbra"
+    );
+    assert_eq!(native_errno, libc::ENOSPC);
+    assert_eq!(umbra_errno, libc::ENOSPC);
+    assert!(
+        native_bytes < 48 << 20,
+        "the reserve held natively: {native_bytes}"
+    );
+    let two_blocks = 2 * 4096;
+    assert!(
+        umbra_bytes.abs_diff(native_bytes) <= two_blocks
+            && umbra_bytes.abs_diff(again_bytes) <= two_blocks,
+        "nobody wrote {umbra_bytes} bytes through umbra, {native_bytes} natively"
+    );
 }

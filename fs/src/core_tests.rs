@@ -82,7 +82,7 @@ impl Core {
             }
         };
         let fh = self.live.open(ino, libc::O_RDWR).expect("open");
-        self.live.write(fh, offset, data, None).expect("write");
+        self.live.write(fh, offset, data, None, ME).expect("write");
         self.live.release(fh);
     }
 

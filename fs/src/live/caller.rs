@@ -142,8 +142,9 @@ fn own_umask() -> io::Result<()> {
 }
 
 impl AsCaller {
-    /// Switches this thread to `caller`. A root caller in group root keeps
-    /// root's identity and only gets its umask.
+    /// Switches this thread to `caller` for a creation: its groups (from
+    /// /proc) and its umask too. A root caller in group root keeps root's
+    /// identity and only gets its umask.
     pub fn enter(caller: Caller) -> io::Result<AsCaller> {
         own_umask()?;
         let mut guard = AsCaller {
@@ -152,14 +153,35 @@ impl AsCaller {
         };
         // SAFETY: umask only swaps this thread's (now private) mask.
         guard.umask = Some(unsafe { libc::umask(caller.umask & 0o777) });
-        if caller.uid == 0 && caller.gid == 0 {
-            return Ok(guard);
+        if caller.uid != 0 || caller.gid != 0 {
+            guard.become_(caller, &supplementary_groups(caller.pid))?;
         }
-        guard.root = Some(Root {
+        Ok(guard)
+    }
+
+    /// Switches this thread to `caller` for a write or an allocation into
+    /// an open file: what counts there is who allocates (root's reserved
+    /// blocks, quota limits), so the groups are not read (a per-write
+    /// /proc read would cost more than the write) and none are kept; a
+    /// reserve granted to a supplementary group (`mkfs -g`) is not granted
+    /// through umbra. Nothing changes for a root caller.
+    pub fn writing(caller: Caller) -> io::Result<AsCaller> {
+        let mut guard = AsCaller {
+            umask: None,
+            root: None,
+        };
+        if caller.uid != 0 || caller.gid != 0 {
+            guard.become_(caller, &[])?;
+        }
+        Ok(guard)
+    }
+
+    fn become_(&mut self, caller: Caller, groups: &[u32]) -> io::Result<()> {
+        self.root = Some(Root {
             caps: capget()?,
             groups: getgroups()?,
         });
-        setgroups(&supplementary_groups(caller.pid))?;
+        setgroups(groups)?;
         setfsid(libc::SYS_setfsgid, caller.gid)?;
         if caller.uid != 0 {
             // The kernel dropped the file capabilities from the effective
@@ -169,7 +191,7 @@ impl AsCaller {
             caps[0].effective &= !(1 << CAP_SYS_RESOURCE);
             capset(&caps)?;
         }
-        Ok(guard)
+        Ok(())
     }
 }
 

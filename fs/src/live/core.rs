@@ -914,6 +914,7 @@ impl LiveFs {
         offset: u64,
         data: &[u8],
         kill_suidgid: Option<Caller>,
+        writer: Caller,
     ) -> Result<u32> {
         let of = self.file(fh)?;
         let end = offset + data.len() as u64;
@@ -922,10 +923,13 @@ impl LiveFs {
         m.preserve()?;
         debug_assert!(m.all_stored());
         self.drop_privileges(of.object, &of.file, kill_suidgid)?;
-        self.keeping_mtime(of.file.as_fd(), || {
-            Ok(of.file.write_all_at(data, offset)?)
+        // Only the pwrite allocates: it runs as the writer, so that the
+        // blocks reserved for root and quota limits hold as natively.
+        let written = self.keeping_mtime(of.file.as_fd(), || {
+            let _as = AsCaller::writing(writer)?;
+            Ok(write_at(&of.file, data, offset)?)
         })?;
-        Ok(data.len() as u32)
+        Ok(written as u32)
     }
 
     pub fn fsync(&self, fh: u64, datasync: bool) -> Result<()> {
@@ -953,7 +957,14 @@ impl LiveFs {
         lock(&self.files).remove(&fh);
     }
 
-    pub fn fallocate(&self, fh: u64, offset: u64, length: u64, mode: i32) -> Result<()> {
+    pub fn fallocate(
+        &self,
+        fh: u64,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        caller: Caller,
+    ) -> Result<()> {
         let of = self.file(fh)?;
         let fd = of.file.as_fd();
         let mut m = self.vol.cow.begin(&[of.object]);
@@ -973,6 +984,7 @@ impl LiveFs {
         m.preserve()?;
         debug_assert!(m.all_stored());
         self.keeping_mtime(fd, || {
+            let _as = AsCaller::writing(caller)?;
             // SAFETY: plain syscall on an owned descriptor.
             check(unsafe {
                 libc::fallocate64(fd.as_raw_fd(), mode, offset as i64, length as i64)
@@ -1081,6 +1093,23 @@ impl LiveFs {
         node.forget_capability();
         Ok(removed?)
     }
+}
+
+/// Writes all of `data` at `offset`, or as much as fit: a write that runs
+/// out of space after some bytes answers their count, as write(2) does
+/// natively, not the error.
+fn write_at(file: &File, data: &[u8], offset: u64) -> io::Result<usize> {
+    let mut done = 0;
+    while done < data.len() {
+        match file.write_at(&data[done..], offset + done as u64) {
+            Ok(0) => break,
+            Ok(n) => done += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if done == 0 => return Err(e),
+            Err(_) => break,
+        }
+    }
+    Ok(done)
 }
 
 fn renameat2(olddir: i32, old: &CStr, newdir: i32, new: &CStr, flags: u32) -> io::Result<()> {

@@ -302,7 +302,7 @@ impl Filesystem for LiveAdapter {
         let kill_suidgid = write_flags
             .contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID)
             .then(|| caller(req));
-        match self.fs.write(fh.0, offset, data, kill_suidgid) {
+        match self.fs.write(fh.0, offset, data, kill_suidgid, caller(req)) {
             Ok(n) => reply.written(n),
             Err(e) => reply.error(errno(&e)),
         }
@@ -500,7 +500,7 @@ impl Filesystem for LiveAdapter {
 
     fn fallocate(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino: INodeNo,
         fh: FileHandle,
         offset: u64,
@@ -508,6 +508,9 @@ impl Filesystem for LiveAdapter {
         mode: i32,
         reply: ReplyEmpty,
     ) {
-        empty!(reply, self.fs.fallocate(fh.0, offset, length, mode))
+        empty!(
+            reply,
+            self.fs.fallocate(fh.0, offset, length, mode, caller(req))
+        )
     }
 }
