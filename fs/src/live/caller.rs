@@ -38,22 +38,54 @@ struct CapData {
     inheritable: u32,
 }
 
+/// The capabilities that follow the fsuid: the kernel drops them from the
+/// effective set when the fsuid leaves 0 and raises them when it returns
+/// (`cap_emulate_setxuid`): CHOWN, DAC_OVERRIDE, DAC_READ_SEARCH, FOWNER,
+/// FSETID, LINUX_IMMUTABLE, MKNOD, MAC_OVERRIDE.
+const CAP_FS_MASK: u32 = 0x1f | 1 << 9 | 1 << 27;
+
 thread_local! {
     /// Whether this thread has its own fs_struct, so its umask is its own.
     static OWN_UMASK: Cell<bool> = const { Cell::new(false) };
+    /// This thread's own capabilities and groups, as root, read once:
+    /// nothing but a guard changes them, and it puts them back.
+    static ROOT: Cell<Option<&'static Root>> = const { Cell::new(None) };
 }
 
 /// The calling thread acts as a caller until this is dropped.
 pub(crate) struct AsCaller {
     /// The thread's umask before, when it was changed.
     umask: Option<u32>,
-    /// Root's capabilities and groups before, when the identity was changed.
-    root: Option<Root>,
+    /// Whether the fs ids and capabilities were changed.
+    switched: bool,
+    /// Whether the supplementary groups were changed.
+    grouped: bool,
 }
 
 struct Root {
     caps: [CapData; 2],
+    /// What a caller other than root runs with: no file capabilities (as
+    /// the fsuid would leave it) and no CAP_SYS_RESOURCE.
+    unprivileged: [CapData; 2],
     groups: Vec<libc::gid_t>,
+}
+
+/// This thread's root credentials, read on its first guard (one small
+/// leak per FUSE worker thread, which lives as long as its mount).
+fn root() -> io::Result<&'static Root> {
+    if let Some(root) = ROOT.get() {
+        return Ok(root);
+    }
+    let caps = capget()?;
+    let mut unprivileged = caps;
+    unprivileged[0].effective &= !(CAP_FS_MASK | 1 << CAP_SYS_RESOURCE);
+    let root: &'static Root = Box::leak(Box::new(Root {
+        caps,
+        unprivileged,
+        groups: getgroups()?,
+    }));
+    ROOT.set(Some(root));
+    Ok(root)
 }
 
 fn check(ret: libc::c_long) -> io::Result<()> {
@@ -149,47 +181,48 @@ impl AsCaller {
         own_umask()?;
         let mut guard = AsCaller {
             umask: None,
-            root: None,
+            switched: false,
+            grouped: false,
         };
         // SAFETY: umask only swaps this thread's (now private) mask.
         guard.umask = Some(unsafe { libc::umask(caller.umask & 0o777) });
         if caller.uid != 0 || caller.gid != 0 {
-            guard.become_(caller, &supplementary_groups(caller.pid))?;
+            root()?;
+            guard.grouped = true;
+            setgroups(&supplementary_groups(caller.pid))?;
+            guard.become_(caller)?;
         }
         Ok(guard)
     }
 
     /// Switches this thread to `caller` for a write or an allocation into
-    /// an open file: what counts there is who allocates (root's reserved
-    /// blocks, quota limits), so the groups are not read (a per-write
-    /// /proc read would cost more than the write) and none are kept; a
-    /// reserve granted to a supplementary group (`mkfs -g`) is not granted
-    /// through umbra. Nothing changes for a root caller.
+    /// an open file, where what counts is who allocates: the fsuid and
+    /// fsgid (ext4's `resuid`/`resgid`) and CAP_SYS_RESOURCE (root's
+    /// reserved blocks, quota limits). The supplementary groups stay
+    /// root's: reading the caller's from /proc would cost more than the
+    /// write, and ext4 never grants the reserve to group root by
+    /// membership; a reserve given to another group (`mkfs -g`) that the
+    /// caller has only as a supplementary group is not granted through
+    /// umbra. Nothing changes for a root caller.
     pub fn writing(caller: Caller) -> io::Result<AsCaller> {
         let mut guard = AsCaller {
             umask: None,
-            root: None,
+            switched: false,
+            grouped: false,
         };
         if caller.uid != 0 || caller.gid != 0 {
-            guard.become_(caller, &[])?;
+            guard.become_(caller)?;
         }
         Ok(guard)
     }
 
-    fn become_(&mut self, caller: Caller, groups: &[u32]) -> io::Result<()> {
-        self.root = Some(Root {
-            caps: capget()?,
-            groups: getgroups()?,
-        });
-        setgroups(groups)?;
+    fn become_(&mut self, caller: Caller) -> io::Result<()> {
+        let root = root()?;
+        self.switched = true;
         setfsid(libc::SYS_setfsgid, caller.gid)?;
         if caller.uid != 0 {
-            // The kernel dropped the file capabilities from the effective
-            // set with the fsuid; the reserve and quota limits need one more.
             setfsid(libc::SYS_setfsuid, caller.uid)?;
-            let mut caps = capget()?;
-            caps[0].effective &= !(1 << CAP_SYS_RESOURCE);
-            capset(&caps)?;
+            capset(&root.unprivileged)?;
         }
         Ok(())
     }
@@ -197,11 +230,18 @@ impl AsCaller {
 
 impl Drop for AsCaller {
     fn drop(&mut self) {
-        if let Some(root) = self.root.take() {
-            let restored = setfsid(libc::SYS_setfsuid, 0)
-                .and_then(|()| setfsid(libc::SYS_setfsgid, 0))
-                .and_then(|()| setgroups(&root.groups))
-                .and_then(|()| capset(&root.caps));
+        if self.switched || self.grouped {
+            let restored = root().and_then(|root| {
+                if self.switched {
+                    setfsid(libc::SYS_setfsuid, 0)?;
+                    setfsid(libc::SYS_setfsgid, 0)?;
+                    capset(&root.caps)?;
+                }
+                if self.grouped {
+                    setgroups(&root.groups)?;
+                }
+                Ok(())
+            });
             if let Err(e) = restored {
                 // A worker that cannot be root again would fail every
                 // later request in odd ways; nothing sane is left to do.
@@ -277,6 +317,17 @@ mod tests {
                     assert_eq!(caps[0].effective & (1 << 1), 0);
                 }
                 assert_eq!(capget().unwrap()[0].effective, before[0].effective);
+                {
+                    let _as = AsCaller::writing(nobody(0o777)).unwrap();
+                    // SAFETY: u32::MAX only asks.
+                    assert_eq!(
+                        unsafe { libc::syscall(libc::SYS_setfsuid, u32::MAX) },
+                        65534
+                    );
+                    assert_eq!(capget().unwrap()[0].effective & (1 << CAP_SYS_RESOURCE), 0);
+                }
+                assert_eq!(capget().unwrap()[0].effective, before[0].effective);
+                assert_eq!(getgroups().unwrap(), root().unwrap().groups);
                 // SAFETY: u32::MAX only asks.
                 assert_eq!(unsafe { libc::syscall(libc::SYS_setfsuid, u32::MAX) }, 0);
                 // SAFETY: as above.
