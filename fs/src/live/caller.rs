@@ -173,6 +173,13 @@ fn own_umask() -> io::Result<()> {
     Ok(())
 }
 
+/// Whether `caller` is someone other than root. A request the kernel sends
+/// without credentials (writeback, or an idmapped mount's
+/// FUSE_INVALID_UIDGID, -1) has none to act as and runs as root.
+fn acts_as_other(caller: Caller) -> bool {
+    (caller.uid != 0 || caller.gid != 0) && caller.uid != u32::MAX && caller.gid != u32::MAX
+}
+
 impl AsCaller {
     /// Switches this thread to `caller` for a creation: its groups (from
     /// /proc) and its umask too. A root caller in group root keeps root's
@@ -186,7 +193,7 @@ impl AsCaller {
         };
         // SAFETY: umask only swaps this thread's (now private) mask.
         guard.umask = Some(unsafe { libc::umask(caller.umask & 0o777) });
-        if caller.uid != 0 || caller.gid != 0 {
+        if acts_as_other(caller) {
             root()?;
             guard.grouped = true;
             setgroups(&supplementary_groups(caller.pid))?;
@@ -210,7 +217,7 @@ impl AsCaller {
             switched: false,
             grouped: false,
         };
-        if caller.uid != 0 || caller.gid != 0 {
+        if acts_as_other(caller) {
             guard.become_(caller)?;
         }
         Ok(guard)
@@ -328,6 +335,17 @@ mod tests {
                 }
                 assert_eq!(capget().unwrap()[0].effective, before[0].effective);
                 assert_eq!(getgroups().unwrap(), root().unwrap().groups);
+                {
+                    let unknown = Caller {
+                        uid: u32::MAX,
+                        gid: u32::MAX,
+                        pid: 0,
+                        umask: 0,
+                    };
+                    let _as = AsCaller::writing(unknown).unwrap();
+                    // SAFETY: u32::MAX only asks.
+                    assert_eq!(unsafe { libc::syscall(libc::SYS_setfsuid, u32::MAX) }, 0);
+                }
                 // SAFETY: u32::MAX only asks.
                 assert_eq!(unsafe { libc::syscall(libc::SYS_setfsuid, u32::MAX) }, 0);
                 // SAFETY: as above.
