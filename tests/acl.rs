@@ -449,3 +449,47 @@ fn nobody_stops_at_the_blocks_reserved_for_root_as_natively() {
         "nobody wrote {umbra_bytes} bytes through umbra, {native_bytes} natively"
     );
 }
+
+/// Runs `setfacl ARGS path` as nobody; whether it succeeded.
+fn setfacl_as_nobody(args: &[&str], path: &Path) -> bool {
+    use std::os::unix::process::CommandExt;
+    Command::new("setfacl")
+        .args(args)
+        .arg(path)
+        .uid(NOBODY)
+        .gid(NOBODY)
+        .status()
+        .unwrap()
+        .success()
+}
+
+/// Natively, an owner outside a file's group who sets its access ACL
+/// loses the set-group-ID bit (`posix_acl_update_mode`); the kernel asks a
+/// FUSE filesystem for it with a flag fuser cannot carry, and the backing
+/// file, changed by root, kept the bit.
+#[test]
+fn an_acl_set_by_an_owner_outside_the_group_drops_set_group_id_as_natively() {
+    let d = Daemon::start(Config::default());
+    let tests_gid = gid_of("tests");
+    let native = d.scratch("native");
+    let live = d.live("data").join("sgid");
+    fs::create_dir_all(&live).unwrap();
+    for dir in [d.root(), &d.live("data"), &native, &live] {
+        open_the_way(dir);
+    }
+    let mut modes = Vec::new();
+    for dir in [&native, &live] {
+        for (name, gid) in [("outside", tests_gid), ("inside", NOBODY)] {
+            let file = dir.join(name);
+            fs::write(&file, "x").unwrap();
+            std::os::unix::fs::chown(&file, Some(NOBODY), Some(gid)).unwrap();
+            fs::set_permissions(&file, fs::Permissions::from_mode(0o2775)).unwrap();
+            assert!(setfacl_as_nobody(&["-m", "u:tests:r"], &file));
+        }
+        modes.push(
+            ["outside", "inside"].map(|n| fs::metadata(dir.join(n)).unwrap().mode() & 0o7777),
+        );
+    }
+    assert_eq!(modes[0], [0o0775, 0o2775], "natively");
+    assert_eq!(modes[1], modes[0], "through umbra");
+}

@@ -1072,7 +1072,14 @@ impl LiveFs {
         Ok(backing::list_xattrs(node.fd.as_fd())?)
     }
 
-    pub fn setxattr(&self, ino: u64, name: &OsStr, value: &[u8], flags: i32) -> Result<()> {
+    pub fn setxattr(
+        &self,
+        ino: u64,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+        caller: Caller,
+    ) -> Result<()> {
         let node = self.nodes.get(ino)?;
         let mut m = self.vol.cow.begin(&[node.object]);
         m.attr(node.object, node.fd.as_fd())?;
@@ -1080,7 +1087,31 @@ impl LiveFs {
         debug_assert!(m.all_stored());
         let set = backing::set_xattr(node.fd.as_fd(), &cstr(name)?, value, flags);
         node.forget_capability();
-        Ok(set?)
+        set?;
+        if name == OsStr::new("system.posix_acl_access") {
+            self.acl_kills_sgid(&node, caller)?;
+        }
+        Ok(())
+    }
+
+    /// Setting an access ACL drops the set-group-ID bit when the caller is
+    /// outside the file's group and lacks CAP_FSETID (`posix_acl_update_mode`;
+    /// root stands for the capability, as for writes). The kernel asks for it
+    /// with FUSE_SETXATTR_ACL_KILL_SGID, which needs FUSE_SETXATTR_EXT, a
+    /// request layout fuser 0.18 cannot parse; the backing filesystem, set
+    /// by root, keeps the bit.
+    fn acl_kills_sgid(&self, node: &Node, caller: Caller) -> Result<()> {
+        if caller.uid == 0 || caller.uid == u32::MAX {
+            return Ok(());
+        }
+        let st = backing::fstat(node.fd.as_fd())?;
+        if st.st_mode & libc::S_ISGID == 0 || privileges::in_group(caller, st.st_gid) {
+            return Ok(());
+        }
+        let path = backing::proc_path(node.fd.as_raw_fd());
+        // SAFETY: path is a valid C string.
+        check(unsafe { libc::chmod(path.as_ptr(), st.st_mode & 0o7777 & !libc::S_ISGID) })?;
+        Ok(())
     }
 
     pub fn removexattr(&self, ino: u64, name: &OsStr) -> Result<()> {

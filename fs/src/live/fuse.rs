@@ -452,7 +452,7 @@ impl Filesystem for LiveAdapter {
 
     fn setxattr(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         name: &OsStr,
         value: &[u8],
@@ -460,7 +460,10 @@ impl Filesystem for LiveAdapter {
         _position: u32,
         reply: ReplyEmpty,
     ) {
-        empty!(reply, self.fs.setxattr(ino.0, name, value, flags))
+        empty!(
+            reply,
+            self.fs.setxattr(ino.0, name, value, flags, caller(req))
+        )
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {

@@ -20,7 +20,7 @@ pub(crate) fn mode_after_change(mode: u32, file_gid: u32, caller: Caller) -> u32
 
 /// Whether `gid` is the caller's group or one of its supplementary groups.
 /// A caller whose groups cannot be read (it exited) counts as outside.
-fn in_group(caller: Caller, gid: u32) -> bool {
+pub(crate) fn in_group(caller: Caller, gid: u32) -> bool {
     caller.gid == gid || supplementary_groups(caller.pid).contains(&gid)
 }
 
