@@ -71,6 +71,14 @@ pub enum Command {
     /// are cleaned up first; a second daemon on the same state directory is refused, unless the
     /// first was killed but cannot finish exiting: then the FUSE connections of its mountpoints
     /// are aborted (mounting fusectl at /sys/fs/fuse/connections if needed) so that it can.
+    ///
+    /// Both mounts check access as the backing filesystem would, POSIX ACLs included; a set
+    /// answers with the modes and ACLs of its instant. On the live mount, what a user creates is
+    /// created as that user, with their umask (or a directory's default ACL in its place), so
+    /// owner, group, mode and ACL come out as natively, and what they write is allocated as
+    /// them: the blocks reserved for root and quota limits hold. Writes that the kernel's
+    /// writeback cache (`writeback_cache = true`) sends later arrive without their writer and
+    /// are allocated as root.
     Up,
 
     /// Make a shadow copy set of some or all volumes

@@ -162,7 +162,9 @@ pub fn up(config: Config) -> Result<(), DaemonError> {
     let mut signals = Signals::new([SIGINT, SIGTERM]).map_err(DaemonError::Signals)?;
 
     // The live filesystems create files with the modes their callers ask
-    // for; the kernel has already applied the caller's umask.
+    // for: a FUSE worker sets each caller's umask on its own fs_struct for
+    // the one creating syscall (fs/src/live/caller.rs), or the kernel has
+    // already applied it; everything else the daemon makes keeps its mode.
     // SAFETY: umask only swaps the process's file mode creation mask.
     unsafe { libc::umask(0) };
     raise_descriptor_limit();

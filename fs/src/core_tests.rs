@@ -16,6 +16,7 @@ const ME: Caller = Caller {
     uid: 0,
     gid: 0,
     pid: 0,
+    umask: 0,
 };
 
 /// A tiny deterministic generator: the seed is printed on failure.
@@ -81,7 +82,7 @@ impl Core {
             }
         };
         let fh = self.live.open(ino, libc::O_RDWR).expect("open");
-        self.live.write(fh, offset, data, None).expect("write");
+        self.live.write(fh, offset, data, None, ME).expect("write");
         self.live.release(fh);
     }
 

@@ -3,6 +3,7 @@
 //! rule first. `core` is the filesystem (driven by tests without FUSE);
 //! `fuse` is the thin fuser adapter.
 
+mod caller;
 mod core;
 mod fuse;
 mod nodes;

@@ -226,6 +226,7 @@ pub fn mount_live(
     let fs = LiveAdapter {
         fs: live,
         writeback_cache: options.writeback_cache,
+        caller_umask: false,
     };
     let session = fuser::spawn_mount(fs, mountpoint, &config(name, false, options.threads))
         .context(|| format!("mounting {}", mountpoint.display()))?;

@@ -12,7 +12,20 @@ pub(crate) fn errno(e: &FsError) -> Errno {
     if let FsError::Store(_) = e {
         tracing::error!("answering EIO: {e}");
     }
-    Errno::from_i32(e.errno())
+    Errno::from_i32(kernel_errno(e.errno()))
+}
+
+/// The kernel refuses a reply whose error is 512 or more (its internal
+/// codes, such as ENOTSUPP 524, which a backing filesystem may leak) before
+/// it looks up the request, so that request would wait forever; such an
+/// errno goes out as EIO.
+fn kernel_errno(errno: i32) -> i32 {
+    if errno >= 512 {
+        tracing::warn!("answering EIO for the kernel-internal errno {errno}");
+        libc::EIO
+    } else {
+        errno
+    }
 }
 
 pub(crate) fn opened(result: Result<u64>, flags: FopenFlags, reply: ReplyOpen) {
@@ -127,3 +140,19 @@ macro_rules! unsupported_quietly {
     };
 }
 pub(crate) use unsupported_quietly;
+
+#[cfg(test)]
+mod errno_tests {
+    use super::*;
+
+    #[test]
+    fn a_kernel_internal_errno_goes_out_as_eio() {
+        const ENOTSUPP: i32 = 524;
+        assert_eq!(errno(&FsError::from_errno(ENOTSUPP)).code(), libc::EIO);
+        assert_eq!(errno(&FsError::from_errno(511)).code(), 511);
+        assert_eq!(
+            errno(&FsError::from_errno(libc::ENOSPC)).code(),
+            libc::ENOSPC
+        );
+    }
+}

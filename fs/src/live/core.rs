@@ -20,19 +20,23 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use umbra_store::{FileKind, ObjectId, Timestamp};
 
+use super::caller::AsCaller;
 use super::nodes::{Node, Nodes, ROOT};
 use super::privileges;
 use crate::attr::Attr;
 use crate::backing::{self, cstr};
 use crate::{FsError, HIDDEN_DIR, Result, Volume};
 
-/// Who asks: new files belong to them.
+/// Who asks: what they create is made as them (see caller.rs).
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Caller {
     pub uid: u32,
     pub gid: u32,
     /// The calling thread, whose supplementary groups /proc knows.
     pub pid: u32,
+    /// The umask a creation applies: the caller's when the kernel left it
+    /// to umbra (FUSE_DONT_MASK), else 0, the kernel having applied it.
+    pub umask: u32,
 }
 
 impl Caller {
@@ -618,13 +622,14 @@ impl LiveFs {
     }
 
     /// Creates a name in `parent` with `make`, after preserving the
-    /// directory; the new object is the caller's and is born in this epoch.
+    /// directory; `make` runs as the caller, so the backing filesystem
+    /// gives the new object its owner, group and mode as it would natively
+    /// (see caller.rs). The object is born in this epoch.
     fn make(
         &self,
         parent: u64,
         name: &OsStr,
         caller: Caller,
-        fix_mode: Option<u32>,
         make: impl FnOnce(BorrowedFd<'_>, &CStr) -> io::Result<Option<File>>,
     ) -> Result<(Attr, ObjectId, Option<File>)> {
         Self::creatable(parent, name)?;
@@ -636,36 +641,15 @@ impl LiveFs {
         m.dir(pnode.object, parent_fd.as_fd())?;
         m.preserve()?;
         debug_assert!(m.all_stored());
-        let file = make(parent_fd.as_fd(), &cname)?;
+        let file = {
+            let _as = AsCaller::enter(caller)?;
+            make(parent_fd.as_fd(), &cname)?
+        };
         let fd = backing::open_path(parent_fd.as_fd(), &cname)?;
         let st = backing::fstat(fd.as_fd())?;
         let object = ObjectId(st.st_ino);
         m.born(object);
         drop(m);
-        let pst = backing::fstat(parent_fd.as_fd())?;
-        let gid = if pst.st_mode & libc::S_ISGID != 0 {
-            pst.st_gid
-        } else {
-            caller.gid
-        };
-        if st.st_uid != caller.uid || st.st_gid != gid {
-            // SAFETY: the empty path with AT_EMPTY_PATH names the fd itself.
-            check(unsafe {
-                libc::fchownat(
-                    fd.as_raw_fd(),
-                    c"".as_ptr(),
-                    caller.uid,
-                    gid,
-                    libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW,
-                )
-            })?;
-            // chown clears the set-id bits the caller asked for.
-            if let Some(mode) = fix_mode.filter(|m| m & (libc::S_ISUID | libc::S_ISGID) != 0) {
-                let path = backing::proc_path(fd.as_raw_fd());
-                // SAFETY: path is a valid C string.
-                check(unsafe { libc::chmod(path.as_ptr(), mode & 0o7777) })?;
-            }
-        }
         let attr = self.attr_of(object, fd.as_fd())?;
         self.nodes.remember(object, fd, parent, name.to_owned());
         Ok((attr, object, file))
@@ -679,7 +663,7 @@ impl LiveFs {
         rdev: u64,
         caller: Caller,
     ) -> Result<Attr> {
-        let (attr, _, _) = self.make(parent, name, caller, Some(mode), |dir, c| {
+        let (attr, _, _) = self.make(parent, name, caller, |dir, c| {
             // SAFETY: c is a valid C string.
             check(unsafe { libc::mknodat(dir.as_raw_fd(), c.as_ptr(), mode, rdev) }).map(|_| None)
         })?;
@@ -687,17 +671,11 @@ impl LiveFs {
     }
 
     pub fn mkdir(&self, parent: u64, name: &OsStr, mode: u32, caller: Caller) -> Result<Attr> {
-        let (attr, _, _) = self.make(
-            parent,
-            name,
-            caller,
-            Some(mode | libc::S_IFDIR),
-            |dir, c| {
-                // SAFETY: c is a valid C string.
-                check(unsafe { libc::mkdirat(dir.as_raw_fd(), c.as_ptr(), mode & 0o7777) })
-                    .map(|_| None)
-            },
-        )?;
+        let (attr, _, _) = self.make(parent, name, caller, |dir, c| {
+            // SAFETY: c is a valid C string.
+            check(unsafe { libc::mkdirat(dir.as_raw_fd(), c.as_ptr(), mode & 0o7777) })
+                .map(|_| None)
+        })?;
         Ok(attr)
     }
 
@@ -709,7 +687,7 @@ impl LiveFs {
         caller: Caller,
     ) -> Result<Attr> {
         let target = cstr(target)?;
-        let (attr, _, _) = self.make(parent, name, caller, None, |dir, c| {
+        let (attr, _, _) = self.make(parent, name, caller, |dir, c| {
             // SAFETY: both are valid C strings.
             check(unsafe { libc::symlinkat(target.as_ptr(), dir.as_raw_fd(), c.as_ptr()) })
                 .map(|_| None)
@@ -727,7 +705,7 @@ impl LiveFs {
         flags: i32,
         caller: Caller,
     ) -> Result<(Attr, u64)> {
-        let made = self.make(parent, name, caller, Some(mode), |dir, c| {
+        let made = self.make(parent, name, caller, |dir, c| {
             let fd = backing::openat(
                 dir,
                 c,
@@ -1018,6 +996,7 @@ impl LiveFs {
         offset: u64,
         data: &[u8],
         kill_suidgid: Option<Caller>,
+        writer: Caller,
     ) -> Result<u32> {
         let of = self.file(fh)?;
         let end = offset + data.len() as u64;
@@ -1026,10 +1005,13 @@ impl LiveFs {
         m.preserve()?;
         debug_assert!(m.all_stored());
         self.drop_privileges(of.object, &of.file, kill_suidgid)?;
-        self.keeping_mtime(of.file.as_fd(), || {
-            Ok(of.file.write_all_at(data, offset)?)
+        // Only the pwrite allocates: it runs as the writer, so that the
+        // blocks reserved for root and quota limits hold as natively.
+        let written = self.keeping_mtime(of.file.as_fd(), || {
+            let _as = AsCaller::writing(writer)?;
+            Ok(write_at(&of.file, data, offset)?)
         })?;
-        Ok(data.len() as u32)
+        Ok(written as u32)
     }
 
     pub fn fsync(&self, fh: u64, datasync: bool) -> Result<()> {
@@ -1073,14 +1055,14 @@ impl LiveFs {
 
     /// As natively (`file_modified`), an allocation counts as a change of
     /// the file's data: it drops set-id bits for a caller without
-    /// CAP_FSETID (`kill_suidgid`) and any file capability.
+    /// CAP_FSETID and any file capability; it allocates as the caller.
     pub fn fallocate(
         &self,
         fh: u64,
         offset: u64,
         length: u64,
         mode: i32,
-        kill_suidgid: Option<Caller>,
+        caller: Caller,
     ) -> Result<()> {
         let of = self.file(fh)?;
         let fd = of.file.as_fd();
@@ -1100,8 +1082,9 @@ impl LiveFs {
         }
         m.preserve()?;
         debug_assert!(m.all_stored());
-        self.drop_privileges(of.object, &of.file, kill_suidgid)?;
+        self.drop_privileges(of.object, &of.file, caller.without_fsetid())?;
         self.keeping_mtime(fd, || {
+            let _as = AsCaller::writing(caller)?;
             // SAFETY: plain syscall on an owned descriptor.
             check(unsafe {
                 libc::fallocate64(fd.as_raw_fd(), mode, offset as i64, length as i64)
@@ -1217,7 +1200,14 @@ impl LiveFs {
         Ok(backing::list_xattrs(node_fd.as_fd())?)
     }
 
-    pub fn setxattr(&self, ino: u64, name: &OsStr, value: &[u8], flags: i32) -> Result<()> {
+    pub fn setxattr(
+        &self,
+        ino: u64,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+        caller: Caller,
+    ) -> Result<()> {
         let node = self.nodes.get(ino)?;
         let node_fd = node.fd()?;
         let mut m = self.vol.cow.begin(&[node.object]);
@@ -1226,7 +1216,35 @@ impl LiveFs {
         debug_assert!(m.all_stored());
         let set = backing::set_xattr(node_fd.as_fd(), &cstr(name)?, value, flags);
         node.forget_capability();
-        Ok(set?)
+        set?;
+        if name == OsStr::new("system.posix_acl_access") {
+            self.acl_kills_sgid(&node, caller)?;
+        }
+        Ok(())
+    }
+
+    /// Setting an access ACL drops the set-group-ID bit when the caller is
+    /// outside the file's group and lacks CAP_FSETID (`posix_acl_update_mode`).
+    /// The kernel asks for it
+    /// with FUSE_SETXATTR_ACL_KILL_SGID, which needs FUSE_SETXATTR_EXT, a
+    /// request layout fuser 0.18 cannot parse; the backing filesystem, set
+    /// by root, keeps the bit.
+    fn acl_kills_sgid(&self, node: &Node, caller: Caller) -> Result<()> {
+        if caller.uid == u32::MAX {
+            return Ok(());
+        }
+        let fd = node.fd()?;
+        let st = backing::fstat(fd.as_fd())?;
+        if st.st_mode & libc::S_ISGID == 0
+            || privileges::in_group(caller, st.st_gid)
+            || caller.without_fsetid().is_none()
+        {
+            return Ok(());
+        }
+        let path = backing::proc_path(fd.as_raw_fd());
+        // SAFETY: path is a valid C string.
+        check(unsafe { libc::chmod(path.as_ptr(), st.st_mode & 0o7777 & !libc::S_ISGID) })?;
+        Ok(())
     }
 
     pub fn removexattr(&self, ino: u64, name: &OsStr) -> Result<()> {
@@ -1240,6 +1258,23 @@ impl LiveFs {
         node.forget_capability();
         Ok(removed?)
     }
+}
+
+/// Writes all of `data` at `offset`, or as much as fit: a write that runs
+/// out of space after some bytes answers their count, as write(2) does
+/// natively, not the error.
+fn write_at(file: &File, data: &[u8], offset: u64) -> io::Result<usize> {
+    let mut done = 0;
+    while done < data.len() {
+        match file.write_at(&data[done..], offset + done as u64) {
+            Ok(0) => break,
+            Ok(n) => done += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if done == 0 => return Err(e),
+            Err(_) => break,
+        }
+    }
+    Ok(done)
 }
 
 fn renameat2(olddir: i32, old: &CStr, newdir: i32, new: &CStr, flags: u32) -> io::Result<()> {

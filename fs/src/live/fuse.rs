@@ -25,6 +25,12 @@ const TTL: Duration = Duration::from_secs(60);
 pub(crate) struct LiveAdapter {
     pub fs: LiveFs,
     pub writeback_cache: bool,
+    /// The kernel checks POSIX ACLs and leaves the umask of a creation to
+    /// umbra (FUSE_POSIX_ACL with FUSE_DONT_MASK): it sends the mode
+    /// unmasked and the caller's umask beside it, and the backing
+    /// filesystem, creating as the caller, applies the umask or, in a
+    /// directory with a default ACL, the ACL instead.
+    pub caller_umask: bool,
 }
 
 fn caller(req: &Request) -> Caller {
@@ -32,6 +38,17 @@ fn caller(req: &Request) -> Caller {
         uid: req.uid(),
         gid: req.gid(),
         pid: req.pid(),
+        umask: 0,
+    }
+}
+
+impl LiveAdapter {
+    /// The caller of a creation, with the umask the creation must apply.
+    fn creator(&self, req: &Request, umask: u32) -> Caller {
+        Caller {
+            umask: if self.caller_umask { umask } else { 0 },
+            ..caller(req)
+        }
     }
 }
 
@@ -83,6 +100,21 @@ impl Filesystem for LiveAdapter {
         // pins no inode.
         let _ = config
             .add_capabilities(InitFlags::FUSE_DO_READDIRPLUS | InitFlags::FUSE_READDIRPLUS_AUTO);
+        // The kernel checks ACLs only if asked; without FUSE_DONT_MASK it
+        // would still apply the umask itself, before a default ACL could
+        // stand in for it. It caches each inode's ACL until it next
+        // refreshes the inode's attributes, except the root's: the root
+        // inode was made before this INIT reply, uncacheable, so every path
+        // walk through the mount root by a caller other than its owner
+        // costs one GETXATTR(system.posix_acl_access) of the root (measured
+        // with Linux 6.18).
+        match config.add_capabilities(InitFlags::FUSE_POSIX_ACL | InitFlags::FUSE_DONT_MASK) {
+            Ok(()) => self.caller_umask = true,
+            Err(_) => tracing::warn!(
+                "the kernel offers no FUSE_POSIX_ACL: ACL entries other than the \
+                 mode's are not enforced on the live mount"
+            ),
+        }
         match config.add_capabilities(InitFlags::FUSE_HANDLE_KILLPRIV_V2) {
             Ok(()) => self.fs.kill_privileges(),
             Err(_) => tracing::info!(
@@ -162,14 +194,14 @@ impl Filesystem for LiveAdapter {
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
-        _umask: u32,
+        umask: u32,
         rdev: u32,
         reply: ReplyEntry,
     ) {
+        let caller = self.creator(req, umask);
         entry!(
             reply,
-            self.fs
-                .mknod(parent.0, name, mode, u64::from(rdev), caller(req))
+            self.fs.mknod(parent.0, name, mode, u64::from(rdev), caller)
         )
     }
 
@@ -179,10 +211,11 @@ impl Filesystem for LiveAdapter {
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
-        _umask: u32,
+        umask: u32,
         reply: ReplyEntry,
     ) {
-        entry!(reply, self.fs.mkdir(parent.0, name, mode, caller(req)))
+        let caller = self.creator(req, umask);
+        entry!(reply, self.fs.mkdir(parent.0, name, mode, caller))
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
@@ -275,7 +308,7 @@ impl Filesystem for LiveAdapter {
         let kill_suidgid = write_flags
             .contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID)
             .then(|| caller(req));
-        match self.fs.write(fh.0, offset, data, kill_suidgid) {
+        match self.fs.write(fh.0, offset, data, kill_suidgid, caller(req)) {
             Ok(n) => reply.written(n),
             Err(e) => reply.error(errno(&e)),
         }
@@ -426,7 +459,7 @@ impl Filesystem for LiveAdapter {
 
     fn setxattr(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         name: &OsStr,
         value: &[u8],
@@ -434,7 +467,10 @@ impl Filesystem for LiveAdapter {
         _position: u32,
         reply: ReplyEmpty,
     ) {
-        empty!(reply, self.fs.setxattr(ino.0, name, value, flags))
+        empty!(
+            reply,
+            self.fs.setxattr(ino.0, name, value, flags, caller(req))
+        )
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
@@ -460,11 +496,12 @@ impl Filesystem for LiveAdapter {
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
-        _umask: u32,
+        umask: u32,
         flags: i32,
         reply: ReplyCreate,
     ) {
-        match self.fs.create(parent.0, name, mode, flags, caller(req)) {
+        let caller = self.creator(req, umask);
+        match self.fs.create(parent.0, name, mode, flags, caller) {
             Ok((attr, fh)) => reply.created(
                 &TTL,
                 &attr.to_fuser(),
@@ -488,8 +525,7 @@ impl Filesystem for LiveAdapter {
     ) {
         empty!(
             reply,
-            self.fs
-                .fallocate(fh.0, offset, length, mode, caller(req).without_fsetid())
+            self.fs.fallocate(fh.0, offset, length, mode, caller(req))
         )
     }
 

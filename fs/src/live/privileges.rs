@@ -3,8 +3,7 @@
 //! `file_remove_privs`, computed from the caller the kernel names. Pure
 //! logic plus one read of /proc; it never touches a file.
 
-use std::fs;
-
+use super::caller::{proc_status_field, supplementary_groups};
 use super::core::Caller;
 
 /// The mode a regular file keeps after a write or truncation by `caller`,
@@ -21,7 +20,7 @@ pub(crate) fn mode_after_change(mode: u32, file_gid: u32, caller: Caller) -> u32
 
 /// Whether `gid` is the caller's group or one of its supplementary groups.
 /// A caller whose groups cannot be read (it exited) counts as outside.
-fn in_group(caller: Caller, gid: u32) -> bool {
+pub(crate) fn in_group(caller: Caller, gid: u32) -> bool {
     caller.gid == gid || supplementary_groups(caller.pid).contains(&gid)
 }
 
@@ -39,7 +38,7 @@ pub(crate) fn lacks_fsetid(caller: Caller) -> bool {
 /// Whether thread `pid` has capability `cap` in its effective set; false
 /// when its status cannot be read (it exited).
 fn has_capability(pid: u32, cap: u32) -> bool {
-    status_field(pid, "CapEff:")
+    proc_status_field(pid, "CapEff:")
         .and_then(|caps| u64::from_str_radix(caps.trim(), 16).ok())
         .is_some_and(|caps| caps & (1 << cap) != 0)
 }
@@ -66,27 +65,6 @@ pub(crate) fn visible_xattr_names(names: Vec<u8>, pid: u32) -> Vec<u8> {
     visible
 }
 
-/// The `Groups:` line of /proc/<pid>/status (a thread id works as well).
-fn supplementary_groups(pid: u32) -> Vec<u32> {
-    status_field(pid, "Groups:")
-        .map(|groups| {
-            groups
-                .split_whitespace()
-                .filter_map(|g| g.parse().ok())
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-/// The rest of the line of /proc/<pid>/status that starts with `field`.
-fn status_field(pid: u32, field: &str) -> Option<String> {
-    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(field))
-        .map(str::to_owned)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -95,6 +73,7 @@ mod tests {
         uid: 1000,
         gid: 1000,
         pid: u32::MAX,
+        umask: 0,
     };
 
     #[test]
@@ -114,6 +93,7 @@ mod tests {
             uid: 0,
             gid: u32::MAX,
             pid: std::process::id(),
+            umask: 0,
         };
         // SAFETY: getgroups with a zero size only counts.
         let count = unsafe { libc::getgroups(0, std::ptr::null_mut()) };
@@ -132,6 +112,7 @@ mod tests {
             uid: 0,
             gid: 0,
             pid: std::process::id(),
+            umask: 0,
         };
         // The tests run as root with a full effective set.
         assert!(!lacks_fsetid(me));

@@ -78,6 +78,15 @@ impl Filesystem for SnapAdapter {
         ] {
             let _ = config.add_capabilities(wanted);
         }
+        // The kernel checks each file's ACL of the set's instant, which
+        // getxattr serves from the set: a user reads in a set only what
+        // the ACLs let them read at its instant.
+        if config.add_capabilities(InitFlags::FUSE_POSIX_ACL).is_err() {
+            tracing::warn!(
+                "the kernel offers no FUSE_POSIX_ACL: ACL entries other than the \
+                 mode's are not enforced in the sets"
+            );
+        }
         Ok(())
     }
 
