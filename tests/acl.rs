@@ -17,21 +17,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{Config, Daemon};
-
-const NOBODY: u32 = 65534;
-
-/// Makes `dir` and every directory above it searchable by nobody.
-fn open_the_way(dir: &Path) {
-    let mut p = dir;
-    while p != Path::new("/") {
-        let mode = fs::metadata(p).unwrap().permissions().mode();
-        if mode & 0o005 != 0o005 {
-            fs::set_permissions(p, fs::Permissions::from_mode(mode | 0o755)).unwrap();
-        }
-        p = p.parent().unwrap();
-    }
-}
+use common::{Config, Daemon, NOBODY, open_the_way};
 
 fn run(cmd: &str, args: &[&str], path: &Path) -> String {
     let out = Command::new(cmd).args(args).arg(path).output().unwrap();

@@ -11,7 +11,6 @@
 mod common;
 
 use std::fs;
-use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
@@ -19,7 +18,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{Config, Daemon, run_with_timeout};
+use common::{Config, Daemon, open_the_way, run_with_timeout};
 
 const FILES: usize = 50_000;
 const PER_DIR: usize = 1_000;
@@ -48,18 +47,6 @@ fn populate(root: &Path, n: usize) {
             });
         }
     });
-}
-
-/// Makes `dir` and every directory above it searchable by nobody.
-fn open_the_way(dir: &Path) {
-    let mut p = dir;
-    while p != Path::new("/") {
-        let mode = fs::metadata(p).unwrap().permissions().mode();
-        if mode & 0o005 != 0o005 {
-            fs::set_permissions(p, fs::Permissions::from_mode(mode | 0o755)).unwrap();
-        }
-        p = p.parent().unwrap();
-    }
 }
 
 /// `find . -printf` in `dir` (as nobody if asked), skipping the daemon's

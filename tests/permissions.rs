@@ -11,22 +11,7 @@ use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::Command;
 
-use common::{Config, Daemon};
-
-const NOBODY: u32 = 65534;
-
-/// Makes `dir` and every directory above it searchable by nobody.
-fn open_the_way(dir: &Path) {
-    let mut p = dir;
-    while p != Path::new("/") {
-        let mode = fs::metadata(p).unwrap().permissions().mode();
-        if mode & 0o005 != 0o005 {
-            fs::set_permissions(p, fs::Permissions::from_mode(mode | 0o755))
-                .unwrap_or_else(|e| panic!("chmod {}: {e}", p.display()));
-        }
-        p = p.parent().unwrap();
-    }
-}
+use common::{Config, Daemon, NOBODY, open_the_way};
 
 /// `cat path` as the user nobody: its stdout, or None if it was refused.
 fn cat_as_nobody(path: &Path) -> Option<String> {

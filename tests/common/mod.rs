@@ -820,3 +820,27 @@ impl Drop for Daemon {
         self.child = None;
     }
 }
+
+/// The unprivileged user the tests act as.
+pub const NOBODY: u32 = 65534;
+
+/// Makes `dir` and every directory above it searchable by nobody, so that
+/// a test can compare what nobody may do through umbra and natively.
+pub fn open_the_way(dir: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let mut p = dir;
+    while p != Path::new("/") {
+        let mode = fs::metadata(p)
+            .unwrap_or_else(|e| panic!("stat {}: {e}", p.display()))
+            .permissions()
+            .mode();
+        if mode & 0o005 != 0o005 {
+            fs::set_permissions(p, fs::Permissions::from_mode(mode | 0o755))
+                .unwrap_or_else(|e| panic!("chmod {}: {e}", p.display()));
+        }
+        match p.parent() {
+            Some(parent) => p = parent,
+            None => break,
+        }
+    }
+}
