@@ -467,11 +467,16 @@ fn reported_max_sets(daemon: &Daemon) -> Result<usize, Failure> {
         })
 }
 
-/// Replays `ops` against a fresh daemon and reference.
-fn replay(ops: &[Op], cache: Cache) -> Result<(), Failure> {
+/// Replays `ops` against a fresh daemon and reference. Past `deadline` the
+/// replay stops and counts as passing: a shrink trial of half a soak must
+/// not run for half an hour after the shrink's budget is spent.
+fn replay(ops: &[Op], cache: Cache, deadline: Option<Instant>) -> Result<(), Failure> {
     let result = catch_unwind(AssertUnwindSafe(|| {
         let mut run = Run::new(cache)?;
         for (i, op) in ops.iter().enumerate() {
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                return Ok(());
+            }
             run.step(i, op)?;
         }
         run.finish(ops.len())
@@ -554,7 +559,7 @@ fn report(seed: Option<u64>, ops: Vec<Op>, first: Failure, cache: Cache) -> ! {
         first.at,
         first.message,
         budget,
-        |candidate| match replay(candidate, cache) {
+        |candidate| match replay(candidate, cache, Some(started + budget)) {
             Ok(()) => Verdict::Pass,
             Err(f) => Verdict::Fail {
                 at: f.at,
@@ -585,7 +590,7 @@ fn report(seed: Option<u64>, ops: Vec<Op>, first: Failure, cache: Cache) -> ! {
          --- minimal op list{} ---\n{listing}--- replay with: UMBRA_ORACLE_REPLAY={} cargo test --test oracle ---",
         started.elapsed(),
         shrunk.trials,
-        if shrunk.minimal {
+        if shrunk.minimal && started.elapsed() < budget {
             ", 1-minimal"
         } else {
             ", budget spent before 1-minimal"
@@ -630,7 +635,7 @@ fn run_or_replay(cache: Cache) {
             "oracle: replaying {} ops from {path:?}, {cache:?}",
             ops.len()
         );
-        if let Err(f) = replay(&ops, cache) {
+        if let Err(f) = replay(&ops, cache, None) {
             report(None, ops, f, cache);
         }
     } else {
@@ -790,7 +795,7 @@ fn pinned_op_lists_keep_every_set_whole() {
     for (name, text) in PINNED {
         let ops = ops::parse_ops(text).unwrap_or_else(|e| panic!("pinned list {name}: {e}"));
         for cache in [Cache::WriteThrough, Cache::Writeback] {
-            if let Err(f) = replay(&ops, cache) {
+            if let Err(f) = replay(&ops, cache, None) {
                 failures.push(format!(
                     "{name} ({cache:?}): at op #{}: {}\n--- ops ---\n{}",
                     f.at,
