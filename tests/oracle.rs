@@ -7,13 +7,19 @@
 //! - At each set, the live tree must equal the reference tree, times aside;
 //!   the live tree with its times is that set's image, and the new set's
 //!   browse tree must equal it at once.
+//! - The model follows the daemon's `max_sets` (the oldest sets go before a
+//!   new one is taken): after each set, `umbra list` must name exactly the
+//!   sets the model holds alive, evicted sets must be gone from the browser
+//!   and `latest` must name the new set. The writeback run uses a small
+//!   `max_sets`, so the default run evicts too.
 //! - At the end, and again after a restart, every surviving set's browse tree
 //!   must still equal its image (invariant 1), no inode number is shared
 //!   between two sets, and `latest` names the newest set.
 //!
 //! Knobs: UMBRA_ORACLE_SEED (printed on every run), UMBRA_ORACLE_OPS (default
 //! 3000), UMBRA_ORACLE_SHRINK_SECS (default 120), UMBRA_ORACLE_REPLAY=FILE
-//! (replays an op list printed by a failure instead of generating one).
+//! (replays an op list printed by a failure instead of generating one),
+//! UMBRA_ORACLE_MAX_SETS (the daemon's `max_sets` in both runs).
 //! A failure shrinks the op list by delta debugging against fresh daemons and
 //! prints the shortest failing list it found, also written to a file.
 
