@@ -241,8 +241,12 @@ impl Run {
             ));
         }
         let browse = self.daemon.browse(&set, "data");
-        let shown = Manifest::try_capture(&browse, &[])
-            .map_err(|e| fail(i, format!("capturing new set: {e}")))?;
+        let shown = Manifest::try_capture(&browse, &[]).map_err(|e| {
+            fail(
+                i,
+                format!("op #{i}: new set {} is not browsable: {e}", set.name),
+            )
+        })?;
         let diffs = manifest::diff(&image, &shown);
         if !diffs.is_empty() {
             return Err(fail(
