@@ -241,12 +241,19 @@ impl Run {
             ));
         }
         let browse = self.daemon.browse(&set, "data");
-        let shown = Manifest::try_capture(&browse, &[]).map_err(|e| {
-            fail(
-                i,
-                format!("op #{i}: new set {} is not browsable: {e}", set.name),
-            )
-        })?;
+        let shown = match Manifest::try_capture(&browse, &[]) {
+            Ok(shown) => shown,
+            Err(e) => {
+                return Err(fail(
+                    i,
+                    format!(
+                        "op #{i}: new set {} is not browsable: {e}\n{}",
+                        set.name,
+                        self.daemon.last_words(40)
+                    ),
+                ));
+            }
+        };
         let diffs = manifest::diff(&image, &shown);
         if !diffs.is_empty() {
             return Err(fail(

@@ -550,6 +550,22 @@ impl Daemon {
         )
     }
 
+    /// Whether the current run is still alive (or how it ended) and the last
+    /// `lines` lines of its stderr: what a long run's failure needs to say,
+    /// since the temp dir with the whole log goes when the test ends.
+    pub fn last_words(&mut self, lines: usize) -> String {
+        let state = match self.child.as_mut().map(Child::try_wait) {
+            None => "not running".to_string(),
+            Some(Ok(None)) => "still running".to_string(),
+            Some(Ok(Some(status))) => format!("exited: {status}"),
+            Some(Err(e)) => format!("unknown ({e})"),
+        };
+        let stderr = fs::read_to_string(&self.stderr_path).unwrap_or_default();
+        let all: Vec<&str> = stderr.lines().collect();
+        let tail = all[all.len().saturating_sub(lines)..].join("\n");
+        format!("the daemon is {state}; the end of its stderr:\n{tail}")
+    }
+
     /// The stdout lines of the current run so far.
     pub fn stdout_lines(&self) -> Vec<String> {
         self.stdout.lock().expect("stdout lines").clone()
