@@ -446,6 +446,30 @@ fn the_shrinker_finds_a_one_minimal_list() {
 }
 
 #[test]
+fn the_shrinker_finds_a_failure_at_the_end_of_a_long_list_replaying_little() {
+    // A soak's shape: a million items, the failure needs two near the end.
+    let mut items: Vec<u32> = vec![9; 1_000_000];
+    items[999_900] = 3;
+    items[999_950] = 7;
+    let Verdict::Fail { at, message } = needs_3_then_7(&items) else {
+        panic!("the input must fail")
+    };
+    let mut replayed = 0usize;
+    let shrunk = shrink::ddmin(items, at, message, Duration::from_secs(60), |c| {
+        replayed += c.len();
+        needs_3_then_7(c)
+    });
+    assert_eq!(shrunk.items, [3, 7]);
+    assert!(shrunk.minimal);
+    // Bisection alone replays half a million items on its first cut.
+    assert!(
+        replayed < 2_000,
+        "replayed {replayed} items in {} trials",
+        shrunk.trials
+    );
+}
+
+#[test]
 fn the_shrinker_stops_at_its_budget_with_the_failure_point_cut() {
     let items: Vec<u32> = vec![3, 1, 7, 9, 9, 9];
     let shrunk = shrink::ddmin(items, 2, "m".into(), Duration::ZERO, needs_3_then_7);

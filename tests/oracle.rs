@@ -7,13 +7,19 @@
 //! - At each set, the live tree must equal the reference tree, times aside;
 //!   the live tree with its times is that set's image, and the new set's
 //!   browse tree must equal it at once.
+//! - The model follows the daemon's `max_sets` (the oldest sets go before a
+//!   new one is taken): after each set, `umbra list` must name exactly the
+//!   sets the model holds alive, evicted sets must be gone from the browser
+//!   and `latest` must name the new set. The writeback run uses a small
+//!   `max_sets`, so the default run evicts too.
 //! - At the end, and again after a restart, every surviving set's browse tree
 //!   must still equal its image (invariant 1), no inode number is shared
 //!   between two sets, and `latest` names the newest set.
 //!
 //! Knobs: UMBRA_ORACLE_SEED (printed on every run), UMBRA_ORACLE_OPS (default
 //! 3000), UMBRA_ORACLE_SHRINK_SECS (default 120), UMBRA_ORACLE_REPLAY=FILE
-//! (replays an op list printed by a failure instead of generating one).
+//! (replays an op list printed by a failure instead of generating one),
+//! UMBRA_ORACLE_MAX_SETS (the daemon's `max_sets` in both runs).
 //! A failure shrinks the op list by delta debugging against fresh daemons and
 //! prints the shortest failing list it found, also written to a file.
 
@@ -34,6 +40,8 @@ use common::{Config, Daemon, SetJson};
 
 const DEFAULT_OPS: usize = 3000;
 const DEFAULT_SHRINK_SECS: u64 = 120;
+/// A soak says how far it got this often.
+const PROGRESS_EVERY: usize = 50_000;
 
 /// A failure and the op index it showed at (ops.len() for the end checks).
 #[derive(Debug)]
@@ -49,10 +57,29 @@ fn fail(at: usize, message: impl Into<String>) -> Failure {
     }
 }
 
+/// Where a set the run created stands, as the model sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum SetState {
+    Alive,
+    /// `umbra delete`d by an op.
+    Deleted,
+    /// Deleted by the daemon itself: `max_sets` were there when a newer set
+    /// was asked for, and this was the oldest.
+    Evicted,
+}
+
 struct Recorded {
     set: SetJson,
-    image: Manifest,
-    deleted: bool,
+    /// The tree the set must show; dropped once the set is gone, so that a
+    /// soak's memory grows with the sets alive, not all it ever made.
+    image: Option<Manifest>,
+    state: SetState,
+}
+
+impl Recorded {
+    fn alive(&self) -> bool {
+        self.state == SetState::Alive
+    }
 }
 
 /// How the live mount caches writes: write-through (the default), or the
@@ -75,16 +102,46 @@ struct Run {
     reference: PathBuf,
     daemon: Daemon,
     cache: Cache,
+    /// The daemon's `max_sets`, as its status reports it: before a set is
+    /// taken, the oldest sets are deleted while this many are alive.
+    max_sets: usize,
+}
+
+/// The daemon's `max_sets` in the writeback runs, unless
+/// UMBRA_ORACLE_MAX_SETS says otherwise: small, so that the default run
+/// evicts a set at most creations (write-through runs keep the daemon's
+/// default, so a soak also checks hundreds of sets at once).
+const WRITEBACK_MAX_SETS: usize = 5;
+
+/// The `max_sets` line a run's config gets, if any.
+fn max_sets_for(cache: Cache) -> Option<usize> {
+    env_u64("UMBRA_ORACLE_MAX_SETS")
+        .map(|n| n as usize)
+        .or(match cache {
+            Cache::WriteThrough => None,
+            Cache::Writeback => Some(WRITEBACK_MAX_SETS),
+        })
 }
 
 impl Run {
     fn new(cache: Cache) -> Result<Run, Failure> {
-        let config = match cache {
+        let mut config = match cache {
             Cache::WriteThrough => Config::default(),
             Cache::Writeback => Config::default().line("writeback_cache = true"),
         };
+        let wanted = max_sets_for(cache);
+        if let Some(n) = wanted {
+            config = config.line(&format!("max_sets = {n}"));
+        }
         let daemon =
             Daemon::try_start(config).map_err(|e| fail(0, format!("starting the daemon: {e}")))?;
+        let max_sets = reported_max_sets(&daemon)?;
+        if wanted.is_some_and(|n| n != max_sets) {
+            return Err(fail(
+                0,
+                format!("the config says max_sets = {wanted:?}, the daemon's status {max_sets}"),
+            ));
+        }
         let live = daemon.live("data");
         let reference = daemon.scratch("reference");
         // Both roots start as the same empty directory.
@@ -100,6 +157,7 @@ impl Run {
             reference,
             daemon,
             cache,
+            max_sets,
         })
     }
 
@@ -107,13 +165,16 @@ impl Run {
         match op {
             Op::CreateSet => self.create_set(i),
             Op::DeleteSet { nth } => {
-                let Some(rec) = self.sets.get_mut(*nth).filter(|r| !r.deleted) else {
+                // A set deleted or evicted already is no more: nothing to do
+                // (its name may even be a newer set's now).
+                let Some(rec) = self.sets.get_mut(*nth).filter(|r| r.alive()) else {
                     return Ok(());
                 };
                 self.daemon
                     .try_delete_set(&rec.set.name)
                     .map_err(|e| fail(i, format!("op #{i} {op}: {e}")))?;
-                rec.deleted = true;
+                rec.state = SetState::Deleted;
+                rec.image = None;
                 Ok(())
             }
             Op::Restart => {
@@ -142,6 +203,22 @@ impl Run {
     }
 
     fn create_set(&mut self, i: usize) -> Result<(), Failure> {
+        // The daemon's policy (fs/src/diff.rs, before_new_set): while
+        // `max_sets` sets are alive, delete the oldest (lowest id, which is
+        // the earliest created), then take the new one.
+        let mut alive = self.sets.iter().filter(|r| r.alive()).count();
+        let mut evicted = Vec::new();
+        for (n, rec) in self.sets.iter_mut().enumerate() {
+            if alive < self.max_sets.max(1) {
+                break;
+            }
+            if rec.alive() {
+                rec.state = SetState::Evicted;
+                rec.image = None;
+                alive -= 1;
+                evicted.push(n);
+            }
+        }
         let set = match self.cache {
             Cache::WriteThrough => self.daemon.try_create_set(),
             // No fork: it would flush the files the slots hold open.
@@ -164,8 +241,19 @@ impl Run {
             ));
         }
         let browse = self.daemon.browse(&set, "data");
-        let shown = Manifest::try_capture(&browse, &[])
-            .map_err(|e| fail(i, format!("capturing new set: {e}")))?;
+        let shown = match Manifest::try_capture(&browse, &[]) {
+            Ok(shown) => shown,
+            Err(e) => {
+                return Err(fail(
+                    i,
+                    format!(
+                        "op #{i}: new set {} is not browsable: {e}\n{}",
+                        set.name,
+                        self.daemon.last_words(40)
+                    ),
+                ));
+            }
+        };
         let diffs = manifest::diff(&image, &shown);
         if !diffs.is_empty() {
             return Err(fail(
@@ -179,9 +267,82 @@ impl Run {
         }
         self.sets.push(Recorded {
             set,
-            image,
-            deleted: false,
+            image: Some(image),
+            state: SetState::Alive,
         });
+        self.check_list(i, &evicted)
+    }
+
+    /// Right after a set: `umbra list` names exactly the sets the model has
+    /// alive, `latest` is the new one, and the sets this creation evicted
+    /// (`evicted`, indices into `sets`) are gone from the browser.
+    fn check_list(&self, i: usize, evicted: &[usize]) -> Result<(), Failure> {
+        let listed = match self.cache {
+            Cache::WriteThrough => self.daemon.try_list_sets(),
+            // No fork: see create_set.
+            Cache::Writeback => self.daemon.try_list_sets_in_process(),
+        }
+        .map_err(|e| fail(i, format!("op #{i} set, listing: {e}")))?;
+        let got: Vec<(u64, &str)> = listed.iter().map(|s| (s.id, s.name.as_str())).collect();
+        let want: Vec<(u64, &str)> = self
+            .sets
+            .iter()
+            .filter(|r| r.alive())
+            .map(|r| (r.set.id, r.set.name.as_str()))
+            .collect();
+        if got != want {
+            let state = |id: u64| {
+                self.sets
+                    .iter()
+                    .find(|r| r.set.id == id)
+                    .map_or("never made by this run".to_string(), |r| {
+                        format!("{:?}", r.state)
+                    })
+            };
+            let extra: Vec<String> = got
+                .iter()
+                .filter(|s| !want.contains(s))
+                .map(|(id, name)| format!("{name} (id {id}, model: {})", state(*id)))
+                .collect();
+            let missing: Vec<String> = want
+                .iter()
+                .filter(|s| !got.contains(s))
+                .map(|(id, name)| format!("{name} (id {id})"))
+                .collect();
+            return Err(fail(
+                i,
+                format!(
+                    "op #{i} set (max_sets = {}): `umbra list` disagrees with the model: \
+                     listed but not alive in the model: {extra:?}; alive in the model but \
+                     not listed: {missing:?}\nlisted: {got:?}\nmodel:  {want:?}",
+                    self.max_sets
+                ),
+            ));
+        }
+        for &n in evicted {
+            let name = &self.sets[n].set.name;
+            // The new set may have taken an evicted set's name (same second).
+            if !want.iter().any(|(_, w)| w == name) && self.daemon.snapshots().join(name).exists() {
+                return Err(fail(
+                    i,
+                    format!("op #{i} set: evicted set {name} is still browsable"),
+                ));
+            }
+        }
+        if let Some(newest) = self.sets.last() {
+            let latest = fs::read_link(self.daemon.snapshots().join("latest"))
+                .map_err(|e| fail(i, format!("op #{i} set: reading `latest`: {e}")))?;
+            if latest.as_path() != std::path::Path::new(&newest.set.name) {
+                return Err(fail(
+                    i,
+                    format!(
+                        "op #{i} set: latest -> {}, expected {}",
+                        latest.display(),
+                        newest.set.name
+                    ),
+                ));
+            }
+        }
         Ok(())
     }
 
@@ -193,7 +354,7 @@ impl Run {
             .try_list_sets()
             .map_err(|e| fail(at, format!("{when}: {e}")))?;
         listed.sort_by_key(|s| s.id);
-        let alive: Vec<&Recorded> = self.sets.iter().filter(|r| !r.deleted).collect();
+        let alive: Vec<&Recorded> = self.sets.iter().filter(|r| r.alive()).collect();
         let want: Vec<&str> = alive.iter().map(|r| r.set.name.as_str()).collect();
         let got: Vec<&str> = listed.iter().map(|s| s.name.as_str()).collect();
         if want != got {
@@ -206,12 +367,15 @@ impl Run {
         for rec in self
             .sets
             .iter()
-            .filter(|r| r.deleted && !want.contains(&r.set.name.as_str()))
+            .filter(|r| !r.alive() && !want.contains(&r.set.name.as_str()))
         {
             if self.daemon.snapshots().join(&rec.set.name).exists() {
                 return Err(fail(
                     at,
-                    format!("{when}: deleted set {} is still browsable", rec.set.name),
+                    format!(
+                        "{when}: set {} ({:?}) is still browsable",
+                        rec.set.name, rec.state
+                    ),
                 ));
             }
         }
@@ -220,7 +384,13 @@ impl Run {
             let browse = self.daemon.browse(&rec.set, "data");
             let shown = Manifest::try_capture(&browse, &[])
                 .map_err(|e| fail(at, format!("{when}: capturing set {}: {e}", rec.set.name)))?;
-            let diffs = manifest::diff(&rec.image, &shown);
+            let Some(image) = &rec.image else {
+                return Err(fail(
+                    at,
+                    format!("{when}: set {} has no image", rec.set.name),
+                ));
+            };
+            let diffs = manifest::diff(image, &shown);
             if !diffs.is_empty() {
                 return Err(fail(
                     at,
@@ -291,11 +461,39 @@ impl Run {
     }
 }
 
-/// Replays `ops` against a fresh daemon and reference.
-fn replay(ops: &[Op], cache: Cache) -> Result<(), Failure> {
+/// The `max_sets` the daemon's status reports: the model follows what the
+/// daemon says it does, so a change of the default cannot leave it behind.
+fn reported_max_sets(daemon: &Daemon) -> Result<usize, Failure> {
+    let stdout = daemon
+        .try_umbra_ok(&["status", "--json"])
+        .map_err(|e| fail(0, format!("status: {e}")))?;
+    let status: serde_json::Value = serde_json::from_str(&stdout).map_err(|e| {
+        fail(
+            0,
+            format!("`umbra status --json` printed no JSON ({e}): {stdout:?}"),
+        )
+    })?;
+    status["diff_area"]["max_sets"]
+        .as_u64()
+        .map(|n| n as usize)
+        .ok_or_else(|| {
+            fail(
+                0,
+                format!("`umbra status --json` shows no diff_area.max_sets: {stdout}"),
+            )
+        })
+}
+
+/// Replays `ops` against a fresh daemon and reference. Past `deadline` the
+/// replay stops and counts as passing: a shrink trial of half a soak must
+/// not run for half an hour after the shrink's budget is spent.
+fn replay(ops: &[Op], cache: Cache, deadline: Option<Instant>) -> Result<(), Failure> {
     let result = catch_unwind(AssertUnwindSafe(|| {
         let mut run = Run::new(cache)?;
         for (i, op) in ops.iter().enumerate() {
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                return Ok(());
+            }
             run.step(i, op)?;
         }
         run.finish(ops.len())
@@ -322,7 +520,17 @@ fn generate_and_run(seed: u64, n: usize, cache: Cache) -> Result<Vec<Op>, (Vec<O
         Err(f) => return Err((ops, f)),
     };
     let mut generator = Generator::new(seed, GenConfig::default());
+    let started = Instant::now();
     for i in 0..=n {
+        if i > 0 && i % PROGRESS_EVERY == 0 {
+            let alive = run.sets.iter().filter(|r| r.alive()).count();
+            eprintln!(
+                "oracle: {i} ops, {} sets made, {alive} alive, {:.0?}, {:.0} ops/s",
+                run.sets.len(),
+                started.elapsed(),
+                i as f64 / started.elapsed().as_secs_f64()
+            );
+        }
         let op = if i == n {
             Op::CreateSet
         } else {
@@ -368,7 +576,7 @@ fn report(seed: Option<u64>, ops: Vec<Op>, first: Failure, cache: Cache) -> ! {
         first.at,
         first.message,
         budget,
-        |candidate| match replay(candidate, cache) {
+        |candidate| match replay(candidate, cache, Some(started + budget)) {
             Ok(()) => Verdict::Pass,
             Err(f) => Verdict::Fail {
                 at: f.at,
@@ -376,8 +584,11 @@ fn report(seed: Option<u64>, ops: Vec<Op>, first: Failure, cache: Cache) -> ! {
             },
         },
     );
-    let seed_text = seed.map_or(format!("replayed list, {cache:?}"), |s| {
-        format!("UMBRA_ORACLE_SEED={s}, {cache:?}")
+    let limit = std::env::var("UMBRA_ORACLE_MAX_SETS")
+        .map(|n| format!(" UMBRA_ORACLE_MAX_SETS={n}"))
+        .unwrap_or_default();
+    let seed_text = seed.map_or(format!("replayed list{limit}, {cache:?}"), |s| {
+        format!("UMBRA_ORACLE_SEED={s}{limit}, {cache:?}")
     });
     let file = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!(
         "oracle-{}.ops",
@@ -396,7 +607,7 @@ fn report(seed: Option<u64>, ops: Vec<Op>, first: Failure, cache: Cache) -> ! {
          --- minimal op list{} ---\n{listing}--- replay with: UMBRA_ORACLE_REPLAY={} cargo test --test oracle ---",
         started.elapsed(),
         shrunk.trials,
-        if shrunk.minimal {
+        if shrunk.minimal && started.elapsed() < budget {
             ", 1-minimal"
         } else {
             ", budget spent before 1-minimal"
@@ -441,7 +652,7 @@ fn run_or_replay(cache: Cache) {
             "oracle: replaying {} ops from {path:?}, {cache:?}",
             ops.len()
         );
-        if let Err(f) = replay(&ops, cache) {
+        if let Err(f) = replay(&ops, cache, None) {
             report(None, ops, f, cache);
         }
     } else {
@@ -452,16 +663,20 @@ fn run_or_replay(cache: Cache) {
 fn generate_run_and_report(cache: Cache) {
     let seed = env_u64("UMBRA_ORACLE_SEED").unwrap_or_else(random_seed);
     let n = env_u64("UMBRA_ORACLE_OPS").map_or(DEFAULT_OPS, |n| n as usize);
-    eprintln!("oracle: UMBRA_ORACLE_SEED={seed} UMBRA_ORACLE_OPS={n}, {cache:?}");
+    eprintln!(
+        "oracle: UMBRA_ORACLE_SEED={seed} UMBRA_ORACLE_OPS={n}, {cache:?}, max_sets {}",
+        max_sets_for(cache).map_or("the daemon's default".to_string(), |n| n.to_string())
+    );
     let started = Instant::now();
     match generate_and_run(seed, n, cache) {
         Ok(ops) => {
             let sets = ops.iter().filter(|o| matches!(o, Op::CreateSet)).count();
             let restarts = ops.iter().filter(|o| matches!(o, Op::Restart)).count();
+            let secs = started.elapsed().as_secs_f64();
             eprintln!(
-                "oracle: seed {seed}: {} ops, {sets} sets, {restarts} restarts, {:.1?}",
+                "oracle: seed {seed}: {} ops, {sets} sets, {restarts} restarts, {secs:.1}s, {:.0} ops/s",
                 ops.len(),
-                started.elapsed()
+                ops.len() as f64 / secs
             );
         }
         Err((ops, f)) => report(Some(seed), ops, f, cache),
@@ -597,7 +812,7 @@ fn pinned_op_lists_keep_every_set_whole() {
     for (name, text) in PINNED {
         let ops = ops::parse_ops(text).unwrap_or_else(|e| panic!("pinned list {name}: {e}"));
         for cache in [Cache::WriteThrough, Cache::Writeback] {
-            if let Err(f) = replay(&ops, cache) {
+            if let Err(f) = replay(&ops, cache, None) {
                 failures.push(format!(
                     "{name} ({cache:?}): at op #{}: {}\n--- ops ---\n{}",
                     f.at,

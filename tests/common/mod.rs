@@ -375,26 +375,36 @@ fn wait_timeout(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
 /// A set of every volume, asked for on the control socket `socket` by this
 /// very process (see `Daemon::try_create_set_in_process`).
 pub fn create_set_in_process(socket: &Path) -> Result<SetJson, String> {
+    request_in_process(socket, "{\"op\":\"create\"}", "create")
+}
+
+/// One request on the control socket `socket` from this very process, and
+/// its answer's value.
+fn request_in_process<T: serde::de::DeserializeOwned>(
+    socket: &Path,
+    request: &str,
+    what: &str,
+) -> Result<T, String> {
     use std::io::Write as _;
     let mut stream = std::os::unix::net::UnixStream::connect(socket)
         .map_err(|e| format!("connecting to {}: {e}", socket.display()))?;
     stream
-        .write_all(b"{\"op\":\"create\"}\n")
-        .map_err(|e| format!("sending create: {e}"))?;
+        .write_all(format!("{request}\n").as_bytes())
+        .map_err(|e| format!("sending {what}: {e}"))?;
     let mut line = String::new();
     BufReader::new(stream)
         .read_line(&mut line)
-        .map_err(|e| format!("reading the answer to create: {e}"))?;
+        .map_err(|e| format!("reading the answer to {what}: {e}"))?;
     #[derive(Deserialize)]
     #[serde(rename_all = "snake_case")]
-    enum Answer {
-        Ok(SetJson),
+    enum Answer<T> {
+        Ok(T),
         Error(String),
     }
     match serde_json::from_str(&line) {
-        Ok(Answer::Ok(set)) => Ok(set),
-        Ok(Answer::Error(e)) => Err(format!("create: {e}")),
-        Err(e) => Err(format!("create answered {line:?}: {e}")),
+        Ok(Answer::Ok(value)) => Ok(value),
+        Ok(Answer::Error(e)) => Err(format!("{what}: {e}")),
+        Err(e) => Err(format!("{what} answered {line:?}: {e}")),
     }
 }
 
@@ -573,6 +583,22 @@ impl Daemon {
     /// What the current run wrote to stderr (its log) so far.
     pub fn stderr(&self) -> String {
         fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+
+    /// Whether the current run is still alive (or how it ended) and the last
+    /// `lines` lines of its stderr: what a long run's failure needs to say,
+    /// since the temp dir with the whole log goes when the test ends.
+    pub fn last_words(&mut self, lines: usize) -> String {
+        let state = match self.child.as_mut().map(Child::try_wait) {
+            None => "not running".to_string(),
+            Some(Ok(None)) => "still running".to_string(),
+            Some(Ok(Some(status))) => format!("exited: {status}"),
+            Some(Err(e)) => format!("unknown ({e})"),
+        };
+        let stderr = fs::read_to_string(&self.stderr_path).unwrap_or_default();
+        let all: Vec<&str> = stderr.lines().collect();
+        let tail = all[all.len().saturating_sub(lines)..].join("\n");
+        format!("the daemon is {state}; the end of its stderr:\n{tail}")
     }
 
     /// The stdout lines of the current run so far.
@@ -789,6 +815,12 @@ impl Daemon {
     /// not fork between its writes and its set.
     pub fn try_create_set_in_process(&self) -> Result<SetJson, String> {
         create_set_in_process(&self.layout.socket)
+    }
+
+    /// Every set, oldest first, asked for on the control socket by this
+    /// very process: no fork (see `try_create_set_in_process`).
+    pub fn try_list_sets_in_process(&self) -> Result<Vec<SetJson>, String> {
+        request_in_process(&self.layout.socket, "{\"op\":\"list\"}", "list")
     }
 
     pub fn try_list_sets(&self) -> Result<Vec<SetJson>, String> {

@@ -26,8 +26,18 @@ pub struct Shrunk<T> {
     pub minimal: bool,
 }
 
+/// The shortest tail tried first (see `ddmin`).
+const FIRST_TAIL: usize = 64;
+
 /// Shrinks `items`, which failed with `message` at index `at`, replaying
 /// candidates with `test` until the list is 1-minimal or `budget` is spent.
+///
+/// Before bisecting, the list's tails are tried, shortest first, each twice
+/// as long as the one before: a soak's failure a million items in most
+/// often needs only the last few hundred, and bisection would replay half
+/// the list just to try the first cut. A replay costs about its length, so
+/// finding a tail costs about twice that tail, and the budget can stop the
+/// search after a short replay rather than a long one.
 pub fn ddmin<T: Clone>(
     items: Vec<T>,
     at: usize,
@@ -42,6 +52,18 @@ pub fn ddmin<T: Clone>(
     let mut trials = 0;
     let mut n = 2usize;
     let out_of_time = |start: Instant| start.elapsed() >= budget;
+    let mut tail = FIRST_TAIL;
+    while tail <= best.len() / 2 && !out_of_time(start) {
+        let candidate = best[best.len() - tail..].to_vec();
+        trials += 1;
+        if let Verdict::Fail { at, message: m } = test(&candidate) {
+            best = candidate;
+            best.truncate(at.saturating_add(1));
+            message = m;
+            break;
+        }
+        tail *= 2;
+    }
     while best.len() >= 2 {
         if out_of_time(start) {
             return Shrunk {

@@ -93,6 +93,10 @@ pub struct Browser {
     ahead_jobs: Mutex<Option<Receiver<Job>>>,
     /// When the list of sets last changed: the top directory's times.
     changed: Mutex<Timestamp>,
+    /// Held through a whole refresh. Two at once (an eviction's, spawned,
+    /// and the new set's own) could read the store in one order and install
+    /// in the other, leaving the new set out of the browser.
+    refreshing: Mutex<()>,
 }
 
 fn errno(e: i32) -> FsError {
@@ -148,6 +152,7 @@ impl Browser {
             ahead,
             ahead_jobs: Mutex::new(Some(ahead_jobs)),
             changed: Mutex::new(now()),
+            refreshing: Mutex::new(()),
         }))
     }
 
@@ -186,6 +191,7 @@ impl Browser {
     /// kernel to forget what it cached of the top directory and of the sets
     /// that are gone.
     pub fn refresh(&self) -> Result<()> {
+        let _one_at_a_time = lock(&self.refreshing);
         let fresh = self.store.sets()?;
         let (gone, changed) = {
             let mut sets = self.sets.write().unwrap_or_else(|p| p.into_inner());
