@@ -5,10 +5,10 @@
 //! Nothing in umbra holds a descriptor per object of a tree: a live inode
 //! keeps a file handle and gets its descriptor from `LiveFds`, the browser
 //! keeps its live descriptors and files in LRUs sized here. What is left
-//! grows only with what users do (the files they hold open through the live
-//! mount, the control clients they connect), plus a fixed few (the store's
-//! catalog, its packs open for reading, an LRU of 32, the FUSE devices, the
-//! control socket). Half of the limit is kept for those.
+//! grows only with what users do (the files and directories they hold open
+//! through the live mount, the control clients they connect), plus a fixed
+//! few (the store's catalog, its packs open for reading, an LRU of 32, the
+//! FUSE devices, the control socket). Half of the limit is kept for those.
 
 use std::io;
 use std::num::NonZeroUsize;
