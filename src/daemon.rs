@@ -14,6 +14,7 @@ mod mounts;
 mod service;
 mod stale;
 mod state_dir;
+mod systemd;
 
 use std::fs;
 use std::io;
@@ -183,6 +184,7 @@ pub fn up(config: Config) -> Result<(), DaemonError> {
 
     let signal = signals.forever().next();
     tracing::info!("received {}, shutting down", signal_name(signal));
+    systemd::stopping();
     std::thread::spawn(move || {
         if signals.forever().next().is_some() {
             tracing::warn!("second signal: exiting without unmounting (the next start recovers)");
@@ -267,6 +269,7 @@ fn start(
     };
     announce(&format!("umbra: control socket at {socket}"))?;
     announce("umbra: ready")?;
+    systemd::ready(&format!("serving {socket}"));
     Ok((service, socket_file, timer))
 }
 

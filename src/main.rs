@@ -118,9 +118,36 @@ fn daemon_config(
 /// `umbra=debug,umbra_fs=trace`); `info` when it is unset or unreadable.
 fn init_logging() {
     let filter = EnvFilter::try_from_env("UMBRA_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+        .with_ansi(std::io::stderr().is_terminal());
+    // journald stamps every line itself: a second time would only be noise.
+    if stderr_is_the_journal() {
+        logs.without_time().init();
+    } else {
+        logs.init();
+    }
+}
+
+/// Whether stderr is the stream systemd connected to the journal: the
+/// device and inode JOURNAL_STREAM names (a child that inherits the
+/// variable but not the stream must not drop its timestamps).
+fn stderr_is_the_journal() -> bool {
+    let Some(stream) = std::env::var_os("JOURNAL_STREAM") else {
+        return false;
+    };
+    let Some((dev, ino)) = stream.to_str().and_then(|s| s.split_once(':')) else {
+        return false;
+    };
+    let (Ok(dev), Ok(ino)) = (dev.parse::<u64>(), ino.parse::<u64>()) else {
+        return false;
+    };
+    // SAFETY: zeroed stat is a valid out-buffer; fd 2 is only looked at.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    if unsafe { libc::fstat(2, &mut st) } != 0 {
+        return false;
+    }
+    st.st_dev == dev && st.st_ino == ino
 }

@@ -419,6 +419,8 @@ pub struct Daemon {
     runs: u32,
     /// RLIMIT_NOFILE (soft and hard) the daemon starts under, if set.
     nofile: Option<u64>,
+    /// Variables set in the daemon's environment.
+    env: Vec<(String, String)>,
     // Dropped last, after Drop has unmounted everything.
     _dir: tempfile::TempDir,
 }
@@ -447,6 +449,7 @@ impl Daemon {
             stderr_path: root.join("daemon-0.stderr"),
             runs: 0,
             nofile: None,
+            env: Vec::new(),
             _dir: dir,
         }
     }
@@ -479,6 +482,18 @@ impl Daemon {
         self.nofile = Some(n);
     }
 
+    /// Sets `key` in the environment of every later `launch`.
+    pub fn env(&mut self, key: &str, value: &str) {
+        self.env.push((key.to_string(), value.to_string()));
+    }
+
+    /// The stderr file the next `launch` writes the daemon's log to.
+    pub fn next_stderr_path(&self) -> PathBuf {
+        self.layout
+            .root
+            .join(format!("daemon-{}.stderr", self.runs + 1))
+    }
+
     /// Spawns `umbra up --config FILE` and waits for `umbra: ready`.
     pub fn try_launch(&mut self) -> Result<(), String> {
         assert!(self.child.is_none(), "the daemon is already running");
@@ -507,6 +522,7 @@ impl Daemon {
                 });
             }
         }
+        cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
         let mut child = cmd
             .arg("up")
             .arg("--config")
