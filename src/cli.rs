@@ -149,7 +149,8 @@ pub enum Command {
     ///
     /// Every SET (a name or an id) is checked first: if one is unknown, none is deleted. The
     /// selectors add sets: the N oldest, those older than a duration, or all. What no remaining
-    /// set needs is freed from the diff area, pack space included.
+    /// set needs is freed from the diff area, pack space included. Prints `deleted NAME (id N)`
+    /// for each set deleted; --json prints the array of the deleted sets.
     Delete {
         /// Sets to delete, by name or id
         #[arg(value_name = "SET", required_unless_present_any = ["oldest", "older_than", "all"])]
@@ -163,6 +164,8 @@ pub enum Command {
         /// Delete every set
         #[arg(long, conflicts_with_all = ["sets", "oldest", "older_than"])]
         all: bool,
+        #[command(flatten)]
+        output: Output,
     },
 
     /// Apply the schedule's retention rules: delete the sets no rule keeps

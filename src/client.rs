@@ -69,9 +69,9 @@ impl Client {
     }
 
     /// Sends a `Request::Delete` and prints what it deleted.
-    pub fn delete(&self, request: Request) -> Result<(), CommandError> {
+    pub fn delete(&self, request: Request, json: bool) -> Result<(), CommandError> {
         let deleted: Vec<SetView> = self.call(&request)?;
-        print(false, &deleted, |sets| render::deleted(sets))
+        print(json, &deleted, |sets| render::deleted(sets))
     }
 
     pub fn prune(&self, dry_run: bool, json: bool) -> Result<(), CommandError> {

@@ -71,12 +71,16 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             oldest,
             older_than,
             all,
-        } => client()?.delete(protocol::Request::Delete {
-            sets,
-            oldest,
-            older_than_secs: older_than.map(|d| d.as_secs()),
-            all,
-        })?,
+            output,
+        } => client()?.delete(
+            protocol::Request::Delete {
+                sets,
+                oldest,
+                older_than_secs: older_than.map(|d| d.as_secs()),
+                all,
+            },
+            output.json,
+        )?,
         Command::Status { output } => client()?.status(output.json)?,
         Command::Prune { dry_run, output } => client()?.prune(dry_run, output.json)?,
         Command::Writers { output } => client()?.writers(output.json)?,

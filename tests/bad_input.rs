@@ -16,7 +16,9 @@ use std::process::Output;
 use std::time::{Duration, Instant};
 
 use common::manifest::{self, Manifest};
-use common::{Config, Daemon, assert_one_line_error, run_with_timeout, sys, toml_str, umbra_cmd};
+use common::{
+    Config, Daemon, SetJson, assert_one_line_error, run_with_timeout, sys, toml_str, umbra_cmd,
+};
 
 /// `umbra up --config FILE`, which must give up by itself.
 fn run_up(d: &Daemon, config: &Path) -> Output {
@@ -431,4 +433,28 @@ fn delete_selectors_pick_the_oldest_the_old_or_all() {
     assert_eq!(d.list_sets(), sets[2..]);
     d.umbra_ok(&["delete", "--all"]);
     assert!(d.list_sets().is_empty());
+}
+
+/// `umbra delete --json` prints one JSON document: the sets it deleted,
+/// each as `umbra list --json` shows a set; an unknown set deletes none and
+/// prints nothing on stdout.
+#[test]
+fn delete_json_prints_exactly_the_deleted_sets() {
+    let d = Daemon::start(Config::default());
+    let first = d.create_set();
+    let second = d.create_set();
+    let kept = d.create_set();
+    let out = d.umbra_ok(&["delete", "--json", &first.name, &second.id.to_string()]);
+    let deleted: Vec<SetJson> = serde_json::from_str(&out).expect("one JSON document");
+    let names: Vec<&str> = deleted.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names, [first.name.as_str(), second.name.as_str()]);
+    for set in &deleted {
+        set.assert_well_formed();
+    }
+    let left: Vec<String> = d.list_sets().into_iter().map(|s| s.name).collect();
+    assert_eq!(left, std::slice::from_ref(&kept.name));
+    let refused = d.umbra(&["delete", "--json", &kept.name, "no-such-set"]);
+    assert!(!refused.status.success());
+    assert!(refused.stdout.is_empty(), "a failed --json prints nothing");
+    assert_eq!(d.list_sets().len(), 1, "all or none");
 }
