@@ -113,8 +113,9 @@ pub enum Command {
     /// volumes (all when none) is made through the writers' sequence up to PostSnapshot; COMMAND
     /// runs with UMBRA_SNAPSHOT set to the set's browse path (<snapshots>/<name>) and UMBRA_SET_NAME
     /// to its name; the writers then hear BackupComplete with whether COMMAND succeeded, and the
-    /// set is deleted unless --keep. umbra backup exits with COMMAND's status (128+N if a signal N
-    /// ended it). If umbra backup itself goes away first, the daemon completes the backup as failed.
+    /// set is deleted unless --keep. Then one line on stderr (stdout is COMMAND's) names the set,
+    /// how COMMAND ended and whether the set was deleted or kept. umbra backup exits with
+    /// COMMAND's status (128+N if a signal N ended it). If umbra backup itself goes away first, the daemon completes the backup as failed.
     Backup {
         /// Volumes to copy [default: every volume]
         #[arg(value_name = "VOLUME")]

@@ -115,6 +115,8 @@ impl Client {
             program: program.clone(),
             source,
         })?;
+        // On stderr: stdout is the command's (`umbra backup -- tar c ... > x`).
+        eprintln!("{}", render::backed_up(&set.set, status, keep));
         Ok(exit_code(status))
     }
 

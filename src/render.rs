@@ -59,6 +59,23 @@ pub fn deleted(sets: &[SetView]) -> String {
     out
 }
 
+/// What `umbra backup` says once its command ended: the set it made, how
+/// the command ended, and whether the set was deleted.
+pub fn backed_up(set: &SetView, status: std::process::ExitStatus, kept: bool) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    let ended = match (status.code(), status.signal()) {
+        (Some(code), _) => format!("the command exited with {code}"),
+        (None, Some(signal)) => format!("the command was killed by signal {signal}"),
+        (None, None) => "the command ended".to_string(),
+    };
+    let fate = if kept { "kept" } else { "deleted" };
+    format!(
+        "umbra backup: set {} (id {}): {ended}; the set was {fate}",
+        printable(&set.name),
+        set.id
+    )
+}
+
 /// A table of the sets: name, id, created, origin, volumes, label.
 pub fn list(sets: &[SetView]) -> String {
     let rows = sets.iter().map(|set| {

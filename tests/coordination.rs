@@ -554,6 +554,11 @@ fn backup_runs_the_command_over_the_set_then_reports_and_deletes_it() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(std::fs::read(&copy).expect("copied"), b"in the set");
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains("the command exited with 3; the set was deleted"),
+        "{said}"
+    );
     assert_eq!(
         lines(&log),
         [
@@ -575,6 +580,12 @@ fn backup_runs_the_command_over_the_set_then_reports_and_deletes_it() {
     std::fs::remove_file(&log).expect("rm");
     let out = daemon.umbra(&["backup", "--keep", "--", "true"]);
     assert_eq!(out.status.code(), Some(0));
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains("the command exited with 0; the set was kept"),
+        "{said}"
+    );
+    assert!(out.stdout.is_empty(), "stdout is the command's alone");
     assert_eq!(
         lines(&log).last().map(String::as_str),
         Some("backup-complete 1")
