@@ -12,33 +12,12 @@ use std::io::{ErrorKind, Read, Write};
 use std::os::unix::fs::symlink;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
-use std::process::Output;
 use std::time::{Duration, Instant};
 
 use common::manifest::{self, Manifest};
 use common::{
     Config, Daemon, SetJson, assert_one_line_error, run_with_timeout, sys, toml_str, umbra_cmd,
 };
-
-/// `umbra up --config FILE`, which must give up by itself.
-fn run_up(d: &Daemon, config: &Path) -> Output {
-    let mut cmd = umbra_cmd();
-    cmd.arg("up")
-        .arg("--config")
-        .arg(config)
-        .current_dir(d.root());
-    run_with_timeout(&mut cmd, Duration::from_secs(20))
-}
-
-fn assert_nothing_mounted(d: &Daemon, context: &str) {
-    for mp in d.layout.mountpoints() {
-        assert!(
-            !sys::is_mounted(&mp),
-            "{context}: {} was left mounted",
-            mp.display()
-        );
-    }
-}
 
 #[test]
 fn deleting_an_unknown_set_is_a_one_line_error_and_deletes_nothing() {
@@ -89,11 +68,11 @@ fn an_unknown_config_key_is_named_in_a_one_line_error() {
     for (key, text) in cases {
         let path = d.root().join(format!("bad-{key}.toml"));
         fs::write(&path, &text).unwrap();
-        let out = run_up(&d, &path);
+        let out = d.run_up(&path);
         let line = assert_one_line_error(&out, &format!("config with unknown key {key}"));
         assert!(line.contains(key), "the error names the key {key}: {line}");
         assert!(!String::from_utf8_lossy(&out.stdout).contains("umbra: ready"));
-        assert_nothing_mounted(&d, key);
+        d.assert_nothing_mounted(key);
     }
 }
 
@@ -161,12 +140,12 @@ fn a_malformed_config_is_a_one_line_error() {
     for (what, text) in cases {
         let path = d.root().join("bad.toml");
         fs::write(&path, text).unwrap();
-        let out = run_up(&d, &path);
+        let out = d.run_up(&path);
         assert_one_line_error(&out, &format!("a config with {what}"));
-        assert_nothing_mounted(&d, what);
+        d.assert_nothing_mounted(what);
     }
     // A config file that is not there at all.
-    let out = run_up(&d, &d.root().join("missing.toml"));
+    let out = d.run_up(&d.root().join("missing.toml"));
     assert_one_line_error(&out, "a missing config file");
 }
 
@@ -291,7 +270,7 @@ fn a_second_daemon_on_the_same_state_dir_is_refused() {
     d.create_set();
 
     // The same config again: the natural mistake.
-    let out = run_up(&d, &d.layout.config_path);
+    let out = d.run_up(&d.layout.config_path);
     assert_one_line_error(&out, "a second `umbra up` with the same config");
     assert!(!String::from_utf8_lossy(&out.stdout).contains("umbra: ready"));
     assert_still_serving(&d, 1, "after a second daemon with the same config");
@@ -306,9 +285,9 @@ fn a_second_daemon_on_the_same_state_dir_is_refused() {
         );
     let config = other.root().join("same-state.toml");
     fs::write(&config, text).unwrap();
-    let out = run_up(&other, &config);
+    let out = other.run_up(&config);
     assert_one_line_error(&out, "a second `umbra up` on the same state dir");
-    assert_nothing_mounted(&other, "the refused daemon");
+    other.assert_nothing_mounted("the refused daemon");
     assert_still_serving(&d, 2, "after a second daemon on the same state dir");
 }
 

@@ -18,26 +18,6 @@ use std::time::Duration;
 
 use common::{Config, Daemon, assert_one_line_error, run_with_timeout, umbra_cmd};
 
-/// `umbra up --config FILE`, which must give up by itself.
-fn run_up(d: &Daemon, config: &Path) -> Output {
-    let mut cmd = umbra_cmd();
-    cmd.arg("up")
-        .arg("--config")
-        .arg(config)
-        .current_dir(d.root());
-    run_with_timeout(&mut cmd, Duration::from_secs(20))
-}
-
-fn assert_nothing_mounted(d: &Daemon, context: &str) {
-    for mp in d.layout.mountpoints() {
-        assert!(
-            !common::sys::is_mounted(&mp),
-            "{context}: {} was left mounted",
-            mp.display()
-        );
-    }
-}
-
 /// Sends one line on a fresh control connection and returns the answer line.
 fn control_line(socket: &Path, line: &str) -> String {
     let mut stream = UnixStream::connect(socket).unwrap();
@@ -82,13 +62,13 @@ fn hold_and_writer_timeouts_near_i64_max_are_refused_at_up() {
     for key in ["hold_timeout_secs", "writer_timeout_secs"] {
         let path = d.root().join(format!("{key}.toml"));
         fs::write(&path, format!("{key} = {}\n{good}", i64::MAX)).unwrap();
-        let out = run_up(&d, &path);
+        let out = d.run_up(&path);
         let line = assert_one_line_error(&out, key);
         assert!(
             line.contains(&format!("{key} must be at most 86400")),
             "{key}: {line}"
         );
-        assert_nothing_mounted(&d, key);
+        d.assert_nothing_mounted(key);
     }
     let path = d.root().join("writer.toml");
     fs::write(
@@ -99,9 +79,9 @@ fn hold_and_writer_timeouts_near_i64_max_are_refused_at_up() {
         ),
     )
     .unwrap();
-    let line = assert_one_line_error(&run_up(&d, &path), "a [[writer]] timeout_secs");
+    let line = assert_one_line_error(&d.run_up(&path), "a [[writer]] timeout_secs");
     assert!(line.contains("writer \"w\": timeout_secs"), "{line}");
-    assert_nothing_mounted(&d, "a [[writer]] timeout_secs");
+    d.assert_nothing_mounted("a [[writer]] timeout_secs");
 }
 
 #[test]
@@ -457,7 +437,7 @@ fn two_volumes_on_one_backing_through_a_symlink_are_refused_at_up() {
     for (what, text, [inner, relation, outer]) in cases {
         let path = root.join("overlap.toml");
         fs::write(&path, text).unwrap();
-        let out = run_up(&d, &path);
+        let out = d.run_up(&path);
         let line = assert_one_line_error(&out, what);
         let inner = root.join(inner);
         let outer = root.join(outer);
@@ -510,7 +490,7 @@ fn a_state_dir_open_to_others_is_tightened_and_one_of_another_user_refused() {
     // Another user's: refused, left as it was.
     common::sys::lchown(&state, NOBODY, NOBODY).unwrap();
     fs::set_permissions(&state, fs::Permissions::from_mode(0o777)).unwrap();
-    let line = assert_one_line_error(&run_up(&d, &d.layout.config_path), "nobody's state dir");
+    let line = assert_one_line_error(&d.run_up(&d.layout.config_path), "nobody's state dir");
     assert!(
         line.contains(&format!(
             "belongs to uid {NOBODY}, not to the daemon's user"
@@ -518,7 +498,7 @@ fn a_state_dir_open_to_others_is_tightened_and_one_of_another_user_refused() {
         "{line}"
     );
     assert_eq!(mode_of(&state), 0o777);
-    assert_nothing_mounted(&d, "nobody's state dir");
+    d.assert_nothing_mounted("nobody's state dir");
 
     // A symlink another user owns, even to a directory of ours: refused.
     common::sys::lchown(&state, 0, 0).unwrap();
@@ -526,12 +506,12 @@ fn a_state_dir_open_to_others_is_tightened_and_one_of_another_user_refused() {
     fs::rename(&state, &real).unwrap();
     std::os::unix::fs::symlink(&real, &state).unwrap();
     common::sys::lchown(&state, NOBODY, NOBODY).unwrap();
-    let line = assert_one_line_error(&run_up(&d, &d.layout.config_path), "nobody's symlink");
+    let line = assert_one_line_error(&d.run_up(&d.layout.config_path), "nobody's symlink");
     assert!(
         line.contains("is a symlink that belongs to uid 65534"),
         "{line}"
     );
-    assert_nothing_mounted(&d, "nobody's symlink");
+    d.assert_nothing_mounted("nobody's symlink");
     // The same symlink, ours: followed.
     common::sys::lchown(&state, 0, 0).unwrap();
     d.launch();

@@ -10,15 +10,13 @@
 mod common;
 
 use std::fs;
-use std::path::Path;
-use std::process::Output;
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
 
-use common::{Config, Daemon, SetJson, assert_one_line_error, run_with_timeout, umbra_cmd};
+use common::{Config, Daemon, SetJson, assert_one_line_error};
 
 #[derive(Debug, Deserialize)]
 struct PruneJson {
@@ -344,16 +342,6 @@ fn a_daemon_down_across_several_firings_takes_one_set_at_start() {
     assert_eq!(scheduled(&d.list_sets()).len(), 2);
 }
 
-/// `umbra up --config FILE`, which must give up by itself.
-fn run_up(d: &Daemon, config: &Path) -> Output {
-    let mut cmd = umbra_cmd();
-    cmd.arg("up")
-        .arg("--config")
-        .arg(config)
-        .current_dir(d.root());
-    run_with_timeout(&mut cmd, Duration::from_secs(20))
-}
-
 #[test]
 fn a_bad_schedule_is_a_one_line_error_and_prune_needs_one() {
     let d = Daemon::prepare(Config::default());
@@ -379,7 +367,7 @@ fn a_bad_schedule_is_a_one_line_error_and_prune_needs_one() {
     for (i, (table, message)) in cases.iter().enumerate() {
         let path = d.root().join(format!("bad-{i}.toml"));
         fs::write(&path, format!("{good}\n[schedule]\n{table}\n")).unwrap();
-        let out = run_up(&d, &path);
+        let out = d.run_up(&path);
         let line = assert_one_line_error(&out, table);
         assert!(line.contains("schedule: "), "{line}");
         assert!(line.contains(message), "{table}: {line}");

@@ -482,6 +482,29 @@ impl Daemon {
         self.nofile = Some(n);
     }
 
+    /// `umbra up --config FILE` in this daemon's dir, for a start that
+    /// must give up by itself (a bad config, a refused state dir).
+    pub fn run_up(&self, config: &Path) -> Output {
+        let mut cmd = umbra_cmd();
+        cmd.arg("up")
+            .arg("--config")
+            .arg(config)
+            .current_dir(self.root());
+        run_with_timeout(&mut cmd, Duration::from_secs(20))
+    }
+
+    /// Panics unless no mountpoint of this daemon is mounted.
+    #[track_caller]
+    pub fn assert_nothing_mounted(&self, context: &str) {
+        for mp in self.layout.mountpoints() {
+            assert!(
+                !sys::is_mounted(&mp),
+                "{context}: {} was left mounted",
+                mp.display()
+            );
+        }
+    }
+
     /// Sets `key` in the environment of every later `launch`.
     pub fn env(&mut self, key: &str, value: &str) {
         self.env.push((key.to_string(), value.to_string()));
