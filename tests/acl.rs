@@ -391,13 +391,34 @@ impl Drop for OnSmallExt4 {
 /// the errno; the file is then removed and its blocks given back.
 fn fill_as_nobody(dir: &Path) -> (u64, i32) {
     let file = dir.join("fill");
+    let before = available(dir);
     let errno = as_nobody(Op::Fill, &file, 0o022);
     let size = fs::metadata(&file).unwrap().len();
     fs::remove_file(&file).unwrap();
-    // Freed blocks count as free once the journal committed.
-    let status = Command::new("sync").arg("-f").arg(dir).status().unwrap();
-    assert!(status.success());
+    // Freed blocks count as free once the journal committed, and through
+    // FUSE only once the kernel's RELEASE and FORGET of the file arrived,
+    // which they do after unlink returned.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let status = Command::new("sync").arg("-f").arg(dir).status().unwrap();
+        assert!(status.success());
+        if available(dir) + 2 * 4096 >= before || std::time::Instant::now() > deadline {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
     (size, errno)
+}
+
+/// The bytes an unprivileged user may still write on `dir`'s filesystem.
+fn available(dir: &Path) -> u64 {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(dir.as_os_str().as_bytes()).unwrap();
+    // SAFETY: zeroed statvfs is a valid out-buffer; c is a valid path.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::statvfs(c.as_ptr(), &mut st) }, 0);
+    st.f_bavail * st.f_frsize
 }
 
 /// The filed defect: writes through umbra landed as root and used the
