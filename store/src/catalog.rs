@@ -27,6 +27,15 @@ const STEPS: &[&str] = &[
     // by hand (`umbra create`, or a kept backup before origins existed).
     "ALTER TABLE sets ADD COLUMN origin TEXT NOT NULL DEFAULT 'manual'
          CHECK (origin IN ('manual', 'scheduled', 'backup'));",
+    // 4: where each changed object was last reached, so that `umbra diff`
+    // and `umbra versions` name a changed file without walking the tree.
+    "CREATE TABLE places (
+         volume_id INTEGER NOT NULL,
+         object INTEGER NOT NULL,
+         parent BLOB NOT NULL,
+         name BLOB NOT NULL,
+         PRIMARY KEY (volume_id, object)
+     ) STRICT, WITHOUT ROWID;",
 ];
 
 const SCHEMA_V1: &str = "

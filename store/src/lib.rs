@@ -27,8 +27,8 @@ pub use io::{OpenMode, OsIo, StoreFile, StoreIo};
 pub use records::{AttrRecord, DirEntry, FileKind, Timestamp};
 pub use reserve::filesystem_bytes;
 pub use store::{
-    Durability, NewSet, PreImages, Preserved, SetInfo, SetOrigin, SetVolume, SetWriterRecord,
-    Store, StoreOptions, StoreStats, VolumeInfo,
+    Durability, NewSet, Place, PreImages, Preserved, SetInfo, SetOrigin, SetVolume,
+    SetWriterRecord, Store, StoreOptions, StoreStats, VolumeInfo,
 };
 
 /// Size of a data block: the unit of copy-on-write for file contents.

@@ -3,6 +3,7 @@
 //! catalog transaction; resolution (the read side) finds the record with the
 //! smallest `hi >= e`, or says "unchanged: read the live object".
 
+mod changes;
 mod collect;
 
 use std::collections::{HashMap, HashSet};
@@ -152,6 +153,10 @@ pub struct PreImages<'a> {
     pub attrs: Vec<(ObjectId, AttrRecord)>,
     pub dirs: Vec<(ObjectId, Vec<DirEntry>)>,
     pub handles: Vec<(ObjectId, Vec<u8>)>,
+    /// Where an object was last reached: its parent directory's file handle
+    /// (empty for the volume's root) and its name there. A hint for naming
+    /// changed objects, replaced by every newer one.
+    pub places: Vec<(ObjectId, Place)>,
     /// Objects whose backing inode was moved into the volume's hidden folder.
     pub aside: Vec<ObjectId>,
 }
@@ -162,8 +167,18 @@ impl PreImages<'_> {
             && self.attrs.is_empty()
             && self.dirs.is_empty()
             && self.handles.is_empty()
+            && self.places.is_empty()
             && self.aside.is_empty()
     }
+}
+
+/// A name an object had: `name` in the directory whose file handle is
+/// `parent` (empty: the volume's root). Checked before use: the object may
+/// have moved since.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Place {
+    pub parent: Vec<u8>,
+    pub name: Vec<u8>,
 }
 
 /// What the diff area holds.
@@ -620,6 +635,16 @@ impl Store {
                 collect::HAS_STATE
             ))?
             .execute(params![v, object.0 as i64, handle])?;
+        }
+        // Like a handle, a place is only asked for about an object that has
+        // a record; the newest place wins.
+        for (object, place) in &pre.places {
+            tx.prepare_cached(&format!(
+                "INSERT OR REPLACE INTO places (volume_id, object, parent, name)
+                 SELECT ?1, ?2, ?3, ?4 WHERE {}",
+                collect::HAS_STATE
+            ))?
+            .execute(params![v, object.0 as i64, place.parent, place.name])?;
         }
         let ticket = self.commit(tx)?;
         drop(conn);

@@ -8,7 +8,7 @@ mod common;
 use std::fs;
 
 use rusqlite::Connection;
-use umbra_store::{ChunkHash, Epoch, NewSet, ObjectId, PreImages, SetOrigin, Timestamp};
+use umbra_store::{ChunkHash, Epoch, NewSet, ObjectId, Place, PreImages, SetOrigin, Timestamp};
 
 use common::{attr, block, commit, dir, hi_now, open, pack_path};
 
@@ -72,7 +72,7 @@ fn the_catalog_schema_is_version_3() {
         [
             ("packs_synced_end".to_string(), 8),
             ("packs_synced_pack".to_string(), 0),
-            ("schema_version".to_string(), 3)
+            ("schema_version".to_string(), 4)
         ]
     );
 
@@ -97,6 +97,7 @@ fn the_catalog_schema_is_version_3() {
         ("table", "dir_records"),
         ("table", "handles"),
         ("table", "meta"),
+        ("table", "places"),
         ("table", "set_volumes"),
         ("table", "set_writers"),
         ("table", "sets"),
@@ -191,6 +192,15 @@ fn the_catalog_schema_is_version_3() {
         ])
     );
     assert_eq!(
+        columns(&db, "places"),
+        cols(&[
+            ("volume_id", int, true, 1),
+            ("object", int, true, 2),
+            ("parent", "BLOB", true, 0),
+            ("name", "BLOB", true, 0)
+        ])
+    );
+    assert_eq!(
         columns(&db, "aside"),
         cols(&[
             ("volume_id", int, true, 1),
@@ -222,6 +232,23 @@ fn one_preservation_writes_the_documented_rows_and_bytes() {
         attrs: vec![(ObjectId(42), attr(1))],
         dirs: vec![(ObjectId(2), dir(1))],
         handles: vec![(ObjectId(42), b"handle".to_vec())],
+        places: vec![
+            (
+                ObjectId(42),
+                Place {
+                    parent: b"dir".to_vec(),
+                    name: b"f".to_vec(),
+                },
+            ),
+            // No record of 7: never asked about, so not kept.
+            (
+                ObjectId(7),
+                Place {
+                    parent: Vec::new(),
+                    name: b"g".to_vec(),
+                },
+            ),
+        ],
         aside: vec![ObjectId(42)],
     };
     store.preserve(vol, hi, &pre).expect("preserve");
@@ -229,6 +256,14 @@ fn one_preservation_writes_the_documented_rows_and_bytes() {
         store.handle(vol, ObjectId(42)).expect("handle"),
         Some(b"handle".to_vec())
     );
+    assert_eq!(
+        store.place(vol, ObjectId(42)).expect("place"),
+        Some(Place {
+            parent: b"dir".to_vec(),
+            name: b"f".to_vec()
+        })
+    );
+    assert_eq!(store.place(vol, ObjectId(7)).expect("place"), None);
     drop(store);
 
     let db = Connection::open(tmp.path().join("catalog.db")).expect("catalog");
@@ -332,7 +367,8 @@ fn a_version_1_catalog_is_migrated_and_keeps_its_sets() {
     {
         let db = Connection::open(tmp.path().join("catalog.db")).expect("catalog");
         db.execute_batch(
-            "ALTER TABLE sets DROP COLUMN origin;
+            "DROP TABLE places;
+             ALTER TABLE sets DROP COLUMN origin;
              ALTER TABLE sets DROP COLUMN pending;
              UPDATE meta SET value = 1 WHERE key = 'schema_version';",
         )
@@ -355,7 +391,7 @@ fn a_version_1_catalog_is_migrated_and_keeps_its_sets() {
             |r| r.get(0),
         )
         .expect("version");
-    assert_eq!(version, 3);
+    assert_eq!(version, 4);
 }
 
 /// A version 2 catalog (a store made before sets recorded who asked for
@@ -372,7 +408,8 @@ fn a_version_2_catalog_is_migrated_and_its_sets_read_as_manual() {
     {
         let db = Connection::open(tmp.path().join("catalog.db")).expect("catalog");
         db.execute_batch(
-            "ALTER TABLE sets DROP COLUMN origin;
+            "DROP TABLE places;
+             ALTER TABLE sets DROP COLUMN origin;
              UPDATE meta SET value = 2 WHERE key = 'schema_version';",
         )
         .expect("back to version 2");
@@ -413,4 +450,58 @@ fn a_version_2_catalog_is_migrated_and_its_sets_read_as_manual() {
     assert_eq!(stored, ["manual", "scheduled"]);
     let refused = db.execute("UPDATE sets SET origin = 'cron'", []);
     assert!(refused.is_err(), "the catalog refuses an unknown origin");
+}
+
+/// A version 3 catalog (a store made before changed objects had places):
+/// it gains the empty `places` table and keeps its records; `umbra diff`
+/// names the objects preserved before the migration by searching.
+#[test]
+fn a_version_3_catalog_is_migrated_and_gains_places() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    {
+        let store = open(tmp.path());
+        let vol = store.ensure_volume("data").expect("volume").id;
+        commit(&store, "old", &[vol]);
+        let hi = hi_now(&store, vol);
+        let pre = PreImages {
+            attrs: vec![(ObjectId(42), attr(1))],
+            ..Default::default()
+        };
+        store.preserve(vol, hi, &pre).expect("preserve");
+    }
+    {
+        let db = Connection::open(tmp.path().join("catalog.db")).expect("catalog");
+        db.execute_batch(
+            "DROP TABLE places;
+             UPDATE meta SET value = 3 WHERE key = 'schema_version';",
+        )
+        .expect("back to version 3");
+    }
+    let store = open(tmp.path());
+    let vol = store.volumes().expect("volumes")[0].id;
+    assert_eq!(
+        store.changed_objects(vol, Epoch(1), None).expect("changed"),
+        [ObjectId(42)]
+    );
+    assert_eq!(store.place(vol, ObjectId(42)).expect("place"), None);
+    let hi = hi_now(&store, vol);
+    let pre = PreImages {
+        attrs: vec![(ObjectId(42), attr(2))],
+        places: vec![(
+            ObjectId(42),
+            Place {
+                parent: Vec::new(),
+                name: b"f".to_vec(),
+            },
+        )],
+        ..Default::default()
+    };
+    store.preserve(vol, hi, &pre).expect("preserve");
+    assert_eq!(
+        store
+            .place(vol, ObjectId(42))
+            .expect("place")
+            .map(|p| p.name),
+        Some(b"f".to_vec())
+    );
 }

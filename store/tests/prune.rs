@@ -4,7 +4,7 @@
 
 mod common;
 
-use umbra_store::{Epoch, Error, ObjectId, PreImages, SetId};
+use umbra_store::{Epoch, Error, ObjectId, Place, PreImages, SetId};
 
 use common::{attr, block, commit, epoch_of, hi_now, temp_store};
 
@@ -212,6 +212,7 @@ fn with_no_set_left_preserving_stores_nothing() {
         attrs: vec![(FILE, attr(1))],
         dirs: vec![(ObjectId(9), common::dir(1))],
         handles: vec![(FILE, vec![1, 2, 3])],
+        places: vec![(FILE, place(b"f"))],
         aside: vec![FILE],
     };
     store.preserve(vol, hi, &pre).expect("preserve");
@@ -226,11 +227,12 @@ fn with_no_set_left_preserving_stores_nothing() {
         (0, 0, 0, 0)
     );
     assert_eq!(store.handle(vol, FILE).expect("handle"), None);
+    assert_eq!(store.place(vol, FILE).expect("place"), None);
     assert!(store.unreachable_aside(vol).expect("aside").is_empty());
 }
 
 #[test]
-fn a_handle_lives_as_long_as_its_object_has_a_record_or_an_aside_row() {
+fn a_handle_and_a_place_live_as_long_as_their_object_has_a_record_or_an_aside_row() {
     let (_dir, store) = temp_store();
     let vol = store.ensure_volume("data").expect("volume").id;
     let (moved, renamed, bare) = (ObjectId(20), ObjectId(21), ObjectId(22));
@@ -243,6 +245,7 @@ fn a_handle_lives_as_long_as_its_object_has_a_record_or_an_aside_row() {
             // A handle alone: no set can need it.
             (bare, vec![3]),
         ],
+        places: vec![(renamed, place(b"r")), (bare, place(b"b"))],
         aside: vec![moved],
         ..PreImages::default()
     };
@@ -254,10 +257,13 @@ fn a_handle_lives_as_long_as_its_object_has_a_record_or_an_aside_row() {
         [handle(moved), handle(renamed), handle(bare)],
         [Some(vec![1]), Some(vec![2]), None]
     );
+    assert_eq!(store.place(vol, renamed).expect("place"), Some(place(b"r")));
+    assert_eq!(store.place(vol, bare).expect("place"), None);
     store.delete_set(set.id).expect("delete");
     // The record went with the set; the aside row waits for the filesystem
     // to free the inode (forget_objects), and its handle with it.
     assert_eq!([handle(moved), handle(renamed)], [Some(vec![1]), None]);
+    assert_eq!(store.place(vol, renamed).expect("place"), None);
     assert_eq!(store.unreachable_aside(vol).expect("aside"), vec![moved]);
     store.forget_objects(vol, &[moved]).expect("forget");
     assert_eq!(handle(moved), None);
@@ -333,4 +339,11 @@ fn a_deletion_cut_short_is_finished_by_the_next_open() {
         (0, 0, 0, 0)
     );
     assert_eq!(store.handle(vol, FILE).expect("handle"), None);
+}
+
+fn place(name: &[u8]) -> Place {
+    Place {
+        parent: Vec::new(),
+        name: name.to_vec(),
+    }
 }

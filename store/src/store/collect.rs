@@ -1,5 +1,5 @@
 //! What deleting frees, and how without stalling live writes: a deleted
-//! set's records that no remaining set needs, the handles and chunks they
+//! set's records that no remaining set needs, the handles, places and chunks they
 //! leave unnamed, the pack bytes of those chunks, the records of freed
 //! aside objects, and whole packs. Every step is a short transaction (live
 //! writes need the catalog's writer for their pre-images and wait for one
@@ -139,18 +139,20 @@ impl Store {
             dropped += self.in_batches(table, key, volume, &sql)?;
         }
         // An object left with no record and no aside row is never looked
-        // up by handle again.
-        self.in_batches(
-            "handles",
-            &["object"],
-            volume,
-            &format!(
-                "DELETE FROM handles AS h WHERE h.volume_id = ?1
-                   AND h.object IN (SELECT object FROM handles WHERE volume_id = ?1 {{range}})
-                   AND NOT {}",
-                HAS_STATE.replace("?2", "h.object")
-            ),
-        )?;
+        // up by handle or named by its place again.
+        for table in ["handles", "places"] {
+            self.in_batches(
+                table,
+                &["object"],
+                volume,
+                &format!(
+                    "DELETE FROM {table} AS h WHERE h.volume_id = ?1
+                       AND h.object IN (SELECT object FROM {table} WHERE volume_id = ?1 {{range}})
+                       AND NOT {}",
+                    HAS_STATE.replace("?2", "h.object")
+                ),
+            )?;
+        }
         Ok(dropped)
     }
 
@@ -375,7 +377,7 @@ impl Store {
             }
             let mut conn = self.catalog.writer();
             let tx = conn.transaction()?;
-            for table in ["attr_records", "dir_records", "handles", "aside"] {
+            for table in ["attr_records", "dir_records", "handles", "places", "aside"] {
                 tx.prepare_cached(&format!(
                     "DELETE FROM {table} WHERE volume_id = ?1 AND object = ?2"
                 ))?
