@@ -185,6 +185,50 @@ pub enum Command {
         output: Output,
     },
 
+    /// Show what changed between two sets, or between a set and the live volumes
+    ///
+    /// One line per change, as zfs diff -F prints them: a mark (+ added, - removed, M modified,
+    /// R renamed), the kind of object (F file, / directory, @ symlink, | fifo, = socket, B block
+    /// device, C character device) and the path under the volume's live mount; a rename shows
+    /// `OLD -> NEW`, a modification what changed (content, mode, owner, times, xattrs, links).
+    /// A directory added or removed brings every entry under it. Access and change times are not
+    /// compared. FROM and TO are set names, ids or `latest`; without TO the live volumes are the
+    /// other end. PATH (a path in a live volume, in a set under the snapshots mountpoint, or
+    /// VOLUME/path) limits the diff to that file or directory and below; without it every volume
+    /// FROM holds is compared. The work follows the number of changes the diff area recorded
+    /// between the two, not the number of files (--json says how many objects were examined,
+    /// and whether naming them needed a walk of a live tree). Names that are not valid UTF-8 are
+    /// shown with U+FFFD in their place; control characters are escaped.
+    #[command(override_usage = "umbra diff [OPTIONS] <FROM> [TO] [PATH]")]
+    Diff {
+        /// The older set (name, id or latest)
+        #[arg(value_name = "FROM")]
+        from: String,
+        /// The newer set, then PATH; a single argument that names no set is PATH
+        #[arg(value_name = "TO|PATH", num_args = 0..=2)]
+        rest: Vec<String>,
+        #[command(flatten)]
+        output: Output,
+    },
+
+    /// List every distinct version of a file, live and in the sets, newest first
+    ///
+    /// The Previous Versions tab on the command line: the file at PATH (a path in a live volume,
+    /// in a set under the snapshots mountpoint, or VOLUME/path; it may be deleted live) is looked
+    /// up in every set. A set holds the live file wherever it was then (renames are followed
+    /// through the diff area's records), or else whatever was at PATH then (editors that save
+    /// by renaming a new file over the old one make a new file each time). Versions with equal
+    /// content (blake3) are one, listed with every set that holds them. Prints a table of
+    /// modification time, size, the start of the blake3 hash and the sets with where each shows
+    /// the file; `cp` from that path restores it.
+    Versions {
+        /// The file
+        #[arg(value_name = "PATH")]
+        path: String,
+        #[command(flatten)]
+        output: Output,
+    },
+
     /// Show the registered writers and their states
     ///
     /// Prints each writer's name, kind (socket or exec), state (stable, waiting-for-freeze,

@@ -1,4 +1,4 @@
-//! The client commands `create`, `list`, `delete`, `status` and `writers`:
+//! The client commands `create`, `list`, `delete`, `status`, `writers`, `diff` and `versions`:
 //! each sends one request to the daemon and prints its answer, as text or as
 //! one JSON document on stdout; and `backup`, which runs the requester's
 //! command between its set and its report. It never touches the store or a
@@ -17,7 +17,10 @@ pub use connection::ClientError;
 pub use discover::DiscoverError;
 use discover::socket_path;
 
-use crate::protocol::{CreatedView, PruneView, Request, SetView, StatusView, WriterInfo};
+use crate::protocol::{
+    ClientPath, CreatedView, DiffView, PruneView, Request, SetView, StatusView, VersionsView,
+    WriterInfo,
+};
 use crate::render;
 
 #[derive(Debug, thiserror::Error)]
@@ -120,6 +123,48 @@ impl Client {
         Ok(exit_code(status))
     }
 
+    /// `umbra diff FROM [TO] [PATH]`: a lone second argument is TO if it
+    /// names a set (a name, an id or `latest`), else PATH.
+    pub fn diff(
+        &self,
+        from: String,
+        rest: Vec<String>,
+        cwd: &Path,
+        json: bool,
+    ) -> Result<(), CommandError> {
+        let (to, path) = match <[String; 2]>::try_from(rest) {
+            Ok([to, path]) => (Some(to), Some(path)),
+            Err(rest) => match rest.into_iter().next() {
+                None => (None, None),
+                Some(one) => {
+                    let sets: Vec<SetView> = self.call(&Request::List {})?;
+                    let is_set = one == "latest"
+                        || sets
+                            .iter()
+                            .any(|s| s.name == one || s.id.to_string() == one);
+                    if is_set {
+                        (Some(one), None)
+                    } else {
+                        (None, Some(one))
+                    }
+                }
+            },
+        };
+        let diff: DiffView = self.call(&Request::Diff {
+            from,
+            to,
+            path: path.map(|p| client_path(&p, cwd)),
+        })?;
+        print(json, &diff, render::diff)
+    }
+
+    pub fn versions(&self, path: String, cwd: &Path, json: bool) -> Result<(), CommandError> {
+        let versions: VersionsView = self.call(&Request::Versions {
+            path: client_path(&path, cwd),
+        })?;
+        print(json, &versions, render::versions)
+    }
+
     pub fn writers(&self, json: bool) -> Result<(), CommandError> {
         let writers: Vec<WriterInfo> = self.call(&Request::Writers {})?;
         print(json, &writers, |w| render::writers(w))
@@ -127,6 +172,24 @@ impl Client {
 
     fn call<T: DeserializeOwned>(&self, request: &Request) -> Result<T, ClientError> {
         connection::call(&self.socket, request)
+    }
+}
+
+/// A path as the daemon can place it: absolute, with the symlinks of its
+/// directory resolved (a shell's `cd` through a link, a volume reached by
+/// a link), its last part not followed (the versions of a symlink are the
+/// link's). A path that names nothing here (`VOLUME/path`, a deleted file's
+/// directory) goes as given, with the working directory.
+fn client_path(path: &str, cwd: &Path) -> ClientPath {
+    let given = Path::new(path);
+    let absolute = cwd.join(given);
+    let resolved = match (absolute.parent(), absolute.file_name()) {
+        (Some(dir), Some(name)) => std::fs::canonicalize(dir).ok().map(|d| d.join(name)),
+        _ => std::fs::canonicalize(&absolute).ok(),
+    };
+    ClientPath {
+        path: resolved.map_or_else(|| path.to_string(), |p| p.display().to_string()),
+        cwd: Some(cwd.display().to_string()),
     }
 }
 

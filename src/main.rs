@@ -84,6 +84,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Status { output } => client()?.status(output.json)?,
         Command::Prune { dry_run, output } => client()?.prune(dry_run, output.json)?,
         Command::Writers { output } => client()?.writers(output.json)?,
+        Command::Diff { from, rest, output } => client()?.diff(from, rest, &cwd, output.json)?,
+        Command::Versions { path, output } => client()?.versions(path, &cwd, output.json)?,
         Command::Completions { shell } => {
             let mut command = <Cli as clap::CommandFactory>::command();
             clap_complete::generate(shell, &mut command, "umbra", &mut std::io::stdout());

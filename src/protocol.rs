@@ -68,10 +68,101 @@ pub enum Request {
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         dry_run: bool,
     },
+    /// The changes from set `from` to set `to` (the live volumes when
+    /// absent), of every volume `from` holds, or only at and under `path`.
+    /// Answer: a [`DiffView`].
+    Diff {
+        from: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        to: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        path: Option<ClientPath>,
+    },
+    /// Every distinct version of one file, live and in the sets. Answer: a
+    /// [`VersionsView`].
+    Versions { path: ClientPath },
     /// Only as a connection's first line: the connection becomes a
     /// writer's (umbra-writer(7)). Answer: `{"registered": NAME}`, then
     /// events.
     Register(Registration),
+}
+
+/// A path as a client gave it: absolute, or relative to `cwd` (the
+/// client's working directory, its symlinks already resolved), or
+/// `VOLUME/path`. The daemon places it in a volume by its mountpoints, or
+/// by the snapshots mountpoint (`<snapshots>/<set>/<volume>/...`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientPath {
+    pub path: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cwd: Option<String>,
+}
+
+/// What `umbra diff` answers.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiffView {
+    pub from: SetView,
+    /// `None`: the live volumes.
+    pub to: Option<SetView>,
+    pub changes: Vec<ChangeView>,
+    /// Objects the catalog said may have changed: what the diff's cost
+    /// follows (not the number of files).
+    pub examined: u64,
+    /// Whether naming a changed object needed a walk of a live tree.
+    pub searched: bool,
+}
+
+/// One line of `umbra diff`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChangeView {
+    /// `+`, `-`, `M` or `R`, as `zfs diff`.
+    pub change: String,
+    /// `file`, `directory`, `symlink`, `fifo`, `socket`, `char-device` or
+    /// `block-device`.
+    pub kind: String,
+    pub volume: String,
+    /// Where the entry is (was, for `-` and the old name of `R`) under the
+    /// volume's live mount.
+    pub path: String,
+    /// The new name of an `R`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to: Option<String>,
+    /// For `M`: `content`, `mode`, `owner`, `times`, `xattrs`, `links`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub what: Vec<String>,
+}
+
+/// What `umbra versions` answers: newest first.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VersionsView {
+    pub volume: String,
+    /// The file's path under the volume's live mount.
+    pub path: String,
+    pub versions: Vec<VersionView>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VersionView {
+    /// blake3 of the content, hex.
+    pub blake3: String,
+    pub size: u64,
+    /// RFC 3339, UTC.
+    pub mtime: String,
+    /// Whether the live file is this version.
+    pub live: bool,
+    /// The sets that hold it, newest first.
+    pub sets: Vec<VersionSet>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VersionSet {
+    pub id: i64,
+    pub name: String,
+    /// RFC 3339, UTC.
+    pub created: String,
+    /// Where the set shows this version: `<snapshots>/<set>/<volume>/...`.
+    pub path: String,
 }
 
 /// The answer to one request.
@@ -299,6 +390,26 @@ mod tests {
             }),
             json!({"op": "register", "name": "pg", "volumes": ["data"], "components": [],
                 "required": false, "timeout_secs": 5}),
+        );
+        round_trip(
+            Request::Diff {
+                from: "1".into(),
+                to: None,
+                path: Some(ClientPath {
+                    path: "data/x".into(),
+                    cwd: Some("/srv".into()),
+                }),
+            },
+            json!({"op": "diff", "from": "1", "path": {"path": "data/x", "cwd": "/srv"}}),
+        );
+        round_trip(
+            Request::Versions {
+                path: ClientPath {
+                    path: "/srv/data/x".into(),
+                    cwd: None,
+                },
+            },
+            json!({"op": "versions", "path": {"path": "/srv/data/x"}}),
         );
         let minimal = parse_request(br#"{"op":"register","name":"pg"}"#).expect("parses");
         assert!(matches!(minimal, Request::Register(r) if r.required && r.volumes.is_empty()));

@@ -1,5 +1,5 @@
-//! The text a person reads: the answers of `create`, `delete`, `list`, `prune`, `writers` and
-//! `status` laid out as lines and tables, every string a user or a writer
+//! The text a person reads: the answers of `create`, `delete`, `list`, `prune`, `writers`,
+//! `status`, `diff` and `versions` laid out as lines and tables, every string a user or a writer
 //! chose made printable first (`printable`: no control character reaches
 //! the terminal raw). Pure functions from protocol views to strings; it
 //! never writes anywhere and never shapes `--json` output (that is the
@@ -7,7 +7,7 @@
 
 use std::fmt::Write as _;
 
-use crate::protocol::{PruneView, SetView, StatusView, WriterInfo};
+use crate::protocol::{DiffView, PruneView, SetView, StatusView, VersionsView, WriterInfo};
 
 /// `text` safe to print on a terminal: every control character (a
 /// newline, ESC, BEL, DEL, the C1 set) and every bidirectional override is
@@ -120,6 +120,89 @@ pub fn pruned(view: &PruneView) -> String {
         "deleted"
     };
     let _ = writeln!(out, "{verb} {gone} of {} sets", view.sets.len());
+    out
+}
+
+/// `zfs diff -F`'s lines: mark, kind, path (`OLD -> NEW` for a rename),
+/// and for a modification what changed; tab-separated, paths printable.
+pub fn diff(view: &DiffView) -> String {
+    let mut out = String::new();
+    for c in &view.changes {
+        let kind = match c.kind.as_str() {
+            "directory" => "/",
+            "symlink" => "@",
+            "fifo" => "|",
+            "socket" => "=",
+            "block-device" => "B",
+            "char-device" => "C",
+            _ => "F",
+        };
+        let _ = write!(out, "{}\t{kind}\t{}", c.change, printable(&c.path));
+        if let Some(to) = &c.to {
+            let _ = write!(out, " -> {}", printable(to));
+        }
+        if !c.what.is_empty() {
+            let _ = write!(out, "\t{}", c.what.join(","));
+        }
+        out.push('\n');
+    }
+    out
+}
+
+/// A table of a file's versions, newest first: which, when modified, the
+/// size, the start of the hash and where each set shows it.
+pub fn versions(view: &VersionsView) -> String {
+    let mut rows = Vec::new();
+    for v in &view.versions {
+        let first = if v.live {
+            "live".to_string()
+        } else {
+            String::new()
+        };
+        let mut holders: Vec<(String, String)> = v
+            .sets
+            .iter()
+            .map(|s| (printable(&s.name), printable(&s.path)))
+            .collect();
+        if holders.is_empty() {
+            holders.push((first.clone(), printable(&view.path)));
+        } else if v.live {
+            holders.insert(0, ("live".into(), printable(&view.path)));
+        }
+        for (i, (set, path)) in holders.into_iter().enumerate() {
+            let head = i == 0;
+            rows.push(vec![
+                if head {
+                    printable(&v.mtime)
+                } else {
+                    String::new()
+                },
+                if head {
+                    v.size.to_string()
+                } else {
+                    String::new()
+                },
+                if head {
+                    v.blake3.chars().take(12).collect()
+                } else {
+                    String::new()
+                },
+                set,
+                path,
+            ]);
+        }
+    }
+    let mut out = table(
+        &["MODIFIED", "SIZE", "BLAKE3", "SET", "PATH"],
+        rows.into_iter(),
+    );
+    let _ = writeln!(
+        out,
+        "{} version{} of {}",
+        view.versions.len(),
+        if view.versions.len() == 1 { "" } else { "s" },
+        printable(&view.path)
+    );
     out
 }
 
@@ -330,6 +413,35 @@ mod tests {
     fn created_names_the_set_and_its_id() {
         let text = created(&set(3, "2026-11-25T084250Z", None, &["data"]));
         assert_eq!(text, "2026-11-25T084250Z (id 3): data\n");
+    }
+
+    #[test]
+    fn diff_lines_are_zfs_diff_f_lines_with_paths_escaped() {
+        let change = |change: &str, kind: &str, path: &str, to: Option<&str>, what: &[&str]| {
+            crate::protocol::ChangeView {
+                change: change.into(),
+                kind: kind.into(),
+                volume: "data".into(),
+                path: path.into(),
+                to: to.map(Into::into),
+                what: what.iter().map(|w| w.to_string()).collect(),
+            }
+        };
+        let view = DiffView {
+            from: set(1, "a", None, &["data"]),
+            to: None,
+            changes: vec![
+                change("R", "directory", "/v/old", Some("/v/new"), &[]),
+                change("M", "file", "/v/f\nake", None, &["content", "times"]),
+                change("+", "symlink", "/v/l", None, &[]),
+            ],
+            examined: 3,
+            searched: false,
+        };
+        assert_eq!(
+            diff(&view),
+            "R\t/\t/v/old -> /v/new\nM\tF\t/v/f\\nake\tcontent,times\n+\t@\t/v/l\n"
+        );
     }
 
     #[test]

@@ -17,7 +17,9 @@ use std::os::fd::BorrowedFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-use umbra_store::{AttrRecord, BLOCK_SIZE, DirEntry, Epoch, ObjectId, PreImages, Store, VolumeId};
+use umbra_store::{
+    AttrRecord, BLOCK_SIZE, DirEntry, Epoch, ObjectId, Place, PreImages, Store, VolumeId,
+};
 
 use crate::backing::{self, cstr};
 use crate::{FsError, HIDDEN_DIR, Result};
@@ -61,6 +63,15 @@ pub(crate) struct Cow {
     stores: AtomicU64,
     /// Keeps the diff area within its limits before pre-images are stored.
     guard: OnceLock<Arc<dyn DiffGuard>>,
+    /// Says where a changed object was reached, for its place in the store.
+    namer: OnceLock<Arc<dyn Namer>>,
+}
+
+/// Where the live mount last reached an object: kept with its first
+/// pre-image of an epoch, so that `umbra diff` can name a changed file by
+/// its number alone. A hint: the live mount's memory of names.
+pub(crate) trait Namer: Send + Sync {
+    fn place(&self, object: ObjectId) -> Option<Place>;
 }
 
 /// The diff area's limit, checked before every store of pre-images.
@@ -89,6 +100,7 @@ impl Cow {
             gate: RwLock::new(clock),
             any_set: AtomicBool::new(any_set),
             guard: OnceLock::new(),
+            namer: OnceLock::new(),
             stripes: (0..STRIPES).map(|_| RwLock::new(())).collect(),
             preserved: Mutex::new(HashMap::new()),
             births: Mutex::new(HashSet::new()),
@@ -103,6 +115,10 @@ impl Cow {
 
     pub fn set_guard(&self, guard: Arc<dyn DiffGuard>) {
         let _ = self.guard.set(guard);
+    }
+
+    pub fn set_namer(&self, namer: Arc<dyn Namer>) {
+        let _ = self.namer.set(namer);
     }
 
     pub fn store(&self) -> &Arc<Store> {
@@ -139,6 +155,7 @@ impl Cow {
             pending: HashSet::new(),
             pending_bytes: 0,
             handles: Vec::new(),
+            places: Vec::new(),
             aside: Vec::new(),
         }
     }
@@ -224,6 +241,7 @@ pub(crate) struct Mutation<'a> {
     pending: HashSet<(ObjectId, u64)>,
     pending_bytes: usize,
     handles: Vec<(ObjectId, Vec<u8>)>,
+    places: Vec<(ObjectId, Place)>,
     aside: Vec<ObjectId>,
 }
 
@@ -259,6 +277,9 @@ impl Mutation<'_> {
         let record = backing::attr_record(&st, xattrs);
         let size = record.size;
         self.attrs.push((object, record));
+        if let Some(place) = self.cow.namer.get().and_then(|n| n.place(object)) {
+            self.places.push((object, place));
+        }
         Ok(Some(size))
     }
 
@@ -329,6 +350,17 @@ impl Mutation<'_> {
         Ok(())
     }
 
+    /// Says that `object` is about to be reached as `place` (a rename), if
+    /// this mutation stores anything anyway: a place alone is not worth a
+    /// sync, and a stale one costs `umbra diff` a search, not an error.
+    pub fn place(&mut self, object: ObjectId, place: Place) {
+        if !self.needs(object) || self.all_stored() {
+            return;
+        }
+        self.places.retain(|(o, _)| *o != object);
+        self.places.push((object, place));
+    }
+
     /// Notes that `object`'s inode is being moved into the hidden folder.
     pub fn aside(&mut self, object: ObjectId) {
         if self.needs(object) {
@@ -351,6 +383,7 @@ impl Mutation<'_> {
             attrs: std::mem::take(&mut self.attrs),
             dirs: std::mem::take(&mut self.dirs),
             handles: std::mem::take(&mut self.handles),
+            places: std::mem::take(&mut self.places),
             aside: std::mem::take(&mut self.aside),
         };
         if pre.is_empty() {
@@ -406,6 +439,7 @@ impl Mutation<'_> {
             && self.attrs.is_empty()
             && self.dirs.is_empty()
             && self.handles.is_empty()
+            && self.places.is_empty()
             && self.aside.is_empty()
     }
 

@@ -17,6 +17,7 @@
 
 mod attr;
 mod backing;
+mod changes;
 #[cfg(test)]
 mod core_tests;
 mod cow;
@@ -33,6 +34,7 @@ mod shadow;
 mod snap;
 mod volume;
 
+pub use changes::{Aspect, Change, Changes, Instant, Op, Version, changes, versions};
 pub use diff::{DiffArea, DiffLimits, OnFull};
 pub use error::{FsError, Result};
 pub use flusher::{FLUSH_COMMAND, flush_child_main};

@@ -21,10 +21,12 @@ use umbra_store::{SetId, SetInfo, SetOrigin, Store};
 use crate::config::Config;
 use crate::naming::{self, NameFormat};
 use crate::protocol::{
-    CreatedView, DiffAreaView, PruneView, PrunedSet, Request, ScheduleView, SetView, StatusView,
-    VolumeView, WriterInfo,
+    CreatedView, DiffAreaView, DiffView, PruneView, PrunedSet, Request, ScheduleView, SetView,
+    StatusView, VersionsView, VolumeView, WriterInfo,
 };
 use crate::schedule::{Candidate, Schedule};
+
+mod history;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {
@@ -48,6 +50,9 @@ pub enum ServiceError {
     NotABackup,
     #[error("the daemon's config has no [schedule]: no retention rules say what to prune")]
     NoSchedule,
+    /// A request that cannot be answered as asked; the text says why.
+    #[error("{0}")]
+    Refused(String),
     #[error("deleted {deleted} of {wanted} sets, then: {source}")]
     PartialDelete {
         deleted: usize,
@@ -66,6 +71,8 @@ pub enum Answer {
     Sets(Vec<SetView>),
     Status(StatusView),
     Pruned(PruneView),
+    Diff(DiffView),
+    Versions(VersionsView),
 }
 
 /// Which sets a delete picks besides the named ones.
@@ -171,6 +178,10 @@ impl Service {
             Request::Status {} => self.status().map(Answer::Status),
             Request::Prune { dry_run } => self.prune(dry_run).map(Answer::Pruned),
             Request::Writers {} => Ok(Answer::Writers(self.writers())),
+            Request::Diff { from, to, path } => self
+                .diff(&from, to.as_deref(), path.as_ref())
+                .map(Answer::Diff),
+            Request::Versions { path } => self.versions(&path).map(Answer::Versions),
             Request::Register(_) => Err(ServiceError::LateRegister),
             Request::Backup { .. } | Request::BackupComplete { .. } => {
                 Err(ServiceError::NotABackup)

@@ -14,11 +14,12 @@ use std::ffi::{CStr, OsStr, OsString};
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
-use umbra_store::{FileKind, ObjectId, Timestamp};
+use umbra_store::{FileKind, ObjectId, Place, Timestamp};
 
 use super::caller::AsCaller;
 use super::nodes::{Node, Nodes, ROOT};
@@ -156,6 +157,7 @@ impl LiveFs {
         let root_fd = backing::reopen_path(vol.root_fd())?;
         let aliases = vol.store().aliases(vol.id())?;
         let nodes = Arc::new(Nodes::new(vol.name(), root_fd, vol.root_object(), aliases));
+        vol.cow.set_namer(nodes.clone());
         let files: Arc<Mutex<HashMap<u64, Arc<OpenFile>>>> = Arc::default();
         let (listed, named) = (files.clone(), nodes.clone());
         vol.set_open_writes(Box::new(move || {
@@ -878,6 +880,15 @@ impl LiveFs {
         m.dir(npnode.object, newparent_fd.as_fd())?;
         m.attr(src, src_fd.as_fd())?;
         m.handle(src, parent_fd.as_fd(), name)?;
+        if let Some(parent) = self.nodes.place_handle(newparent) {
+            m.place(
+                src,
+                Place {
+                    parent,
+                    name: newname.as_bytes().to_vec(),
+                },
+            );
+        }
         // The replaced inode, if a snapshot may need it, goes aside.
         let mut aside = None;
         if let Some((dst_fd, dst_st)) = &dst {

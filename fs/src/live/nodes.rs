@@ -23,7 +23,7 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
-use umbra_store::ObjectId;
+use umbra_store::{ObjectId, Place};
 
 use crate::backing;
 use crate::fds::LiveFds;
@@ -247,6 +247,18 @@ impl Nodes {
         }
     }
 
+    /// The handle of the directory known as `ino`, as a place names it:
+    /// empty for the root, None for a node kept by its descriptor.
+    pub fn place_handle(&self, ino: u64) -> Option<Vec<u8>> {
+        if ino == ROOT {
+            return Some(Vec::new());
+        }
+        match &self.get(ino).ok()?.source {
+            Source::Handle { handle, .. } => Some(handle.to_vec()),
+            Source::Pinned(_) => None,
+        }
+    }
+
     /// The FUSE inode number of a backing object.
     pub fn ino_of(&self, object: ObjectId) -> u64 {
         if object == self.root_object {
@@ -349,5 +361,15 @@ impl Nodes {
             }
         }
         false
+    }
+}
+
+impl crate::cow::Namer for Nodes {
+    fn place(&self, object: ObjectId) -> Option<Place> {
+        let (parent, name) = self.get(self.ino_of(object)).ok()?.name()?;
+        Some(Place {
+            parent: self.place_handle(parent)?,
+            name: std::os::unix::ffi::OsStringExt::into_vec(name),
+        })
     }
 }

@@ -1,0 +1,295 @@
+//! The daemon's answers to `umbra diff` and `umbra versions`: places the
+//! client's path in a volume, picks the sets, and turns umbra-fs's changes
+//! and versions into their views. It reads; it never changes a set.
+
+use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
+
+use umbra_fs::{Change, Instant, Volume};
+use umbra_store::{FileKind, SetInfo};
+
+use super::{Service, ServiceError, view};
+use crate::naming;
+use crate::protocol::{ChangeView, ClientPath, DiffView, VersionSet, VersionView, VersionsView};
+
+impl Service {
+    /// A set by name, id or `latest`.
+    fn set_named(&self, key: &str) -> Result<SetInfo, ServiceError> {
+        if key == "latest" {
+            return self
+                .store
+                .sets()?
+                .pop()
+                .ok_or_else(|| ServiceError::UnknownSet(key.to_string()));
+        }
+        self.store.find_set(key).map_err(|e| match e {
+            umbra_store::Error::UnknownSet(_) => ServiceError::UnknownSet(key.to_string()),
+            other => ServiceError::Store(other),
+        })
+    }
+
+    pub fn diff(
+        &self,
+        from: &str,
+        to: Option<&str>,
+        path: Option<&ClientPath>,
+    ) -> Result<DiffView, ServiceError> {
+        let from_set = self.set_named(from)?;
+        let to_set = to.map(|k| self.set_named(k)).transpose()?;
+        if let Some(to_set) = &to_set
+            && to_set.id.0 < from_set.id.0
+        {
+            return Err(ServiceError::Refused(format!(
+                "set {} is newer than {}: give the older set first",
+                from_set.name, to_set.name
+            )));
+        }
+        let place = path.map(|p| self.locate(p)).transpose()?;
+        let mut changes = Vec::new();
+        let (mut examined, mut searched) = (0, false);
+        for volume in &self.volumes {
+            if let Some((only, _)) = &place
+                && !Arc::ptr_eq(only, volume)
+            {
+                continue;
+            }
+            let Some(start) = instant(&from_set, volume) else {
+                if place.is_some() {
+                    return Err(ServiceError::Refused(format!(
+                        "set {} does not hold volume {}",
+                        from_set.name,
+                        volume.name()
+                    )));
+                }
+                continue;
+            };
+            let end = match &to_set {
+                None => Instant::Live,
+                Some(set) => match instant(set, volume) {
+                    Some(end) => end,
+                    None if place.is_some() => {
+                        return Err(ServiceError::Refused(format!(
+                            "set {} does not hold volume {}",
+                            set.name,
+                            volume.name()
+                        )));
+                    }
+                    None => continue,
+                },
+            };
+            let under = place.as_ref().map(|(_, rel)| rel.as_path());
+            let found = umbra_fs::changes(volume, start, end, under)?;
+            examined += found.examined as u64;
+            searched |= found.searched;
+            let mount = self.mount_of(volume);
+            changes.extend(
+                found
+                    .changes
+                    .iter()
+                    .map(|c| change_view(c, volume.name(), &mount)),
+            );
+        }
+        Ok(DiffView {
+            from: view(&from_set),
+            to: to_set.as_ref().map(view),
+            changes,
+            examined,
+            searched,
+        })
+    }
+
+    pub fn versions(&self, path: &ClientPath) -> Result<VersionsView, ServiceError> {
+        let (volume, rel) = self.locate(path)?;
+        if rel.as_os_str().is_empty() {
+            return Err(ServiceError::Refused(
+                "versions needs a file, not a volume's root".into(),
+            ));
+        }
+        let mut sets = self.store.sets()?;
+        sets.reverse();
+        let held: Vec<(SetInfo, umbra_store::SetId, umbra_store::Epoch)> = sets
+            .into_iter()
+            .filter_map(|s| {
+                let Instant::Set { id, epoch } = instant(&s, &volume)? else {
+                    return None;
+                };
+                Some((s, id, epoch))
+            })
+            .collect();
+        let ids: Vec<_> = held.iter().map(|(_, id, e)| (*id, *e)).collect();
+        let found = umbra_fs::versions(&volume, &ids, &rel)?;
+        let snapshots = &self.config.snapshots;
+        let versions = found
+            .into_iter()
+            .map(|v| VersionView {
+                blake3: hex(&v.hash),
+                size: v.size,
+                mtime: naming::rfc3339(v.mtime),
+                live: v.live,
+                sets: v
+                    .sets
+                    .iter()
+                    .filter_map(|(id, in_set)| {
+                        let (set, _, _) = held.iter().find(|(_, i, _)| i == id)?;
+                        Some(VersionSet {
+                            id: set.id.0,
+                            name: set.name.clone(),
+                            created: naming::rfc3339(set.created),
+                            path: snapshots
+                                .join(&set.name)
+                                .join(volume.name())
+                                .join(in_set)
+                                .display()
+                                .to_string(),
+                        })
+                    })
+                    .collect(),
+            })
+            .collect();
+        Ok(VersionsView {
+            volume: volume.name().to_string(),
+            path: self.mount_of(&volume).join(&rel).display().to_string(),
+            versions,
+        })
+    }
+
+    fn mount_of(&self, volume: &Volume) -> PathBuf {
+        self.config
+            .volumes
+            .iter()
+            .find(|v| v.name == volume.name())
+            .map(|v| v.mount.clone())
+            .unwrap_or_default()
+    }
+
+    /// The volume a client's path is in and the path relative to its root.
+    fn locate(&self, given: &ClientPath) -> Result<(Arc<Volume>, PathBuf), ServiceError> {
+        let raw = Path::new(&given.path);
+        let absolute = match (&given.cwd, raw.is_absolute()) {
+            (_, true) => Some(normal(raw)),
+            (Some(cwd), false) => Some(normal(&Path::new(cwd).join(raw))),
+            (None, false) => None,
+        };
+        if let Some(absolute) = &absolute {
+            // The longest mountpoint that holds it: volumes may nest.
+            let by_mount = self
+                .config
+                .volumes
+                .iter()
+                .filter_map(|v| absolute.strip_prefix(&v.mount).ok().map(|rel| (v, rel)))
+                .max_by_key(|(v, _)| v.mount.components().count());
+            if let Some((config, rel)) = by_mount {
+                return self.volume_path(&config.name, rel, &given.path);
+            }
+            if let Ok(rest) = absolute.strip_prefix(&self.config.snapshots) {
+                let mut parts = rest.components();
+                let (_set, volume) = (parts.next(), parts.next());
+                if let Some(Component::Normal(volume)) = volume {
+                    let name = volume.to_string_lossy().into_owned();
+                    return self.volume_path(&name, parts.as_path(), &given.path);
+                }
+            }
+        }
+        // VOLUME/path, as the contract allows.
+        let mut parts = raw.components();
+        if !raw.is_absolute()
+            && let Some(Component::Normal(first)) = parts.next()
+            && let Some(name) = first.to_str()
+            && self.volumes.iter().any(|v| v.name() == name)
+        {
+            return self.volume_path(name, &normal(parts.as_path()), &given.path);
+        }
+        Err(ServiceError::Refused(format!(
+            "{} is in no volume (volumes: {})",
+            given.path,
+            self.config
+                .volumes
+                .iter()
+                .map(|v| format!("{} at {}", v.name, v.mount.display()))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )))
+    }
+
+    fn volume_path(
+        &self,
+        name: &str,
+        rel: &Path,
+        given: &str,
+    ) -> Result<(Arc<Volume>, PathBuf), ServiceError> {
+        let volume = self
+            .volumes
+            .iter()
+            .find(|v| v.name() == name)
+            .cloned()
+            .ok_or_else(|| ServiceError::UnknownVolume(name.to_string()))?;
+        if rel.components().next() == Some(Component::Normal(umbra_fs::HIDDEN_DIR.as_ref())) {
+            return Err(ServiceError::Refused(format!(
+                "{given} is umbra's own folder, not part of the volume"
+            )));
+        }
+        Ok((volume, rel.to_path_buf()))
+    }
+}
+
+/// `path` with `.` dropped and `..` applied by name (never above the
+/// root): a path that names no existing file (a deleted one, whose
+/// versions are wanted) cannot be resolved by the filesystem.
+fn normal(path: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for part in path.components() {
+        match part {
+            Component::ParentDir => {
+                out.pop();
+            }
+            Component::CurDir => {}
+            other => out.push(other),
+        }
+    }
+    out
+}
+
+fn instant(set: &SetInfo, volume: &Volume) -> Option<Instant> {
+    set.volumes
+        .iter()
+        .find(|v| v.volume == volume.id())
+        .map(|v| Instant::Set {
+            id: set.id,
+            epoch: v.epoch,
+        })
+}
+
+/// `rel` under `mount`, the root itself without a trailing slash.
+fn under(mount: &Path, rel: &Path) -> String {
+    if rel.as_os_str().is_empty() {
+        return mount.display().to_string();
+    }
+    mount.join(rel).display().to_string()
+}
+
+fn change_view(change: &Change, volume: &str, mount: &Path) -> ChangeView {
+    ChangeView {
+        change: change.op.mark().to_string(),
+        kind: kind_name(change.kind).to_string(),
+        volume: volume.to_string(),
+        path: under(mount, &change.path),
+        to: change.to.as_ref().map(|t| under(mount, t)),
+        what: change.what.iter().map(|a| a.as_str().to_string()).collect(),
+    }
+}
+
+pub(crate) fn kind_name(kind: FileKind) -> &'static str {
+    match kind {
+        FileKind::Regular => "file",
+        FileKind::Directory => "directory",
+        FileKind::Symlink => "symlink",
+        FileKind::Fifo => "fifo",
+        FileKind::Socket => "socket",
+        FileKind::CharDevice => "char-device",
+        FileKind::BlockDevice => "block-device",
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
