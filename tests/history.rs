@@ -362,3 +362,350 @@ fn diff_and_versions_refuse_bad_input_with_one_line() {
     let line = assert_one_line_error(&out, "versions of a directory");
     assert!(line.contains("directory"), "{line}");
 }
+
+/// A small deterministic generator: the seed is printed, so a failure
+/// replays with UMBRA_DIFF_SEED.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n.max(1) as u64) as usize
+    }
+}
+
+/// Every path of a tree (relative, "" for the root) with what a diff
+/// compares: kind, content hash, mode, owner, mtime, links, user xattrs.
+fn walk(root: &Path) -> std::collections::BTreeMap<String, String> {
+    use std::os::unix::fs::MetadataExt;
+    let mut out = std::collections::BTreeMap::new();
+    let mut stack = vec![String::new()];
+    while let Some(rel) = stack.pop() {
+        let path = if rel.is_empty() {
+            root.to_path_buf()
+        } else {
+            root.join(&rel)
+        };
+        let meta = fs::symlink_metadata(&path).unwrap();
+        let kind = if meta.is_dir() {
+            "directory"
+        } else if meta.file_type().is_symlink() {
+            "symlink"
+        } else {
+            "file"
+        };
+        let content = match kind {
+            "file" => blake3::hash(&fs::read(&path).unwrap()).to_hex()[..12].to_string(),
+            _ => String::new(),
+        };
+        let links = if meta.is_dir() { 0 } else { meta.nlink() };
+        let xattrs = std::process::Command::new("getfattr")
+            .args(["-h", "-d", "--absolute-names"])
+            .arg(&path)
+            .output()
+            .unwrap()
+            .stdout;
+        let xattrs = String::from_utf8_lossy(&xattrs)
+            .lines()
+            .filter(|l| l.starts_with("user."))
+            .collect::<Vec<_>>()
+            .join(";");
+        out.insert(
+            rel.clone(),
+            format!(
+                "{kind}|{content}|{:o}|{}:{}|{}.{}|{links}|{xattrs}|{}",
+                meta.mode() & 0o7777,
+                meta.uid(),
+                meta.gid(),
+                meta.mtime(),
+                meta.mtime_nsec(),
+                meta.ino()
+            ),
+        );
+        if meta.is_dir() {
+            for entry in fs::read_dir(&path).unwrap() {
+                let name = entry.unwrap().file_name().into_string().unwrap();
+                if rel.is_empty() && name == ".umbra" {
+                    continue;
+                }
+                stack.push(if rel.is_empty() {
+                    name
+                } else {
+                    format!("{rel}/{name}")
+                });
+            }
+        }
+    }
+    out
+}
+
+/// Which attributes differ between two `walk` descriptions, as diff names
+/// them.
+fn aspects(a: &str, b: &str) -> Vec<String> {
+    let (a, b): (Vec<&str>, Vec<&str>) = (a.split('|').collect(), b.split('|').collect());
+    // The last field, the inode number, tells hard links apart; not compared.
+    let names = [
+        "kind", "content", "mode", "owner", "times", "links", "xattrs",
+    ];
+    let mut out: Vec<String> = (1..names.len())
+        .filter(|&i| a[i] != b[i])
+        .map(|i| names[i].to_string())
+        .collect();
+    out.sort();
+    out
+}
+
+/// Checks one diff against the two trees: the paths of `before` moved by
+/// the diff's R, less its -, plus its +, are the paths of `after`; and
+/// every path there at both ends as the same file differs in exactly the
+/// aspects its M line names.
+fn check_diff(
+    lines: &[String],
+    before: &std::collections::BTreeMap<String, String>,
+    after: &std::collections::BTreeMap<String, String>,
+    context: &str,
+) {
+    use std::collections::{BTreeMap, BTreeSet};
+    let strip = |p: &str| p.trim_start_matches('/').to_string();
+    let (mut removed, mut added) = (BTreeSet::new(), BTreeSet::new());
+    let mut renamed: BTreeMap<String, String> = BTreeMap::new();
+    let mut modified: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for line in lines {
+        let mut parts = line.splitn(3, ' ');
+        let (mark, _kind, rest) = (
+            parts.next().unwrap(),
+            parts.next().unwrap(),
+            parts.next().unwrap(),
+        );
+        match mark {
+            "-" => {
+                removed.insert(strip(rest));
+            }
+            "+" => {
+                added.insert(strip(rest));
+            }
+            "R" => {
+                let (old, new) = rest.split_once(" -> ").unwrap();
+                renamed.insert(strip(old), strip(new));
+            }
+            "M" => {
+                let (path, what) = rest.rsplit_once(' ').unwrap();
+                let mut what: Vec<String> = what.split(',').map(String::from).collect();
+                what.sort();
+                modified.insert(strip(path), what);
+            }
+            other => panic!("{context}: mark {other}"),
+        }
+    }
+    // Where each path of `before` went.
+    let image = |p: &str| -> Option<String> {
+        if removed.contains(p) && !renamed.contains_key(p) {
+            return None;
+        }
+        let mut prefix = p.to_string();
+        loop {
+            if let Some(to) = renamed.get(&prefix) {
+                let rest = &p[prefix.len()..];
+                return Some(format!("{to}{rest}"));
+            }
+            if removed.contains(&prefix) {
+                return None;
+            }
+            match prefix.rfind('/') {
+                Some(i) => prefix.truncate(i),
+                None if !prefix.is_empty() => prefix.clear(),
+                None => return Some(p.to_string()),
+            }
+        }
+    };
+    let mut expected: BTreeSet<String> = before.keys().filter_map(|p| image(p)).collect();
+    expected.extend(added.iter().cloned());
+    let actual: BTreeSet<String> = after.keys().cloned().collect();
+    assert_eq!(
+        expected.symmetric_difference(&actual).collect::<Vec<_>>(),
+        Vec::<&String>::new(),
+        "{context}: the diff does not turn the old tree into the new one\n{lines:#?}"
+    );
+    for (old, desc) in before {
+        let Some(new) = image(old) else { continue };
+        if added.contains(&new) {
+            continue; // the name now holds another file
+        }
+        let Some(now) = after.get(&new) else { continue };
+        let differs = aspects(desc, now);
+        let mut listed = modified.get(&new).cloned().unwrap_or_default();
+        // A file with several links is named under one of them, as zfs
+        // diff does: any name of the same inode will do.
+        if listed.is_empty() && !differs.is_empty() {
+            let ino = now.rsplit('|').next();
+            if let Some(other) = after
+                .iter()
+                .filter(|(p, d)| d.rsplit('|').next() == ino && modified.contains_key(*p))
+                .map(|(p, _)| p)
+                .next()
+            {
+                listed = modified[other].clone();
+            }
+        }
+        assert_eq!(
+            differs, listed,
+            "{context}: {old} -> {new}: {desc} vs {now}\n{lines:#?}"
+        );
+    }
+}
+
+#[test]
+fn diff_turns_every_set_into_every_later_one_after_random_changes() {
+    let seed = std::env::var("UMBRA_DIFF_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+                | 1
+        });
+    eprintln!("UMBRA_DIFF_SEED={seed}");
+    let mut rng = Rng(seed);
+    let d = Daemon::start(Config::empty().volume("data"));
+    let live = d.live("data");
+    let mut sets = Vec::new();
+    let mut trees = Vec::new();
+    for step in 0..240 {
+        random_change(&mut rng, &live, step);
+        if step % 24 == 23 {
+            let set = d.create_set();
+            trees.push(walk(&d.browse(&set, "data")));
+            sets.push(set);
+        }
+    }
+    let now = walk(&live);
+    for (i, a) in sets.iter().enumerate() {
+        let (lines, _) = diff(&d, &[&a.name]);
+        check_diff(
+            &lines,
+            &trees[i],
+            &now,
+            &format!("seed {seed}: {} to live", a.name),
+        );
+        for (j, b) in sets.iter().enumerate().skip(i + 1) {
+            let (lines, _) = diff(&d, &[&a.name, &b.name]);
+            check_diff(
+                &lines,
+                &trees[i],
+                &trees[j],
+                &format!("seed {seed}: {} to {}", a.name, b.name),
+            );
+        }
+    }
+}
+
+/// One random change of the tree under `live`: creates, writes, renames
+/// (over files too), links, removes (whole trees too), attribute changes.
+fn random_change(rng: &mut Rng, live: &Path, step: usize) {
+    use std::os::unix::fs::MetadataExt;
+    let all: Vec<std::path::PathBuf> = {
+        let mut v = Vec::new();
+        let mut stack = vec![live.to_path_buf()];
+        while let Some(dir) = stack.pop() {
+            for e in fs::read_dir(&dir).unwrap() {
+                let p = e.unwrap().path();
+                if fs::symlink_metadata(&p).unwrap().is_dir() {
+                    stack.push(p.clone());
+                }
+                v.push(p);
+            }
+        }
+        v.sort();
+        v
+    };
+    let dirs: Vec<std::path::PathBuf> = std::iter::once(live.to_path_buf())
+        .chain(
+            all.iter()
+                .filter(|p| p.is_dir() && !p.is_symlink())
+                .cloned(),
+        )
+        .collect();
+    let files: Vec<&std::path::PathBuf> = all
+        .iter()
+        .filter(|p| fs::symlink_metadata(p).unwrap().is_file())
+        .collect();
+    let dir = dirs[rng.below(dirs.len())].clone();
+    let fresh = dir.join(format!("n{step}"));
+    let pick = |rng: &mut Rng| -> Option<std::path::PathBuf> {
+        (!all.is_empty()).then(|| all[rng.below(all.len())].clone())
+    };
+    match rng.below(12) {
+        0 | 1 => write(&fresh, &"x".repeat(rng.below(200_000))),
+        2 => fs::create_dir(&fresh).unwrap(),
+        3 => {
+            if let Some(f) = files.get(rng.below(files.len())) {
+                let data = vec![b'a' + (step % 26) as u8; rng.below(70_000) + 1];
+                let offset = rng.below(150_000) as u64;
+                let file = fs::OpenOptions::new().write(true).open(f).unwrap();
+                std::os::unix::fs::FileExt::write_all_at(&file, &data, offset).unwrap();
+            }
+        }
+        4 => {
+            if let Some(from) = pick(rng) {
+                // Over an existing file sometimes; never into itself.
+                let to = if rng.below(3) == 0 && !files.is_empty() {
+                    files[rng.below(files.len())].clone()
+                } else {
+                    fresh.clone()
+                };
+                if !(to.starts_with(&from) || from.is_dir() && to.is_file()) {
+                    let _ = fs::rename(&from, &to);
+                }
+            }
+        }
+        5 => {
+            if let Some(f) = files.get(rng.below(files.len())) {
+                fs::hard_link(f, &fresh).unwrap();
+            }
+        }
+        6 => symlink(format!("t{step}"), &fresh).unwrap(),
+        7 => {
+            if let Some(p) = pick(rng) {
+                if p.is_dir() && !p.is_symlink() {
+                    fs::remove_dir_all(&p).unwrap();
+                } else {
+                    fs::remove_file(&p).unwrap();
+                }
+            }
+        }
+        8 => {
+            if let Some(p) = pick(rng).filter(|p| !p.is_symlink()) {
+                let mode = fs::metadata(&p).unwrap().mode() ^ 0o040;
+                fs::set_permissions(&p, fs::Permissions::from_mode(mode & 0o7777)).unwrap();
+            }
+        }
+        9 => {
+            if let Some(p) = pick(rng) {
+                std::os::unix::fs::lchown(&p, Some(rng.below(3) as u32 + 1000), None).unwrap();
+            }
+        }
+        10 => {
+            if let Some(p) = pick(rng).filter(|p| !p.is_symlink()) {
+                let status = std::process::Command::new("setfattr")
+                    .args(["-n", "user.k", "-v", &format!("v{step}")])
+                    .arg(&p)
+                    .status()
+                    .unwrap();
+                assert!(status.success());
+            }
+        }
+        _ => {
+            if let Some(f) = files.get(rng.below(files.len())) {
+                let file = fs::OpenOptions::new().write(true).open(f).unwrap();
+                file.set_len(rng.below(100_000) as u64).unwrap();
+            }
+        }
+    }
+}

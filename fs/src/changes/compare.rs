@@ -5,7 +5,7 @@
 //! changed and that exist at both instants are compared attribute by
 //! attribute, and block by block where the records say blocks changed.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::ffi::OsString;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
@@ -67,25 +67,28 @@ pub fn changes(vol: &Volume, from: Instant, to: Instant, under: Option<&Path>) -
 
     let mut out: Vec<Change> = Vec::new();
     // A name that went and one that came for the same object: a rename.
-    let mut arrivals: HashMap<ObjectId, Vec<usize>> = HashMap::new();
-    for (i, e) in came.iter().enumerate() {
-        arrivals.entry(e.object).or_default().push(i);
+    let mut departures: HashMap<ObjectId, Vec<usize>> = HashMap::new();
+    for (i, e) in gone.iter().enumerate() {
+        departures.entry(e.object).or_default().push(i);
     }
-    let mut arrived = vec![false; came.len()];
-    for e in &gone {
-        let Some(old_path) = entry_path(&mut reader, from, e)? else {
-            continue;
+    let mut departed = vec![false; gone.len()];
+    let mut arrived: HashSet<ObjectId> = HashSet::new();
+    // Names that came, with their directory's path when known; a directory
+    // born in between has no record, so its entries are listed here.
+    let mut queue: VecDeque<(Entry, Option<PathBuf>)> =
+        came.into_iter().map(|e| (e, None)).collect();
+    while let Some((e, dir_path)) = queue.pop_front() {
+        let new_path = match dir_path {
+            Some(dir_path) => dir_path.join(&e.name),
+            None => match entry_path(&mut reader, to, &e)? {
+                Some(path) => path,
+                None => continue,
+            },
         };
-        let paired = arrivals
-            .get_mut(&e.object)
-            .and_then(|list| list.pop())
-            .filter(|_| e.kind == came_kind(&came, e.object));
-        match paired {
-            Some(i) => {
-                arrived[i] = true;
-                let Some(new_path) = entry_path(&mut reader, to, &came[i])? else {
-                    continue;
-                };
+        arrived.insert(e.object);
+        if let Some(i) = departures.get_mut(&e.object).and_then(|list| list.pop()) {
+            departed[i] = true;
+            if let Some(old_path) = entry_path(&mut reader, from, &gone[i])? {
                 out.push(Change {
                     op: Op::Renamed,
                     kind: e.kind,
@@ -94,48 +97,32 @@ pub fn changes(vol: &Volume, from: Instant, to: Instant, under: Option<&Path>) -
                     what: Vec::new(),
                 });
             }
-            None => {
-                out.push(change(Op::Removed, e.kind, old_path.clone()));
-                if e.kind == FileKind::Directory {
-                    subtree(
-                        &mut reader,
-                        from,
-                        e.object,
-                        &old_path,
-                        Op::Removed,
-                        &mut out,
-                    )?;
-                }
+            continue;
+        }
+        out.push(change(Op::Added, e.kind, new_path.clone()));
+        if e.kind == FileKind::Directory {
+            for child in listed(&mut reader, to, e.object)? {
+                queue.push_back((entry(e.object, &child), Some(new_path.clone())));
             }
         }
     }
-    for (i, e) in came.iter().enumerate() {
-        if arrived[i] {
-            continue;
-        }
-        let Some(new_path) = entry_path(&mut reader, to, e)? else {
-            continue;
-        };
-        out.push(change(Op::Added, e.kind, new_path.clone()));
-        if e.kind == FileKind::Directory {
-            subtree(&mut reader, to, e.object, &new_path, Op::Added, &mut out)?;
-        }
-    }
-
-    // Names gone with no name come: removed for good (unless the object
-    // had more links than names it lost), nothing to compare.
+    // Names that went and came nowhere. A directory removed was emptied
+    // first, and every name it lost is among these already.
     let mut lost: HashMap<ObjectId, (u32, bool)> = HashMap::new();
-    for e in &gone {
-        let entry = lost
-            .entry(e.object)
-            .or_insert((0, e.kind == FileKind::Directory));
-        entry.0 += 1;
-    }
-    for e in &came {
-        lost.remove(&e.object);
+    for (e, _) in gone.iter().zip(&departed).filter(|(_, d)| !**d) {
+        if let Some(old_path) = entry_path(&mut reader, from, e)? {
+            out.push(change(Op::Removed, e.kind, old_path));
+        }
+        if !arrived.contains(&e.object) {
+            let lost = lost
+                .entry(e.object)
+                .or_insert((0, e.kind == FileKind::Directory));
+            lost.0 += 1;
+        }
     }
 
-    // Objects whose metadata changed, there at both ends.
+    // Objects whose metadata changed, there at both ends (an object that
+    // lost names is gone unless it had more links than that).
     for object in &objects {
         if let Some((names, is_dir)) = lost.get(object) {
             let links = reader.attrs(from, *object)?.map_or(1, |a| a.nlink);
@@ -188,12 +175,6 @@ pub fn changes(vol: &Volume, from: Instant, to: Instant, under: Option<&Path>) -
     })
 }
 
-fn came_kind(came: &[Entry], object: ObjectId) -> FileKind {
-    came.iter()
-        .find(|e| e.object == object)
-        .map_or(FileKind::Regular, |e| e.kind)
-}
-
 fn entry(dir: ObjectId, e: &DirEntry) -> Entry {
     Entry {
         dir,
@@ -218,6 +199,16 @@ fn listing(reader: &mut Reader<'_>, at: Instant, dir: ObjectId) -> Result<Vec<Di
     if reader.path(at, dir)?.is_none() {
         return Ok(Vec::new());
     }
+    listed(reader, at, dir)
+}
+
+fn entry_path(reader: &mut Reader<'_>, at: Instant, e: &Entry) -> Result<Option<PathBuf>> {
+    Ok(reader.path(at, e.dir)?.map(|p| p.join(&e.name)))
+}
+
+/// A directory's entries at `at`, noting where each one is for the live
+/// lookups that follow.
+fn listed(reader: &mut Reader<'_>, at: Instant, dir: ObjectId) -> Result<Vec<DirEntry>> {
     let entries = reader.entries(at, dir)?.unwrap_or_default();
     for e in &entries {
         let name = std::ffi::OsStr::from_bytes(&e.name);
@@ -227,38 +218,6 @@ fn listing(reader: &mut Reader<'_>, at: Instant, dir: ObjectId) -> Result<Vec<Di
         }
     }
     Ok(entries)
-}
-
-fn entry_path(reader: &mut Reader<'_>, at: Instant, e: &Entry) -> Result<Option<PathBuf>> {
-    Ok(reader.path(at, e.dir)?.map(|p| p.join(&e.name)))
-}
-
-/// Everything under a directory that came or went, as `op`.
-fn subtree(
-    reader: &mut Reader<'_>,
-    at: Instant,
-    dir: ObjectId,
-    path: &Path,
-    op: Op,
-    out: &mut Vec<Change>,
-) -> Result<()> {
-    let mut stack = vec![(dir, path.to_path_buf())];
-    while let Some((dir, path)) = stack.pop() {
-        let entries = reader.entries(at, dir)?.unwrap_or_default();
-        for e in entries {
-            let name = OsString::from_vec(e.name);
-            match at {
-                Instant::Live => reader.live.note(e.object, dir, &name),
-                Instant::Set { .. } => reader.live.guess(e.object, dir, &name),
-            }
-            let child = path.join(&name);
-            out.push(change(op, e.kind, child.clone()));
-            if e.kind == FileKind::Directory {
-                stack.push((e.object, child));
-            }
-        }
-    }
-    Ok(())
 }
 
 fn kind_of(mode: u32) -> FileKind {

@@ -208,7 +208,7 @@ impl<'v> Reader<'v> {
             Instant::Live => self.live.path(object),
             Instant::Set { id, epoch } => {
                 self.load_past(id, epoch)?;
-                self.past_path(epoch, object, 0)
+                self.past_path(epoch, object)
             }
         }
     }
@@ -245,51 +245,75 @@ impl<'v> Reader<'v> {
         Ok(())
     }
 
-    fn past_path(
+    fn past_path(&mut self, epoch: Epoch, object: ObjectId) -> Result<Option<PathBuf>> {
+        let mut visiting = HashSet::new();
+        Ok(self.past_path_within(epoch, object, &mut visiting)?.0)
+    }
+
+    /// The path of `object` at `epoch`, and whether the answer passed
+    /// through an object whose own answer was still being found (a loop
+    /// of listings from different times): such a None is not remembered.
+    fn past_path_within(
         &mut self,
         epoch: Epoch,
         object: ObjectId,
-        depth: usize,
-    ) -> Result<Option<PathBuf>> {
+        visiting: &mut HashSet<ObjectId>,
+    ) -> Result<(Option<PathBuf>, bool)> {
         if object == self.vol.root_object() {
-            return Ok(Some(PathBuf::new()));
+            return Ok((Some(PathBuf::new()), false));
         }
-        if depth > MAX_DEPTH {
-            return Ok(None);
+        if visiting.len() > MAX_DEPTH || !visiting.insert(object) {
+            return Ok((None, true));
         }
         let Some(past) = self.pasts.get(&epoch) else {
-            return Ok(None);
+            return Ok((None, false));
         };
         if let Some(known) = past.paths.get(&object) {
-            return Ok(known.clone());
+            visiting.remove(&object);
+            return Ok((known.clone(), false));
         }
         let candidates = past.parents.get(&object).cloned().unwrap_or_default();
-        let mut found = None;
+        let (mut found, mut tainted) = (None, false);
         // A changed directory born after the epoch lists what it held
         // later: a name counts only if its directory was there then.
         for (dir, name) in candidates {
-            if let Some(dir_path) = self.past_path(epoch, dir, depth + 1)? {
+            let (dir_path, loop_seen) = self.past_path_within(epoch, dir, visiting)?;
+            tainted |= loop_seen;
+            if let Some(dir_path) = dir_path {
                 found = Some(dir_path.join(name));
                 break;
             }
         }
-        if found.is_none()
-            && let Some((dir, name)) = self.live.position(object)?
-        {
-            let unchanged = self
-                .pasts
-                .get(&epoch)
-                .is_some_and(|p| !p.changed.contains(&dir));
-            // A directory whose entries did not change since listed the
-            // object under the same name then; one that changed and does
-            // not list it did not hold it.
-            if unchanged && let Some(dir_path) = self.past_path(epoch, dir, depth + 1)? {
-                found = Some(dir_path.join(name));
+        // A directory whose entries did not change since listed the object
+        // under the same name then; one that changed and does not list it
+        // did not hold it. A file with several links: any of its names.
+        let mut looked_everywhere = false;
+        while found.is_none() {
+            for (dir, name) in self.live.names(object)? {
+                let unchanged = self
+                    .pasts
+                    .get(&epoch)
+                    .is_some_and(|p| !p.changed.contains(&dir));
+                if unchanged {
+                    let (dir_path, loop_seen) = self.past_path_within(epoch, dir, visiting)?;
+                    tainted |= loop_seen;
+                    if let Some(dir_path) = dir_path {
+                        found = Some(dir_path.join(name));
+                        break;
+                    }
+                }
             }
+            if found.is_some() || looked_everywhere {
+                break;
+            }
+            self.live.find_links(object)?;
+            looked_everywhere = true;
         }
-        if let Some(past) = self.pasts.get_mut(&epoch) {
+        visiting.remove(&object);
+        let tainted = tainted && found.is_none();
+        if !tainted && let Some(past) = self.pasts.get_mut(&epoch) {
             past.paths.insert(object, found.clone());
         }
-        Ok(found)
+        Ok((found, tainted))
     }
 }

@@ -44,6 +44,8 @@ pub(super) struct Live<'v> {
     prefix: Vec<u8>,
     /// Live parent and name of each object found so far.
     positions: HashMap<ObjectId, (ObjectId, OsString)>,
+    /// Every live name seen of each object (a file may have several).
+    links: HashMap<ObjectId, Vec<(ObjectId, OsString)>>,
     fds: LruCache<ObjectId, Arc<OwnedFd>>,
     /// Where an object was at some instant, as a set's listing says: tried
     /// (and checked) before the catalog's hints, never taken as its path.
@@ -83,6 +85,7 @@ impl<'v> Live<'v> {
             root: vol.root_object(),
             prefix,
             positions: HashMap::new(),
+            links: HashMap::new(),
             fds: LruCache::new(NonZeroUsize::new(FDS).unwrap_or(NonZeroUsize::MIN)),
             guesses: HashMap::new(),
             missing: HashSet::new(),
@@ -183,7 +186,7 @@ impl<'v> Live<'v> {
                 {
                     let parent = ObjectId(backing::fstat(dir.as_fd())?.st_ino);
                     self.learn_path(dir.as_fd(), parent)?;
-                    self.positions.insert(object, (parent, name.clone()));
+                    self.seen(object, parent, &name);
                     return Ok(Hint::Found((parent, name)));
                 }
             }
@@ -260,7 +263,6 @@ impl<'v> Live<'v> {
         tracing::info!(
             volume = self.vol.name(),
             objects = left.len(),
-            first = ?left.iter().next(),
             "naming changed objects needs a walk of the live tree"
         );
         let mut queue: VecDeque<(ObjectId, Arc<OwnedFd>)> = VecDeque::new();
@@ -280,9 +282,7 @@ impl<'v> Live<'v> {
             };
             for entry in listing {
                 let name = OsString::from_vec(entry.name);
-                self.positions
-                    .entry(entry.object)
-                    .or_insert_with(|| (dir_object, name.clone()));
+                self.seen(entry.object, dir_object, &name);
                 left.remove(&entry.object);
                 if entry.kind == FileKind::Directory
                     && let Ok(fd) = backing::open_path(dir.as_fd(), &cstr(&name)?)
@@ -329,9 +329,65 @@ impl<'v> Live<'v> {
 
     /// Learns that `object` is `name` in `parent` (from a live listing).
     pub fn note(&mut self, object: ObjectId, parent: ObjectId, name: &OsStr) {
+        self.seen(object, parent, name);
+    }
+
+    fn seen(&mut self, object: ObjectId, parent: ObjectId, name: &OsStr) {
         self.positions
             .entry(object)
             .or_insert_with(|| (parent, name.to_os_string()));
+        let names = self.links.entry(object).or_default();
+        if !names.iter().any(|(p, n)| *p == parent && n == name) {
+            names.push((parent, name.to_os_string()));
+        }
+    }
+
+    /// Every live name of `object` known so far (at least its position's).
+    pub fn names(&mut self, object: ObjectId) -> Result<Vec<(ObjectId, OsString)>> {
+        let Some(first) = self.position(object)? else {
+            return Ok(Vec::new());
+        };
+        let mut names = self.links.get(&object).cloned().unwrap_or_default();
+        if !names.contains(&first) {
+            names.insert(0, first);
+        }
+        Ok(names)
+    }
+
+    /// Finds every live name of a file with more links than names known:
+    /// a walk of the whole live tree.
+    pub fn find_links(&mut self, object: ObjectId) -> Result<()> {
+        let Some(fd) = self.fd(object)? else {
+            return Ok(());
+        };
+        let st = backing::fstat(fd.as_fd())?;
+        let known = self.links.get(&object).map_or(0, Vec::len);
+        if st.st_mode & libc::S_IFMT == libc::S_IFDIR || st.st_nlink as usize <= known {
+            return Ok(());
+        }
+        self.searched = true;
+        let mut queue: VecDeque<(ObjectId, Arc<OwnedFd>)> = VecDeque::new();
+        queue.push_back((self.root, self.root_fd()?));
+        while let Some((dir_object, dir)) = queue.pop_front() {
+            let hidden = (dir_object == self.root).then_some(OsStr::new(HIDDEN_DIR));
+            let listing = match backing::reopen(dir.as_fd(), libc::O_RDONLY | libc::O_DIRECTORY)
+                .and_then(|d| backing::dir_record(d.as_fd(), hidden))
+            {
+                Ok(l) => l,
+                Err(e) if gone(&e) => continue,
+                Err(e) => return Err(e.into()),
+            };
+            for entry in listing {
+                let name = OsString::from_vec(entry.name);
+                self.seen(entry.object, dir_object, &name);
+                if entry.kind == FileKind::Directory
+                    && let Ok(fd) = backing::open_path(dir.as_fd(), &cstr(&name)?)
+                {
+                    queue.push_back((entry.object, Arc::new(fd)));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Notes where a set's listing had `object`: where to look first.
