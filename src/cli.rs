@@ -92,7 +92,9 @@ pub enum Command {
     /// next start, so that a set is whole or absent. With --json the answer also
     /// has set_guid (the id the writers saw), hold_ms, total_ms and writers. The set is named after its UTC creation time
     /// (name_format; e.g. 2026-11-25T084250Z, with a suffix -1, -2, ... if that name is taken) and
-    /// prints as `<name> (id <id>): <volumes>`. An unknown volume is an error, and then nothing is
+    /// prints as `<name> (id <id>): <volumes>`. When `max_sets` makes room first, a line
+    /// `deleted <name> (id <id>): the oldest set, to stay within max_sets` comes before it for each
+    /// set deleted (in --json, `evicted`). An unknown volume is an error, and then nothing is
     /// created.
     Create {
         /// Volumes to copy [default: every volume]

@@ -63,7 +63,7 @@ impl Client {
         json: bool,
     ) -> Result<(), CommandError> {
         let created: CreatedView = self.call(&Request::Create { volumes, label })?;
-        print(json, &created, |c| render::created(&c.set))
+        print(json, &created, render::created_view)
     }
 
     pub fn list(&self, json: bool) -> Result<(), CommandError> {

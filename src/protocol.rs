@@ -235,6 +235,9 @@ pub struct CreatedView {
     pub path: String,
     pub hold_ms: f64,
     pub total_ms: f64,
+    /// The oldest sets deleted first to stay within `max_sets`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub evicted: Vec<SetView>,
 }
 
 /// A writer as `umbra writers` shows it.

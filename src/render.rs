@@ -7,7 +7,9 @@
 
 use std::fmt::Write as _;
 
-use crate::protocol::{DiffView, PruneView, SetView, StatusView, VersionsView, WriterInfo};
+use crate::protocol::{
+    CreatedView, DiffView, PruneView, SetView, StatusView, VersionsView, WriterInfo,
+};
 
 /// `text` safe to print on a terminal: every control character (a
 /// newline, ESC, BEL, DEL, the C1 set) and every bidirectional override is
@@ -48,6 +50,20 @@ pub fn created(set: &SetView) -> String {
         set.id,
         joined(&set.volumes, ", ")
     )
+}
+
+/// The new set's line, after one line per set `max_sets` deleted for it.
+pub fn created_view(view: &CreatedView) -> String {
+    let mut out = String::new();
+    for gone in &view.evicted {
+        let _ = writeln!(
+            out,
+            "deleted {} (id {}): the oldest set, to stay within max_sets",
+            printable(&gone.name),
+            gone.id
+        );
+    }
+    out + &created(&view.set)
 }
 
 /// One `deleted <name> (id <id>)` line per set.

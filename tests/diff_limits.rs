@@ -64,10 +64,25 @@ fn protect_fails_the_live_write_and_keeps_the_sets() {
 }
 
 #[test]
-fn max_sets_keeps_the_newest() {
+fn max_sets_keeps_the_newest_and_create_says_which_it_deleted() {
     let d = Daemon::start(Config::default().line("max_sets = 2"));
-    let sets: Vec<_> = (0..4).map(|_| d.create_set()).collect();
-    assert_eq!(d.list_sets(), sets[2..]);
+    let sets: Vec<_> = (0..3).map(|_| d.create_set()).collect();
+    // The fourth set: JSON names the set deleted for it, text says so too.
+    let out = d.umbra_ok(&["create", "--json"]);
+    let created: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(created["evicted"][0]["name"], sets[1].name.as_str(), "{out}");
+    assert_eq!(created["evicted"].as_array().map(Vec::len), Some(1), "{out}");
+    let text = d.umbra_ok(&["create"]);
+    assert!(
+        text.starts_with(&format!(
+            "deleted {} (id {}): the oldest set, to stay within max_sets\n",
+            sets[2].name, sets[2].id
+        )),
+        "{text}"
+    );
+    let left = d.list_sets();
+    assert_eq!(left.len(), 2);
+    assert!(!left.iter().any(|s| sets.contains(s)), "{left:?}");
 }
 
 #[test]

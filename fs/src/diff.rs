@@ -16,7 +16,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
-use umbra_store::Store;
+use umbra_store::{SetInfo, Store};
 
 use crate::cow::DiffGuard;
 use crate::{Browser, FsError, Result, Volume, delete_set};
@@ -74,23 +74,25 @@ impl DiffArea {
 
     /// Before a set is taken: deletes the oldest sets while `max_sets` are
     /// there already.
-    pub fn before_new_set(&self) -> Result<()> {
+    pub fn before_new_set(&self) -> Result<Vec<SetInfo>> {
+        let mut deleted = Vec::new();
         let Some(max) = self.limits.max_sets else {
-            return Ok(());
+            return Ok(deleted);
         };
         while self.store.sets()?.len() >= max.max(1) {
-            if !self.delete_oldest("max_sets reached")? {
-                break;
+            match self.delete_oldest("max_sets reached")? {
+                Some(set) => deleted.push(set),
+                None => break,
             }
         }
-        Ok(())
+        Ok(deleted)
     }
 
-    /// Deletes the oldest set; false if there is none.
-    fn delete_oldest(&self, why: &str) -> Result<bool> {
+    /// Deletes the oldest set, and says which; None if there is none.
+    fn delete_oldest(&self, why: &str) -> Result<Option<SetInfo>> {
         let _one_at_a_time = self.deleting.lock().unwrap_or_else(|p| p.into_inner());
         let Some(oldest) = self.store.sets()?.into_iter().next() else {
-            return Ok(false);
+            return Ok(None);
         };
         let volumes: Vec<Arc<Volume>> = self.volumes.iter().filter_map(Weak::upgrade).collect();
         delete_set(&self.store, &volumes, oldest.id)?;
@@ -103,7 +105,7 @@ impl DiffArea {
                 }
             });
         }
-        Ok(true)
+        Ok(Some(oldest))
     }
 
     fn full(&self, why: &str) -> Result<bool> {
@@ -114,7 +116,7 @@ impl DiffArea {
                 );
                 Err(FsError::from_errno(libc::ENOSPC))
             }
-            OnFull::DeleteOldest => self.delete_oldest(why),
+            OnFull::DeleteOldest => self.delete_oldest(why).map(|d| d.is_some()),
         }
     }
 }

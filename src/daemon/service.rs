@@ -128,6 +128,8 @@ pub struct Service {
     diff_area: Option<Arc<DiffArea>>,
     /// The set a running `umbra backup` is reading: retention keeps it.
     in_backup: Mutex<Option<SetId>>,
+    /// The sets `max_sets` deleted before the set being made, for its view.
+    evicted: Mutex<Vec<SetInfo>>,
 }
 
 impl Service {
@@ -153,6 +155,7 @@ impl Service {
             creating: Mutex::new(()),
             diff_area: None,
             in_backup: Mutex::new(None),
+            evicted: Mutex::new(Vec::new()),
         }
     }
 
@@ -306,6 +309,7 @@ impl Service {
             set_guid: pending.set_guid().to_string(),
             hold_ms: millis(pending.set().hold),
             total_ms: millis(pending.elapsed()),
+            evicted: self.take_evicted(),
         };
         Ok(Backup {
             service: self,
@@ -331,7 +335,7 @@ impl Service {
         };
         let _changing = self.changes.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(area) = &self.diff_area {
-            area.before_new_set()?;
+            *self.evicted.lock().unwrap_or_else(PoisonError::into_inner) = area.before_new_set()?;
         }
         let now = Utc::now();
         let name = self.store.free_set_name(&self.name_format().name(now))?;
@@ -370,7 +374,16 @@ impl Service {
             path,
             hold_ms: millis(created.set.hold),
             total_ms: millis(created.total),
+            evicted: self.take_evicted(),
         })
+    }
+
+    /// The sets `max_sets` deleted for the set just made (once).
+    fn take_evicted(&self) -> Vec<SetView> {
+        std::mem::take(&mut *self.evicted.lock().unwrap_or_else(PoisonError::into_inner))
+            .iter()
+            .map(view)
+            .collect()
     }
 
     pub fn list(&self) -> Result<Vec<SetView>, ServiceError> {
