@@ -131,6 +131,14 @@ pub enum Command {
         #[arg(long, value_name = "TEXT")]
         label: Option<String>,
 
+        /// Instead of the line on stderr, print one JSON document on stdout once COMMAND ended
+        ///
+        /// It has the set (as `umbra create --json`, with the writers as BackupComplete left them),
+        /// the command, its exit code or signal, and whether the set was kept. COMMAND's own
+        /// output comes first on the same stdout.
+        #[arg(long)]
+        json: bool,
+
         /// The backup command and its arguments, after `--`
         #[arg(last = true, required = true, value_name = "COMMAND")]
         command: Vec<String>,

@@ -96,6 +96,7 @@ impl Client {
         label: Option<String>,
         keep: bool,
         command: &[String],
+        json: bool,
     ) -> Result<u8, CommandError> {
         let mut session = connection::Session::open(&self.socket)?;
         let set: CreatedView = session.call(&Request::Backup {
@@ -113,13 +114,25 @@ impl Client {
             .env("UMBRA_SET_NAME", &set.set.name)
             .status();
         let succeeded = status.as_ref().is_ok_and(|s| s.success());
-        let _done: CreatedView = session.call(&Request::BackupComplete { succeeded })?;
+        let done: CreatedView = session.call(&Request::BackupComplete { succeeded })?;
         let status = status.map_err(|source| CommandError::Spawn {
             program: program.clone(),
             source,
         })?;
-        // On stderr: stdout is the command's (`umbra backup -- tar c ... > x`).
-        eprintln!("{}", render::backed_up(&set.set, status, keep));
+        if json {
+            use std::os::unix::process::ExitStatusExt;
+            let report = BackupReport {
+                set: done,
+                command: command.to_vec(),
+                exit_code: status.code(),
+                signal: status.signal(),
+                kept: keep,
+            };
+            print(true, &report, |_| String::new())?;
+        } else {
+            // On stderr: stdout is the command's (`umbra backup -- tar c ... > x`).
+            eprintln!("{}", render::backed_up(&set.set, status, keep));
+        }
         Ok(exit_code(status))
     }
 
@@ -191,6 +204,19 @@ fn client_path(path: &str, cwd: &Path) -> ClientPath {
         path: resolved.map_or_else(|| path.to_string(), |p| p.display().to_string()),
         cwd: Some(cwd.display().to_string()),
     }
+}
+
+/// What `umbra backup --json` prints once the command ended.
+#[derive(Serialize)]
+struct BackupReport {
+    set: CreatedView,
+    command: Vec<String>,
+    /// The command's exit code, if it exited.
+    exit_code: Option<i32>,
+    /// The signal that ended it, if one did.
+    signal: Option<i32>,
+    /// Whether the set was kept (`--keep`) rather than deleted.
+    kept: bool,
 }
 
 /// A child's exit status as ours: its code, or 128 + the signal that ended it.

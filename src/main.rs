@@ -94,9 +94,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             volumes,
             keep,
             label,
+            json,
             command,
         } => {
-            let code = client()?.backup(volumes, label, keep, &command)?;
+            let code = client()?.backup(volumes, label, keep, &command, json)?;
             return Ok(ExitCode::from(code));
         }
     }

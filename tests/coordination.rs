@@ -594,6 +594,33 @@ fn backup_runs_the_command_over_the_set_then_reports_and_deletes_it() {
     assert_eq!(sets.len(), 1, "--keep keeps the set");
     assert_eq!(sets[0]["writers"][0]["status"], "ok");
     assert_eq!(daemon.writer("hook")["state"], "stable");
+
+    // --json: the command's output, then one document on stdout, nothing on stderr.
+    let out = daemon.umbra(&[
+        "backup",
+        "--json",
+        "--",
+        "sh",
+        "-c",
+        "echo from-the-command; kill -TERM $$",
+    ]);
+    assert_eq!(out.status.code(), Some(128 + libc::SIGTERM));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let (said, doc) = stdout.split_once('\n').expect("two parts");
+    assert_eq!(said, "from-the-command");
+    let report: serde_json::Value = serde_json::from_str(doc).expect(doc);
+    assert_eq!(report["signal"], libc::SIGTERM);
+    assert_eq!(report["exit_code"], serde_json::Value::Null);
+    assert_eq!(report["kept"], false);
+    assert_eq!(report["command"][0], "sh");
+    assert_eq!(report["set"]["writers"][0]["name"], "hook");
+    assert!(report["set"]["name"].is_string(), "{doc}");
+    assert!(
+        out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(daemon.sets().len(), 1, "the --json backup's set is deleted");
 }
 
 #[test]
