@@ -353,6 +353,14 @@ fn diff_and_versions_refuse_bad_input_with_one_line() {
         (vec!["versions", live.to_str().unwrap()], "a volume's root"),
         (vec!["versions", "/etc/passwd"], "is in no volume"),
         (vec!["versions", "data/.umbra/x"], "umbra's own folder"),
+        (
+            vec!["versions", "data/../../etc/passwd"],
+            "may not contain ..",
+        ),
+        (
+            vec!["versions", "data/never-was"],
+            "no such file, live or in any set",
+        ),
     ] {
         let out = d.umbra(&args);
         let line = assert_one_line_error(&out, &args.join(" "));

@@ -118,6 +118,12 @@ impl Service {
             .collect();
         let ids: Vec<_> = held.iter().map(|(_, id, e)| (*id, *e)).collect();
         let found = umbra_fs::versions(&volume, &ids, &rel)?;
+        if found.is_empty() {
+            return Err(ServiceError::Refused(format!(
+                "{}: no such file, live or in any set",
+                self.mount_of(&volume).join(&rel).display()
+            )));
+        }
         let snapshots = &self.config.snapshots;
         let versions = found
             .into_iter()
@@ -190,13 +196,20 @@ impl Service {
                 }
             }
         }
-        // VOLUME/path, as the contract allows.
+        // VOLUME/path, as the contract allows; only a plain one: `..` in it
+        // would mean a place outside the volume.
         let mut parts = raw.components();
         if !raw.is_absolute()
             && let Some(Component::Normal(first)) = parts.next()
             && let Some(name) = first.to_str()
             && self.volumes.iter().any(|v| v.name() == name)
         {
+            if parts.clone().any(|c| c == Component::ParentDir) {
+                return Err(ServiceError::Refused(format!(
+                    "{}: a VOLUME/path may not contain ..",
+                    given.path
+                )));
+            }
             return self.volume_path(name, &normal(parts.as_path()), &given.path);
         }
         Err(ServiceError::Refused(format!(
