@@ -89,8 +89,9 @@ pub enum Command {
     /// nothing is created; a second create while one runs is refused. The set stays pending from
     /// its commit until its writers have thawed and heard PostSnapshot (it is listed and browsable
     /// meanwhile); a set interrupted by a daemon crash in that window is deleted at the daemon's
-    /// next start, so that a set is whole or absent. With --json the answer also
-    /// has set_guid (the id the writers saw), hold_ms, total_ms and writers. The set is named after its UTC creation time
+    /// next start, so that a set is whole or absent. --json prints the set (id, name, created,
+    /// label, origin, volumes, writers with their status) with set_guid (the id the writers saw),
+    /// path (where it is browsable), hold_ms, total_ms and evicted. The set is named after its UTC creation time
     /// (name_format; e.g. 2026-11-25T084250Z, with a suffix -1, -2, ... if that name is taken) and
     /// prints as `<name> (id <id>): <volumes>`. When `max_sets` makes room first, a line
     /// `deleted <name> (id <id>): the oldest set, to stay within max_sets` comes before it for each
@@ -149,8 +150,9 @@ pub enum Command {
     /// Prints a table of name, id, creation time (RFC 3339, UTC), origin (manual, scheduled or
     /// backup: who asked for the set), volumes and label. Control
     /// characters in a label (or in any name or message umbra prints as text) are shown escaped,
-    /// as \n or \u{1b}, so that no label can add a line or reach the terminal; --json gives every
-    /// string exactly.
+    /// as \n or \u{1b}, so that no label can add a line or reach the terminal; --json prints
+    /// the array of sets, each with id, name, created (RFC 3339), label, origin, volumes and
+    /// writers, every string exact.
     List {
         #[command(flatten)]
         output: Output,
@@ -161,7 +163,8 @@ pub enum Command {
     /// Every SET (a name or an id) is checked first: if one is unknown, none is deleted. The
     /// selectors add sets: the N oldest, those older than a duration, or all. What no remaining
     /// set needs is freed from the diff area, pack space included. Prints `deleted NAME (id N)`
-    /// for each set deleted; --json prints the array of the deleted sets.
+    /// for each set deleted; --json prints the array of the deleted sets, each with id, name,
+    /// created, label, origin, volumes and writers (as `list --json`).
     Delete {
         /// Sets to delete, by name or id
         #[arg(value_name = "SET", required_unless_present_any = ["oldest", "older_than", "all"])]
@@ -186,6 +189,8 @@ pub enum Command {
     /// so do the newest set, a set a running umbra backup is using, every set younger than
     /// min_age, and manual and kept backup sets unless keep_manual or keep_backup give a count.
     /// Prints every set with its action and the rules that keep it; --dry-run deletes nothing.
+    /// --json prints {dry_run, sets}, each set as `list --json` with action (keep or delete) and
+    /// kept_by (the rules).
     /// The daemon applies the same rules after each scheduled set.
     Prune {
         /// Show what would be deleted, delete nothing
@@ -207,7 +212,8 @@ pub enum Command {
     /// VOLUME/path) limits the diff to that file or directory and below; without it every volume
     /// FROM holds is compared. The work follows the number of changes the diff area recorded
     /// between the two, not the number of files (--json says how many objects were examined,
-    /// and whether naming them needed a walk of a live tree). Names that are not valid UTF-8 are
+    /// and whether naming them needed a walk of a live tree: {from, to, changes, examined,
+    /// searched}, each change {change, kind, volume, path, to, what}). Names that are not valid UTF-8 are
     /// shown with U+FFFD in their place; control characters are escaped.
     #[command(override_usage = "umbra diff [OPTIONS] <FROM> [TO] [PATH]")]
     Diff {
@@ -230,7 +236,8 @@ pub enum Command {
     /// by renaming a new file over the old one make a new file each time). Versions with equal
     /// content (blake3) are one, listed with every set that holds them. Prints a table of
     /// modification time, size, the start of the blake3 hash and the sets with where each shows
-    /// the file; `cp` from that path restores it.
+    /// the file; `cp` from that path restores it. --json prints {volume, path, versions}, each
+    /// version {blake3, size, mtime, live, sets: [{id, name, created, path}]}.
     Versions {
         /// The file
         #[arg(value_name = "PATH")]
@@ -243,8 +250,9 @@ pub enum Command {
     ///
     /// Prints each writer's name, kind (socket or exec), state (stable, waiting-for-freeze,
     /// waiting-for-thaw, waiting-for-post-snapshot, waiting-for-backup-complete, or
-    /// failed-at-EVENT), volumes and last error. The wire protocol of writers is described in
-    /// umbra-writer(7).
+    /// failed-at-EVENT), volumes and last error. --json prints the array of writers, each {name,
+    /// kind, state, last_error, retryable, volumes, required, connected}. The wire protocol of
+    /// writers is described in umbra-writer(7).
     Writers {
         #[command(flatten)]
         output: Output,
@@ -254,7 +262,9 @@ pub enum Command {
     ///
     /// Prints each volume's backing directory, mountpoint and current epoch, the snapshots
     /// mountpoint, the bytes of the diff area (distinct pre-image chunks, and on disk) and the
-    /// number of sets, and the [schedule]'s times with its next firing.
+    /// number of sets, and the [schedule]'s times with its next firing. --json prints {state_dir,
+    /// socket, snapshots, volumes: [{name, backing, mount, epoch}], diff_area: {chunk_bytes,
+    /// chunks, disk_bytes, limit_bytes, max_sets}, sets, schedule: {times, next}}.
     Status {
         #[command(flatten)]
         output: Output,
@@ -276,9 +286,7 @@ pub enum Command {
 
 #[derive(Clone, Copy, Debug, Args)]
 pub struct Output {
-    /// Print one JSON document on stdout instead of text
-    ///
-    /// A set is an object with id, name, created (RFC 3339), label, origin and volumes (names).
+    /// Print one JSON document on stdout instead of text (its fields: see the command's help)
     #[arg(long)]
     pub json: bool,
 }
