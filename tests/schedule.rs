@@ -378,3 +378,80 @@ fn a_bad_schedule_is_a_one_line_error_and_prune_needs_one() {
     let line = assert_one_line_error(&out, "prune without [schedule]");
     assert!(line.contains("no [schedule]"), "{line}");
 }
+
+fn hangup(d: &Daemon) {
+    let pid = d.pid().expect("the daemon runs") as libc::pid_t;
+    // SAFETY: kill sends a signal to our own child.
+    let sent = unsafe { libc::kill(pid, libc::SIGHUP) };
+    assert_eq!(sent, 0, "kill -HUP {pid}");
+}
+
+/// Waits for the daemon's log to hold `text` `count` times.
+fn wait_for_log(d: &Daemon, text: &str, count: usize) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let log = d.stderr();
+        if log.matches(text).count() >= count {
+            return log;
+        }
+        assert!(Instant::now() < deadline, "{text:?} x{count} in:\n{log}");
+        sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn sighup_puts_a_new_schedule_in_force_and_a_broken_config_changes_nothing() {
+    let hourly = with_schedule(Config::default(), &["times = \"hourly\""]);
+    let mut d = Daemon::start(hourly);
+    assert_eq!(
+        d.status()["schedule"]["times"],
+        serde_json::json!(["hourly"])
+    );
+    assert!(scheduled(&d.list_sets()).is_empty());
+
+    // Every two seconds, and a key only a restart applies.
+    let every_2s = with_schedule(
+        Config::default().line("max_clients = 7"),
+        &[
+            "times = \"*:*:0/2\"",
+            "label = \"reloaded\"",
+            "min_age = 3600",
+        ],
+    );
+    fs::write(&d.layout.config_path, d.layout.toml(&every_2s)).unwrap();
+    hangup(&d);
+    let log = wait_for_log(&d, "reload: the new schedule is in force", 1);
+    assert!(
+        log.contains("reload: max_clients changed, which only a restart applies"),
+        "{log}"
+    );
+    let sets = wait_for(&d, 15, "two sets of the reloaded schedule", |sets| {
+        scheduled(sets).len() >= 2
+    });
+    for set in scheduled(&sets) {
+        assert_eq!(set.label.as_deref(), Some("reloaded"), "{set:?}");
+    }
+    assert_eq!(
+        d.status()["schedule"]["times"],
+        serde_json::json!(["*:*:0/2"])
+    );
+
+    // A schedule that does not parse: one line, and the old one stays.
+    let broken = with_schedule(Config::default(), &["times = \"every blue moon\""]);
+    fs::write(&d.layout.config_path, d.layout.toml(&broken)).unwrap();
+    hangup(&d);
+    let log = wait_for_log(&d, "the configuration in force stays", 1);
+    let line = log
+        .lines()
+        .find(|l| l.contains("the configuration in force stays"))
+        .unwrap();
+    assert!(line.contains("every blue moon"), "{line}");
+    let status = d.status();
+    assert_eq!(status["schedule"]["times"], serde_json::json!(["*:*:0/2"]));
+    let before = scheduled(&d.list_sets()).iter().map(|s| s.id).max();
+    wait_for(&d, 15, "the previous schedule goes on", |sets| {
+        scheduled(sets).iter().map(|s| s.id).max() > before
+    });
+    assert!(d.pid().is_some());
+    d.stop();
+}
