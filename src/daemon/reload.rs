@@ -148,3 +148,31 @@ pub(super) fn start_timer(
     })?;
     Ok(Some(timer))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(extra: &str, schedule: &str) -> Config {
+        let text = format!(
+            "state_dir = \"state\"\nsnapshots = \"snaps\"\n{extra}\n\
+             [[volume]]\nname = \"data\"\nbacking = \"b\"\nmount = \"m\"\n\
+             [schedule]\n{schedule}\n"
+        );
+        Config::parse(&text, Origin::Embedded, Path::new("/srv")).expect("config")
+    }
+
+    #[test]
+    fn a_new_schedule_alone_needs_no_restart_and_other_keys_are_named() {
+        let old = config("", "times = \"hourly\"");
+        assert!(needs_restart(&old, &config("", "times = \"daily\"\nkeep_daily = 3")).is_empty());
+        let new = config("threads = 3\nhold_timeout_secs = 9", "times = \"daily\"");
+        assert_eq!(needs_restart(&old, &new), ["threads", "hold_timeout_secs"]);
+    }
+
+    #[test]
+    fn the_embedded_config_has_nothing_to_re_read() {
+        let err = read(&config("", "times = \"hourly\"")).expect_err("embedded");
+        assert!(err.contains("embedded default config"), "{err}");
+    }
+}
