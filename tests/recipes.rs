@@ -3,7 +3,8 @@
 //! `restic restore` gives back the set's tree exactly; PostgreSQL under a
 //! load of concurrent inserts, with examples/postgres-writer.sh as its exec
 //! writer, gives sets from which a second server starts and holds every row
-//! committed before the freeze, with intact heap and index (amcheck).
+//! committed before the freeze, with intact heap and index (amcheck); with
+//! the server down the writer refuses the set as retryable.
 
 #![allow(clippy::unwrap_used)] // in a test, an unwrap is an assertion
 
@@ -427,5 +428,13 @@ fn postgres_started_from_a_set_holds_every_row_committed_before_the_freeze() {
         restored.psql("SELECT bt_index_parent_check('t_pkey', true)");
         assert_eq!(restored.count("SELECT count(*) FROM verify_heapam('t')"), 0);
     }
+    // With the server down the writer refuses, retryably, and no set is made.
     drop(primary);
+    let err = d.try_create_set().expect_err("the writer refuses");
+    assert!(
+        err.contains("writer postgres failed at prepare-snapshot: CHECKPOINT failed")
+            && err.contains("(retryable); the set was aborted"),
+        "{err}"
+    );
+    assert_eq!(d.list_sets().len(), sets.len());
 }
