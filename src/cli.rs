@@ -72,6 +72,12 @@ pub enum Command {
     /// first was killed but cannot finish exiting: then the FUSE connections of its mountpoints
     /// are aborted (mounting fusectl at /sys/fs/fuse/connections if needed) so that it can.
     ///
+    /// SIGHUP (`systemctl reload umbra`) re-reads the --config file and applies its [schedule]
+    /// (times, volumes, label, timezone, retention) without remounting; `umbra status --json`
+    /// shows the times in force. Every other key needs a restart: a reload that finds one changed
+    /// logs one line naming it, and a file that does not parse changes nothing and is logged in
+    /// one line (umbra.toml(5), RELOAD).
+    ///
     /// Both mounts check access as the backing filesystem would, POSIX ACLs included; a set
     /// answers with the modes and ACLs of its instant. On the live mount, what a user creates is
     /// created as that user, with their umask (or a directory's default ACL in its place), so

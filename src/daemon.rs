@@ -3,14 +3,15 @@
 //! missing directories, takes the state dir's lock (freeing a predecessor stuck
 //! dying on its own mount first), recovers stale mounts, opens the
 //! store and every volume before it mounts anything, mounts the volumes and
-//! the browser, serves the control socket, starts the schedule, and on
-//! SIGINT or SIGTERM stops the schedule, unmounts the browser, then the
+//! the browser, serves the control socket, starts the schedule, re-reads
+//! the config's schedule on SIGHUP (reload.rs), and on SIGINT or SIGTERM stops the schedule, unmounts the browser, then the
 //! volumes, and returns. The pieces live in the files
 //! under `daemon/`; this file only puts them in order.
 
 mod control;
 mod lock;
 mod mounts;
+mod reload;
 mod service;
 mod stale;
 mod state_dir;
@@ -23,7 +24,7 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 use umbra_coordinator::{Coordinator, Options as CoordinatorOptions, RegisterError};
 use umbra_fs::{Browser, DiffArea, FsError, MountOptions, Volume};
@@ -79,7 +80,7 @@ pub enum DaemonError {
     Control(#[from] ControlError),
     #[error("writer {0}: {1}")]
     Writer(String, #[source] RegisterError),
-    #[error("listening for SIGINT and SIGTERM: {0}")]
+    #[error("listening for SIGINT, SIGTERM and SIGHUP: {0}")]
     Signals(#[source] io::Error),
     #[error(transparent)]
     Mount(#[from] MountError),
@@ -160,7 +161,7 @@ pub fn up(config: Config) -> Result<(), DaemonError> {
         control.share_with_group(gid)?;
     }
     // From here on a signal waits for us instead of killing us mid-mount.
-    let mut signals = Signals::new([SIGINT, SIGTERM]).map_err(DaemonError::Signals)?;
+    let mut signals = Signals::new([SIGINT, SIGTERM, SIGHUP]).map_err(DaemonError::Signals)?;
 
     // The live filesystems create files with the modes their callers ask
     // for: a FUSE worker sets each caller's umask on its own fs_struct for
@@ -171,8 +172,10 @@ pub fn up(config: Config) -> Result<(), DaemonError> {
     raise_descriptor_limit();
 
     let mut mounts = Mounts::default();
+    let config_stamp = config.state_dir.join(SCHEDULE_STAMP);
     let started = start(config, store, volumes, control, &mut mounts);
-    let (service, socket_file, timer) = match started {
+    let stamp = config_stamp.clone();
+    let (service, socket_file, mut timer) = match started {
         Ok(running) => running,
         Err(e) => {
             if let Err(undo) = mounts.unmount_all() {
@@ -182,11 +185,20 @@ pub fn up(config: Config) -> Result<(), DaemonError> {
         }
     };
 
-    let signal = signals.forever().next();
+    // SIGHUP re-reads the config's [schedule]; the others stop the daemon.
+    let signal = loop {
+        match signals.forever().next() {
+            Some(SIGHUP) => {
+                tracing::info!("received SIGHUP, reloading the configuration");
+                timer = reload::reload(&service, timer, &stamp);
+            }
+            other => break other,
+        }
+    };
     tracing::info!("received {}, shutting down", signal_name(signal));
     systemd::stopping();
     std::thread::spawn(move || {
-        if signals.forever().next().is_some() {
+        if signals.forever().any(|s| s != SIGHUP) {
             tracing::warn!("second signal: exiting without unmounting (the next start recovers)");
             std::process::exit(1);
         }
@@ -255,18 +267,8 @@ fn start(
     );
     let socket = crate::config::shown(control.path());
     let socket_file = control.serve(service.clone(), limits)?;
-    let timer = match schedule.filter(|s| !s.times.is_empty()) {
-        None => None,
-        Some(schedule) => {
-            let theirs = service.clone();
-            let job_schedule = schedule.clone();
-            let timer = Timer::start(schedule, stamp, last_set, move |_| {
-                theirs.take_scheduled(&job_schedule)
-            })
-            .map_err(DaemonError::Scheduler)?;
-            Some(timer)
-        }
-    };
+    let timer =
+        reload::start_timer(&service, schedule, stamp, last_set).map_err(DaemonError::Scheduler)?;
     announce(&format!("umbra: control socket at {socket}"))?;
     announce("umbra: ready")?;
     systemd::ready(&format!("serving {socket}"));

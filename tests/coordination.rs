@@ -325,6 +325,38 @@ fn the_exec_writers_exit_codes_decide() {
     assert_eq!(daemon.sets().len(), 1);
 }
 
+/// Regression: `umbra writers` kept a writer's old error after it came
+/// through a later set without failing.
+#[test]
+fn writers_shows_no_stale_error_after_a_later_success() {
+    let hooks = tempfile::tempdir().expect("tempdir");
+    let hook = hooks.path().join("hook");
+    let failed_once = hooks.path().join("failed-once");
+    script(
+        &hook,
+        &format!(
+            "if [ \"$1\" = freeze ] && [ ! -e {once} ]; then : > {once}; echo \"not now\" >&2; exit 75; fi; exit 0",
+            once = failed_once.display()
+        ),
+    );
+    let daemon = Daemon::start(&exec_writer("hook", &hook, true, 5));
+
+    let err = daemon.create_fails();
+    assert!(err.contains("failed at freeze: not now"), "{err}");
+    let failed = daemon.writer("hook");
+    assert_eq!(failed["state"], "failed-at-freeze");
+    assert_eq!(failed["last_error"], "not now");
+    assert_eq!(failed["retryable"], true);
+
+    let created = daemon.json(&["create"]);
+    assert_eq!(created["writers"][0]["status"], "ok", "{created}");
+    let after = daemon.writer("hook");
+    assert_eq!(after["state"], "stable", "{after}");
+    assert_eq!(after["last_error"], Value::Null, "{after}");
+    assert_eq!(after["retryable"], Value::Null, "{after}");
+    assert_eq!(daemon.sets().len(), 1);
+}
+
 #[test]
 fn a_second_create_while_one_runs_gets_a_clear_error() {
     let daemon = Arc::new(Daemon::start(""));

@@ -70,8 +70,16 @@ fn max_sets_keeps_the_newest_and_create_says_which_it_deleted() {
     // The fourth set: JSON names the set deleted for it, text says so too.
     let out = d.umbra_ok(&["create", "--json"]);
     let created: serde_json::Value = serde_json::from_str(&out).unwrap();
-    assert_eq!(created["evicted"][0]["name"], sets[1].name.as_str(), "{out}");
-    assert_eq!(created["evicted"].as_array().map(Vec::len), Some(1), "{out}");
+    assert_eq!(
+        created["evicted"][0]["name"],
+        sets[1].name.as_str(),
+        "{out}"
+    );
+    assert_eq!(
+        created["evicted"].as_array().map(Vec::len),
+        Some(1),
+        "{out}"
+    );
     let text = d.umbra_ok(&["create"]);
     assert!(
         text.starts_with(&format!(

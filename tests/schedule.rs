@@ -378,3 +378,88 @@ fn a_bad_schedule_is_a_one_line_error_and_prune_needs_one() {
     let line = assert_one_line_error(&out, "prune without [schedule]");
     assert!(line.contains("no [schedule]"), "{line}");
 }
+
+fn hangup(d: &Daemon) {
+    let pid = d.pid().expect("the daemon runs") as libc::pid_t;
+    // SAFETY: kill sends a signal to our own child.
+    let sent = unsafe { libc::kill(pid, libc::SIGHUP) };
+    assert_eq!(sent, 0, "kill -HUP {pid}");
+}
+
+/// Waits for the daemon's log to hold `text` `count` times.
+fn wait_for_log(d: &Daemon, text: &str, count: usize) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let log = d.stderr();
+        if log.matches(text).count() >= count {
+            return log;
+        }
+        assert!(Instant::now() < deadline, "{text:?} x{count} in:\n{log}");
+        sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn sighup_puts_a_new_schedule_in_force_and_a_broken_config_changes_nothing() {
+    let hourly = with_schedule(
+        Config::default(),
+        &["times = \"hourly\"", "label = \"hourly\""],
+    );
+    let mut d = Daemon::start(hourly);
+    assert_eq!(
+        d.status()["schedule"]["times"],
+        serde_json::json!(["hourly"])
+    );
+    // The reloaded schedule's sets, by their label: a start just before the
+    // hour may have made one "hourly" set too.
+    let reloaded = |sets: &[SetJson]| -> Vec<u64> {
+        scheduled(sets)
+            .iter()
+            .filter(|s| s.label.as_deref() == Some("reloaded"))
+            .map(|s| s.id)
+            .collect()
+    };
+
+    // Every two seconds, and a key only a restart applies.
+    let every_2s = with_schedule(
+        Config::default().line("max_clients = 7"),
+        &[
+            "times = \"*:*:0/2\"",
+            "label = \"reloaded\"",
+            "min_age = 3600",
+        ],
+    );
+    fs::write(&d.layout.config_path, d.layout.toml(&every_2s)).unwrap();
+    hangup(&d);
+    let log = wait_for_log(&d, "reload: the new schedule is in force", 1);
+    assert!(
+        log.contains("reload: max_clients changed, which only a restart applies"),
+        "{log}"
+    );
+    wait_for(&d, 15, "two sets of the reloaded schedule", |sets| {
+        reloaded(sets).len() >= 2
+    });
+    assert_eq!(
+        d.status()["schedule"]["times"],
+        serde_json::json!(["*:*:0/2"])
+    );
+
+    // A schedule that does not parse: one line, and the old one stays.
+    let broken = with_schedule(Config::default(), &["times = \"every blue moon\""]);
+    fs::write(&d.layout.config_path, d.layout.toml(&broken)).unwrap();
+    hangup(&d);
+    let log = wait_for_log(&d, "the configuration in force stays", 1);
+    let line = log
+        .lines()
+        .find(|l| l.contains("the configuration in force stays"))
+        .unwrap();
+    assert!(line.contains("every blue moon"), "{line}");
+    let status = d.status();
+    assert_eq!(status["schedule"]["times"], serde_json::json!(["*:*:0/2"]));
+    let before = reloaded(&d.list_sets()).into_iter().max();
+    wait_for(&d, 15, "the previous schedule goes on", |sets| {
+        reloaded(sets).into_iter().max() > before
+    });
+    assert!(d.pid().is_some());
+    d.stop();
+}

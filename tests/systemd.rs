@@ -1,6 +1,6 @@
 //! umbra as a systemd service: the shipped unit passes `systemd-analyze
-//! verify`, the daemon tells NOTIFY_SOCKET when it is ready and when it
-//! stops (Type=notify), and its log drops its own timestamps when stderr is
+//! verify`, the daemon tells NOTIFY_SOCKET when it is ready, reloading
+//! (SIGHUP) and stopping (Type=notify), and its log drops its own timestamps when stderr is
 //! the journal's stream.
 #![allow(clippy::unwrap_used)] // in a test, an unwrap is an assertion
 
@@ -33,7 +33,7 @@ fn received(socket: &UnixDatagram, wait: Duration) -> Vec<String> {
 }
 
 #[test]
-fn the_daemon_tells_systemd_when_it_is_ready_and_when_it_stops() {
+fn the_daemon_tells_systemd_when_it_is_ready_reloading_and_stopping() {
     let mut d = Daemon::prepare(Config::default());
     let path = d.scratch("notify").join("socket");
     let socket = UnixDatagram::bind(&path).unwrap();
@@ -47,6 +47,28 @@ fn the_daemon_tells_systemd_when_it_is_ready_and_when_it_stops() {
     assert!(
         ready.iter().any(|m| m.contains("STATUS=serving ")),
         "{ready:?}"
+    );
+    // SIGHUP (systemctl reload): RELOADING=1 with its monotonic time, then
+    // READY=1 again.
+    let pid = d.pid().unwrap() as libc::pid_t;
+    // SAFETY: kill sends a signal to our own child.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGHUP) }, 0);
+    let reload = received(&socket, Duration::from_secs(5));
+    let reloading = reload
+        .iter()
+        .position(|m| m.lines().any(|l| l == "RELOADING=1"))
+        .unwrap_or_else(|| panic!("no RELOADING=1: {reload:?}"));
+    assert!(
+        reload[reloading]
+            .lines()
+            .any(|l| l.starts_with("MONOTONIC_USEC=")),
+        "{reload:?}"
+    );
+    assert!(
+        reload[reloading..]
+            .iter()
+            .any(|m| m.lines().any(|l| l == "READY=1")),
+        "{reload:?}"
     );
     d.stop();
     let stopping = received(&socket, Duration::from_secs(5));

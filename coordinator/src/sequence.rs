@@ -142,6 +142,15 @@ impl Slot {
             status.last_error = failure;
         }
     }
+
+    /// The writer went through a whole sequence without failing: as VSS's
+    /// writer status, it is stable with no error, so an old failure no
+    /// longer shows.
+    fn came_through(&self) {
+        let mut status = self.status();
+        status.state = WriterState::Stable;
+        status.last_error = None;
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -503,6 +512,9 @@ impl Sequence<'_> {
     /// BackupComplete, then the writers recorded with the set.
     fn complete(&mut self, committed: &Committed, succeeded: bool) -> Vec<SetWriter> {
         self.broadcast(Event::BackupComplete, Some(succeeded));
+        for part in self.parts.iter().filter(|p| p.active()) {
+            part.slot.came_through();
+        }
         let writers = self.outcomes();
         if let Err(e) = self.provider.record(committed, &writers) {
             tracing::error!(set = %committed.name, "recording the set's writers: {e}");

@@ -6,7 +6,7 @@
 //! refresh of the browser. It never reads a socket and never mounts anything.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, TryLockError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, TryLockError};
 use std::time::Duration;
 
 use chrono::Utc;
@@ -130,6 +130,9 @@ pub struct Service {
     in_backup: Mutex<Option<SetId>>,
     /// The sets `max_sets` deleted before the set being made, for its view.
     evicted: Mutex<Vec<SetInfo>>,
+    /// The `[schedule]` in force: the config's at start, then the last one
+    /// a reload (SIGHUP) read. `umbra prune` and `status` use this copy.
+    schedule: RwLock<Option<Schedule>>,
 }
 
 impl Service {
@@ -149,6 +152,7 @@ impl Service {
             store,
             volumes,
             browser,
+            schedule: RwLock::new(config.schedule.clone()),
             config,
             coordinator,
             changes: Mutex::new(()),
@@ -240,11 +244,7 @@ impl Service {
     /// Applies the schedule's retention rules at this instant: every set
     /// with the rules that keep it, the others deleted unless `dry_run`.
     pub fn prune(&self, dry_run: bool) -> Result<PruneView, ServiceError> {
-        let schedule = self
-            .config
-            .schedule
-            .as_ref()
-            .ok_or(ServiceError::NoSchedule)?;
+        let schedule = self.schedule().ok_or(ServiceError::NoSchedule)?;
         let _changing = self.changes.lock().unwrap_or_else(PoisonError::into_inner);
         let sets = self.store.sets()?;
         let in_use = *self
@@ -524,9 +524,7 @@ impl Service {
             },
             sets: self.store.sets()?.len() as u64,
             schedule: self
-                .config
-                .schedule
-                .as_ref()
+                .schedule()
                 .filter(|s| !s.times.is_empty())
                 .map(|s| ScheduleView {
                     times: s.times.iter().map(ToString::to_string).collect(),
@@ -541,6 +539,28 @@ impl Service {
     /// as long as the guard lives.
     pub fn quiesce(&self) -> std::sync::MutexGuard<'_, ()> {
         self.changes.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The configuration the daemon started with (its `[schedule]` may
+    /// since have been replaced: see [`schedule`](Self::schedule)).
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The `[schedule]` in force.
+    pub fn schedule(&self) -> Option<Schedule> {
+        self.schedule
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Puts a reloaded `[schedule]` in force for prune and status.
+    pub fn replace_schedule(&self, schedule: Option<Schedule>) {
+        *self
+            .schedule
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = schedule;
     }
 
     fn name_format(&self) -> &NameFormat {

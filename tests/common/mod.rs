@@ -13,6 +13,7 @@
 pub mod catalog;
 pub mod manifest;
 pub mod ops;
+pub mod servers;
 pub mod shrink;
 pub mod sys;
 
