@@ -68,6 +68,20 @@ pub enum Request {
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         dry_run: bool,
     },
+    /// Start a restore out of `set` (a name, an id or `latest`) into
+    /// `volumes`: unless `dry_run`, their writers hear PreRestore. Answer:
+    /// a [`RestoreView`]; the connection then owes a `restore_complete`
+    /// (hanging up counts as a failed restore). The copy is the client's.
+    Restore {
+        set: String,
+        #[serde(default)]
+        volumes: Vec<String>,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        dry_run: bool,
+    },
+    /// After `restore`, on the same connection: whether the copy worked;
+    /// the writers hear PostRestore. Answer: the final [`RestoreView`].
+    RestoreComplete { succeeded: bool },
     /// Only as a connection's first line: the connection becomes a
     /// writer's (umbra-writer(7)). Answer: `{"registered": NAME}`, then
     /// events.
@@ -144,6 +158,19 @@ pub struct CreatedView {
     pub path: String,
     pub hold_ms: f64,
     pub total_ms: f64,
+}
+
+/// What `restore` answers: the set files come from and where it is
+/// browsable, and once complete, the writers that heard the restore.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestoreView {
+    pub set: SetView,
+    /// `<snapshots>/<name>`.
+    pub path: String,
+    /// The id the writers saw (empty for a dry run: no writer heard of it).
+    pub restore_id: String,
+    #[serde(default)]
+    pub writers: Vec<SetWriter>,
 }
 
 /// A writer as `umbra writers` shows it.

@@ -70,6 +70,8 @@ pub enum SequenceError {
     },
     #[error("{0}; the set was aborted")]
     Provider(ProviderError),
+    #[error("writer {writer} refused the restore at pre-restore: {failure}; nothing was restored")]
+    RestoreRefused { writer: String, failure: Failure },
 }
 
 /// What the requester asks for.
@@ -617,34 +619,7 @@ impl Sequence<'_> {
     /// answer until that writer's deadline. Failures are marked.
     fn broadcast(&mut self, event: Event, backup_succeeded: Option<bool>) {
         let message = self.message(event, backup_succeeded);
-        let mut asked = Vec::new();
-        for (i, part) in self.parts.iter_mut().enumerate() {
-            if !part.active() {
-                continue;
-            }
-            let deadline = deadline_in(part.event_timeout);
-            let Some(link) = part.link.as_mut() else {
-                continue;
-            };
-            match link.send(&message) {
-                Ok(()) => asked.push((i, deadline)),
-                Err(e) => link_failed(part, event, e),
-            }
-        }
-        for (i, deadline) in asked {
-            let part = &mut self.parts[i];
-            let Some(link) = part.link.as_mut() else {
-                continue;
-            };
-            let answer = link
-                .recv(deadline)
-                .and_then(|reply| reply.answering(&message).map_err(LinkError::Malformed));
-            match answer {
-                Ok(Ok(())) => part.slot.set_state(WriterState::after(event), None),
-                Ok(Err(failure)) => part.fail(event, failure),
-                Err(e) => link_failed(part, event, e),
-            }
-        }
+        broadcast(&mut self.parts, &message);
     }
 
     /// Abort to every writer that passed Identify; answers are awaited (a
@@ -704,6 +679,40 @@ impl Sequence<'_> {
     }
 }
 
+/// Sends `message` to every active writer of `parts` at once, then waits
+/// for each answer until that writer's deadline. Failures are marked.
+fn broadcast(parts: &mut [Part], message: &EventMessage) {
+    let event = message.event;
+    let mut asked = Vec::new();
+    for (i, part) in parts.iter_mut().enumerate() {
+        if !part.active() {
+            continue;
+        }
+        let deadline = deadline_in(part.event_timeout);
+        let Some(link) = part.link.as_mut() else {
+            continue;
+        };
+        match link.send(message) {
+            Ok(()) => asked.push((i, deadline)),
+            Err(e) => link_failed(part, event, e),
+        }
+    }
+    for (i, deadline) in asked {
+        let part = &mut parts[i];
+        let Some(link) = part.link.as_mut() else {
+            continue;
+        };
+        let answer = link
+            .recv(deadline)
+            .and_then(|reply| reply.answering(message).map_err(LinkError::Malformed));
+        match answer {
+            Ok(Ok(())) => part.slot.set_state(WriterState::after(event), None),
+            Ok(Err(failure)) => part.fail(event, failure),
+            Err(e) => link_failed(part, event, e),
+        }
+    }
+}
+
 fn link_failed(part: &mut Part, event: Event, error: LinkError) {
     let failure = match &error {
         LinkError::Timeout(_) => {
@@ -744,6 +753,10 @@ fn guid() -> String {
         &hex[20..32]
     )
 }
+
+mod restore;
+
+pub use restore::{RestoreRequest, Restoring};
 
 #[cfg(test)]
 mod tests;

@@ -26,6 +26,8 @@ use crate::protocol::{
 };
 use crate::schedule::{Candidate, Schedule};
 
+mod restore;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {
     #[error("no volume named {0:?}")]
@@ -46,6 +48,10 @@ pub enum ServiceError {
     LateRegister,
     #[error("backup and backup_complete are a pair on one connection")]
     NotABackup,
+    #[error("restore and restore_complete are a pair on one connection")]
+    NotARestore,
+    #[error("shadow copy set {set:?} has no volume {volume:?}")]
+    VolumeNotInSet { set: String, volume: String },
     #[error("the daemon's config has no [schedule]: no retention rules say what to prune")]
     NoSchedule,
     #[error("deleted {deleted} of {wanted} sets, then: {source}")]
@@ -66,6 +72,7 @@ pub enum Answer {
     Sets(Vec<SetView>),
     Status(StatusView),
     Pruned(PruneView),
+    Restore(Box<crate::protocol::RestoreView>),
 }
 
 /// Which sets a delete picks besides the named ones.
@@ -174,6 +181,9 @@ impl Service {
             Request::Register(_) => Err(ServiceError::LateRegister),
             Request::Backup { .. } | Request::BackupComplete { .. } => {
                 Err(ServiceError::NotABackup)
+            }
+            Request::Restore { .. } | Request::RestoreComplete { .. } => {
+                Err(ServiceError::NotARestore)
             }
         }
     }
