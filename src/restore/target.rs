@@ -33,10 +33,8 @@ impl Target {
 pub enum TargetError {
     #[error("{path}: `..` leads out of volume {volume:?}; name a path inside it")]
     Escapes { path: String, volume: String },
-    #[error(
-        "{path}: not inside any volume's live mount or the snapshots mount, and {first:?} is not a volume name"
-    )]
-    Outside { path: String, first: String },
+    #[error("{path}: not inside any volume's live mount or the snapshots mount{hint}")]
+    Outside { path: String, hint: String },
     #[error("{path}: an empty path names nothing")]
     Empty { path: String },
 }
@@ -83,7 +81,12 @@ pub fn resolve(
             steps,
         });
     }
-    Err(TargetError::Outside { path: shown, first })
+    let hint = if path.is_relative() {
+        format!(", and {first:?} is not a volume name")
+    } else {
+        String::new()
+    };
+    Err(TargetError::Outside { path: shown, hint })
 }
 
 /// The target if `absolute` lies in a live mount or in
@@ -112,7 +115,9 @@ fn in_a_mount(
         // <set>/<volume>/...: the set in the path is only where the user
         // stands; SET on the command line says which set is restored.
         if let [Component::Normal(_set), Component::Normal(volume), ..] = rest.as_slice()
-            && let Some(m) = mounts.iter().find(|m| std::ffi::OsStr::new(m.name) == *volume)
+            && let Some(m) = mounts
+                .iter()
+                .find(|m| std::ffi::OsStr::new(m.name) == *volume)
         {
             return steps_after(absolute, n + 2, m.name, shown).map(Some);
         }
