@@ -9,6 +9,8 @@
 //! post-restore in order, and one that refuses pre-restore stops the
 //! restore before anything is written.
 
+#![allow(clippy::unwrap_used)] // in a test, an unwrap is an assertion
+
 mod common;
 
 use std::fs;
