@@ -333,6 +333,34 @@ mod tests {
     }
 
     #[test]
+    fn restore_requests_round_trip() {
+        round_trip(
+            Request::Restore {
+                set: "latest".into(),
+                volumes: vec!["data".into()],
+                dry_run: true,
+            },
+            json!({"op": "restore", "set": "latest", "volumes": ["data"], "dry_run": true}),
+        );
+        round_trip(
+            Request::RestoreComplete { succeeded: false },
+            json!({"op": "restore_complete", "succeeded": false}),
+        );
+        assert_eq!(
+            parse_request(br#"{"op":"restore","set":"3"}"#).expect("parses"),
+            Request::Restore {
+                set: "3".into(),
+                volumes: vec![],
+                dry_run: false
+            }
+        );
+        assert!(
+            parse_request(br#"{"op":"restore"}"#).is_err(),
+            "a set is needed"
+        );
+    }
+
+    #[test]
     fn create_fields_are_optional() {
         let parsed = parse_request(br#"{"op":"create"}"#).expect("parses");
         assert_eq!(
