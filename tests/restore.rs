@@ -385,6 +385,28 @@ fn paths_that_escape_the_volume_are_refused_and_nothing_is_written() {
     assert!(err.contains("no-such-set"), "{err}");
     let err = restore_fails(&d, &[&set.name, "data/not-there"], "a path not in the set");
     assert!(err.contains("not in shadow copy set"), "{err}");
+    // Nor is a symlink live: a parent that became one is refused, and
+    // one inside a restored tree is replaced (--overwrite), not followed.
+    let outside = d.scratch("outside");
+    symlink(&outside, live.join("dir")).unwrap();
+    let err = restore_fails(&d, &[&set.name, "data/dir/f"], "a symlink live");
+    assert!(err.contains("symlink"), "{err}");
+    restore_fails(
+        &d,
+        &[&set.name, "data/dir"],
+        "a symlink live where the set has a directory",
+    );
+    assert!(
+        fs::read_dir(&outside).unwrap().next().is_none(),
+        "nothing written through it"
+    );
+    restore_ok(&d, &[&set.name, "data/dir", "--overwrite"]);
+    assert_eq!(fs::read(live.join("dir/f")).unwrap(), b"f");
+    assert!(fs::symlink_metadata(live.join("dir")).unwrap().is_dir());
+    assert!(
+        fs::read_dir(&outside).unwrap().next().is_none(),
+        "nothing written through it"
+    );
     // The link itself may be restored: it is not followed.
     fs::remove_file(live.join("etc-link")).unwrap();
     restore_ok(&d, &[&set.name, "data/etc-link"]);
@@ -448,13 +470,19 @@ fn as_nobody_what_nobody_could_not_read_or_cannot_write_is_refused_and_its_own_f
 
     let out = restore_as_nobody(&d, &[&set.name, "data/secret"]);
     let err = common::assert_one_line_error(&out, "nobody restores root's 0600 file");
-    assert!(err.contains("Permission denied"), "{err}");
+    assert!(
+        err.contains("reading in the set") && err.contains("Permission denied"),
+        "{err}"
+    );
     assert!(!secret.exists(), "nothing written");
 
     // Readable, but the live directory (root's, 0755) is not nobody's to write in.
     let out = restore_as_nobody(&d, &[&set.name, "data/public"]);
     let err = common::assert_one_line_error(&out, "nobody writes into root's directory");
-    assert!(err.contains("Permission denied"), "{err}");
+    assert!(
+        err.contains("writing into") && err.contains("Permission denied"),
+        "{err}"
+    );
     assert!(!live.join("public").exists(), "nothing written");
     let native_dir = native.join("roots");
     fs::create_dir(&native_dir).unwrap();
@@ -558,4 +586,41 @@ fn an_exec_writer_hears_pre_and_post_restore_and_its_refusal_stops_the_restore()
             );
         }
     }
+}
+
+#[test]
+fn a_client_that_hangs_up_mid_restore_is_a_failed_restore_for_the_writers() {
+    use std::io::{BufRead, BufReader, Write};
+    let hooks = tempfile::tempdir().unwrap();
+    let log = hooks.path().join("log");
+    let d = Daemon::start(Config::default().line(&exec_writer(hooks.path(), &log, 0)));
+    let set = d.create_set();
+    let mut stream = std::os::unix::net::UnixStream::connect(d.root().join("umbra.sock")).unwrap();
+    writeln!(
+        stream,
+        "{{\"op\":\"restore\",\"set\":\"{}\",\"volumes\":[\"data\"]}}",
+        set.name
+    )
+    .unwrap();
+    let mut answer = String::new();
+    BufReader::new(&stream).read_line(&mut answer).unwrap();
+    assert!(answer.starts_with("{\"ok\""), "{answer}");
+    assert_eq!(
+        restore_events(&log),
+        [format!("pre-restore - {}", set.name)]
+    );
+    drop(stream);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while restore_events(&log).len() < 2 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert_eq!(
+        restore_events(&log),
+        [
+            format!("pre-restore - {}", set.name),
+            format!("post-restore 0 {}", set.name)
+        ]
+    );
+    // And sets are made again.
+    d.create_set();
 }
