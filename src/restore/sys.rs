@@ -279,16 +279,44 @@ pub fn proc_path(fd: BorrowedFd<'_>) -> CString {
     CString::new(format!("/proc/self/fd/{}", fd.as_raw_fd())).unwrap_or_default()
 }
 
-/// Every extended attribute of the inode behind `fd` (an O_PATH
-/// descriptor too), name and value, not following a symlink.
+/// Every extended attribute of the inode behind `fd`, name and value:
+/// through the descriptor itself, or for an O_PATH descriptor (a FIFO),
+/// through its /proc path, which does not follow a symlink.
 pub fn xattrs(fd: BorrowedFd<'_>) -> io::Result<Vec<(CString, Vec<u8>)>> {
     let path = proc_path(fd);
+    let raw = fd.as_raw_fd();
+    let mut by_path = false;
+    let list = |by_path: bool, buf: &mut [u8]| {
+        // SAFETY: buf is writable for its length; fd is live and path
+        // NUL-terminated.
+        check_size(unsafe {
+            if by_path {
+                libc::listxattr(path.as_ptr(), buf.as_mut_ptr().cast(), buf.len())
+            } else {
+                libc::flistxattr(raw, buf.as_mut_ptr().cast(), buf.len())
+            }
+        })
+    };
+    let get = |by_path: bool, name: &CStr, buf: &mut [u8]| {
+        // SAFETY: as above; name is NUL-terminated.
+        check_size(unsafe {
+            if by_path {
+                libc::getxattr(
+                    path.as_ptr(),
+                    name.as_ptr(),
+                    buf.as_mut_ptr().cast(),
+                    buf.len(),
+                )
+            } else {
+                libc::fgetxattr(raw, name.as_ptr(), buf.as_mut_ptr().cast(), buf.len())
+            }
+        })
+    };
     let mut names = vec![0u8; 4096];
     let len = loop {
-        // SAFETY: path NUL-terminated, names writable for its length.
-        let n = unsafe { libc::listxattr(path.as_ptr(), names.as_mut_ptr().cast(), names.len()) };
-        match check_size(n) {
+        match list(by_path, &mut names) {
             Ok(n) => break n,
+            Err(e) if e.raw_os_error() == Some(libc::EBADF) && !by_path => by_path = true,
             Err(e) if e.raw_os_error() == Some(libc::ERANGE) && names.len() < 1 << 20 => {
                 names.resize(names.len() * 4, 0);
             }
@@ -301,16 +329,7 @@ pub fn xattrs(fd: BorrowedFd<'_>) -> io::Result<Vec<(CString, Vec<u8>)>> {
         let name = CString::new(name).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
         let mut value = vec![0u8; 4096];
         let size = loop {
-            // SAFETY: path and name NUL-terminated, value writable.
-            let n = unsafe {
-                libc::getxattr(
-                    path.as_ptr(),
-                    name.as_ptr(),
-                    value.as_mut_ptr().cast(),
-                    value.len(),
-                )
-            };
-            match check_size(n) {
+            match get(by_path, &name, &mut value) {
                 Ok(n) => break Some(n),
                 Err(e) if e.raw_os_error() == Some(libc::ERANGE) && value.len() < 1 << 20 => {
                     value.resize(value.len() * 4, 0);
