@@ -7,9 +7,12 @@
 //! the backing file system does), so that nobody restores what they could
 //! not read then or writes where they cannot write now.
 //!
-//! Every PATH is checked before anything is written (the plan): a
-//! destination that exists and differs is a conflict unless --overwrite or
-//! --keep-newer settles it, and then nothing is restored at all.
+//! Every PATH is checked after the writers prepared and before anything is
+//! written (the plan): a destination that exists and differs is a conflict
+//! unless --overwrite or --keep-newer settles it, and then nothing is
+//! restored at all. SIGINT, SIGTERM and SIGHUP stop the copy between two
+//! entries: each file is whole (old or new), and the writers hear that the
+//! restore failed.
 
 mod copy;
 mod plan;
@@ -75,6 +78,10 @@ pub enum RestoreError {
     To(String, #[source] io::Error),
     #[error("writing to stdout: {0}")]
     Stdout(#[source] io::Error),
+    #[error("interrupted: what was restored so far is whole, the rest is as it was")]
+    Interrupted,
+    #[error("cannot catch signals: {0}")]
+    Signals(#[source] io::Error),
 }
 
 /// What the command line asks.
@@ -250,13 +257,18 @@ fn restore(
         return Ok(());
     }
     let progress = progress_bar(findings.bytes, options.json);
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    for signal in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+        signal_hook::flag::register(signal, stop.clone()).map_err(RestoreError::Signals)?;
+    }
     let mut copier = copy::Copier::new(
         report,
         progress.as_ref(),
         options.policy == Policy::Overwrite,
-    );
+    )
+    .stopping_on(stop);
     for item in &items {
-        let parent = make_parents(&mut copier, &item.dst)?;
+        let parent = make_parents(&item.dst)?;
         copier.node(item.src_parent.as_fd(), &parent.0, &item.node)?;
         // The parents a restore created get their modes and times after
         // their contents, deepest first.
@@ -277,10 +289,7 @@ type Parents<'a> = (
 
 /// Creates the missing live parents of an item (private until their
 /// metadata is applied); the item's directory and the ones created.
-fn make_parents<'a>(
-    _copier: &mut copy::Copier<'_>,
-    dest: &'a Dest,
-) -> Result<Parents<'a>, RestoreError> {
+fn make_parents(dest: &Dest) -> Result<Parents<'_>, RestoreError> {
     let mut dir = dest.base.clone();
     let mut made = Vec::new();
     for (name, src, st, shown) in &dest.missing {

@@ -624,3 +624,64 @@ fn a_client_that_hangs_up_mid_restore_is_a_failed_restore_for_the_writers() {
     // And sets are made again.
     d.create_set();
 }
+
+#[test]
+fn an_interrupted_restore_leaves_whole_files_no_temporary_ones_and_tells_the_writers() {
+    let hooks = tempfile::tempdir().unwrap();
+    let log = hooks.path().join("log");
+    let d = Daemon::start(Config::default().line(&exec_writer(hooks.path(), &log, 0)));
+    let many = d.live("data").join("many");
+    fs::create_dir(&many).unwrap();
+    let body = |i: usize| format!("file {i} ").repeat(100 + i % 50);
+    for i in 0..3000 {
+        fs::write(many.join(format!("f{i:04}")), body(i)).unwrap();
+    }
+    let set = d.create_set();
+    fs::remove_dir_all(&many).unwrap();
+    let mut cmd = common::umbra_cmd();
+    cmd.current_dir(d.root())
+        .args(["restore", "--socket"])
+        .arg(d.root().join("umbra.sock"))
+        .args([&set.name, "data/many"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    let child = cmd.spawn().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while fs::read_dir(&many).map_or(0, |r| r.count()) < 10 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the restore never started"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    // SAFETY: the child's pid, which this test has not reaped yet.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let out = child.wait_with_output().unwrap();
+    let err = common::assert_one_line_error(&out, "an interrupted restore");
+    assert!(err.contains("interrupted"), "{err}");
+    let names: Vec<String> = fs::read_dir(&many)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        names.len() < 3000,
+        "stopped before the end: {}",
+        names.len()
+    );
+    for name in &names {
+        assert!(name.starts_with('f'), "a temporary file was left: {name}");
+        let i: usize = name[1..].parse().unwrap();
+        assert_eq!(
+            fs::read_to_string(many.join(name)).unwrap(),
+            body(i),
+            "{name} is whole"
+        );
+    }
+    assert_eq!(
+        restore_events(&log),
+        [
+            format!("pre-restore - {}", set.name),
+            format!("post-restore 0 {}", set.name)
+        ]
+    );
+}

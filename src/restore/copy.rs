@@ -35,6 +35,10 @@ pub struct Copier<'a> {
     pub report: &'a mut Report,
     pub progress: Option<&'a ProgressBar>,
     links: HashMap<(u64, u64), Linked>,
+    /// Set by SIGINT, SIGTERM or SIGHUP: the copy stops between two
+    /// entries, so that no temporary file is left and the writers hear
+    /// that the restore failed.
+    stop: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
 }
 
 fn io_err(path: &Path, op: &'static str) -> impl FnOnce(io::Error) -> RestoreError {
@@ -54,7 +58,14 @@ impl<'a> Copier<'a> {
             report,
             progress,
             links: HashMap::new(),
+            stop: None,
         }
+    }
+
+    /// Stops between two entries once `stop` is set.
+    pub fn stopping_on(mut self, stop: std::sync::Arc<std::sync::atomic::AtomicBool>) -> Self {
+        self.stop = Some(stop);
+        self
     }
 
     /// Carries out `node`, an entry of the set's directory `src`, in the
@@ -65,6 +76,13 @@ impl<'a> Copier<'a> {
         dst: &std::sync::Arc<OwnedFd>,
         node: &Node,
     ) -> Result<(), RestoreError> {
+        if self
+            .stop
+            .as_ref()
+            .is_some_and(|s| s.load(Ordering::Relaxed))
+        {
+            return Err(RestoreError::Interrupted);
+        }
         match node.action {
             Action::Skip => {
                 self.report.add(Done::Skipped, node);
@@ -247,6 +265,13 @@ impl<'a> Copier<'a> {
             };
             let mut off = data;
             while off < end {
+                if self
+                    .stop
+                    .as_ref()
+                    .is_some_and(|s| s.load(Ordering::Relaxed))
+                {
+                    return Err(io::ErrorKind::Interrupted.into());
+                }
                 let want = usize::try_from(end - off).unwrap_or(BLOCK).min(BLOCK);
                 let n = sys::pread(from, &mut buf[..want], off)?;
                 if n == 0 {
