@@ -117,6 +117,13 @@ struct Dest {
 /// Runs `umbra restore` against the daemon at `socket`, from `cwd`.
 pub fn run(socket: &Path, cwd: &Path, options: Options) -> Result<(), RestoreError> {
     let status: StatusView = crate::client::connection::call(socket, &Request::Status {})?;
+    // The working directory is a real path (getcwd): a mountpoint named
+    // through a symlink is matched by its real path too.
+    let real: Vec<(String, PathBuf)> = status
+        .volumes
+        .iter()
+        .filter_map(|v| Some((v.name.clone(), std::fs::canonicalize(&v.mount).ok()?)))
+        .collect();
     let mounts: Vec<Mount<'_>> = status
         .volumes
         .iter()
@@ -124,12 +131,17 @@ pub fn run(socket: &Path, cwd: &Path, options: Options) -> Result<(), RestoreErr
             name: &v.name,
             mount: Path::new(&v.mount),
         })
+        .chain(real.iter().map(|(name, mount)| Mount { name, mount }))
         .collect();
     let snapshots = Path::new(&status.snapshots);
+    let real_snapshots = std::fs::canonicalize(snapshots).unwrap_or_else(|_| snapshots.into());
     let targets = options
         .paths
         .iter()
-        .map(|p| target::resolve(p, cwd, &mounts, snapshots))
+        .map(|p| {
+            target::resolve(p, cwd, &mounts, snapshots)
+                .or_else(|e| target::resolve(p, cwd, &mounts, &real_snapshots).map_err(|_| e))
+        })
         .collect::<Result<Vec<Target>, TargetError>>()?;
     // The volumes written into: each target's own, or --to's if it is in
     // one (a directory elsewhere concerns no writer).

@@ -189,11 +189,22 @@ fn a_deleted_tree_with_a_hard_link_pair_a_symlink_a_sparse_file_and_a_fifo_comes
     }
     drop(sparse);
     fs::set_permissions(top.join("src"), fs::Permissions::from_mode(0o750)).unwrap();
+    run(
+        "setfacl",
+        &["-d", "-m", "u:nobody:rx", top.join("src").to_str().unwrap()],
+    );
     sys::set_mtime(&top.join("src"), 1_600_000_000, 0).unwrap();
     let set = d.create_set();
     let in_set = d.browse(&set, "data").join("project");
     let want = tree(&in_set);
     let want_src = attrs(&in_set.join("src"));
+    assert!(
+        want_src
+            .xattrs
+            .iter()
+            .any(|(n, _)| n == b"system.posix_acl_default"),
+        "the set holds the default ACL: {want_src:?}"
+    );
 
     fs::remove_dir_all(&top).unwrap();
     let out = restore_ok(&d, &["latest", top.to_str().unwrap()]);
@@ -344,7 +355,18 @@ fn to_dir_restores_outside_the_volume_and_missing_parents_come_back() {
     assert!(live.join("a/b/file").exists(), "the live file is untouched");
 
     fs::remove_dir_all(live.join("a")).unwrap();
-    restore_ok(&d, &[&set.name, "data/a/b/file"]);
+    // Named from inside the set, relative to the working directory there.
+    let mut cmd = common::umbra_cmd();
+    cmd.current_dir(d.browse(&set, "data").join("a"))
+        .args(["restore", "--socket"])
+        .arg(d.root().join("umbra.sock"))
+        .args([&set.name, "b/file"]);
+    let out = common::run_with_timeout(&mut cmd, common::CLIENT_TIMEOUT);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(fs::read(live.join("a/b/file")).unwrap(), b"content");
     assert_eq!(
         fs::metadata(live.join("a")).unwrap().mode() & 0o7777,
