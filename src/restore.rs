@@ -145,16 +145,18 @@ pub fn run(socket: &Path, cwd: &Path, options: Options) -> Result<(), RestoreErr
         .collect::<Result<Vec<Target>, TargetError>>()?;
     // The volumes written into: each target's own, or --to's if it is in
     // one (a directory elsewhere concerns no writer).
-    let to = options
-        .to
-        .as_ref()
-        .map(|dir| target::normalize(&cwd.join(dir)));
+    // DIR is opened as the kernel resolves it; its spelling without `..`
+    // only says which volume, if any, it is in.
+    let to = options.to.as_ref().map(|dir| cwd.join(dir));
     let mut volumes: Vec<String> = match &to {
-        Some(dir) => target::resolve(dir, cwd, &mounts, snapshots)
-            .ok()
-            .filter(|t| !t.volume.is_empty() && dir.starts_with(mount_of(&mounts, &t.volume)))
-            .map(|t| vec![t.volume])
-            .unwrap_or_default(),
+        Some(dir) => {
+            let dir = target::normalize(dir);
+            target::resolve(&dir, cwd, &mounts, snapshots)
+                .ok()
+                .filter(|t| dir.starts_with(mount_of(&mounts, &t.volume)))
+                .map(|t| vec![t.volume])
+                .unwrap_or_default()
+        }
         None => targets.iter().map(|t| t.volume.clone()).collect(),
     };
     volumes.sort();

@@ -606,6 +606,20 @@ fn an_exec_writer_hears_pre_and_post_restore_and_its_refusal_stops_the_restore()
                     format!("post-restore 0 {}", set.name)
                 ]
             );
+            // --to outside every volume concerns no writer; --to inside
+            // one concerns its writers.
+            let outside = d.scratch("elsewhere");
+            restore_ok(
+                &d,
+                &[&set.name, "data/f", "--to", outside.to_str().unwrap()],
+            );
+            assert_eq!(fs::read(outside.join("f")).unwrap(), b"set");
+            assert_eq!(restore_events(&log).len(), 4);
+            let inside = d.live("data").join("copies");
+            fs::create_dir(&inside).unwrap();
+            restore_ok(&d, &[&set.name, "data/f", "--to", inside.to_str().unwrap()]);
+            assert_eq!(fs::read(inside.join("f")).unwrap(), b"set");
+            assert_eq!(restore_events(&log).len(), 6);
         }
     }
 }
