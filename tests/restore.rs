@@ -721,3 +721,27 @@ fn an_interrupted_restore_leaves_whole_files_no_temporary_ones_and_tells_the_wri
         ]
     );
 }
+
+#[test]
+fn a_file_restored_into_a_directory_with_a_default_acl_gets_the_sets_acl_not_the_inherited_one() {
+    let d = Daemon::start(Config::default());
+    let dir = d.live("data").join("shared");
+    fs::create_dir(&dir).unwrap();
+    fs::write(dir.join("plain"), b"no acl of its own").unwrap();
+    fs::set_permissions(dir.join("plain"), fs::Permissions::from_mode(0o600)).unwrap();
+    // The default ACL comes after the file: the file has none.
+    run(
+        "setfacl",
+        &["-d", "-m", "u:nobody:rwx", dir.to_str().unwrap()],
+    );
+    let set = d.create_set();
+    let in_set = attrs(&d.browse(&set, "data").join("shared/plain"));
+    assert!(in_set.xattrs.is_empty(), "{in_set:?}");
+    fs::remove_file(dir.join("plain")).unwrap();
+    restore_ok(&d, &[&set.name, "data/shared/plain"]);
+    assert_eq!(
+        attrs(&dir.join("plain")),
+        in_set,
+        "nobody gets no access the set's file did not give"
+    );
+}

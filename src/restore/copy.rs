@@ -178,7 +178,21 @@ impl<'a> Copier<'a> {
                 .map_err(io_err(shown, "setting the owner of"))?;
         }
         sys::fchmod(dst, st.st_mode & 0o7777).map_err(io_err(shown, "setting the mode of"))?;
-        for (name, value) in sys::xattrs(src).map_err(io_err(shown, "reading xattrs in the set"))? {
+        let wanted = sys::xattrs(src).map_err(io_err(shown, "reading xattrs in the set"))?;
+        // What the set's copy does not have goes: above all an ACL that a
+        // new file inherits from its directory's default ACL, or one a
+        // directory got after the set.
+        let present = sys::xattrs(dst).map_err(io_err(shown, "reading xattrs of"))?;
+        for (name, _) in present {
+            if self.may_set(&name) && !wanted.iter().any(|(w, _)| *w == name) {
+                match sys::fremovexattr(dst, &name) {
+                    Ok(()) => {}
+                    Err(e) if e.raw_os_error() == Some(libc::ENODATA) => {}
+                    Err(e) => return Err(io_err(shown, "removing an xattr of")(e)),
+                }
+            }
+        }
+        for (name, value) in wanted {
             if !self.may_set(&name) {
                 continue;
             }
