@@ -62,6 +62,8 @@ pub enum RegisterError {
 pub enum SequenceError {
     #[error("a shadow copy set is already being created; try again when it is done")]
     Busy,
+    #[error("a restore is running; try again when it is done")]
+    Restoring,
     #[error("writer {writer} failed at {event}: {failure}; the set was aborted")]
     Writer {
         writer: String,
@@ -186,6 +188,8 @@ pub struct Coordinator {
     options: Options,
     writers: Mutex<Vec<Arc<Slot>>>,
     running: Mutex<()>,
+    /// Whether what holds `running` is a restore (for the refusal's words).
+    restoring: std::sync::atomic::AtomicBool,
 }
 
 impl Coordinator {
@@ -194,6 +198,7 @@ impl Coordinator {
             options,
             writers: Mutex::new(Vec::new()),
             running: Mutex::new(()),
+            restoring: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -321,7 +326,7 @@ impl Coordinator {
         let running = match self.running.try_lock() {
             Ok(guard) => guard,
             Err(TryLockError::Poisoned(p)) => p.into_inner(),
-            Err(TryLockError::WouldBlock) => return Err(SequenceError::Busy),
+            Err(TryLockError::WouldBlock) => return Err(self.busy()),
         };
         let started = Instant::now();
         let plan = SetPlan {
@@ -350,6 +355,15 @@ impl Coordinator {
                 self.put_back(sequence.parts);
                 Err(e)
             }
+        }
+    }
+
+    /// Why the coordinator cannot start a sequence now.
+    fn busy(&self) -> SequenceError {
+        if self.restoring.load(Ordering::Acquire) {
+            SequenceError::Restoring
+        } else {
+            SequenceError::Busy
         }
     }
 

@@ -221,8 +221,10 @@ impl Service {
             SetOrigin::Scheduled,
         ) {
             Ok(_) => {}
-            Err(ServiceError::Sequence(SequenceError::Busy)) => {
-                tracing::warn!("scheduled set waits: another set (a backup?) is being made");
+            Err(ServiceError::Sequence(SequenceError::Busy | SequenceError::Restoring)) => {
+                tracing::warn!(
+                    "scheduled set waits: another set (a backup?) or a restore is running"
+                );
                 return false;
             }
             Err(e) => tracing::error!("scheduled set failed: {e}"),

@@ -9,6 +9,7 @@
 //! restore. This file never touches a volume: the copy is the requester's.
 
 use std::sync::MutexGuard;
+use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use super::{Coordinator, Part, SequenceError, SetWriter, TryLockError, broadcast, guid};
@@ -44,8 +45,9 @@ impl Coordinator {
         let running = match self.running.try_lock() {
             Ok(guard) => guard,
             Err(TryLockError::Poisoned(p)) => p.into_inner(),
-            Err(TryLockError::WouldBlock) => return Err(SequenceError::Busy),
+            Err(TryLockError::WouldBlock) => return Err(self.busy()),
         };
+        self.restoring.store(true, Ordering::Release);
         let mut parts = self.take_parts(&request.volumes);
         for part in parts.iter_mut() {
             part.identified = true;
@@ -131,6 +133,7 @@ impl Restoring<'_> {
             })
             .collect();
         self.coordinator.put_back(std::mem::take(&mut self.parts));
+        self.coordinator.restoring.store(false, Ordering::Release);
         writers
     }
 }

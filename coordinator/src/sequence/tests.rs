@@ -621,9 +621,16 @@ fn a_restore_sends_pre_restore_then_post_restore_with_its_outcome() {
     let restoring = r.coordinator.restore(restore_request()).expect("prepared");
     assert_eq!(r.events_of("a"), [Event::PreRestore]);
     assert!(
-        matches!(r.create(&FakeProvider::default()), Err(SequenceError::Busy)),
+        matches!(
+            r.create(&FakeProvider::default()),
+            Err(SequenceError::Restoring)
+        ),
         "no set while files are put back"
     );
+    assert!(matches!(
+        r.coordinator.restore(restore_request()),
+        Err(SequenceError::Restoring)
+    ));
     let id = restoring.restore_id().to_string();
     let writers = restoring.complete(true);
     assert_eq!(writers.len(), 2);
