@@ -645,6 +645,8 @@ fn a_client_that_hangs_up_mid_restore_is_a_failed_restore_for_the_writers() {
         restore_events(&log),
         [format!("pre-restore - {}", set.name)]
     );
+    let err = common::assert_one_line_error(&d.umbra(&["create"]), "a set during a restore");
+    assert!(err.contains("a restore is running"), "{err}");
     drop(stream);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     while restore_events(&log).len() < 2 && std::time::Instant::now() < deadline {
