@@ -731,19 +731,47 @@ fn a_file_restored_into_a_directory_with_a_default_acl_gets_the_sets_acl_not_the
     fs::create_dir(&dir).unwrap();
     fs::write(dir.join("plain"), b"no acl of its own").unwrap();
     fs::set_permissions(dir.join("plain"), fs::Permissions::from_mode(0o600)).unwrap();
-    // The default ACL comes after the file: the file has none.
+    sys::mknod_fifo(&dir.join("pipe"), 0o600).unwrap();
+    // The default ACL comes after them: they have none.
     run(
         "setfacl",
         &["-d", "-m", "u:nobody:rwx", dir.to_str().unwrap()],
     );
     let set = d.create_set();
-    let in_set = attrs(&d.browse(&set, "data").join("shared/plain"));
-    assert!(in_set.xattrs.is_empty(), "{in_set:?}");
+    let browse = d.browse(&set, "data").join("shared");
+    let (plain, pipe) = (attrs(&browse.join("plain")), attrs(&browse.join("pipe")));
+    assert!(
+        plain.xattrs.is_empty() && pipe.xattrs.is_empty(),
+        "{plain:?} {pipe:?}"
+    );
     fs::remove_file(dir.join("plain")).unwrap();
-    restore_ok(&d, &[&set.name, "data/shared/plain"]);
+    fs::remove_file(dir.join("pipe")).unwrap();
+    restore_ok(&d, &[&set.name, "data/shared/plain", "data/shared/pipe"]);
     assert_eq!(
         attrs(&dir.join("plain")),
-        in_set,
+        plain,
         "nobody gets no access the set's file did not give"
     );
+    assert_eq!(attrs(&dir.join("pipe")), pipe);
+}
+
+#[test]
+fn a_hard_link_whose_other_name_is_unchanged_live_is_linked_to_it() {
+    let d = Daemon::start(Config::default());
+    let dir = d.live("data").join("pair");
+    fs::create_dir(&dir).unwrap();
+    fs::write(dir.join("a"), b"one inode").unwrap();
+    fs::hard_link(dir.join("a"), dir.join("b")).unwrap();
+    let set = d.create_set();
+    fs::remove_file(dir.join("b")).unwrap();
+    let out = restore_ok(&d, &[&set.name, "data/pair"]);
+    assert!(
+        out.contains(&format!("skipped {} (unchanged)", dir.join("a").display())),
+        "{out}"
+    );
+    let (a, b) = (
+        fs::metadata(dir.join("a")).unwrap(),
+        fs::metadata(dir.join("b")).unwrap(),
+    );
+    assert_eq!((a.ino(), a.nlink()), (b.ino(), 2));
 }

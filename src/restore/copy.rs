@@ -85,6 +85,16 @@ impl<'a> Copier<'a> {
         }
         match node.action {
             Action::Skip => {
+                // An equal live file stands for its inode: the set's other
+                // names of it are linked to it.
+                if node.kind == Kind::File && node.st.st_nlink > 1 {
+                    self.links
+                        .entry((node.st.st_dev, node.st.st_ino))
+                        .or_insert_with(|| Linked {
+                            dir: dst.clone(),
+                            name: node.name.clone(),
+                        });
+                }
                 self.report.add(Done::Skipped, node);
                 Ok(())
             }
@@ -347,7 +357,14 @@ impl<'a> Copier<'a> {
             // would wait for a writer.
             let from = sys::openat(src, &node.name, libc::O_PATH | libc::O_NOFOLLOW, 0)?;
             let to = sys::openat(dst, &tmp, libc::O_PATH | libc::O_NOFOLLOW, 0)?;
-            for (name, value) in sys::xattrs(from.as_fd())? {
+            let wanted = sys::xattrs(from.as_fd())?;
+            // An ACL inherited from the directory goes, as for a file.
+            for (name, _) in sys::xattrs(to.as_fd())? {
+                if self.may_set(&name) && !wanted.iter().any(|(w, _)| *w == name) {
+                    remove_xattr_path(to.as_fd(), &name)?;
+                }
+            }
+            for (name, value) in wanted {
                 if self.may_set(&name) {
                     set_xattr_path(to.as_fd(), &name, &value)?;
                 }
@@ -387,6 +404,21 @@ fn set_xattr_path(fd: BorrowedFd<'_>, name: &CStr, value: &[u8]) -> io::Result<(
     } else {
         Ok(())
     }
+}
+
+/// An xattr removed from an O_PATH descriptor's inode, through /proc.
+fn remove_xattr_path(fd: BorrowedFd<'_>, name: &CStr) -> io::Result<()> {
+    let path = sys::proc_path(fd);
+    // SAFETY: path and name are NUL-terminated.
+    let rc = unsafe { libc::removexattr(path.as_ptr(), name.as_ptr()) };
+    if rc == -1 {
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::ENODATA) {
+            return Ok(());
+        }
+        return Err(e);
+    }
+    Ok(())
 }
 
 /// Runs `make` with a fresh temporary name until the name is
