@@ -301,7 +301,7 @@ impl<'a> Copier<'a> {
                 if n == 0 {
                     break;
                 }
-                if buf[..n].iter().any(|b| *b != 0) {
+                if !all_zero(&buf[..n]) {
                     sys::pwrite_all(to, &buf[..n], off)?;
                 }
                 if let Some(bar) = self.progress {
@@ -404,6 +404,13 @@ fn set_xattr_path(fd: BorrowedFd<'_>, name: &CStr, value: &[u8]) -> io::Result<(
     } else {
         Ok(())
     }
+}
+
+/// Whether `bytes` are all zero: compared a page at a time (memcmp),
+/// several times faster than a byte loop on a large sparse file.
+fn all_zero(bytes: &[u8]) -> bool {
+    static ZEROS: [u8; 4096] = [0; 4096];
+    bytes.chunks(ZEROS.len()).all(|c| c == &ZEROS[..c.len()])
 }
 
 /// An xattr removed from an O_PATH descriptor's inode, through /proc.
