@@ -143,6 +143,10 @@ pub fn run(socket: &Path, cwd: &Path, options: Options) -> Result<(), RestoreErr
                 .or_else(|e| target::resolve(p, cwd, &mounts, &real_snapshots).map_err(|_| e))
         })
         .collect::<Result<Vec<Target>, TargetError>>()?;
+    // The same PATH twice is restored once.
+    let mut targets = targets;
+    let mut seen = std::collections::HashSet::new();
+    targets.retain(|t| seen.insert(t.clone()));
     // The volumes written into: each target's own, or --to's if it is in
     // one (a directory elsewhere concerns no writer).
     // DIR is opened as the kernel resolves it; its spelling without `..`

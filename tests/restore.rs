@@ -373,6 +373,11 @@ fn to_dir_restores_outside_the_volume_and_missing_parents_come_back() {
         0o711,
         "a missing parent is created with the set's mode"
     );
+    // Two spellings of one path: restored once.
+    fs::remove_file(live.join("a/b/file")).unwrap();
+    let abs = live.join("a/b/file");
+    let out = restore_ok(&d, &[&set.name, "data/a/b/file", abs.to_str().unwrap()]);
+    assert_eq!(out.matches("restored ").count(), 1, "{out}");
 }
 
 #[test]
