@@ -276,6 +276,69 @@ pub enum Command {
         output: Output,
     },
 
+    /// Put files and trees back from a shadow copy set
+    ///
+    /// Copies each PATH as it was in SET (a name, an id or `latest`) back to the same place in
+    /// its live volume, or with --to into DIR (anywhere, e.g. outside every volume). PATH is a path
+    /// in a volume's live mount, absolute or relative to the working directory (which may be in a
+    /// live mount or in a set under the snapshots mount), or VOLUME/path. A path that leaves its
+    /// volume (`..`), lies outside every volume, or passes a symlink in the set is refused; the
+    /// restore itself never follows a symlink, in the set or live. A file, symlink, FIFO or whole
+    /// directory tree is restored with its contents, mode, owner and group (as root; a user
+    /// restores as themselves), times, xattrs (user.*, and trusted.* and security.* as root) and
+    /// POSIX ACLs; holes stay holes and hard links within the restored tree stay linked; missing
+    /// live parents are created as they were in the set.
+    ///
+    /// Everything is checked before anything is written: a destination that exists and differs
+    /// from the set's version is a conflict, and then the error lists every conflicting path and
+    /// nothing is changed, unless --overwrite (replace them) or --keep-newer (replace them, but
+    /// keep those whose mtime is newer than the set's). Entries equal to the set's (size, mtime
+    /// and contents) are skipped. An entry that exists live but not in the set is left alone:
+    /// restore is not a rollback. Each file is written under a temporary name in its directory,
+    /// fsynced and renamed into place, so a reader sees the old file or the new one, never half;
+    /// a directory gets its mode and times after its entries.
+    ///
+    /// The copy is made by this process, as the user who runs it: reading through the snapshot
+    /// mount (a user cannot restore what they could not read at the set's instant) and writing
+    /// through the live mount (nor write where they cannot write now). The writers of the
+    /// volumes written into hear pre-restore before the copy and post-restore after it, with
+    /// whether it succeeded; a required writer's refusal at pre-restore cancels the restore
+    /// before anything is written.
+    ///
+    /// Prints `restored PATH`, `skipped PATH (unchanged)` or `kept PATH (newer live)` for each
+    /// path, then a summary; --dry-run prints what would happen (`would restore PATH`) and changes
+    /// nothing; --json prints one document with the set, every action (action, path, kind), the
+    /// totals (restored, skipped, kept, bytes) and the writers. A progress bar goes to stderr
+    /// when it is a terminal, for long restores.
+    Restore {
+        /// The set to restore from: a name, an id or `latest`
+        #[arg(value_name = "SET")]
+        set: String,
+
+        /// What to restore: a path in a live volume, or VOLUME/path
+        #[arg(value_name = "PATH", required = true)]
+        paths: Vec<PathBuf>,
+
+        /// Restore into DIR (each PATH as DIR/<its name>) instead of in place
+        #[arg(long, value_name = "DIR")]
+        to: Option<PathBuf>,
+
+        /// Replace destinations that differ from the set's version
+        #[arg(long, conflicts_with = "keep_newer")]
+        overwrite: bool,
+
+        /// Replace destinations that differ, but keep those newer (by mtime) than the set's
+        #[arg(long)]
+        keep_newer: bool,
+
+        /// Print what would be restored, change nothing
+        #[arg(long)]
+        dry_run: bool,
+
+        #[command(flatten)]
+        output: Output,
+    },
+
     /// Print a shell completion script
     ///
     /// Writes the completion script for SHELL to standard output, made from the same definitions

@@ -4,7 +4,7 @@
 //! command between its set and its report. It never touches the store or a
 //! mount itself.
 
-mod connection;
+pub mod connection;
 mod discover;
 
 use std::io::{self, Write};
@@ -39,7 +39,7 @@ pub enum CommandError {
 
 /// A client of the daemon at one control socket.
 pub struct Client {
-    socket: PathBuf,
+    pub socket: PathBuf,
 }
 
 impl Client {

@@ -11,6 +11,7 @@ mod daemon;
 mod naming;
 mod protocol;
 mod render;
+mod restore;
 mod schedule;
 
 #[cfg(test)]
@@ -89,6 +90,30 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Completions { shell } => {
             let mut command = <Cli as clap::CommandFactory>::command();
             clap_complete::generate(shell, &mut command, "umbra", &mut std::io::stdout());
+        }
+        Command::Restore {
+            set,
+            paths,
+            to,
+            overwrite,
+            keep_newer,
+            dry_run,
+            output,
+        } => {
+            let policy = match (overwrite, keep_newer) {
+                (true, _) => restore::Policy::Overwrite,
+                (false, true) => restore::Policy::KeepNewer,
+                (false, false) => restore::Policy::Refuse,
+            };
+            let options = restore::Options {
+                set,
+                paths,
+                to,
+                policy,
+                dry_run,
+                json: output.json,
+            };
+            restore::run(&client()?.socket, &cwd, options)?;
         }
         Command::Backup {
             volumes,

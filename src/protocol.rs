@@ -81,6 +81,20 @@ pub enum Request {
     /// Every distinct version of one file, live and in the sets. Answer: a
     /// [`VersionsView`].
     Versions { path: ClientPath },
+    /// Start a restore out of `set` (a name, an id or `latest`) into
+    /// `volumes`: unless `dry_run`, their writers hear PreRestore. Answer:
+    /// a [`RestoreView`]; the connection then owes a `restore_complete`
+    /// (hanging up counts as a failed restore). The copy is the client's.
+    Restore {
+        set: String,
+        #[serde(default)]
+        volumes: Vec<String>,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        dry_run: bool,
+    },
+    /// After `restore`, on the same connection: whether the copy worked;
+    /// the writers hear PostRestore. Answer: the final [`RestoreView`].
+    RestoreComplete { succeeded: bool },
     /// Only as a connection's first line: the connection becomes a
     /// writer's (umbra-writer(7)). Answer: `{"registered": NAME}`, then
     /// events.
@@ -238,6 +252,19 @@ pub struct CreatedView {
     /// The oldest sets deleted first to stay within `max_sets`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub evicted: Vec<SetView>,
+}
+
+/// What `restore` answers: the set files come from and where it is
+/// browsable, and once complete, the writers that heard the restore.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestoreView {
+    pub set: SetView,
+    /// `<snapshots>/<name>`.
+    pub path: String,
+    /// The id the writers saw (empty for a dry run: no writer heard of it).
+    pub restore_id: String,
+    #[serde(default)]
+    pub writers: Vec<SetWriter>,
 }
 
 /// A writer as `umbra writers` shows it.
@@ -417,6 +444,34 @@ mod tests {
         let minimal = parse_request(br#"{"op":"register","name":"pg"}"#).expect("parses");
         assert!(matches!(minimal, Request::Register(r) if r.required && r.volumes.is_empty()));
         assert!(parse_request(br#"{"op":"register","name":"pg","typo":1}"#).is_err());
+    }
+
+    #[test]
+    fn restore_requests_round_trip() {
+        round_trip(
+            Request::Restore {
+                set: "latest".into(),
+                volumes: vec!["data".into()],
+                dry_run: true,
+            },
+            json!({"op": "restore", "set": "latest", "volumes": ["data"], "dry_run": true}),
+        );
+        round_trip(
+            Request::RestoreComplete { succeeded: false },
+            json!({"op": "restore_complete", "succeeded": false}),
+        );
+        assert_eq!(
+            parse_request(br#"{"op":"restore","set":"3"}"#).expect("parses"),
+            Request::Restore {
+                set: "3".into(),
+                volumes: vec![],
+                dry_run: false
+            }
+        );
+        assert!(
+            parse_request(br#"{"op":"restore"}"#).is_err(),
+            "a set is needed"
+        );
     }
 
     #[test]

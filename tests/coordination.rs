@@ -669,10 +669,11 @@ fn a_requester_that_goes_away_mid_backup_is_cleaned_up_after() {
     eventually("the set to be made", || {
         lines(&log).contains(&"post-snapshot".to_string())
     });
-    assert_eq!(
-        daemon.writer("hook")["state"],
-        "waiting-for-backup-complete"
-    );
+    // The hook logs before it exits; the daemon moves the writer on only
+    // once it has its exit status.
+    eventually("the writer to wait for backup-complete", || {
+        daemon.writer("hook")["state"] == "waiting-for-backup-complete"
+    });
     let err = daemon.create_fails();
     assert!(err.contains("already being created"), "{err}");
     requester.kill().expect("kill the requester");

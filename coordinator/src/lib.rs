@@ -26,7 +26,7 @@ pub use link::{LinkError, SocketLink, WriterLink};
 pub use protocol::{Component, Event, EventMessage, Failure, Registration, Reply};
 pub use provider::{Committed, Provider, ProviderError, SetPlan};
 pub use sequence::{
-    Coordinator, Created, Options, Pending, RegisterError, SequenceError, SetRequest, SetWriter,
-    WriterView,
+    Coordinator, Created, Options, Pending, RegisterError, RestoreRequest, Restoring,
+    SequenceError, SetRequest, SetWriter, WriterView,
 };
 pub use state::WriterState;

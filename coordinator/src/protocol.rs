@@ -186,7 +186,8 @@ pub struct EventMessage {
     pub set_id: String,
     pub set_name: String,
     pub volumes: Vec<String>,
-    /// Only with backup-complete: whether the requester's backup worked.
+    /// Only with backup-complete and post-restore: whether the requester's
+    /// backup (or the restore's copy) worked.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backup_succeeded: Option<bool>,
 }

@@ -62,6 +62,8 @@ pub enum RegisterError {
 pub enum SequenceError {
     #[error("a shadow copy set is already being created; try again when it is done")]
     Busy,
+    #[error("a restore is running; try again when it is done")]
+    Restoring,
     #[error("writer {writer} failed at {event}: {failure}; the set was aborted")]
     Writer {
         writer: String,
@@ -70,6 +72,8 @@ pub enum SequenceError {
     },
     #[error("{0}; the set was aborted")]
     Provider(ProviderError),
+    #[error("writer {writer} refused the restore at pre-restore: {failure}; nothing was restored")]
+    RestoreRefused { writer: String, failure: Failure },
 }
 
 /// What the requester asks for.
@@ -193,6 +197,8 @@ pub struct Coordinator {
     options: Options,
     writers: Mutex<Vec<Arc<Slot>>>,
     running: Mutex<()>,
+    /// Whether what holds `running` is a restore (for the refusal's words).
+    restoring: std::sync::atomic::AtomicBool,
 }
 
 impl Coordinator {
@@ -201,6 +207,7 @@ impl Coordinator {
             options,
             writers: Mutex::new(Vec::new()),
             running: Mutex::new(()),
+            restoring: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -328,7 +335,7 @@ impl Coordinator {
         let running = match self.running.try_lock() {
             Ok(guard) => guard,
             Err(TryLockError::Poisoned(p)) => p.into_inner(),
-            Err(TryLockError::WouldBlock) => return Err(SequenceError::Busy),
+            Err(TryLockError::WouldBlock) => return Err(self.busy()),
         };
         let started = Instant::now();
         let plan = SetPlan {
@@ -357,6 +364,15 @@ impl Coordinator {
                 self.put_back(sequence.parts);
                 Err(e)
             }
+        }
+    }
+
+    /// Why the coordinator cannot start a sequence now.
+    fn busy(&self) -> SequenceError {
+        if self.restoring.load(Ordering::Acquire) {
+            SequenceError::Restoring
+        } else {
+            SequenceError::Busy
         }
     }
 
@@ -629,34 +645,7 @@ impl Sequence<'_> {
     /// answer until that writer's deadline. Failures are marked.
     fn broadcast(&mut self, event: Event, backup_succeeded: Option<bool>) {
         let message = self.message(event, backup_succeeded);
-        let mut asked = Vec::new();
-        for (i, part) in self.parts.iter_mut().enumerate() {
-            if !part.active() {
-                continue;
-            }
-            let deadline = deadline_in(part.event_timeout);
-            let Some(link) = part.link.as_mut() else {
-                continue;
-            };
-            match link.send(&message) {
-                Ok(()) => asked.push((i, deadline)),
-                Err(e) => link_failed(part, event, e),
-            }
-        }
-        for (i, deadline) in asked {
-            let part = &mut self.parts[i];
-            let Some(link) = part.link.as_mut() else {
-                continue;
-            };
-            let answer = link
-                .recv(deadline)
-                .and_then(|reply| reply.answering(&message).map_err(LinkError::Malformed));
-            match answer {
-                Ok(Ok(())) => part.slot.set_state(WriterState::after(event), None),
-                Ok(Err(failure)) => part.fail(event, failure),
-                Err(e) => link_failed(part, event, e),
-            }
-        }
+        broadcast(&mut self.parts, &message);
     }
 
     /// Abort to every writer that passed Identify; answers are awaited (a
@@ -716,6 +705,40 @@ impl Sequence<'_> {
     }
 }
 
+/// Sends `message` to every active writer of `parts` at once, then waits
+/// for each answer until that writer's deadline. Failures are marked.
+fn broadcast(parts: &mut [Part], message: &EventMessage) {
+    let event = message.event;
+    let mut asked = Vec::new();
+    for (i, part) in parts.iter_mut().enumerate() {
+        if !part.active() {
+            continue;
+        }
+        let deadline = deadline_in(part.event_timeout);
+        let Some(link) = part.link.as_mut() else {
+            continue;
+        };
+        match link.send(message) {
+            Ok(()) => asked.push((i, deadline)),
+            Err(e) => link_failed(part, event, e),
+        }
+    }
+    for (i, deadline) in asked {
+        let part = &mut parts[i];
+        let Some(link) = part.link.as_mut() else {
+            continue;
+        };
+        let answer = link
+            .recv(deadline)
+            .and_then(|reply| reply.answering(message).map_err(LinkError::Malformed));
+        match answer {
+            Ok(Ok(())) => part.slot.set_state(WriterState::after(event), None),
+            Ok(Err(failure)) => part.fail(event, failure),
+            Err(e) => link_failed(part, event, e),
+        }
+    }
+}
+
 fn link_failed(part: &mut Part, event: Event, error: LinkError) {
     let failure = match &error {
         LinkError::Timeout(_) => {
@@ -756,6 +779,10 @@ fn guid() -> String {
         &hex[20..32]
     )
 }
+
+mod restore;
+
+pub use restore::{RestoreRequest, Restoring};
 
 #[cfg(test)]
 mod tests;

@@ -24,6 +24,8 @@ use umbra_coordinator::protocol::Registered;
 use umbra_coordinator::{Registration, SocketLink};
 
 use super::service::{Answer, Service};
+
+mod restore;
 use crate::protocol::{self, LineError, MAX_REQUEST_LINE, Request, Response};
 
 #[derive(Debug, thiserror::Error)]
@@ -377,6 +379,17 @@ fn serve_client(stream: &UnixStream, service: &Service, timeout: Duration) {
             } => {
                 first = false;
                 if backup(&mut reader, &mut writer, service, &volumes, label, keep) {
+                    continue;
+                }
+                return;
+            }
+            Request::Restore {
+                set,
+                volumes,
+                dry_run,
+            } => {
+                first = false;
+                if restore::serve(&mut reader, &mut writer, service, &set, &volumes, dry_run) {
                     continue;
                 }
                 return;

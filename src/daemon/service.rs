@@ -27,6 +27,7 @@ use crate::protocol::{
 use crate::schedule::{Candidate, Schedule};
 
 mod history;
+mod restore;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {
@@ -48,6 +49,10 @@ pub enum ServiceError {
     LateRegister,
     #[error("backup and backup_complete are a pair on one connection")]
     NotABackup,
+    #[error("restore and restore_complete are a pair on one connection")]
+    NotARestore,
+    #[error("shadow copy set {set:?} has no volume {volume:?}")]
+    VolumeNotInSet { set: String, volume: String },
     #[error("the daemon's config has no [schedule]: no retention rules say what to prune")]
     NoSchedule,
     /// A request that cannot be answered as asked; the text says why.
@@ -73,6 +78,7 @@ pub enum Answer {
     Pruned(PruneView),
     Diff(DiffView),
     Versions(VersionsView),
+    Restore(Box<crate::protocol::RestoreView>),
 }
 
 /// Which sets a delete picks besides the named ones.
@@ -193,6 +199,9 @@ impl Service {
             Request::Backup { .. } | Request::BackupComplete { .. } => {
                 Err(ServiceError::NotABackup)
             }
+            Request::Restore { .. } | Request::RestoreComplete { .. } => {
+                Err(ServiceError::NotARestore)
+            }
         }
     }
 
@@ -229,8 +238,10 @@ impl Service {
             SetOrigin::Scheduled,
         ) {
             Ok(_) => {}
-            Err(ServiceError::Sequence(SequenceError::Busy)) => {
-                tracing::warn!("scheduled set waits: another set (a backup?) is being made");
+            Err(ServiceError::Sequence(SequenceError::Busy | SequenceError::Restoring)) => {
+                tracing::warn!(
+                    "scheduled set waits: another set (a backup?) or a restore is running"
+                );
                 return false;
             }
             Err(e) => tracing::error!("scheduled set failed: {e}"),

@@ -10,6 +10,9 @@ use crate::protocol::Reply;
 
 type Log = Arc<Mutex<Vec<(String, Event, String)>>>;
 
+/// What each writer was told with backup-complete and post-restore.
+type Outcomes = Arc<Mutex<Vec<(String, Event, Option<bool>)>>>;
+
 #[derive(Clone)]
 enum Behave {
     Fail(Failure),
@@ -21,6 +24,7 @@ enum Behave {
 struct FakeLink {
     name: String,
     log: Log,
+    outcomes: Outcomes,
     behave: HashMap<Event, Behave>,
     last: Option<EventMessage>,
     gone: bool,
@@ -32,6 +36,7 @@ impl WriterLink for FakeLink {
             return Err(LinkError::Disconnected);
         }
         lock(&self.log).push((self.name.clone(), event.event, event.set_id.clone()));
+        lock(&self.outcomes).push((self.name.clone(), event.event, event.backup_succeeded));
         self.last = Some(event.clone());
         Ok(())
     }
@@ -125,6 +130,7 @@ impl Provider for FakeProvider {
 struct Rig {
     coordinator: Coordinator,
     log: Log,
+    outcomes: Outcomes,
 }
 
 fn rig() -> Rig {
@@ -135,6 +141,7 @@ fn rig() -> Rig {
             hold_timeout: Duration::from_secs(5),
         }),
         log: Log::default(),
+        outcomes: Outcomes::default(),
     }
 }
 
@@ -150,6 +157,7 @@ impl Rig {
         let link = FakeLink {
             name: name.into(),
             log: self.log.clone(),
+            outcomes: self.outcomes.clone(),
             behave: behave.iter().cloned().collect(),
             last: None,
             gone: false,
@@ -434,6 +442,7 @@ fn a_writer_frozen_past_its_window_fails_the_set() {
             hold_timeout: Duration::from_secs(5),
         }),
         log: Log::default(),
+        outcomes: Outcomes::default(),
     };
     r.writer("a", true, &[]);
     let provider = FakeProvider {
@@ -451,6 +460,7 @@ fn writers_of_other_volumes_are_not_asked() {
     let link = FakeLink {
         name: "logs-only".into(),
         log: r.log.clone(),
+        outcomes: Outcomes::default(),
         behave: HashMap::new(),
         last: None,
         gone: false,
@@ -483,6 +493,7 @@ fn names_are_unique_among_connected_writers() {
     let link = FakeLink {
         name: "a".into(),
         log: r.log.clone(),
+        outcomes: Outcomes::default(),
         behave: HashMap::new(),
         last: None,
         gone: false,
@@ -538,6 +549,7 @@ fn a_writer_registering_with_timeout_secs_u64_max_is_refused_and_create_does_not
     let link = |name: &str| FakeLink {
         name: name.into(),
         log: r.log.clone(),
+        outcomes: Outcomes::default(),
         behave: HashMap::new(),
         last: None,
         gone: false,
@@ -575,9 +587,100 @@ fn deadlines_beyond_the_clock_are_clamped_not_a_panic() {
     let r = Rig {
         coordinator,
         log: Log::default(),
+        outcomes: Outcomes::default(),
     };
     r.writer("w", true, &[]);
     let created = r.create(&FakeProvider::default()).expect("the set is made");
     assert_eq!(created.set.name, "2026-11-25T084250Z");
     assert!(crate::link::deadline_in(Duration::MAX) > Instant::now());
+}
+
+fn restore_request() -> RestoreRequest {
+    RestoreRequest {
+        set_name: "2026-11-25T084250Z".into(),
+        volumes: vec!["data".into()],
+    }
+}
+
+impl Rig {
+    /// The backup_succeeded each writer got with post-restore.
+    fn post_restore_of(&self, name: &str) -> Vec<Option<bool>> {
+        lock(&self.outcomes)
+            .iter()
+            .filter(|(n, e, _)| n == name && *e == Event::PostRestore)
+            .map(|(_, _, ok)| *ok)
+            .collect()
+    }
+}
+
+#[test]
+fn a_restore_sends_pre_restore_then_post_restore_with_its_outcome() {
+    let r = rig();
+    r.writer("a", true, &[]);
+    r.writer("b", false, &[]);
+    let restoring = r.coordinator.restore(restore_request()).expect("prepared");
+    assert_eq!(r.events_of("a"), [Event::PreRestore]);
+    assert!(
+        matches!(
+            r.create(&FakeProvider::default()),
+            Err(SequenceError::Restoring)
+        ),
+        "no set while files are put back"
+    );
+    assert!(matches!(
+        r.coordinator.restore(restore_request()),
+        Err(SequenceError::Restoring)
+    ));
+    let id = restoring.restore_id().to_string();
+    let writers = restoring.complete(true);
+    assert_eq!(writers.len(), 2);
+    assert!(writers.iter().all(|w| w.status == "ok"), "{writers:?}");
+    for name in ["a", "b"] {
+        assert_eq!(r.events_of(name), [Event::PreRestore, Event::PostRestore]);
+        assert_eq!(r.post_restore_of(name), [Some(true)]);
+        assert_eq!(r.state_of(name), "stable");
+    }
+    assert!(lock(&r.log).iter().all(|(_, _, set)| *set == id), "one id");
+    // Dropped without a report: the writers hear that it failed.
+    drop(r.coordinator.restore(restore_request()).expect("prepared"));
+    assert_eq!(r.post_restore_of("a"), [Some(true), Some(false)]);
+    r.create(&FakeProvider::default()).expect("sets go on");
+}
+
+#[test]
+fn a_required_writer_refusing_pre_restore_cancels_the_restore() {
+    let r = rig();
+    r.writer("ready", true, &[]);
+    r.writer(
+        "refuses",
+        true,
+        &[(Event::PreRestore, Behave::Fail(Failure::fatal("busy")))],
+    );
+    let err = r
+        .coordinator
+        .restore(restore_request())
+        .err()
+        .expect("refused");
+    assert!(
+        matches!(&err, SequenceError::RestoreRefused { writer, .. } if writer == "refuses"),
+        "{err}"
+    );
+    assert!(err.to_string().contains("nothing was restored"), "{err}");
+    // The writer that prepared is told the restore is off.
+    assert_eq!(r.post_restore_of("ready"), [Some(false)]);
+    assert_eq!(r.events_of("refuses"), [Event::PreRestore]);
+    assert_eq!(r.state_of("refuses"), "failed-at-pre-restore");
+    // An optional writer's refusal is its own failure only.
+    let r = rig();
+    r.writer(
+        "optional",
+        false,
+        &[(Event::PreRestore, Behave::Fail(Failure::fatal("busy")))],
+    );
+    let writers = r
+        .coordinator
+        .restore(restore_request())
+        .expect("goes on")
+        .complete(true);
+    assert_eq!(writers[0].status, "failed-at-pre-restore");
 }
