@@ -278,8 +278,10 @@ pub enum Command {
 
     /// Put files and trees back from a shadow copy set
     ///
-    /// Copies each PATH as it was in SET (a name, an id or `latest`) back to the same place in
-    /// its live volume, or with --to into DIR (anywhere, e.g. outside every volume). PATH is a path
+    /// Copies each PATH as it was in SET (a name, an id or `latest`) back into its live volume:
+    /// by default beside the live one, as `NAME.restored-SET` (the live file or tree is not
+    /// touched); with --overwrite or --keep-newer in its own place; with --to into DIR as
+    /// DIR/NAME (anywhere, e.g. outside every volume). PATH is a path
     /// in a volume's live mount, absolute or relative to the working directory (which may be in a
     /// live mount or in a set under the snapshots mount), or VOLUME/path. A path that leaves its
     /// volume (`..`), lies outside every volume, or passes a symlink in the set is refused; the
@@ -290,9 +292,10 @@ pub enum Command {
     /// live parents are created as they were in the set.
     ///
     /// Everything is checked before anything is written: a destination that exists and differs
-    /// from the set's version is a conflict, and then the error lists every conflicting path and
-    /// nothing is changed, unless --overwrite (replace them) or --keep-newer (replace them, but
-    /// keep those whose mtime is newer than the set's). Entries equal to the set's (size, mtime
+    /// from the set's version (a copy beside from an earlier restore, or an entry under --to DIR)
+    /// is a conflict, and then the error lists every conflicting path and nothing is changed,
+    /// unless --overwrite (replace them) or --keep-newer (replace them, but keep those whose
+    /// mtime is newer than the set's). Entries equal to the set's (size, mtime
     /// and contents) are skipped. An entry that exists live but not in the set is left alone:
     /// restore is not a rollback. Each file is written under a temporary name in its directory,
     /// fsynced and renamed into place, so a reader sees the old file or the new one, never half;
@@ -307,8 +310,8 @@ pub enum Command {
     ///
     /// Prints `restored PATH`, `skipped PATH (unchanged)` or `kept PATH (newer live)` for each
     /// path, then a summary; --dry-run prints what would happen (`would restore PATH`) and changes
-    /// nothing; --json prints one document with the set, every action (action, path, kind), the
-    /// totals (restored, skipped, kept, bytes) and the writers. A progress bar goes to stderr
+    /// nothing; --json prints one document: set, dry_run, actions (each {action, path, kind}),
+    /// totals {restored, skipped, kept, bytes} and writers. A progress bar goes to stderr
     /// when it is a terminal, for long restores.
     Restore {
         /// The set to restore from: a name, an id or `latest`
@@ -319,7 +322,7 @@ pub enum Command {
         #[arg(value_name = "PATH", required = true)]
         paths: Vec<PathBuf>,
 
-        /// Restore into DIR (each PATH as DIR/<its name>) instead of in place
+        /// Restore into DIR (each PATH as DIR/<its name>) instead of beside the live one
         #[arg(long, value_name = "DIR")]
         to: Option<PathBuf>,
 

@@ -105,11 +105,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 (false, true) => restore::Policy::KeepNewer,
                 (false, false) => restore::Policy::Refuse,
             };
+            let beside = to.is_none() && !overwrite && !keep_newer;
             let options = restore::Options {
                 set,
                 paths,
                 to,
                 policy,
+                beside,
                 dry_run,
                 json: output.json,
             };

@@ -20,7 +20,7 @@ mod report;
 mod sys;
 mod target;
 
-use std::ffi::{CString, OsStr};
+use std::ffi::{CString, OsStr, OsString};
 use std::io::{self, IsTerminal, Write};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
@@ -90,8 +90,19 @@ pub struct Options {
     pub paths: Vec<PathBuf>,
     pub to: Option<PathBuf>,
     pub policy: Policy,
+    /// Restore each PATH beside the live one, as `NAME.restored-SET`
+    /// (neither --overwrite nor --keep-newer nor --to).
+    pub beside: bool,
     pub dry_run: bool,
     pub json: bool,
+}
+
+/// The name a PATH restored beside its live self gets.
+fn beside_name(name: &OsStr, set: &str) -> OsString {
+    let mut out = name.to_os_string();
+    out.push(".restored-");
+    out.push(set);
+    out
 }
 
 /// One PATH, resolved and planned.
@@ -259,6 +270,7 @@ fn restore(
             target,
             dst_root,
             to.is_some(),
+            options.beside,
             &mut planner,
         )?);
     }
@@ -380,8 +392,18 @@ fn plan_target(
     target: &Target,
     (dst_root, dst_root_shown): (Arc<OwnedFd>, PathBuf),
     into_to: bool,
+    beside: bool,
     planner: &mut Planner,
 ) -> Result<Vec<Item>, RestoreError> {
+    // Where an entry of the set lands: its own name, or beside it.
+    let landing = |name: &OsStr| -> Result<(CString, OsString), RestoreError> {
+        let dst = if beside {
+            beside_name(name, set_name)
+        } else {
+            name.to_os_string()
+        };
+        Ok((plan::step(&dst)?, dst))
+    };
     let shown = target.display();
     let in_set = |source: io::Error| RestoreError::Io {
         path: shown.clone(),
@@ -401,11 +423,13 @@ fn plan_target(
         let mut items = Vec::new();
         for name in sys::list_dir(src.as_fd()).map_err(in_set)? {
             let step = plan::step(&name)?;
-            let dst_shown = dst_root_shown.join(&name);
+            let (dst_step, dst_name) = landing(&name)?;
+            let dst_shown = dst_root_shown.join(&dst_name);
             let node = planner.entry(
                 src.as_fd(),
                 &step,
                 Some(dst_root.as_fd()),
+                &dst_step,
                 &dst_shown,
                 &Path::new(&target.volume).join(&name),
             )?;
@@ -495,8 +519,9 @@ fn plan_target(
         src = next;
     }
     let step = plan::step(last)?;
+    let (dst_step, dst_name) = landing(last)?;
     src_shown.push(last);
-    dst_shown.push(last);
+    dst_shown.push(&dst_name);
     if sys::lstatat_opt(src.as_fd(), &step)
         .map_err(in_set)?
         .is_none()
@@ -511,7 +536,14 @@ fn plan_target(
     } else {
         None
     };
-    let node = planner.entry(src.as_fd(), &step, existing_dst, &dst_shown, &src_shown)?;
+    let node = planner.entry(
+        src.as_fd(),
+        &step,
+        existing_dst,
+        &dst_step,
+        &dst_shown,
+        &src_shown,
+    )?;
     let item = Item {
         src_parent: src,
         dst,

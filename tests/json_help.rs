@@ -39,6 +39,10 @@ fn every_key_a_command_prints_is_named_in_its_help() {
         ("writers", vec!["writers", "--json"]),
         ("diff", vec!["diff", &set.name, "--json"]),
         ("versions", vec!["versions", f.to_str().unwrap(), "--json"]),
+        (
+            "restore",
+            vec!["restore", &set.name, "data/f", "--dry-run", "--json"],
+        ),
         ("delete", vec!["delete", &set.name, "--json"]),
     ];
     for (name, args) in commands {

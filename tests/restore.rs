@@ -143,7 +143,24 @@ fn a_file_edited_after_the_set_comes_back_with_bytes_mode_owner_times_xattr_and_
     sys::lsetxattr(&file, "user.origin", b"live").unwrap();
     sys::lremovexattr(&file, "trusted.note").unwrap();
 
-    let err = restore_fails(&d, &[&set.name, "data/report.txt"], "a conflict");
+    // By default the set's copy comes back beside the live file.
+    let beside = live.join(format!("report.txt.restored-{}", set.name));
+    let out = restore_ok(&d, &[&set.name, "data/report.txt"]);
+    assert!(
+        out.contains(&format!("restored {}", beside.display())),
+        "{out}"
+    );
+    assert_eq!(attrs(&beside), before, "beside, as the set has it");
+    assert_eq!(fs::read(&file).unwrap(), b"edited later, and longer\n");
+    fs::remove_file(&beside).unwrap();
+
+    // In place without --overwrite (--to its own directory): a conflict.
+    let here = live.to_str().unwrap();
+    let err = restore_fails(
+        &d,
+        &[&set.name, "data/report.txt", "--to", here],
+        "a conflict",
+    );
     assert!(err.contains("report.txt"), "{err}");
     assert_eq!(fs::read(&file).unwrap(), b"edited later, and longer\n");
 
@@ -164,7 +181,7 @@ fn a_file_edited_after_the_set_comes_back_with_bytes_mode_owner_times_xattr_and_
     assert_eq!(names, ["report.txt"]);
 
     // Equal now: a second restore skips it.
-    let out = restore_ok(&d, &[&set.name, "data/report.txt"]);
+    let out = restore_ok(&d, &[&set.name, "data/report.txt", "--to", here]);
     assert!(out.contains("skipped"), "{out}");
     assert_eq!(attrs(&file), before);
 }
@@ -207,7 +224,7 @@ fn a_deleted_tree_with_a_hard_link_pair_a_symlink_a_sparse_file_and_a_fifo_comes
     );
 
     fs::remove_dir_all(&top).unwrap();
-    let out = restore_ok(&d, &["latest", top.to_str().unwrap()]);
+    let out = restore_ok(&d, &["latest", top.to_str().unwrap(), "--overwrite"]);
     assert!(out.contains("restored"), "{out}");
     assert_eq!(
         attrs(&top.join("src")),
@@ -258,7 +275,12 @@ fn a_conflict_without_overwrite_and_a_dry_run_change_nothing() {
     fs::write(dir.join("only-live"), b"born after the set").unwrap();
     let before = tree(&dir);
 
-    let err = restore_fails(&d, &[&set.name, "data/dir"], "a conflict");
+    let root = d.live("data");
+    let err = restore_fails(
+        &d,
+        &[&set.name, "data/dir", "--to", root.to_str().unwrap()],
+        "a conflict",
+    );
     assert!(
         err.contains(&dir.join("differs").display().to_string()),
         "{err}"
@@ -360,7 +382,7 @@ fn to_dir_restores_outside_the_volume_and_missing_parents_come_back() {
     cmd.current_dir(d.browse(&set, "data").join("a"))
         .args(["restore", "--socket"])
         .arg(d.root().join("umbra.sock"))
-        .args([&set.name, "b/file"]);
+        .args([&set.name, "b/file", "--overwrite"]);
     let out = common::run_with_timeout(&mut cmd, common::CLIENT_TIMEOUT);
     assert!(
         out.status.success(),
@@ -376,7 +398,15 @@ fn to_dir_restores_outside_the_volume_and_missing_parents_come_back() {
     // Two spellings of one path: restored once.
     fs::remove_file(live.join("a/b/file")).unwrap();
     let abs = live.join("a/b/file");
-    let out = restore_ok(&d, &[&set.name, "data/a/b/file", abs.to_str().unwrap()]);
+    let out = restore_ok(
+        &d,
+        &[
+            &set.name,
+            "data/a/b/file",
+            abs.to_str().unwrap(),
+            "--overwrite",
+        ],
+    );
     assert_eq!(
         out.lines().filter(|l| l.starts_with("restored ")).count(),
         1,
@@ -424,7 +454,7 @@ fn paths_that_escape_the_volume_are_refused_and_nothing_is_written() {
     assert!(err.contains("symlink"), "{err}");
     restore_fails(
         &d,
-        &[&set.name, "data/dir"],
+        &[&set.name, "data/dir", "--to", live.to_str().unwrap()],
         "a symlink live where the set has a directory",
     );
     assert!(
@@ -440,7 +470,7 @@ fn paths_that_escape_the_volume_are_refused_and_nothing_is_written() {
     );
     // The link itself may be restored: it is not followed.
     fs::remove_file(live.join("etc-link")).unwrap();
-    restore_ok(&d, &[&set.name, "data/etc-link"]);
+    restore_ok(&d, &[&set.name, "data/etc-link", "--overwrite"]);
     assert_eq!(
         fs::read_link(live.join("etc-link")).unwrap(),
         Path::new("/etc")
@@ -579,7 +609,7 @@ fn an_exec_writer_hears_pre_and_post_restore_and_its_refusal_stops_the_restore()
         fs::write(&file, b"set").unwrap();
         let set = d.create_set();
         fs::remove_file(&file).unwrap();
-        let out = d.umbra(&["restore", &set.name, "data/f"]);
+        let out = d.umbra(&["restore", &set.name, "data/f", "--overwrite"]);
         if ok {
             assert!(
                 out.status.success(),
@@ -694,7 +724,7 @@ fn an_interrupted_restore_leaves_whole_files_no_temporary_ones_and_tells_the_wri
     cmd.current_dir(d.root())
         .args(["restore", "--socket"])
         .arg(d.root().join("umbra.sock"))
-        .args([&set.name, "data/many"])
+        .args([&set.name, "data/many", "--overwrite"])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped());
     let child = cmd.spawn().unwrap();
@@ -760,7 +790,15 @@ fn a_file_restored_into_a_directory_with_a_default_acl_gets_the_sets_acl_not_the
     );
     fs::remove_file(dir.join("plain")).unwrap();
     fs::remove_file(dir.join("pipe")).unwrap();
-    restore_ok(&d, &[&set.name, "data/shared/plain", "data/shared/pipe"]);
+    restore_ok(
+        &d,
+        &[
+            &set.name,
+            "data/shared/plain",
+            "data/shared/pipe",
+            "--overwrite",
+        ],
+    );
     assert_eq!(
         attrs(&dir.join("plain")),
         plain,
@@ -778,7 +816,7 @@ fn a_hard_link_whose_other_name_is_unchanged_live_is_linked_to_it() {
     fs::hard_link(dir.join("a"), dir.join("b")).unwrap();
     let set = d.create_set();
     fs::remove_file(dir.join("b")).unwrap();
-    let out = restore_ok(&d, &[&set.name, "data/pair"]);
+    let out = restore_ok(&d, &[&set.name, "data/pair", "--overwrite"]);
     assert!(
         out.contains(&format!("skipped {} (unchanged)", dir.join("a").display())),
         "{out}"
@@ -788,4 +826,35 @@ fn a_hard_link_whose_other_name_is_unchanged_live_is_linked_to_it() {
         fs::metadata(dir.join("b")).unwrap(),
     );
     assert_eq!((a.ino(), a.nlink()), (b.ino(), 2));
+}
+
+#[test]
+fn by_default_a_tree_comes_back_beside_the_live_one_which_is_untouched() {
+    let d = Daemon::start(Config::default());
+    let dir = d.live("data").join("dir");
+    fs::create_dir(&dir).unwrap();
+    fs::write(dir.join("a"), b"old a").unwrap();
+    fs::write(dir.join("b"), b"old b").unwrap();
+    let set = d.create_set();
+    fs::write(dir.join("a"), b"new a").unwrap();
+    fs::remove_file(dir.join("b")).unwrap();
+    let live_before = tree(&dir);
+
+    let out = restore_ok(&d, &[&set.name, "data/dir"]);
+    let beside = d.live("data").join(format!("dir.restored-{}", set.name));
+    assert!(
+        out.contains(&format!("restored {}", beside.join("a").display())),
+        "{out}"
+    );
+    assert_eq!(tree(&dir), live_before, "the live tree is untouched");
+    assert_eq!(fs::read(beside.join("a")).unwrap(), b"old a");
+    assert_eq!(fs::read(beside.join("b")).unwrap(), b"old b");
+    // Again: the copy beside is equal, nothing to do.
+    let out = restore_ok(&d, &[&set.name, "data/dir"]);
+    assert!(!out.lines().any(|l| l.starts_with("restored ")), "{out}");
+    // Changed since: a conflict, nothing written.
+    fs::write(beside.join("a"), b"edited copy").unwrap();
+    let err = restore_fails(&d, &[&set.name, "data/dir"], "a changed copy beside");
+    assert!(err.contains("dir.restored-"), "{err}");
+    assert_eq!(fs::read(beside.join("a")).unwrap(), b"edited copy");
 }

@@ -92,7 +92,7 @@ impl<'a> Copier<'a> {
                         .entry((node.st.st_dev, node.st.st_ino))
                         .or_insert_with(|| Linked {
                             dir: dst.clone(),
-                            name: node.name.clone(),
+                            name: node.dst_name.clone(),
                         });
                 }
                 self.report.add(Done::Skipped, node);
@@ -106,7 +106,8 @@ impl<'a> Copier<'a> {
                 let src_dir =
                     open_dir(src, &node.name).map_err(io_err(&node.shown, "in the set"))?;
                 let dst_dir = std::sync::Arc::new(
-                    open_dir(dst.as_fd(), &node.name).map_err(io_err(&node.shown, "opening"))?,
+                    open_dir(dst.as_fd(), &node.dst_name)
+                        .map_err(io_err(&node.shown, "opening"))?,
                 );
                 for child in &node.children {
                     self.node(src_dir.as_fd(), &dst_dir, child)?;
@@ -144,17 +145,17 @@ impl<'a> Copier<'a> {
         if node.replaces {
             // A file, symlink or FIFO where the set has a directory
             // (--overwrite): it goes, the directory comes.
-            sys::unlinkat(dst.as_fd(), &node.name, 0).map_err(io_err(shown, "replacing"))?;
+            sys::unlinkat(dst.as_fd(), &node.dst_name, 0).map_err(io_err(shown, "replacing"))?;
         }
         // Private until its entries are in and its own mode is applied.
-        match sys::mkdirat(dst.as_fd(), &node.name, 0o700) {
+        match sys::mkdirat(dst.as_fd(), &node.dst_name, 0o700) {
             Ok(()) => {}
             Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
             Err(e) => return Err(io_err(shown, "creating")(e)),
         }
         let src_dir = open_dir(src, &node.name).map_err(io_err(shown, "in the set"))?;
         let dst_dir = std::sync::Arc::new(
-            open_dir(dst.as_fd(), &node.name).map_err(io_err(shown, "opening"))?,
+            open_dir(dst.as_fd(), &node.dst_name).map_err(io_err(shown, "opening"))?,
         );
         for child in &node.children {
             self.node(src_dir.as_fd(), &dst_dir, child)?;
@@ -263,7 +264,7 @@ impl<'a> Copier<'a> {
                 key,
                 Linked {
                     dir: dst.clone(),
-                    name: node.name.clone(),
+                    name: node.dst_name.clone(),
                 },
             );
         }
@@ -379,7 +380,7 @@ impl<'a> Copier<'a> {
     }
 
     fn rename(&self, dst: BorrowedFd<'_>, tmp: &CStr, node: &Node) -> Result<(), RestoreError> {
-        sys::renameat(dst, tmp, &node.name).map_err(|e| {
+        sys::renameat(dst, tmp, &node.dst_name).map_err(|e| {
             let _ = sys::unlinkat(dst, tmp, 0);
             io_err(&node.shown, "renaming into place")(e)
         })

@@ -71,7 +71,11 @@ pub enum Action {
 
 /// One entry of the set and what happens to it.
 pub struct Node {
+    /// Its name in the set.
     pub name: CString,
+    /// Its name at the destination: the same, but for a PATH restored
+    /// beside the live one (`NAME.restored-SET`).
+    pub dst_name: CString,
     /// The destination path, for the report.
     pub shown: PathBuf,
     /// The entry in the set.
@@ -105,23 +109,25 @@ fn io_err(path: &Path, op: &'static str) -> impl FnOnce(io::Error) -> RestoreErr
 impl Planner {
     /// Plans the entry `name` of the set's directory `src` into the
     /// destination directory `dst` (`None` when that directory does not
-    /// exist yet). `shown` is the destination path.
+    /// exist yet) as `dst_name`. `shown` is the destination path.
     pub fn entry(
         &mut self,
         src: BorrowedFd<'_>,
         name: &CStr,
         dst: Option<BorrowedFd<'_>>,
+        dst_name: &CStr,
         shown: &Path,
         src_shown: &Path,
     ) -> Result<Node, RestoreError> {
         let st = sys::lstatat(src, name).map_err(io_err(src_shown, "in the set"))?;
         let kind = Kind::of(&st);
         let existing = match dst {
-            Some(dst) => sys::lstatat_opt(dst, name).map_err(io_err(shown, "looking at"))?,
+            Some(dst) => sys::lstatat_opt(dst, dst_name).map_err(io_err(shown, "looking at"))?,
             None => None,
         };
         let mut node = Node {
             name: name.to_owned(),
+            dst_name: dst_name.to_owned(),
             shown: shown.to_path_buf(),
             st,
             kind,
@@ -142,7 +148,7 @@ impl Planner {
                     .map_err(io_err(src_shown, "reading in the set"))?;
                 if let (Some(dst), Some(old)) = (dst, &existing)
                     && Kind::of(old) == Kind::File
-                    && same_file(fd.as_fd(), &st, dst, name, old)
+                    && same_file(fd.as_fd(), &st, dst, dst_name, old)
                         .map_err(io_err(shown, "comparing with the set"))?
                 {
                     node.action = Action::Skip;
@@ -154,7 +160,8 @@ impl Planner {
                 {
                     let ours =
                         sys::readlinkat(src, name).map_err(io_err(src_shown, "in the set"))?;
-                    let theirs = sys::readlinkat(dst, name).map_err(io_err(shown, "looking at"))?;
+                    let theirs =
+                        sys::readlinkat(dst, dst_name).map_err(io_err(shown, "looking at"))?;
                     if ours == theirs {
                         node.action = Action::Skip;
                     }
@@ -175,7 +182,7 @@ impl Planner {
                 let src_dir = open_dir(src, name).map_err(io_err(src_shown, "in the set"))?;
                 let dst_dir = match (merging, dst) {
                     (true, Some(dst)) => {
-                        Some(open_dir(dst, name).map_err(io_err(shown, "opening"))?)
+                        Some(open_dir(dst, dst_name).map_err(io_err(shown, "opening"))?)
                     }
                     _ => None,
                 };
@@ -192,6 +199,7 @@ impl Planner {
                         src_dir.as_fd(),
                         &cname,
                         dst_dir.as_ref().map(AsFd::as_fd),
+                        &cname,
                         &shown.join(&child),
                         &src_shown.join(&child),
                     )?;
