@@ -198,6 +198,15 @@ fn diff_names_every_kind_of_change_between_two_sets_and_the_live_volume() {
     let (lines, _) = diff(&d, &[&first.name, "data/tree"]);
     assert_eq!(lines.len(), 3, "{lines:#?}");
 
+    // A file replaced by a rename over it: the name that went, then the
+    // one that came, as zfs diff prints them.
+    let third = d.create_set();
+    write(&live.join("tmp"), "replacement");
+    fs::rename(live.join("tmp"), live.join("untouched")).unwrap();
+    let (lines, _) = diff(&d, &[&third.name]);
+    let at: Vec<&String> = lines.iter().filter(|l| l.contains("/untouched")).collect();
+    assert_eq!(at, ["- file /untouched", "+ file /untouched"], "{lines:#?}");
+
     // The text form is zfs diff -F's.
     let text = d.umbra_ok(&["diff", &first.name, &second.name]);
     let mount = live.display();

@@ -40,11 +40,13 @@ pub enum Instant {
     Live,
 }
 
-/// How an entry changed, as `zfs diff` says it.
+/// How an entry changed, as `zfs diff` says it. The order is the order of
+/// lines for one path: a name that went before the one that came in its
+/// place (a file replaced by a rename over it).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Op {
-    Added,
     Removed,
+    Added,
     Modified,
     Renamed,
 }
