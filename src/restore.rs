@@ -165,7 +165,7 @@ pub fn run(socket: &Path, cwd: &Path, options: Options) -> Result<(), RestoreErr
     let to = options.to.as_ref().map(|dir| cwd.join(dir));
     let mut volumes: Vec<String> = match &to {
         Some(dir) => {
-            let dir = target::normalize(dir);
+            let dir = crate::config::normalize(dir);
             target::resolve(&dir, cwd, &mounts, snapshots)
                 .ok()
                 .filter(|t| dir.starts_with(mount_of(&mounts, &t.volume)))

@@ -16,6 +16,7 @@ use std::path::Path;
 
 use serde::Deserialize;
 
+use common::ops::Rng;
 use common::{Config, Daemon, assert_one_line_error};
 
 #[derive(Debug, Deserialize)]
@@ -380,20 +381,9 @@ fn diff_and_versions_refuse_bad_input_with_one_line() {
     assert!(line.contains("directory"), "{line}");
 }
 
-/// A small deterministic generator: the seed is printed, so a failure
-/// replays with UMBRA_DIFF_SEED.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
+/// Uniform in `0..n` (0 when n is 0), as an index.
+fn below(rng: &mut Rng, n: usize) -> usize {
+    rng.below(n.max(1) as u64) as usize
 }
 
 /// Every path of a tree (relative, "" for the root) with what a diff
@@ -589,7 +579,7 @@ fn diff_turns_every_set_into_every_later_one_after_random_changes() {
                 | 1
         });
     eprintln!("UMBRA_DIFF_SEED={seed}");
-    let mut rng = Rng(seed);
+    let mut rng = Rng::new(seed);
     let d = Daemon::start(Config::empty().volume("data"));
     let live = d.live("data");
     let mut sets = Vec::new();
@@ -653,18 +643,18 @@ fn random_change(rng: &mut Rng, live: &Path, step: usize) {
         .iter()
         .filter(|p| fs::symlink_metadata(p).unwrap().is_file())
         .collect();
-    let dir = dirs[rng.below(dirs.len())].clone();
+    let dir = dirs[below(rng, dirs.len())].clone();
     let fresh = dir.join(format!("n{step}"));
     let pick = |rng: &mut Rng| -> Option<std::path::PathBuf> {
-        (!all.is_empty()).then(|| all[rng.below(all.len())].clone())
+        (!all.is_empty()).then(|| all[below(rng, all.len())].clone())
     };
-    match rng.below(12) {
-        0 | 1 => write(&fresh, &"x".repeat(rng.below(200_000))),
+    match below(rng, 12) {
+        0 | 1 => write(&fresh, &"x".repeat(below(rng, 200_000))),
         2 => fs::create_dir(&fresh).unwrap(),
         3 => {
-            if let Some(f) = files.get(rng.below(files.len())) {
-                let data = vec![b'a' + (step % 26) as u8; rng.below(70_000) + 1];
-                let offset = rng.below(150_000) as u64;
+            if let Some(f) = files.get(below(rng, files.len())) {
+                let data = vec![b'a' + (step % 26) as u8; below(rng, 70_000) + 1];
+                let offset = below(rng, 150_000) as u64;
                 let file = fs::OpenOptions::new().write(true).open(f).unwrap();
                 std::os::unix::fs::FileExt::write_all_at(&file, &data, offset).unwrap();
             }
@@ -672,8 +662,8 @@ fn random_change(rng: &mut Rng, live: &Path, step: usize) {
         4 => {
             if let Some(from) = pick(rng) {
                 // Over an existing file sometimes; never into itself.
-                let to = if rng.below(3) == 0 && !files.is_empty() {
-                    files[rng.below(files.len())].clone()
+                let to = if below(rng, 3) == 0 && !files.is_empty() {
+                    files[below(rng, files.len())].clone()
                 } else {
                     fresh.clone()
                 };
@@ -683,7 +673,7 @@ fn random_change(rng: &mut Rng, live: &Path, step: usize) {
             }
         }
         5 => {
-            if let Some(f) = files.get(rng.below(files.len())) {
+            if let Some(f) = files.get(below(rng, files.len())) {
                 fs::hard_link(f, &fresh).unwrap();
             }
         }
@@ -705,7 +695,7 @@ fn random_change(rng: &mut Rng, live: &Path, step: usize) {
         }
         9 => {
             if let Some(p) = pick(rng) {
-                std::os::unix::fs::lchown(&p, Some(rng.below(3) as u32 + 1000), None).unwrap();
+                std::os::unix::fs::lchown(&p, Some(below(rng, 3) as u32 + 1000), None).unwrap();
             }
         }
         10 => {
@@ -719,9 +709,9 @@ fn random_change(rng: &mut Rng, live: &Path, step: usize) {
             }
         }
         _ => {
-            if let Some(f) = files.get(rng.below(files.len())) {
+            if let Some(f) = files.get(below(rng, files.len())) {
                 let file = fs::OpenOptions::new().write(true).open(f).unwrap();
-                file.set_len(rng.below(100_000) as u64).unwrap();
+                file.set_len(below(rng, 100_000) as u64).unwrap();
             }
         }
     }

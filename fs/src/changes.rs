@@ -28,6 +28,12 @@ use umbra_store::{FileKind, SetId, Timestamp};
 pub use compare::changes;
 pub use versions::versions;
 
+/// The kind of object a mode says (a mode the store does not know is
+/// taken as a file).
+fn kind_of(mode: u32) -> FileKind {
+    FileKind::from_mode(mode).unwrap_or(FileKind::Regular)
+}
+
 /// One end of a comparison.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Instant {

@@ -7,7 +7,7 @@
 //! the restore walks the set with O_NOFOLLOW.
 
 use std::ffi::OsString;
-use std::path::{Component, Path, PathBuf};
+use std::path::{Component, Path};
 
 /// A path inside one volume.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -171,24 +171,10 @@ fn prefix_len(path: &Path, base: &Path) -> Option<usize> {
     Some(base.len())
 }
 
-/// `path` with `.` and `..` applied lexically (for paths that are not in a
-/// volume, e.g. `--to DIR`'s own check).
-pub fn normalize(path: &Path) -> PathBuf {
-    let mut out = PathBuf::new();
-    for c in path.components() {
-        match c {
-            Component::ParentDir => {
-                out.pop();
-            }
-            Component::CurDir => {}
-            other => out.push(other.as_os_str()),
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
+    use std::path::PathBuf;
+
     use super::*;
 
     fn mounts() -> Vec<(String, PathBuf)> {

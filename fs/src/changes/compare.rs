@@ -7,13 +7,13 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::ffi::OsString;
-use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::ffi::OsStringExt;
 use std::path::{Path, PathBuf};
 
 use umbra_store::{AttrRecord, DirEntry, FileKind, ObjectId};
 
 use super::instant::Reader;
-use super::{Aspect, Change, Changes, Instant, Op};
+use super::{Aspect, Change, Changes, Instant, Op, kind_of};
 use crate::{FsError, Result, Volume};
 
 /// An entry that came or went: in `dir`, as `name`.
@@ -101,7 +101,7 @@ pub fn changes(vol: &Volume, from: Instant, to: Instant, under: Option<&Path>) -
         }
         out.push(change(Op::Added, e.kind, new_path.clone()));
         if e.kind == FileKind::Directory {
-            for child in listed(&mut reader, to, e.object)? {
+            for child in reader.listed(to, e.object)? {
                 queue.push_back((entry(e.object, &child), Some(new_path.clone())));
             }
         }
@@ -199,37 +199,11 @@ fn listing(reader: &mut Reader<'_>, at: Instant, dir: ObjectId) -> Result<Vec<Di
     if reader.path(at, dir)?.is_none() {
         return Ok(Vec::new());
     }
-    listed(reader, at, dir)
+    reader.listed(at, dir)
 }
 
 fn entry_path(reader: &mut Reader<'_>, at: Instant, e: &Entry) -> Result<Option<PathBuf>> {
     Ok(reader.path(at, e.dir)?.map(|p| p.join(&e.name)))
-}
-
-/// A directory's entries at `at`, noting where each one is for the live
-/// lookups that follow.
-fn listed(reader: &mut Reader<'_>, at: Instant, dir: ObjectId) -> Result<Vec<DirEntry>> {
-    let entries = reader.entries(at, dir)?.unwrap_or_default();
-    for e in &entries {
-        let name = std::ffi::OsStr::from_bytes(&e.name);
-        match at {
-            Instant::Live => reader.live.note(e.object, dir, name),
-            Instant::Set { .. } => reader.live.guess(e.object, dir, name),
-        }
-    }
-    Ok(entries)
-}
-
-fn kind_of(mode: u32) -> FileKind {
-    match mode & libc::S_IFMT {
-        libc::S_IFDIR => FileKind::Directory,
-        libc::S_IFLNK => FileKind::Symlink,
-        libc::S_IFIFO => FileKind::Fifo,
-        libc::S_IFSOCK => FileKind::Socket,
-        libc::S_IFCHR => FileKind::CharDevice,
-        libc::S_IFBLK => FileKind::BlockDevice,
-        _ => FileKind::Regular,
-    }
 }
 
 /// What differs between two states of one object. Access and change

@@ -10,7 +10,7 @@ use std::collections::{HashMap, HashSet};
 use std::ffi::OsString;
 use std::fs::File;
 use std::os::fd::AsFd;
-use std::os::unix::ffi::OsStringExt;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -103,6 +103,21 @@ impl<'v> Reader<'v> {
                 Err(e) => Err(e.into()),
             }
         })
+    }
+
+    /// A directory's entries at `at` (none if it is gone), noting where
+    /// each one is for the live lookups that follow: for certain when the
+    /// listing is live, as a first guess when it is a set's.
+    pub fn listed(&mut self, at: Instant, dir: ObjectId) -> Result<Vec<DirEntry>> {
+        let entries = self.entries(at, dir)?.unwrap_or_default();
+        for e in &entries {
+            let name = std::ffi::OsStr::from_bytes(&e.name);
+            match at {
+                Instant::Live => self.live.note(e.object, dir, name),
+                Instant::Set { .. } => self.live.guess(e.object, dir, name),
+            }
+        }
+        Ok(entries)
     }
 
     /// An object's metadata at `at`; None if it cannot be read live.

@@ -265,17 +265,24 @@ impl<'v> Live<'v> {
             objects = left.len(),
             "naming changed objects needs a walk of the live tree"
         );
+        self.walk(|seen| {
+            left.remove(&seen);
+            left.is_empty()
+        })?;
+        self.missing.extend(left);
+        Ok(())
+    }
+
+    /// Walks the live tree breadth first, noting every name it passes,
+    /// until `enough` says so for an object just seen (or the tree ends).
+    fn walk(&mut self, mut enough: impl FnMut(ObjectId) -> bool) -> Result<()> {
         let mut queue: VecDeque<(ObjectId, Arc<OwnedFd>)> = VecDeque::new();
         queue.push_back((self.root, self.root_fd()?));
         while let Some((dir_object, dir)) = queue.pop_front() {
-            if left.is_empty() {
-                break;
-            }
+            let hidden = (dir_object == self.root).then_some(OsStr::new(HIDDEN_DIR));
             let listing = match backing::reopen(dir.as_fd(), libc::O_RDONLY | libc::O_DIRECTORY)
-                .and_then(|d| {
-                    let hidden = (dir_object == self.root).then_some(OsStr::new(HIDDEN_DIR));
-                    backing::dir_record(d.as_fd(), hidden)
-                }) {
+                .and_then(|d| backing::dir_record(d.as_fd(), hidden))
+            {
                 Ok(l) => l,
                 Err(e) if gone(&e) => continue,
                 Err(e) => return Err(e.into()),
@@ -283,7 +290,9 @@ impl<'v> Live<'v> {
             for entry in listing {
                 let name = OsString::from_vec(entry.name);
                 self.seen(entry.object, dir_object, &name);
-                left.remove(&entry.object);
+                if enough(entry.object) {
+                    return Ok(());
+                }
                 if entry.kind == FileKind::Directory
                     && let Ok(fd) = backing::open_path(dir.as_fd(), &cstr(&name)?)
                 {
@@ -291,7 +300,6 @@ impl<'v> Live<'v> {
                 }
             }
         }
-        self.missing.extend(left);
         Ok(())
     }
 
@@ -366,27 +374,7 @@ impl<'v> Live<'v> {
             return Ok(());
         }
         self.searched = true;
-        let mut queue: VecDeque<(ObjectId, Arc<OwnedFd>)> = VecDeque::new();
-        queue.push_back((self.root, self.root_fd()?));
-        while let Some((dir_object, dir)) = queue.pop_front() {
-            let hidden = (dir_object == self.root).then_some(OsStr::new(HIDDEN_DIR));
-            let listing = match backing::reopen(dir.as_fd(), libc::O_RDONLY | libc::O_DIRECTORY)
-                .and_then(|d| backing::dir_record(d.as_fd(), hidden))
-            {
-                Ok(l) => l,
-                Err(e) if gone(&e) => continue,
-                Err(e) => return Err(e.into()),
-            };
-            for entry in listing {
-                let name = OsString::from_vec(entry.name);
-                self.seen(entry.object, dir_object, &name);
-                if entry.kind == FileKind::Directory
-                    && let Ok(fd) = backing::open_path(dir.as_fd(), &cstr(&name)?)
-                {
-                    queue.push_back((entry.object, Arc::new(fd)));
-                }
-            }
-        }
+        self.walk(|_| false)?;
         Ok(())
     }
 

@@ -15,7 +15,7 @@ use std::path::{Component, Path};
 use umbra_store::{AttrRecord, BLOCK_SIZE, FileKind, ObjectId, SetId};
 
 use super::instant::Reader;
-use super::{Instant, Version};
+use super::{Instant, Version, kind_of};
 use crate::backing::{self, cstr};
 use crate::{FsError, Result, Volume};
 
@@ -139,27 +139,13 @@ fn live_object(vol: &Volume, parts: &[&OsStr]) -> Result<Option<ObjectId>> {
 fn lookup(reader: &mut Reader<'_>, at: Instant, parts: &[&OsStr]) -> Result<Option<ObjectId>> {
     let mut object = reader.volume().root_object();
     for name in parts {
-        let Some(entries) = reader.entries(at, object)? else {
-            return Ok(None);
-        };
+        let entries = reader.listed(at, object)?;
         match entries.iter().find(|e| e.name == name.as_bytes()) {
-            Some(e) => {
-                reader.live.guess(e.object, object, name);
-                object = e.object;
-            }
+            Some(e) => object = e.object,
             None => return Ok(None),
         }
     }
     Ok(Some(object))
-}
-
-fn kind_of(mode: u32) -> FileKind {
-    match mode & libc::S_IFMT {
-        libc::S_IFDIR => FileKind::Directory,
-        libc::S_IFLNK => FileKind::Symlink,
-        libc::S_IFREG => FileKind::Regular,
-        _ => FileKind::Fifo,
-    }
 }
 
 /// The blake3 of a file's bytes (a symlink's target) at `at`.

@@ -9,6 +9,7 @@ use umbra_fs::{Change, Instant, Volume};
 use umbra_store::{FileKind, SetInfo};
 
 use super::{Service, ServiceError, view};
+use crate::config::normalize;
 use crate::naming;
 use crate::protocol::{ChangeView, ClientPath, DiffView, VersionSet, VersionView, VersionsView};
 
@@ -172,8 +173,8 @@ impl Service {
     fn locate(&self, given: &ClientPath) -> Result<(Arc<Volume>, PathBuf), ServiceError> {
         let raw = Path::new(&given.path);
         let absolute = match (&given.cwd, raw.is_absolute()) {
-            (_, true) => Some(normal(raw)),
-            (Some(cwd), false) => Some(normal(&Path::new(cwd).join(raw))),
+            (_, true) => Some(normalize(raw)),
+            (Some(cwd), false) => Some(normalize(&Path::new(cwd).join(raw))),
             (None, false) => None,
         };
         if let Some(absolute) = &absolute {
@@ -210,7 +211,7 @@ impl Service {
                     given.path
                 )));
             }
-            return self.volume_path(name, &normal(parts.as_path()), &given.path);
+            return self.volume_path(name, &normalize(parts.as_path()), &given.path);
         }
         Err(ServiceError::Refused(format!(
             "{} is in no volume (volumes: {})",
@@ -243,23 +244,6 @@ impl Service {
         }
         Ok((volume, rel.to_path_buf()))
     }
-}
-
-/// `path` with `.` dropped and `..` applied by name (never above the
-/// root): a path that names no existing file (a deleted one, whose
-/// versions are wanted) cannot be resolved by the filesystem.
-fn normal(path: &Path) -> PathBuf {
-    let mut out = PathBuf::new();
-    for part in path.components() {
-        match part {
-            Component::ParentDir => {
-                out.pop();
-            }
-            Component::CurDir => {}
-            other => out.push(other),
-        }
-    }
-    out
 }
 
 fn instant(set: &SetInfo, volume: &Volume) -> Option<Instant> {
