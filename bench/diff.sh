@@ -116,6 +116,11 @@ t_rsync=$(timed 1 rsync -n -a -i --delete "$SA/" "$SB/")
 rsync_lines=$(wc -l < "$WORK/out")
 
 ratio() { echo "scale=0; $1 / $2" | bc; }
+row_diffr=
+if [[ -n ${t_diffr:-} ]]; then
+    row_diffr="| \`diff -rq\` over the two sets (cold cache) | $t_diffr | $diff_lines | $(ratio "$t_diffr" "$t_sets")× |
+"
+fi
 cat <<MD
 ### \`umbra diff\` against a tree walk: $FILES files, $CHANGES changes ($(date -u +%Y-%m-%dT%H:%MZ), commit $(cd "$REPO" && git rev-parse --short HEAD))
 
@@ -123,8 +128,7 @@ cat <<MD
 | --- | --- | --- | --- |
 | \`umbra diff A B\` (median of $REPS) | $t_sets | $lines | 1 |
 | \`umbra diff A\` (to the live volume, median of $REPS) | $t_live | | |
-$(if [[ -n ${t_diffr:-} ]]; then echo "| \`diff -rq\` over the two sets (cold cache) | $t_diffr | $diff_lines | $(ratio "$t_diffr" "$t_sets")× |"; fi)
-| \`rsync -n -a -i --delete\` over the two sets (cold cache) | $t_rsync | $rsync_lines | $(ratio "$t_rsync" "$t_sets")× |
+${row_diffr}| \`rsync -n -a -i --delete\` over the two sets (cold cache) | $t_rsync | $rsync_lines | $(ratio "$t_rsync" "$t_sets")× |
 
 Objects the catalog named as possibly changed, and whether a walk was needed: $examined.
 MD
