@@ -574,7 +574,15 @@ fn aside_files(folder: &Path, volume: &str, context: &str) -> BTreeMap<u64, fs::
         let number: u64 = file.parse().unwrap_or_else(|_| {
             panic!("{context}: volume {volume}: a stray file {file:?} in the aside folder")
         });
-        files.insert(number, fs::symlink_metadata(entry.path()).unwrap());
+        // The daemon frees aside files while this lists them: one gone
+        // between the listing and its stat is not in the folder.
+        match fs::symlink_metadata(entry.path()) {
+            Ok(meta) => {
+                files.insert(number, meta);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => panic!("{context}: volume {volume}: {file}: {e}"),
+        }
     }
     files
 }
