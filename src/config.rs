@@ -6,12 +6,12 @@
 //! asked, looks at the disk; it never creates a directory and never talks
 //! to the daemon.
 
-mod diff;
+mod storage;
 mod places;
 mod schedule;
 
-pub use diff::DiffConfig;
-use diff::{DEFAULT_MAX_SETS, DiffSize, RawDurability, RawOnFull};
+pub use storage::DiffConfig;
+use storage::{DEFAULT_MAX_SETS, DiffSize, RawDurability, RawOnFull};
 use std::fmt;
 use std::io;
 use std::path::{Component, Path, PathBuf};
@@ -235,7 +235,7 @@ struct RawConfig {
     client_timeout: Option<f64>,
     writer_timeout_secs: Option<u64>,
     hold_timeout_secs: Option<u64>,
-    #[serde(default, deserialize_with = "diff::size")]
+    #[serde(default, deserialize_with = "storage::size")]
     max_diff_size: Option<DiffSize>,
     max_sets: Option<usize>,
     on_full: Option<RawOnFull>,

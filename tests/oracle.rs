@@ -203,7 +203,7 @@ impl Run {
     }
 
     fn create_set(&mut self, i: usize) -> Result<(), Failure> {
-        // The daemon's policy (fs/src/diff.rs, before_new_set): while
+        // The daemon's policy (fs/src/storage.rs, before_new_set): while
         // `max_sets` sets are alive, delete the oldest (lowest id, which is
         // the earliest created), then take the new one.
         let mut alive = self.sets.iter().filter(|r| r.alive()).count();

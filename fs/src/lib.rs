@@ -21,7 +21,7 @@ mod changes;
 #[cfg(test)]
 mod core_tests;
 mod cow;
-mod diff;
+mod storage;
 mod error;
 mod fds;
 mod flusher;
@@ -35,7 +35,7 @@ mod snap;
 mod volume;
 
 pub use changes::{Aspect, Change, Changes, Instant, Op, Version, changes, versions};
-pub use diff::{DiffArea, DiffLimits, OnFull};
+pub use storage::{DiffArea, DiffLimits, OnFull};
 pub use error::{FsError, Result};
 pub use flusher::{FLUSH_COMMAND, flush_child_main};
 pub use mount::{MountHandle, MountOptions, mount_live, mount_snapshots};

@@ -314,7 +314,7 @@ impl Browser {
         let vol = self.volume(node.volume)?;
         let via = self.live_parent(node, vol)?;
         // Object lock first, then the deletion gate: a mutation holding the
-        // object's lock may be deleting sets to make room (see diff.rs).
+        // object's lock may be deleting sets to make room (see storage.rs).
         let _still = vol.cow.read_lock(node.object);
         let _reading = self.alive(vol, node.set)?;
         let mut attr = match self
@@ -441,7 +441,7 @@ impl Browser {
         let vol = self.volume(node.volume)?;
         let live = self.live_fd(ino, node, vol);
         // Object lock first, then the deletion gate: a mutation holding the
-        // object's lock may be deleting sets to make room (see diff.rs).
+        // object's lock may be deleting sets to make room (see storage.rs).
         let _still = vol.cow.read_lock(node.object);
         let _reading = self.alive(vol, node.set)?;
         let entries = match self
@@ -832,7 +832,7 @@ impl Browser {
         let vol = self.volume(node.volume)?;
         let live = self.live_file(ino, node, vol);
         // Object lock first, then the deletion gate: a mutation holding the
-        // object's lock may be deleting sets to make room (see diff.rs).
+        // object's lock may be deleting sets to make room (see storage.rs).
         let _still = vol.cow.read_lock(node.object);
         let _reading = self.alive(vol, node.set)?;
         let preserved = self.store.resolve_blocks(
@@ -891,7 +891,7 @@ impl Browser {
         let vol = self.volume(node.volume)?;
         let live = self.live_fd(ino, &node, vol);
         // Object lock first, then the deletion gate: a mutation holding the
-        // object's lock may be deleting sets to make room (see diff.rs).
+        // object's lock may be deleting sets to make room (see storage.rs).
         let _still = vol.cow.read_lock(node.object);
         let _reading = self.alive(vol, node.set)?;
         match self
