@@ -6,16 +6,16 @@
 //! asked, looks at the disk; it never creates a directory and never talks
 //! to the daemon.
 
-mod storage;
 mod places;
 mod schedule;
+mod storage;
 
-pub use storage::DiffConfig;
-use storage::{DEFAULT_MAX_SETS, DiffSize, RawDurability, RawOnFull};
 use std::fmt;
 use std::io;
 use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
+pub use storage::StorageConfig;
+use storage::{DEFAULT_MAX_SETS, DiffSize, RawDurability, RawOnFull};
 
 use umbra_coordinator::ExecWriter;
 use umbra_coordinator::protocol::MAX_TIMEOUT_SECS;
@@ -71,7 +71,7 @@ pub struct Config {
     /// The exec writers (`[[writer]]` tables).
     pub writers: Vec<ExecWriter>,
     /// The diff area's limits and durability.
-    pub diff: DiffConfig,
+    pub storage: StorageConfig,
     /// When sets are taken and which retention keeps (`[schedule]`).
     pub schedule: Option<crate::schedule::Schedule>,
 }
@@ -513,7 +513,7 @@ impl RawConfig {
                 self.hold_timeout_secs.unwrap_or(DEFAULT_HOLD_TIMEOUT_SECS),
             ),
             writers,
-            diff: DiffConfig {
+            storage: StorageConfig {
                 max_size: self.max_diff_size,
                 max_sets: match self.max_sets {
                     Some(0) => return Err(Problem::ZeroSets),
@@ -1361,7 +1361,7 @@ mount = "/mnt/logs"
                         proptest::prop_assert!(std::time::Instant::now().checked_add(timeout).is_some());
                     }
                     proptest::prop_assert!(config.threads <= MAX_THREADS);
-                    if let Some(size) = config.diff.max_size {
+                    if let Some(size) = config.storage.max_size {
                         let _ = size.bytes(u64::MAX);
                     }
                 }

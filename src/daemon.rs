@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 use umbra_coordinator::{Coordinator, Options as CoordinatorOptions, RegisterError};
-use umbra_fs::{Browser, DiffArea, FsError, MountOptions, Volume};
+use umbra_fs::{Browser, FsError, MountOptions, ShadowStorage, Volume};
 use umbra_store::{Store, StoreOptions};
 
 use crate::config::Config;
@@ -71,7 +71,7 @@ pub enum DaemonError {
     #[error("starting the shadow copy browser: {0}")]
     Browser(#[source] FsError),
     #[error("sizing the filesystem of the diff area {}: {source}", path.display())]
-    DiffLimits {
+    StorageLimits {
         path: PathBuf,
         #[source]
         source: std::io::Error,
@@ -135,7 +135,7 @@ pub fn up(config: Config) -> Result<(), DaemonError> {
 
     let store_dir = config.state_dir.join("store");
     let store_options = StoreOptions {
-        durability: config.diff.durability.into(),
+        durability: config.storage.durability.into(),
         ..StoreOptions::default()
     };
     let store = Store::open(&store_dir, store_options).map_err(|source| DaemonError::Store {
@@ -250,21 +250,20 @@ fn start(
             .register(writer.registration(), Box::new(writer.link()))
             .map_err(|e| DaemonError::Writer(writer.name.clone(), e))?;
     }
-    let diff_limits =
+    let storage_limits =
         config
-            .diff
+            .storage
             .limits(store.dir())
-            .map_err(|source| DaemonError::DiffLimits {
+            .map_err(|source| DaemonError::StorageLimits {
                 path: store.dir().to_path_buf(),
                 source,
             })?;
-    let diff_area = DiffArea::install(store.clone(), &volumes, &browser, diff_limits);
+    let storage = ShadowStorage::install(store.clone(), &volumes, &browser, storage_limits);
     let schedule = config.schedule.clone();
     let stamp = config.state_dir.join(SCHEDULE_STAMP);
     let last_set = newest_scheduled(&store);
-    let service = Arc::new(
-        Service::new(store, volumes, browser, config, coordinator).with_diff_area(diff_area),
-    );
+    let service =
+        Arc::new(Service::new(store, volumes, browser, config, coordinator).with_storage(storage));
     let socket = crate::config::shown(control.path());
     let socket_file = control.serve(service.clone(), limits)?;
     let timer =

@@ -62,7 +62,7 @@ pub(crate) struct Cow {
     /// lock, knows none has appeared since.
     stores: AtomicU64,
     /// Keeps the diff area within its limits before pre-images are stored.
-    guard: OnceLock<Arc<dyn DiffGuard>>,
+    guard: OnceLock<Arc<dyn StorageGuard>>,
     /// Says where a changed object was reached, for its place in the store.
     namer: OnceLock<Arc<dyn Namer>>,
 }
@@ -75,7 +75,7 @@ pub(crate) trait Namer: Send + Sync {
 }
 
 /// The diff area's limit, checked before every store of pre-images.
-pub(crate) trait DiffGuard: Send + Sync {
+pub(crate) trait StorageGuard: Send + Sync {
     /// Makes room for `bytes` more (deleting old sets if the policy says
     /// so), or fails with ENOSPC. Called while the mutation holds its locks.
     fn make_room(&self, bytes: u64) -> Result<()>;
@@ -113,7 +113,7 @@ impl Cow {
         self.stores.load(Ordering::Acquire)
     }
 
-    pub fn set_guard(&self, guard: Arc<dyn DiffGuard>) {
+    pub fn set_guard(&self, guard: Arc<dyn StorageGuard>) {
         let _ = self.guard.set(guard);
     }
 
@@ -454,7 +454,7 @@ impl Mutation<'_> {
 
 /// Asks the diff area's policy for room on a full disk. A deletion that
 /// the full disk itself stops is ENOSPC for the write, not EIO.
-fn room_made(guard: &dyn DiffGuard) -> Result<bool> {
+fn room_made(guard: &dyn StorageGuard) -> Result<bool> {
     match guard.disk_full() {
         Err(FsError::Store(e)) if e.is_disk_full() => {
             tracing::warn!("diff area: no room even to delete a set: {e}");

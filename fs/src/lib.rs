@@ -21,7 +21,6 @@ mod changes;
 #[cfg(test)]
 mod core_tests;
 mod cow;
-mod storage;
 mod error;
 mod fds;
 mod flusher;
@@ -32,16 +31,17 @@ mod provider;
 mod reply;
 mod shadow;
 mod snap;
+mod storage;
 mod volume;
 
 pub use changes::{Aspect, Change, Changes, Instant, Op, Version, changes, versions};
-pub use storage::{DiffArea, DiffLimits, OnFull};
 pub use error::{FsError, Result};
 pub use flusher::{FLUSH_COMMAND, flush_child_main};
 pub use mount::{MountHandle, MountOptions, mount_live, mount_snapshots};
 pub use provider::CowProvider;
 pub use shadow::{commit_set, delete_set};
 pub use snap::Browser;
+pub use storage::{OnFull, ShadowStorage, StorageLimits};
 pub use volume::Volume;
 
 /// The hidden folder the daemon owns at the root of every backing

@@ -1,4 +1,5 @@
-//! The diff area's limits and what happens when a pre-image would pass
+//! The diff area (VSS's shadow copy storage, hence the name) and its
+//! limits: what happens when a pre-image would pass
 //! them: VSS's two policies. `DeleteOldest` (the default) deletes the oldest
 //! sets until the pre-image fits and logs which, so live writes never fail
 //! because of the diff area; `Protect` keeps every set and fails the live
@@ -18,7 +19,7 @@ use std::sync::{Arc, Mutex, Weak};
 
 use umbra_store::{SetInfo, Store};
 
-use crate::cow::DiffGuard;
+use crate::cow::StorageGuard;
 use crate::{Browser, FsError, Result, Volume, delete_set};
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -29,7 +30,7 @@ pub enum OnFull {
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct DiffLimits {
+pub struct StorageLimits {
     /// Bytes of pre-image data the diff area may hold.
     pub max_bytes: Option<u64>,
     /// How many sets may exist at once.
@@ -37,24 +38,24 @@ pub struct DiffLimits {
     pub on_full: OnFull,
 }
 
-pub struct DiffArea {
+pub struct ShadowStorage {
     store: Arc<Store>,
     volumes: Vec<Weak<Volume>>,
     browser: Weak<Browser>,
-    limits: DiffLimits,
+    limits: StorageLimits,
     warned: AtomicBool,
     deleting: Mutex<()>,
 }
 
-impl DiffArea {
+impl ShadowStorage {
     /// Puts the limits in force on every volume.
     pub fn install(
         store: Arc<Store>,
         volumes: &[Arc<Volume>],
         browser: &Arc<Browser>,
-        limits: DiffLimits,
-    ) -> Arc<DiffArea> {
-        let area = Arc::new(DiffArea {
+        limits: StorageLimits,
+    ) -> Arc<ShadowStorage> {
+        let area = Arc::new(ShadowStorage {
             store,
             volumes: volumes.iter().map(Arc::downgrade).collect(),
             browser: Arc::downgrade(browser),
@@ -68,7 +69,7 @@ impl DiffArea {
         area
     }
 
-    pub fn limits(&self) -> DiffLimits {
+    pub fn limits(&self) -> StorageLimits {
         self.limits
     }
 
@@ -121,7 +122,7 @@ impl DiffArea {
     }
 }
 
-impl DiffGuard for DiffArea {
+impl StorageGuard for ShadowStorage {
     fn make_room(&self, bytes: u64) -> Result<()> {
         // The disk counts as full where an unprivileged user's would be
         // (Store::free_bytes); room made there comes back as free space.

@@ -324,11 +324,11 @@ fn overwrite(path: &Path, seed: u8, len: usize) -> std::io::Result<()> {
 #[test]
 fn a_full_diff_area_deletes_the_oldest_sets_and_live_writes_go_on() {
     let rig = Rig::new();
-    let limits = umbra_fs::DiffLimits {
+    let limits = umbra_fs::StorageLimits {
         max_bytes: Some(1 << 20),
         ..Default::default()
     };
-    umbra_fs::DiffArea::install(
+    umbra_fs::ShadowStorage::install(
         rig.store.clone(),
         std::slice::from_ref(&rig.volume),
         &rig.browser,
@@ -356,12 +356,12 @@ fn a_full_diff_area_deletes_the_oldest_sets_and_live_writes_go_on() {
 #[test]
 fn a_protected_full_diff_area_fails_the_live_write_and_keeps_every_set() {
     let rig = Rig::new();
-    let limits = umbra_fs::DiffLimits {
+    let limits = umbra_fs::StorageLimits {
         max_bytes: Some(1 << 20),
         on_full: umbra_fs::OnFull::Protect,
         ..Default::default()
     };
-    umbra_fs::DiffArea::install(
+    umbra_fs::ShadowStorage::install(
         rig.store.clone(),
         std::slice::from_ref(&rig.volume),
         &rig.browser,
@@ -381,11 +381,11 @@ fn a_protected_full_diff_area_fails_the_live_write_and_keeps_every_set() {
 #[test]
 fn max_sets_deletes_the_oldest_before_a_new_set() {
     let rig = Rig::new();
-    let limits = umbra_fs::DiffLimits {
+    let limits = umbra_fs::StorageLimits {
         max_sets: Some(2),
         ..Default::default()
     };
-    let area = umbra_fs::DiffArea::install(
+    let area = umbra_fs::ShadowStorage::install(
         rig.store.clone(),
         std::slice::from_ref(&rig.volume),
         &rig.browser,

@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use serde::{Deserialize, Deserializer};
-use umbra_fs::{DiffLimits, OnFull};
+use umbra_fs::{OnFull, StorageLimits};
 use umbra_store::Durability;
 
 /// VSS keeps at most 512 shadow copies per volume; so does umbra per store.
@@ -113,16 +113,16 @@ impl From<RawDurability> for Durability {
 
 /// The diff area's configuration.
 #[derive(Clone, Copy, Debug, PartialEq)]
-pub struct DiffConfig {
+pub struct StorageConfig {
     pub max_size: Option<DiffSize>,
     pub max_sets: usize,
     pub on_full: RawOnFull,
     pub durability: RawDurability,
 }
 
-impl Default for DiffConfig {
+impl Default for StorageConfig {
     fn default() -> Self {
-        DiffConfig {
+        StorageConfig {
             max_size: None,
             max_sets: DEFAULT_MAX_SETS,
             on_full: RawOnFull::DeleteOldest,
@@ -131,14 +131,14 @@ impl Default for DiffConfig {
     }
 }
 
-impl DiffConfig {
+impl StorageConfig {
     /// The limits in bytes, for a store kept under `store_dir`.
-    pub fn limits(&self, store_dir: &Path) -> std::io::Result<DiffLimits> {
+    pub fn limits(&self, store_dir: &Path) -> std::io::Result<StorageLimits> {
         let max_bytes = match self.max_size {
             None => None,
             Some(size) => Some(size.bytes(umbra_store::filesystem_bytes(store_dir)?)),
         };
-        Ok(DiffLimits {
+        Ok(StorageLimits {
             max_bytes,
             max_sets: Some(self.max_sets),
             on_full: match self.on_full {

@@ -125,7 +125,7 @@ fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
     differs("[[writer]]", old.writers != new.writers);
     differs(
         "max_diff_size, max_sets, on_full or durability",
-        old.diff != new.diff,
+        old.storage != new.storage,
     );
     changed
 }

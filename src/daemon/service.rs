@@ -15,7 +15,7 @@ use umbra_coordinator::{
     Coordinator, Created, Pending, RegisterError, Registration, SequenceError, SetRequest,
     SetWriter, WriterLink,
 };
-use umbra_fs::{Browser, CowProvider, DiffArea, FsError, Volume};
+use umbra_fs::{Browser, CowProvider, FsError, ShadowStorage, Volume};
 use umbra_store::{SetId, SetInfo, SetOrigin, Store};
 
 use crate::config::Config;
@@ -131,7 +131,7 @@ pub struct Service {
     /// Held for a whole create: a second one is refused rather than queued.
     creating: Mutex<()>,
     /// The diff area's limits: `max_sets` is made room for before a set.
-    diff_area: Option<Arc<DiffArea>>,
+    storage: Option<Arc<ShadowStorage>>,
     /// The set a running `umbra backup` is reading: retention keeps it.
     in_backup: Mutex<Option<SetId>>,
     /// The sets `max_sets` deleted before the set being made, for its view.
@@ -142,8 +142,8 @@ pub struct Service {
 }
 
 impl Service {
-    pub fn with_diff_area(mut self, area: Arc<DiffArea>) -> Service {
-        self.diff_area = Some(area);
+    pub fn with_storage(mut self, area: Arc<ShadowStorage>) -> Service {
+        self.storage = Some(area);
         self
     }
 
@@ -163,7 +163,7 @@ impl Service {
             coordinator,
             changes: Mutex::new(()),
             creating: Mutex::new(()),
-            diff_area: None,
+            storage: None,
             in_backup: Mutex::new(None),
             evicted: Mutex::new(Vec::new()),
         }
@@ -345,7 +345,7 @@ impl Service {
             Err(TryLockError::WouldBlock) => return Err(SequenceError::Busy.into()),
         };
         let _changing = self.changes.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(area) = &self.diff_area {
+        if let Some(area) = &self.storage {
             *self.evicted.lock().unwrap_or_else(PoisonError::into_inner) = area.before_new_set()?;
         }
         let now = Utc::now();
@@ -530,8 +530,8 @@ impl Service {
                 chunk_bytes: stats.chunk_bytes,
                 chunks: stats.chunks,
                 disk_bytes: stats.disk_bytes,
-                limit_bytes: self.diff_area.as_ref().and_then(|a| a.limits().max_bytes),
-                max_sets: self.diff_area.as_ref().and_then(|a| a.limits().max_sets),
+                limit_bytes: self.storage.as_ref().and_then(|a| a.limits().max_bytes),
+                max_sets: self.storage.as_ref().and_then(|a| a.limits().max_sets),
             },
             sets: self.store.sets()?.len() as u64,
             schedule: self
