@@ -27,6 +27,6 @@ pub use protocol::{Component, Event, EventMessage, Failure, Registration, Reply}
 pub use provider::{Committed, Provider, ProviderError, SetPlan};
 pub use sequence::{
     Coordinator, Created, Options, Pending, RegisterError, RestoreRequest, Restoring,
-    SequenceError, SetRequest, SetWriter, WriterView,
+    SequenceError, SetRequest, WriterView,
 };
-pub use state::WriterState;
+pub use state::{SetWriter, WriterState};

@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::sequence::SetWriter;
+use crate::state::SetWriter;
 
 /// The set being made, as the writers are told about it.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -18,12 +18,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 use std::time::{Duration, Instant, SystemTime};
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use crate::link::{LinkError, WriterLink, after, deadline_in};
-use crate::protocol::{Component, Event, EventMessage, Failure, Registration};
+use crate::protocol::{Event, EventMessage, Failure, Registration};
 use crate::provider::{Committed, Provider, ProviderError, SetPlan};
-use crate::state::WriterState;
+use crate::state::{SetWriter, WriterState};
 
 /// The coordinator's deadlines.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -82,19 +82,6 @@ pub struct SetRequest {
     pub name: String,
     pub label: Option<String>,
     pub volumes: Vec<String>,
-}
-
-/// A writer that took part in a set, and how it fared.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SetWriter {
-    pub name: String,
-    pub required: bool,
-    /// `ok`, or the `failed-at-EVENT` state it ended in.
-    pub status: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-    #[serde(default)]
-    pub components: Vec<Component>,
 }
 
 /// A set made through the whole sequence.

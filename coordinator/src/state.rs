@@ -1,11 +1,12 @@
-//! A writer's state as VSS keeps it, and the words `umbra writers` shows
-//! for it. Pure data; the sequence decides the transitions.
+//! A writer's state as VSS keeps it, the words `umbra writers` shows for
+//! it, and how a writer fared in one set. Pure data; the sequence decides
+//! the transitions.
 
 use std::fmt;
 
-use serde::{Serialize, Serializer};
+use serde::{Deserialize, Serialize, Serializer};
 
-use crate::protocol::Event;
+use crate::protocol::{Component, Event};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum WriterState {
@@ -85,4 +86,17 @@ mod tests {
             "failed-at-prepare-backup"
         );
     }
+}
+
+/// A writer that took part in a set, and how it fared.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SetWriter {
+    pub name: String,
+    pub required: bool,
+    /// `ok`, or the `failed-at-EVENT` state it ended in.
+    pub status: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(default)]
+    pub components: Vec<Component>,
 }

@@ -9,8 +9,10 @@ mod fuse;
 mod nodes;
 mod privileges;
 
+#[cfg(test)]
+pub(crate) use self::caller::Caller;
 pub(crate) use self::core::LiveFs;
 #[cfg(test)]
-pub(crate) use self::core::{Caller, SetAttrs};
+pub(crate) use self::core::SetAttrs;
 pub(crate) use self::fuse::LiveAdapter;
 pub(crate) use self::privileges::visible_xattr_names;

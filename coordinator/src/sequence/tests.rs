@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::*;
-use crate::protocol::Reply;
+use crate::protocol::{Component, Reply};
 
 type Log = Arc<Mutex<Vec<(String, Event, String)>>>;
 

@@ -18,8 +18,6 @@ use std::cell::Cell;
 use std::fs;
 use std::io;
 
-use super::core::Caller;
-
 /// CAP_SYS_RESOURCE: reserved blocks and quota limits do not apply to it.
 const CAP_SYS_RESOURCE: u32 = 24;
 const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
@@ -50,6 +48,18 @@ thread_local! {
     /// This thread's own capabilities and groups, as root, read once:
     /// nothing but a guard changes them, and it puts them back.
     static ROOT: Cell<Option<&'static Root>> = const { Cell::new(None) };
+}
+
+/// Who asks: what they create is made as them.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Caller {
+    pub uid: u32,
+    pub gid: u32,
+    /// The calling thread, whose supplementary groups /proc knows.
+    pub pid: u32,
+    /// The umask a creation applies: the caller's when the kernel left it
+    /// to umbra (FUSE_DONT_MASK), else 0, the kernel having applied it.
+    pub umask: u32,
 }
 
 /// The calling thread acts as a caller until this is dropped.

@@ -31,32 +31,12 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use umbra_store::{FileKind, ObjectId, Place, Timestamp};
 
-use super::caller::AsCaller;
+use super::caller::{AsCaller, Caller};
 use super::nodes::{Node, Nodes, ROOT};
 use super::privileges;
 use crate::attr::Attr;
 use crate::backing::{self, cstr};
 use crate::{FsError, HIDDEN_DIR, Result, Volume};
-
-/// Who asks: what they create is made as them (see caller.rs).
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct Caller {
-    pub uid: u32,
-    pub gid: u32,
-    /// The calling thread, whose supplementary groups /proc knows.
-    pub pid: u32,
-    /// The umask a creation applies: the caller's when the kernel left it
-    /// to umbra (FUSE_DONT_MASK), else 0, the kernel having applied it.
-    pub umask: u32,
-}
-
-impl Caller {
-    /// This caller when a change of a file's data by it must clear set-id
-    /// bits (it lacks CAP_FSETID), else None.
-    pub fn without_fsetid(self) -> Option<Caller> {
-        privileges::lacks_fsetid(self).then_some(self)
-    }
-}
 
 /// Makes the kernel forget the attributes it cached for a FUSE inode.
 pub(crate) type ForgetAttributes = Box<dyn Fn(u64) + Send + Sync>;

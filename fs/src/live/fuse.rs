@@ -13,7 +13,8 @@ use fuser::{
 };
 use umbra_store::Timestamp;
 
-use super::core::{Caller, LiveFs, SetAttrs, TimeSet};
+use super::caller::Caller;
+use super::core::{LiveFs, SetAttrs, TimeSet};
 use crate::attr::file_type;
 use crate::flusher;
 use crate::reply::{self, errno};

@@ -3,8 +3,7 @@
 //! `file_remove_privs`, computed from the caller the kernel names. Pure
 //! logic plus one read of /proc; it never touches a file.
 
-use super::caller::{proc_status_field, supplementary_groups};
-use super::core::Caller;
+use super::caller::{Caller, proc_status_field, supplementary_groups};
 
 /// The mode a regular file keeps after a write or truncation by `caller`,
 /// which the kernel found without CAP_FSETID: no set-user-ID bit, and no
@@ -63,6 +62,14 @@ pub(crate) fn visible_xattr_names(names: Vec<u8>, pid: u32) -> Vec<u8> {
         visible.push(0);
     }
     visible
+}
+
+impl Caller {
+    /// This caller when a change of a file's data by it must clear set-id
+    /// bits (it lacks CAP_FSETID), else None.
+    pub fn without_fsetid(self) -> Option<Caller> {
+        lacks_fsetid(self).then_some(self)
+    }
 }
 
 #[cfg(test)]
