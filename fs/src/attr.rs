@@ -1,9 +1,7 @@
 //! The attributes both filesystems answer with, built from a live stat or
-//! from a preserved record, and their conversion to fuser's type.
+//! from a preserved record. Free of fuser: their conversion to fuser's type
+//! is the FUSE boundary's (reply.rs).
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
-
-use fuser::{FileAttr, FileType, INodeNo};
 use umbra_store::{AttrRecord, FileKind, Timestamp};
 
 use crate::backing::timestamp;
@@ -58,46 +56,5 @@ impl Attr {
 
     pub fn kind(&self) -> FileKind {
         FileKind::from_mode(self.mode).unwrap_or(FileKind::Regular)
-    }
-
-    pub fn to_fuser(&self) -> FileAttr {
-        FileAttr {
-            ino: INodeNo(self.ino),
-            size: self.size,
-            blocks: self.blocks,
-            atime: system_time(self.atime),
-            mtime: system_time(self.mtime),
-            ctime: system_time(self.ctime),
-            crtime: UNIX_EPOCH,
-            kind: file_type(self.kind()),
-            perm: (self.mode & 0o7777) as u16,
-            nlink: self.nlink,
-            uid: self.uid,
-            gid: self.gid,
-            rdev: self.rdev as u32,
-            blksize: 4096,
-            flags: 0,
-        }
-    }
-}
-
-pub(crate) fn file_type(kind: FileKind) -> FileType {
-    match kind {
-        FileKind::Regular => FileType::RegularFile,
-        FileKind::Directory => FileType::Directory,
-        FileKind::Symlink => FileType::Symlink,
-        FileKind::Fifo => FileType::NamedPipe,
-        FileKind::Socket => FileType::Socket,
-        FileKind::CharDevice => FileType::CharDevice,
-        FileKind::BlockDevice => FileType::BlockDevice,
-    }
-}
-
-pub(crate) fn system_time(t: Timestamp) -> SystemTime {
-    if t.secs >= 0 {
-        UNIX_EPOCH + Duration::new(t.secs as u64, t.nanos)
-    } else {
-        UNIX_EPOCH - Duration::from_secs(t.secs.unsigned_abs())
-            + Duration::from_nanos(u64::from(t.nanos))
     }
 }

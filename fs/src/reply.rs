@@ -1,8 +1,17 @@
-//! What both FUSE adapters answer the same way: errnos, opened handles,
-//! data, xattrs, statfs and the requests neither serves. Adapters stay thin because
+//! What both FUSE adapters answer the same way: errnos, attributes (the
+//! cores' `Attr` as fuser's type: fuser stays at this boundary), opened
+//! handles, data, xattrs, statfs and the requests neither serves. Adapters stay thin because
 //! the packing of a core's result into a reply lives here once.
 
-use fuser::{Errno, FileHandle, FopenFlags, ReplyData, ReplyOpen, ReplyStatfs, ReplyXattr};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use fuser::{
+    Errno, FileAttr, FileHandle, FileType, FopenFlags, INodeNo, ReplyData, ReplyOpen, ReplyStatfs,
+    ReplyXattr,
+};
+use umbra_store::{FileKind, Timestamp};
+
+use crate::attr::Attr;
 
 use crate::{FsError, Result};
 
@@ -140,6 +149,54 @@ macro_rules! unsupported_quietly {
     };
 }
 pub(crate) use unsupported_quietly;
+
+/// The cores' attributes as fuser's.
+pub(crate) trait ToFuser {
+    fn to_fuser(&self) -> FileAttr;
+}
+
+impl ToFuser for Attr {
+    fn to_fuser(&self) -> FileAttr {
+        FileAttr {
+            ino: INodeNo(self.ino),
+            size: self.size,
+            blocks: self.blocks,
+            atime: system_time(self.atime),
+            mtime: system_time(self.mtime),
+            ctime: system_time(self.ctime),
+            crtime: UNIX_EPOCH,
+            kind: file_type(self.kind()),
+            perm: (self.mode & 0o7777) as u16,
+            nlink: self.nlink,
+            uid: self.uid,
+            gid: self.gid,
+            rdev: self.rdev as u32,
+            blksize: 4096,
+            flags: 0,
+        }
+    }
+}
+
+pub(crate) fn file_type(kind: FileKind) -> FileType {
+    match kind {
+        FileKind::Regular => FileType::RegularFile,
+        FileKind::Directory => FileType::Directory,
+        FileKind::Symlink => FileType::Symlink,
+        FileKind::Fifo => FileType::NamedPipe,
+        FileKind::Socket => FileType::Socket,
+        FileKind::CharDevice => FileType::CharDevice,
+        FileKind::BlockDevice => FileType::BlockDevice,
+    }
+}
+
+pub(crate) fn system_time(t: Timestamp) -> SystemTime {
+    if t.secs >= 0 {
+        UNIX_EPOCH + Duration::new(t.secs as u64, t.nanos)
+    } else {
+        UNIX_EPOCH - Duration::from_secs(t.secs.unsigned_abs())
+            + Duration::from_nanos(u64::from(t.nanos))
+    }
+}
 
 #[cfg(test)]
 mod errno_tests {

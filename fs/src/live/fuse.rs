@@ -15,9 +15,9 @@ use umbra_store::Timestamp;
 
 use super::caller::Caller;
 use super::core::{LiveFs, SetAttrs, TimeSet};
-use crate::attr::file_type;
 use crate::flusher;
 use crate::reply::{self, errno};
+use crate::reply::{ToFuser, file_type};
 
 /// Only umbra changes the backing directory while it is mounted, so the
 /// kernel may keep what it learned for long.

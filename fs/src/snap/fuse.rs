@@ -17,8 +17,8 @@ use fuser::{
 
 use super::core::Browser;
 use super::inodes::{LATEST, ROOT};
-use crate::attr::file_type;
 use crate::reply::{self, errno};
+use crate::reply::{ToFuser, file_type};
 
 const FROZEN_TTL: Duration = Duration::from_secs(24 * 3600);
 const TOP_TTL: Duration = Duration::from_secs(1);
