@@ -410,7 +410,7 @@ impl Mutation<'_> {
                         self.pending_bytes = 0;
                         return Ok(());
                     }
-                    _ => return Err(FsError::from_errno(libc::ENOSPC)),
+                    _ => return Err(e.into()),
                 },
                 Err(e) => return Err(e.into()),
             }
@@ -453,13 +453,13 @@ impl Mutation<'_> {
 }
 
 /// Asks the diff area's policy for room on a full disk. A deletion that
-/// the full disk itself stops is ENOSPC for the write, not EIO.
+/// the full disk itself stops stays a full disk (ENOSPC at the boundary).
 fn room_made(guard: &dyn StorageGuard) -> Result<bool> {
-    match guard.disk_full() {
-        Err(FsError::Store(e)) if e.is_disk_full() => {
-            tracing::warn!("diff area: no room even to delete a set: {e}");
-            Err(FsError::from_errno(libc::ENOSPC))
-        }
-        other => other,
+    let made = guard.disk_full();
+    if let Err(FsError::Store(e)) = &made
+        && e.is_disk_full()
+    {
+        tracing::warn!("diff area: no room even to delete a set: {e}");
     }
+    made
 }

@@ -1,5 +1,7 @@
-//! The one error type at the FUSE boundary: every failure carries the errno
-//! the kernel is answered with.
+//! The one error type at the FUSE boundary, and the one place a failure
+//! becomes the errno the kernel is answered with (`errno`): the cores say
+//! what went wrong (no room for a pre-image, a store error), never which
+//! errno that is.
 
 use std::io;
 
@@ -9,6 +11,10 @@ pub enum FsError {
     Io(#[from] io::Error),
     #[error("diff area: {0}")]
     Store(#[from] umbra_store::Error),
+    /// The diff area has no room for a pre-image the write needs, and its
+    /// policy (on_full = protect) keeps the sets: the write cannot go on.
+    #[error("diff area full: {0}")]
+    NoRoom(String),
     #[error("{what}: {source}")]
     Context {
         what: String,
@@ -23,6 +29,10 @@ impl FsError {
             FsError::Io(e) | FsError::Context { source: e, .. } => {
                 e.raw_os_error().unwrap_or(libc::EIO)
             }
+            // No room for a pre-image, by the policy or on the store's
+            // own disk: the write fails as on a full disk.
+            FsError::NoRoom(_) => libc::ENOSPC,
+            FsError::Store(e) if e.is_disk_full() => libc::ENOSPC,
             FsError::Store(_) => libc::EIO,
         }
     }

@@ -16,12 +16,15 @@ use crate::attr::Attr;
 use crate::{FsError, Result};
 
 pub(crate) fn errno(e: &FsError) -> Errno {
-    // A failure of the diff area reaches the application only as EIO: say
-    // what it was, or nobody can tell why.
-    if let FsError::Store(_) = e {
+    let code = e.errno();
+    // A failure of the diff area reaches the application only as an errno:
+    // say what it was, or nobody can tell why.
+    if let FsError::Store(_) = e
+        && code == libc::EIO
+    {
         tracing::error!("answering EIO: {e}");
     }
-    Errno::from_i32(kernel_errno(e.errno()))
+    Errno::from_i32(kernel_errno(code))
 }
 
 /// The kernel refuses a reply whose error is 512 or more (its internal
@@ -211,5 +214,23 @@ mod errno_tests {
             errno(&FsError::from_errno(libc::ENOSPC)).code(),
             libc::ENOSPC
         );
+    }
+
+    #[test]
+    fn no_room_for_a_pre_image_is_enospc_decided_here_and_a_store_failure_eio() {
+        assert_eq!(
+            errno(&FsError::NoRoom("on_full = protect".into())).code(),
+            libc::ENOSPC
+        );
+        let full = umbra_store::Error::Io {
+            what: "appending".into(),
+            source: std::io::Error::from_raw_os_error(libc::ENOSPC),
+        };
+        assert_eq!(errno(&FsError::Store(full)).code(), libc::ENOSPC);
+        let broken = umbra_store::Error::Io {
+            what: "reading".into(),
+            source: std::io::Error::from_raw_os_error(libc::EBADMSG),
+        };
+        assert_eq!(errno(&FsError::Store(broken)).code(), libc::EIO);
     }
 }

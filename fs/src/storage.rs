@@ -115,7 +115,9 @@ impl ShadowStorage {
                 tracing::warn!(
                     "diff area: {why}; on_full = protect keeps the sets and fails the write"
                 );
-                Err(FsError::from_errno(libc::ENOSPC))
+                Err(FsError::NoRoom(format!(
+                    "{why}; on_full = protect keeps the sets"
+                )))
             }
             OnFull::DeleteOldest => self.delete_oldest(why).map(|d| d.is_some()),
         }
