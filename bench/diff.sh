@@ -71,10 +71,12 @@ A=$("${U[@]}" create --json | python3 -c 'import json,sys; print(json.load(sys.s
 
 log "making $CHANGES changes through the live mount"
 L=$WORK/live
-dirs=$(( (FILES + 999) / 1000 ))
 for i in $(seq 0 $((CHANGES - 1))); do
-    d=$(printf 'd%04d' $(( (i * 7919) % dirs )))
-    f=$(printf 'f%03d' $(( (i * 104729) % 1000 )))
+    # A distinct file for each change (7919 is prime: coprime with the
+    # file count as long as that is not a multiple of it).
+    n=$(( (i * 7919) % FILES ))
+    d=$(printf 'd%04d' $(( n / 1000 )))
+    f=$(printf 'f%03d' $(( n % 1000 )))
     case $(( i % 10 )) in
         0|1|2|3) echo "changed $i" >> "$L/$d/$f" ;;
         4|5) echo "new $i" > "$L/$d/new$i" ;;
