@@ -858,3 +858,35 @@ fn by_default_a_tree_comes_back_beside_the_live_one_which_is_untouched() {
     assert!(err.contains("dir.restored-"), "{err}");
     assert_eq!(fs::read(beside.join("a")).unwrap(), b"edited copy");
 }
+
+#[test]
+fn a_long_restore_shows_progress_on_a_terminal_and_nothing_in_a_pipe() {
+    let d = Daemon::start(Config::default());
+    let big = d.live("data").join("big");
+    fs::write(&big, vec![7u8; 64 << 20]).unwrap();
+    let set = d.create_set();
+    fs::remove_file(&big).unwrap();
+    // script(1) gives the command a terminal: the bar is drawn on it.
+    let line = format!(
+        "{} restore --socket {} {} data/big --overwrite",
+        common::umbra_bin().display(),
+        d.layout.socket.display(),
+        set.name
+    );
+    let out = Command::new("script")
+        .args(["-qec", &line, "/dev/null"])
+        .current_dir(d.root())
+        .output()
+        .unwrap();
+    let seen = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{seen}");
+    assert!(seen.contains("64.00 MiB"), "no progress bar: {seen:?}");
+    assert_eq!(fs::metadata(&big).unwrap().len(), 64 << 20);
+    // In a pipe: the lines only, no bar on stderr.
+    fs::remove_file(&big).unwrap();
+    let out = d.umbra(&["restore", &set.name, "data/big", "--overwrite"]);
+    assert!(out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("MiB"), "a bar in a pipe: {err:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("restored "));
+}
