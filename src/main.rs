@@ -13,6 +13,7 @@ mod protocol;
 mod render;
 mod restore;
 mod schedule;
+mod target;
 
 #[cfg(test)]
 mod man;

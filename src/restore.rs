@@ -18,7 +18,6 @@ mod copy;
 mod plan;
 mod report;
 mod sys;
-mod target;
 
 use std::ffi::{CString, OsStr, OsString};
 use std::io::{self, IsTerminal, Write};
@@ -32,10 +31,10 @@ use indicatif::{ProgressBar, ProgressStyle};
 use crate::client::ClientError;
 use crate::client::connection::Session;
 use crate::protocol::{Request, RestoreView, StatusView};
+use crate::target::{self, Mount, Target, TargetError};
 pub use plan::Policy;
 use plan::{Action, Node, Planner};
 use report::{Done, Report};
-use target::{Mount, Target, TargetError};
 
 /// The unit of reading and of hole detection: a block of zeros this long
 /// is left as a hole.

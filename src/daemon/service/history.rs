@@ -2,16 +2,16 @@
 //! client's path in a volume, picks the sets, and turns umbra-fs's changes
 //! and versions into their views. It reads; it never changes a set.
 
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use umbra_fs::{Change, Instant, Volume};
 use umbra_store::{FileKind, SetInfo};
 
 use super::{Service, ServiceError, view};
-use crate::config::normalize;
 use crate::naming;
 use crate::protocol::{ChangeView, ClientPath, DiffView, VersionSet, VersionView, VersionsView};
+use crate::target::{self, Mount, TargetError};
 
 impl Service {
     /// A set by name, id or `latest`.
@@ -169,80 +169,46 @@ impl Service {
             .unwrap_or_default()
     }
 
-    /// The volume a client's path is in and the path relative to its root.
+    /// The volume a client's path is in and the path relative to its root,
+    /// placed as restore places its paths (target.rs), from the client's
+    /// working directory; umbra's own folder is not part of a volume.
     fn locate(&self, given: &ClientPath) -> Result<(Arc<Volume>, PathBuf), ServiceError> {
-        let raw = Path::new(&given.path);
-        let absolute = match (&given.cwd, raw.is_absolute()) {
-            (_, true) => Some(normalize(raw)),
-            (Some(cwd), false) => Some(normalize(&Path::new(cwd).join(raw))),
-            (None, false) => None,
-        };
-        if let Some(absolute) = &absolute {
-            // The longest mountpoint that holds it: volumes may nest.
-            let by_mount = self
-                .config
-                .volumes
-                .iter()
-                .filter_map(|v| absolute.strip_prefix(&v.mount).ok().map(|rel| (v, rel)))
-                .max_by_key(|(v, _)| v.mount.components().count());
-            if let Some((config, rel)) = by_mount {
-                return self.volume_path(&config.name, rel, &given.path);
-            }
-            if let Ok(rest) = absolute.strip_prefix(&self.config.snapshots) {
-                let mut parts = rest.components();
-                let (_set, volume) = (parts.next(), parts.next());
-                if let Some(Component::Normal(volume)) = volume {
-                    let name = volume.to_string_lossy().into_owned();
-                    return self.volume_path(&name, parts.as_path(), &given.path);
-                }
-            }
-        }
-        // VOLUME/path, as the contract allows; only a plain one: `..` in it
-        // would mean a place outside the volume.
-        let mut parts = raw.components();
-        if !raw.is_absolute()
-            && let Some(Component::Normal(first)) = parts.next()
-            && let Some(name) = first.to_str()
-            && self.volumes.iter().any(|v| v.name() == name)
-        {
-            if parts.clone().any(|c| c == Component::ParentDir) {
-                return Err(ServiceError::Refused(format!(
-                    "{}: a VOLUME/path may not contain ..",
-                    given.path
-                )));
-            }
-            return self.volume_path(name, &normalize(parts.as_path()), &given.path);
-        }
-        Err(ServiceError::Refused(format!(
-            "{} is in no volume (volumes: {})",
-            given.path,
-            self.config
-                .volumes
-                .iter()
-                .map(|v| format!("{} at {}", v.name, v.mount.display()))
-                .collect::<Vec<_>>()
-                .join(", ")
-        )))
-    }
-
-    fn volume_path(
-        &self,
-        name: &str,
-        rel: &Path,
-        given: &str,
-    ) -> Result<(Arc<Volume>, PathBuf), ServiceError> {
+        let mounts: Vec<Mount<'_>> = self
+            .config
+            .volumes
+            .iter()
+            .map(|v| Mount {
+                name: &v.name,
+                mount: &v.mount,
+            })
+            .collect();
+        let cwd = Path::new(given.cwd.as_deref().unwrap_or("/"));
+        let found = target::resolve(Path::new(&given.path), cwd, &mounts, &self.config.snapshots)
+            .map_err(|e| match e {
+            TargetError::Outside { .. } => ServiceError::Refused(format!(
+                "{e} (volumes: {})",
+                self.config
+                    .volumes
+                    .iter()
+                    .map(|v| format!("{} at {}", v.name, v.mount.display()))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )),
+            other => ServiceError::Refused(other.to_string()),
+        })?;
         let volume = self
             .volumes
             .iter()
-            .find(|v| v.name() == name)
+            .find(|v| v.name() == found.volume)
             .cloned()
-            .ok_or_else(|| ServiceError::UnknownVolume(name.to_string()))?;
-        if rel.components().next() == Some(Component::Normal(umbra_fs::HIDDEN_DIR.as_ref())) {
+            .ok_or_else(|| ServiceError::UnknownVolume(found.volume.clone()))?;
+        if found.steps.first().map(|s| s.as_os_str()) == Some(umbra_fs::HIDDEN_DIR.as_ref()) {
             return Err(ServiceError::Refused(format!(
-                "{given} is umbra's own folder, not part of the volume"
+                "{} is umbra's own folder, not part of the volume",
+                given.path
             )));
         }
-        Ok((volume, rel.to_path_buf()))
+        Ok((volume, found.steps.iter().collect()))
     }
 }
 

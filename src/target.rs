@@ -1,10 +1,11 @@
-//! Which file of which volume a PATH on `umbra restore`'s command line
-//! names, by its spelling alone: a path inside a volume's live mount
+//! Which file of which volume a PATH on the command line of `umbra
+//! restore`, `diff` or `versions` names, by its spelling alone: a path inside a volume's live mount
 //! (absolute, or relative to the working directory, which may itself be in
 //! a live mount or in a set under the snapshots mount), else `VOLUME/path`.
 //! `..` that would leave the volume is refused, as is a path outside every
-//! volume. Nothing here touches the disk: symlinks are refused later, while
-//! the restore walks the set with O_NOFOLLOW.
+//! volume. Nothing here touches the disk: symlinks are refused later, by
+//! whoever walks the path (restore walks the set with O_NOFOLLOW; the
+//! daemon's diff and versions walk by descriptor).
 
 use std::ffi::OsString;
 use std::path::{Component, Path};
