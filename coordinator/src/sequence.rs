@@ -160,6 +160,22 @@ struct Part {
 }
 
 impl Part {
+    /// How this writer fared, as a set (or a restore) records it.
+    fn outcome(&self) -> SetWriter {
+        SetWriter {
+            name: self.slot.reg.name.clone(),
+            required: self.slot.reg.required,
+            status: match &self.failed {
+                None => "ok".into(),
+                Some((event, _)) => WriterState::FailedAt(*event).to_string(),
+            },
+            error: self.failed.as_ref().map(|(_, f)| f.to_string()),
+            components: self.slot.reg.components.clone(),
+        }
+    }
+}
+
+impl Part {
     fn active(&self) -> bool {
         self.identified && self.failed.is_none() && self.link.is_some()
     }
@@ -678,16 +694,7 @@ impl Sequence<'_> {
         self.parts
             .iter()
             .filter(|p| p.identified)
-            .map(|p| SetWriter {
-                name: p.slot.reg.name.clone(),
-                required: p.slot.reg.required,
-                status: match &p.failed {
-                    None => "ok".into(),
-                    Some((event, _)) => WriterState::FailedAt(*event).to_string(),
-                },
-                error: p.failed.as_ref().map(|(_, f)| f.to_string()),
-                components: p.slot.reg.components.clone(),
-            })
+            .map(Part::outcome)
             .collect()
     }
 }

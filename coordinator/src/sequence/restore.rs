@@ -14,7 +14,6 @@ use std::time::Instant;
 
 use super::{Coordinator, Part, SequenceError, SetWriter, TryLockError, broadcast, guid};
 use crate::protocol::{Event, EventMessage, Failure};
-use crate::state::WriterState;
 
 /// What a requester restores from: a set (by name) into some volumes.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -118,20 +117,7 @@ impl Restoring<'_> {
             took = ?self.started.elapsed(),
             "restore finished"
         );
-        let writers = self
-            .parts
-            .iter()
-            .map(|p| SetWriter {
-                name: p.slot.reg.name.clone(),
-                required: p.slot.reg.required,
-                status: match &p.failed {
-                    None => "ok".into(),
-                    Some((event, _)) => WriterState::FailedAt(*event).to_string(),
-                },
-                error: p.failed.as_ref().map(|(_, f)| f.to_string()),
-                components: p.slot.reg.components.clone(),
-            })
-            .collect();
+        let writers = self.parts.iter().map(Part::outcome).collect();
         self.coordinator.put_back(std::mem::take(&mut self.parts));
         self.coordinator.restoring.store(false, Ordering::Release);
         writers
