@@ -353,12 +353,16 @@ impl Mutation<'_> {
     /// Says that `object` is about to be reached as `place` (a rename), if
     /// this mutation stores anything anyway: a place alone is not worth a
     /// sync, and a stale one costs `umbra diff` a search, not an error.
-    pub fn place(&mut self, object: ObjectId, place: Place) {
+    /// `place` is only asked for then, so a rename that stores nothing
+    /// pays nothing for it.
+    pub fn place(&mut self, object: ObjectId, place: impl FnOnce() -> Option<Place>) {
         if !self.needs(object) || self.all_stored() {
             return;
         }
-        self.places.retain(|(o, _)| *o != object);
-        self.places.push((object, place));
+        if let Some(place) = place() {
+            self.places.retain(|(o, _)| *o != object);
+            self.places.push((object, place));
+        }
     }
 
     /// Notes that `object`'s inode is being moved into the hidden folder.

@@ -263,15 +263,12 @@ impl LiveFs {
         m.dir(npnode.object, newparent_fd.as_fd())?;
         m.attr(src, src_fd.as_fd())?;
         m.handle(src, parent_fd.as_fd(), name)?;
-        if let Some(parent) = self.nodes.place_handle(newparent) {
-            m.place(
-                src,
-                Place {
-                    parent,
-                    name: newname.as_bytes().to_vec(),
-                },
-            );
-        }
+        m.place(src, || {
+            Some(Place {
+                parent: self.nodes.place_handle(newparent)?,
+                name: newname.as_bytes().to_vec(),
+            })
+        });
         // The replaced inode, if a snapshot may need it, goes aside.
         let mut aside = None;
         if let Some((dst_fd, dst_st)) = &dst {
