@@ -89,6 +89,29 @@ pub fn prepare(config: &Config) -> Result<(), StateDirError> {
     } else {
         0o700
     };
+    // A socket the group shares inside: the group must be able to reach
+    // it, whether the directory is new (made 0700 by root's group) or old.
+    let mut mode = mode;
+    if shares_a_socket_inside(config)
+        && let Some(gid) = config.socket_group
+    {
+        if meta.gid() != gid {
+            std::os::unix::fs::fchown(&dir, None, Some(gid)).map_err(|source| {
+                StateDirError::Chmod {
+                    path: path.to_path_buf(),
+                    source,
+                }
+            })?;
+        }
+        if mode & 0o010 == 0 {
+            mode |= 0o010;
+            dir.set_permissions(fs::Permissions::from_mode(mode & allowed))
+                .map_err(|source| StateDirError::Chmod {
+                    path: path.to_path_buf(),
+                    source,
+                })?;
+        }
+    }
     if mode & !allowed != 0 {
         let tightened = mode & allowed;
         dir.set_permissions(fs::Permissions::from_mode(tightened))
@@ -148,6 +171,17 @@ mod tests {
         shared.socket_group = Some(0);
         prepare(&shared).expect("tightened");
         assert_eq!(mode(&state), 0o750);
+    }
+
+    #[test]
+    fn a_new_state_dir_with_a_shared_socket_inside_lets_the_group_reach_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let state = dir.path().join("state");
+        let mut shared = config(&state);
+        shared.socket_group = Some(65534);
+        prepare(&shared).expect("made");
+        assert_eq!(mode(&state), 0o710);
+        assert_eq!(fs::metadata(&state).expect("stat").gid(), 65534);
     }
 
     #[test]
