@@ -27,7 +27,7 @@ mod flusher;
 pub mod fusectl;
 mod live;
 mod mount;
-mod provider;
+mod providers;
 mod reply;
 mod shadow;
 mod snap;
@@ -38,7 +38,7 @@ pub use changes::{Aspect, Change, Changes, Instant, Op, Version, changes, versio
 pub use error::{FsError, Result};
 pub use flusher::{FLUSH_COMMAND, flush_child_main};
 pub use mount::{MountHandle, MountOptions, mount_live, mount_snapshots};
-pub use provider::CowProvider;
+pub use providers::cow::CowProvider;
 pub use shadow::{commit_set, delete_set};
 pub use snap::Browser;
 pub use storage::{OnFull, ShadowStorage, StorageLimits};
