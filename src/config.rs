@@ -80,7 +80,10 @@ pub struct Config {
 pub struct VolumeConfig {
     pub name: String,
     pub backing: PathBuf,
+    /// Where applications use the volume: the live FUSE mount of a `cow`
+    /// volume, the subvolume itself (`backing`) for `btrfs`.
     pub mount: PathBuf,
+    pub provider: ProviderChoice,
 }
 
 impl VolumeConfig {
@@ -88,6 +91,25 @@ impl VolumeConfig {
     pub fn in_place(&self) -> bool {
         self.backing == self.mount
     }
+
+    /// Whether umbra mounts the volume live (every provider but btrfs).
+    pub fn mounted(&self) -> bool {
+        self.provider != ProviderChoice::Btrfs
+    }
+}
+
+/// The `provider` of a volume.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProviderChoice {
+    /// Copy-on-write over a FUSE live mount, on any local filesystem.
+    #[default]
+    Cow,
+    /// Read-only btrfs snapshots of a subvolume used directly.
+    Btrfs,
+    /// btrfs where the backing is the root of a btrfs subvolume, else cow;
+    /// decided when the daemon starts (`Config::decide_providers`).
+    Auto,
 }
 
 /// Where a configuration came from, for error messages.
@@ -198,6 +220,11 @@ pub enum Problem {
         /// their words.
         resolved: String,
     },
+    #[error(
+        "volume {volume:?} has provider = \"btrfs\": applications use its subvolume directly, so mount must be left out or equal backing, not {}",
+        shown(.mount)
+    )]
+    BtrfsMount { volume: String, mount: PathBuf },
     #[error("threads must be at least 1")]
     ZeroThreads,
     #[error("max_clients must be at least 1")]
@@ -263,7 +290,9 @@ struct RawWriter {
 struct RawVolume {
     name: String,
     backing: PathBuf,
-    mount: PathBuf,
+    mount: Option<PathBuf>,
+    #[serde(default)]
+    provider: ProviderChoice,
 }
 
 impl Config {
@@ -298,11 +327,28 @@ impl Config {
             })
     }
 
+    /// Decides each `provider = "auto"`: btrfs where the backing is the root
+    /// of a btrfs subvolume and the volume is used where it is (no other
+    /// mount), else cow. Called once the backings can be looked at.
+    pub fn decide_providers(&mut self) {
+        for volume in &mut self.volumes {
+            if volume.provider == ProviderChoice::Auto {
+                volume.provider =
+                    if volume.in_place() && umbra_fs::BtrfsVolume::is_subvolume(&volume.backing) {
+                        ProviderChoice::Btrfs
+                    } else {
+                        ProviderChoice::Cow
+                    };
+            }
+        }
+    }
+
     /// Every mountpoint with what is mounted there: the volumes in order,
     /// then the snapshot browser.
     pub fn mountpoints(&self) -> impl Iterator<Item = (String, &Path)> {
         self.volumes
             .iter()
+            .filter(|v| v.mounted())
             .map(|v| (format!("volume {:?}", v.name), v.mount.as_path()))
             .chain(std::iter::once((
                 "snapshots".to_string(),
@@ -465,10 +511,24 @@ impl RawConfig {
         let mut volumes = Vec::with_capacity(self.volumes.len());
         for raw in &self.volumes {
             let key = |k: &str| format!("{k} of volume {:?}", raw.name);
+            let backing = path(&key("backing"), &raw.backing)?;
+            // Without a mount, a cow volume is mounted in place and a btrfs
+            // one is used where it is.
+            let mount = match &raw.mount {
+                Some(mount) => path(&key("mount"), mount)?,
+                None => backing.clone(),
+            };
+            if raw.provider == ProviderChoice::Btrfs && mount != backing {
+                return Err(Problem::BtrfsMount {
+                    volume: raw.name.clone(),
+                    mount,
+                });
+            }
             volumes.push(VolumeConfig {
                 name: raw.name.clone(),
-                backing: path(&key("backing"), &raw.backing)?,
-                mount: path(&key("mount"), &raw.mount)?,
+                backing,
+                mount,
+                provider: raw.provider,
             });
         }
         let mut writers = Vec::with_capacity(self.writers.len());
@@ -827,6 +887,7 @@ mount = "/srv/data"
                 name: "data".into(),
                 backing: "/home/u/clone/data".into(),
                 mount: "/home/u/clone/data".into(),
+                provider: ProviderChoice::Cow,
             }]
         );
         assert!(config.volumes[0].in_place());

@@ -27,7 +27,10 @@ use std::time::{Duration, Instant};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 use umbra_coordinator::{Coordinator, Options as CoordinatorOptions, RegisterError};
-use umbra_fs::{Browser, FsError, MountOptions, ShadowStorage, Volume};
+use umbra_fs::{
+    Browser, BtrfsProvider, BtrfsVolume, CowProvider, FsError, MountOptions, Sets, ShadowStorage,
+    Volume, VolumeProvider,
+};
 use umbra_store::{Store, StoreOptions};
 
 use crate::config::Config;
@@ -118,11 +121,12 @@ fn lock_state_dir(config: &Config) -> Result<StateLock, DaemonError> {
 }
 
 /// Runs the daemon of `config` until SIGINT or SIGTERM.
-pub fn up(config: Config) -> Result<(), DaemonError> {
+pub fn up(mut config: Config) -> Result<(), DaemonError> {
     tracing::debug!(config = %config.origin, "starting");
     // Before anything is created: a state dir reached through a symlink
     // into a backing must not be made there.
     config.check_on_disk()?;
+    config.decide_providers();
     state_dir::prepare(&config)?;
     let _lock = lock_state_dir(&config)?;
     // A dead mount answers ENOTCONN even to mkdir: recover before creating.
@@ -145,17 +149,7 @@ pub fn up(config: Config) -> Result<(), DaemonError> {
     let store = Arc::new(store);
     // Every backing is opened before anything is mounted: an in-place mount
     // hides its backing directory from everyone, the daemon included.
-    let mut volumes = Vec::with_capacity(config.volumes.len());
-    for conf in &config.volumes {
-        let volume = Volume::open(store.clone(), &conf.name, &conf.backing).map_err(|source| {
-            DaemonError::Volume {
-                name: conf.name.clone(),
-                backing: conf.backing.clone(),
-                source,
-            }
-        })?;
-        volumes.push(volume);
-    }
+    let opened = open_volumes(&config, &store)?;
     let control = ControlSocket::bind(&config.socket)?;
     if let Some(gid) = config.socket_group {
         control.share_with_group(gid)?;
@@ -173,7 +167,7 @@ pub fn up(config: Config) -> Result<(), DaemonError> {
 
     let mut mounts = Mounts::default();
     let config_stamp = config.state_dir.join(SCHEDULE_STAMP);
-    let started = start(config, store, volumes, control, &mut mounts);
+    let started = start(config, store, opened, control, &mut mounts);
     let stamp = config_stamp.clone();
     let (service, socket_file, mut timer) = match started {
         Ok(running) => running,
@@ -223,7 +217,7 @@ type Running = (Arc<Service>, control::SocketFile, Option<Timer>);
 fn start(
     config: Config,
     store: Arc<Store>,
-    volumes: Vec<Arc<Volume>>,
+    opened: Opened,
     control: ControlSocket,
     mounts: &mut Mounts,
 ) -> Result<Running, DaemonError> {
@@ -231,8 +225,28 @@ fn start(
         threads: config.threads,
         writeback_cache: config.writeback_cache,
     };
-    for (volume, conf) in volumes.iter().zip(&config.volumes) {
-        mounts.mount_live(volume, conf, &options)?;
+    let volumes = opened.cow;
+    for volume in &volumes {
+        if let Some(conf) = config.volumes.iter().find(|c| c.name == volume.name()) {
+            mounts.mount_live(volume, conf, &options)?;
+        }
+    }
+    let live_mounts = config
+        .volumes
+        .iter()
+        .map(|v| (v.name.clone(), v.mount.clone()))
+        .collect();
+    let cow = CowProvider::new(store.clone(), volumes.clone())
+        .flushing_through(live_mounts, config.hold_timeout);
+    let providers: Vec<Arc<dyn VolumeProvider>> = vec![
+        Arc::new(cow),
+        Arc::new(BtrfsProvider::new(opened.btrfs.clone())),
+    ];
+    let sets = Sets::new(store.clone(), providers);
+    // What a crash left half made or half deleted (btrfs snapshots no set
+    // owns) goes before any set is shown.
+    if let Err(e) = sets.sweep() {
+        tracing::warn!("freeing copies no set owns: {e}");
     }
     let browser = Browser::new(store.clone(), volumes.clone()).map_err(DaemonError::Browser)?;
     mounts.mount_snapshots(&browser, &config.snapshots, &options)?;
@@ -258,12 +272,11 @@ fn start(
                 path: store.dir().to_path_buf(),
                 source,
             })?;
-    let storage = ShadowStorage::install(store.clone(), &volumes, &browser, storage_limits);
+    let storage = ShadowStorage::install(&sets, &volumes, &browser, storage_limits);
     let schedule = config.schedule.clone();
     let stamp = config.state_dir.join(SCHEDULE_STAMP);
     let last_set = newest_scheduled(&store);
-    let service =
-        Arc::new(Service::new(store, volumes, browser, config, coordinator).with_storage(storage));
+    let service = Arc::new(Service::new(sets, browser, config, coordinator).with_storage(storage));
     let socket = crate::config::shown(control.path());
     let socket_file = control.serve(service.clone(), limits)?;
     let timer =
@@ -272,6 +285,36 @@ fn start(
     announce("umbra: ready")?;
     systemd::ready(&format!("serving {socket}"));
     Ok((service, socket_file, timer))
+}
+
+/// The volumes of every provider, opened.
+struct Opened {
+    cow: Vec<Arc<Volume>>,
+    btrfs: Vec<Arc<BtrfsVolume>>,
+}
+
+fn open_volumes(config: &Config, store: &Arc<Store>) -> Result<Opened, DaemonError> {
+    let mut opened = Opened {
+        cow: Vec::new(),
+        btrfs: Vec::new(),
+    };
+    for conf in &config.volumes {
+        let failed = |source| DaemonError::Volume {
+            name: conf.name.clone(),
+            backing: conf.backing.clone(),
+            source,
+        };
+        if conf.mounted() {
+            opened
+                .cow
+                .push(Volume::open(store.clone(), &conf.name, &conf.backing).map_err(failed)?);
+        } else {
+            opened
+                .btrfs
+                .push(BtrfsVolume::open(store, &conf.name, &conf.backing).map_err(failed)?);
+        }
+    }
+    Ok(opened)
 }
 
 /// When the newest scheduled set was made: the last firing, when the
@@ -302,7 +345,9 @@ fn signal_name(signal: Option<i32>) -> &'static str {
 /// the socket's directory, where missing.
 fn create_dirs(config: &Config) -> Result<(), DaemonError> {
     let mut dirs: Vec<(String, &Path)> = Vec::new();
-    for volume in &config.volumes {
+    // A btrfs volume's backing must be a subvolume already: a directory
+    // made here would only be refused.
+    for volume in config.volumes.iter().filter(|v| v.mounted()) {
         dirs.push((
             format!("the backing of volume {}", volume.name),
             &volume.backing,

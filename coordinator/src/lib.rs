@@ -24,7 +24,7 @@ mod state;
 pub use exec::ExecWriter;
 pub use link::{LinkError, SocketLink, WriterLink};
 pub use protocol::{Component, Event, EventMessage, Failure, Registration, Reply};
-pub use provider::{Committed, Provider, ProviderError, SetPlan};
+pub use provider::{Committed, Provider, ProviderError, ProviderHold, SetPlan};
 pub use sequence::{
     Coordinator, Created, Options, Pending, RegisterError, RestoreRequest, Restoring,
     SequenceError, SetRequest, WriterView,

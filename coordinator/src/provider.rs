@@ -24,7 +24,19 @@ pub struct Committed {
     /// The provider's own id of the set (the catalog's).
     pub id: i64,
     pub name: String,
-    /// How long mutations of the set's volumes were held.
+    /// How long mutations of the set's volumes were held: the longest of
+    /// `holds`, which ran side by side.
+    pub hold: Duration,
+    /// Each provider's hold, for a set that mixes providers.
+    pub holds: Vec<ProviderHold>,
+}
+
+/// One provider's part of a set's hold.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProviderHold {
+    /// Which provider ("cow", "btrfs").
+    pub provider: String,
+    pub volumes: Vec<String>,
     pub hold: Duration,
 }
 

@@ -15,6 +15,9 @@ pub enum FsError {
     /// policy (on_full = protect) keeps the sets: the write cannot go on.
     #[error("diff area full: {0}")]
     NoRoom(String),
+    /// A configuration the provider cannot serve; the text says why.
+    #[error("{0}")]
+    Refused(String),
     #[error("{what}: {source}")]
     Context {
         what: String,
@@ -34,6 +37,7 @@ impl FsError {
             FsError::NoRoom(_) => libc::ENOSPC,
             FsError::Store(e) if e.is_disk_full() => libc::ENOSPC,
             FsError::Store(_) => libc::EIO,
+            FsError::Refused(_) => libc::EINVAL,
         }
     }
 

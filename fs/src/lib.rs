@@ -38,7 +38,11 @@ pub use changes::{Aspect, Change, Changes, Instant, Op, Version, changes, versio
 pub use error::{FsError, Result};
 pub use flusher::{FLUSH_COMMAND, flush_child_main};
 pub use mount::{MountHandle, MountOptions, mount_live, mount_snapshots};
+pub use providers::btrfs::{BtrfsProvider, BtrfsVolume};
 pub use providers::cow::CowProvider;
+pub use providers::{
+    Capture, ProviderKind, SetCommit, SetMaker, Sets, TreeImages, VolumeProvider, VolumeRef,
+};
 pub use shadow::{commit_set, delete_set};
 pub use snap::Browser;
 pub use storage::{OnFull, ShadowStorage, StorageLimits};

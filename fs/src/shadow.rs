@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use umbra_store::{NewSet, SetId, SetInfo, SetOrigin, Store, Timestamp};
+use umbra_store::{NewSet, SetId, SetInfo, SetOrigin, Store, Timestamp, VolumeId};
 
 use crate::{Result, Volume};
 
@@ -20,37 +20,40 @@ pub fn commit_set(
     label: Option<String>,
     created: Timestamp,
 ) -> Result<SetInfo> {
-    let new = NewSet {
+    let mut new = NewSet {
         name,
         label,
         origin: SetOrigin::Manual,
         created,
         volumes: Vec::new(),
     };
-    match commit_held(store, volumes, new, Pending::No, || true)? {
+    let commit = |ids: &[VolumeId]| {
+        new.volumes = ids.to_vec();
+        Ok(store.commit_set(&new)?)
+    };
+    match commit_held_ids(volumes, || true, commit)? {
         Some((set, _)) => Ok(set),
         None => Err(crate::FsError::from_errno(libc::EAGAIN)),
     }
 }
 
-/// Whether a set is committed whole or pending its writers' thaw (see
-/// `Store::commit_pending_set`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Pending {
-    No,
-    UntilRecorded,
+/// Holds every mutation of `volumes`, asks `admit` once every gate is held
+/// whether to go on (`false` releases the gates and commits nothing: the
+/// provider's deadline passed while mutations in flight were awaited), then
+/// `commit`s the set's row and advances each volume to the epoch after it.
+/// Returns the set and how long mutations were held.
+pub(crate) fn commit_held(
+    volumes: &[Arc<Volume>],
+    admit: impl FnOnce() -> bool,
+    commit: impl FnOnce() -> Result<SetInfo>,
+) -> Result<Option<(SetInfo, Duration)>> {
+    commit_held_ids(volumes, admit, |_| commit())
 }
 
-/// [`commit_set`] of `new` (its volumes are `volumes`'), asking `admit`
-/// once every gate is held whether to go on: `false` releases the gates
-/// and commits nothing (the provider's deadline passed while mutations in
-/// flight were awaited). Returns the set and how long mutations were held.
-pub(crate) fn commit_held(
-    store: &Store,
+fn commit_held_ids(
     volumes: &[Arc<Volume>],
-    mut new: NewSet,
-    pending: Pending,
     admit: impl FnOnce() -> bool,
+    commit: impl FnOnce(&[VolumeId]) -> Result<SetInfo>,
 ) -> Result<Option<(SetInfo, Duration)>> {
     let mut ordered: Vec<&Arc<Volume>> = volumes.iter().collect();
     ordered.sort_by_key(|v| v.id());
@@ -61,11 +64,8 @@ pub(crate) fn commit_held(
     if !admit() {
         return Ok(None);
     }
-    new.volumes = ordered.iter().map(|v| v.id()).collect();
-    let set = match pending {
-        Pending::No => store.commit_set(&new)?,
-        Pending::UntilRecorded => store.commit_pending_set(&new)?,
-    };
+    let ids: Vec<VolumeId> = ordered.iter().map(|v| v.id()).collect();
+    let set = commit(&ids)?;
     for (vol, gate) in ordered.iter().zip(gates.iter_mut()) {
         if let Some(sv) = set.volumes.iter().find(|sv| sv.volume == vol.id()) {
             vol.cow.advance(gate, sv.epoch);
@@ -80,21 +80,30 @@ pub(crate) fn commit_held(
 /// needs is then collected in short steps, which neither they nor live
 /// writes resolve to or wait for long.
 pub fn delete_set(store: &Store, volumes: &[Arc<Volume>], set: SetId) -> Result<()> {
-    let info = store.sets()?.into_iter().find(|s| s.id == set);
-    let involved: Vec<&Arc<Volume>> = volumes
-        .iter()
-        .filter(|v| {
-            info.as_ref()
-                .is_some_and(|s| s.volumes.iter().any(|sv| sv.volume == v.id()))
-        })
-        .collect();
+    let Some(info) = store.sets()?.into_iter().find(|s| s.id == set) else {
+        return Ok(());
+    };
     {
-        let _retiring: Vec<_> = involved.iter().map(|v| v.retiring(set)).collect();
+        let _retiring: Vec<_> = volumes
+            .iter()
+            .filter(|v| info.volumes.iter().any(|sv| sv.volume == v.id()))
+            .map(|v| v.retiring(set))
+            .collect();
         store.remove_set(set)?;
     }
+    reclaim(store, volumes, &info)
+}
+
+/// After `set`'s row is gone: collects the records and chunks no set needs,
+/// frees the moved-aside inodes of its volumes no set needs, and gives pack
+/// space back.
+pub(crate) fn reclaim(store: &Store, volumes: &[Arc<Volume>], set: &SetInfo) -> Result<()> {
     store.collect()?;
     let remaining = store.sets()?;
-    for vol in involved {
+    for vol in volumes
+        .iter()
+        .filter(|v| set.volumes.iter().any(|sv| sv.volume == v.id()))
+    {
         let any = remaining
             .iter()
             .any(|s| s.volumes.iter().any(|sv| sv.volume == vol.id()));

@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex, Weak};
 use umbra_store::{SetInfo, Store};
 
 use crate::cow::StorageGuard;
-use crate::{Browser, FsError, Result, Volume, delete_set};
+use crate::{Browser, FsError, Result, Sets, Volume};
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum OnFull {
@@ -40,7 +40,8 @@ pub struct StorageLimits {
 
 pub struct ShadowStorage {
     store: Arc<Store>,
-    volumes: Vec<Weak<Volume>>,
+    /// Deletes the oldest set on every volume, whatever its provider.
+    sets: Weak<Sets>,
     browser: Weak<Browser>,
     limits: StorageLimits,
     warned: AtomicBool,
@@ -48,16 +49,17 @@ pub struct ShadowStorage {
 }
 
 impl ShadowStorage {
-    /// Puts the limits in force on every volume.
+    /// Puts the limits in force on every copy-on-write volume; `max_sets`
+    /// counts the sets of every provider.
     pub fn install(
-        store: Arc<Store>,
+        sets: &Arc<Sets>,
         volumes: &[Arc<Volume>],
         browser: &Arc<Browser>,
         limits: StorageLimits,
     ) -> Arc<ShadowStorage> {
         let area = Arc::new(ShadowStorage {
-            store,
-            volumes: volumes.iter().map(Arc::downgrade).collect(),
+            store: sets.store().clone(),
+            sets: Arc::downgrade(sets),
             browser: Arc::downgrade(browser),
             limits,
             warned: AtomicBool::new(false),
@@ -95,8 +97,10 @@ impl ShadowStorage {
         let Some(oldest) = self.store.sets()?.into_iter().next() else {
             return Ok(None);
         };
-        let volumes: Vec<Arc<Volume>> = self.volumes.iter().filter_map(Weak::upgrade).collect();
-        delete_set(&self.store, &volumes, oldest.id)?;
+        let Some(sets) = self.sets.upgrade() else {
+            return Ok(None);
+        };
+        sets.delete(oldest.id)?;
         tracing::warn!(set = %oldest.name, id = %oldest.id, "diff area: {why}; deleted the oldest shadow copy set");
         if let Some(browser) = self.browser.upgrade() {
             // Not from this thread: it may be serving a request of a mount.

@@ -321,6 +321,13 @@ fn overwrite(path: &Path, seed: u8, len: usize) -> std::io::Result<()> {
     std::os::unix::fs::FileExt::write_all_at(&f, &noise(seed, len), 0)
 }
 
+/// The rig's volume as the daemon's only provider (what evictions delete
+/// through).
+fn sets_of(rig: &Rig) -> Arc<umbra_fs::Sets> {
+    let cow = umbra_fs::CowProvider::new(rig.store.clone(), vec![rig.volume.clone()]);
+    umbra_fs::Sets::new(rig.store.clone(), vec![Arc::new(cow)])
+}
+
 #[test]
 fn a_full_diff_area_deletes_the_oldest_sets_and_live_writes_go_on() {
     let rig = Rig::new();
@@ -328,8 +335,9 @@ fn a_full_diff_area_deletes_the_oldest_sets_and_live_writes_go_on() {
         max_bytes: Some(1 << 20),
         ..Default::default()
     };
+    let sets = sets_of(&rig);
     umbra_fs::ShadowStorage::install(
-        rig.store.clone(),
+        &sets,
         std::slice::from_ref(&rig.volume),
         &rig.browser,
         limits,
@@ -361,8 +369,9 @@ fn a_protected_full_diff_area_fails_the_live_write_and_keeps_every_set() {
         on_full: umbra_fs::OnFull::Protect,
         ..Default::default()
     };
+    let sets = sets_of(&rig);
     umbra_fs::ShadowStorage::install(
-        rig.store.clone(),
+        &sets,
         std::slice::from_ref(&rig.volume),
         &rig.browser,
         limits,
@@ -385,8 +394,9 @@ fn max_sets_deletes_the_oldest_before_a_new_set() {
         max_sets: Some(2),
         ..Default::default()
     };
+    let sets = sets_of(&rig);
     let area = umbra_fs::ShadowStorage::install(
-        rig.store.clone(),
+        &sets,
         std::slice::from_ref(&rig.volume),
         &rig.browser,
         limits,

@@ -15,7 +15,7 @@ use umbra_coordinator::{
     Coordinator, Created, Pending, RegisterError, Registration, SequenceError, SetRequest,
     SetWriter, WriterLink,
 };
-use umbra_fs::{Browser, CowProvider, FsError, ShadowStorage, Volume};
+use umbra_fs::{Browser, FsError, Sets, ShadowStorage, VolumeRef};
 use umbra_store::{SetId, SetInfo, SetOrigin, Store};
 
 use crate::config::Config;
@@ -121,7 +121,9 @@ fn cutoff(now: i64, age: Duration) -> i64 {
 
 pub struct Service {
     store: Arc<Store>,
-    volumes: Vec<Arc<Volume>>,
+    /// Every volume's provider: the service knows them only through it.
+    sets: Arc<Sets>,
+    volumes: Vec<VolumeRef>,
     browser: Arc<Browser>,
     config: Config,
     coordinator: Arc<Coordinator>,
@@ -148,15 +150,15 @@ impl Service {
     }
 
     pub fn new(
-        store: Arc<Store>,
-        volumes: Vec<Arc<Volume>>,
+        sets: Arc<Sets>,
         browser: Arc<Browser>,
         config: Config,
         coordinator: Arc<Coordinator>,
     ) -> Service {
         Service {
-            store,
-            volumes,
+            store: sets.store().clone(),
+            volumes: sets.volumes(),
+            sets,
             browser,
             schedule: RwLock::new(config.schedule.clone()),
             config,
@@ -277,7 +279,7 @@ impl Service {
         let mut out = Vec::with_capacity(sets.len());
         for (set, kept) in sets.iter().zip(verdicts) {
             if kept.is_empty() && !dry_run {
-                if let Err(source) = umbra_fs::delete_set(&self.store, &self.volumes, set.id) {
+                if let Err(source) = self.sets.delete(set.id) {
                     self.refresh();
                     return Err(ServiceError::PartialDelete {
                         deleted: done,
@@ -350,23 +352,11 @@ impl Service {
         }
         let now = Utc::now();
         let name = self.store.free_set_name(&self.name_format().name(now))?;
-        let mounts = self
-            .config
-            .volumes
-            .iter()
-            .map(|v| (v.name.clone(), v.mount.clone()))
-            .collect();
-        let provider = CowProvider::new(
-            self.store.clone(),
-            self.volumes.clone(),
-            naming::timestamp(now),
-        )
-        .flushing_through(mounts, self.config.hold_timeout)
-        .asked_by(origin);
+        let provider = self.sets.maker(naming::timestamp(now), origin);
         let request = SetRequest {
             name,
             label,
-            volumes: volumes.iter().map(|v| v.name().to_string()).collect(),
+            volumes: volumes.iter().map(|v| v.name.clone()).collect(),
         };
         let result = self.coordinator.snapshot(request, Box::new(provider));
         self.refresh();
@@ -425,7 +415,7 @@ impl Service {
         if let Some(unknown) = registration
             .volumes
             .iter()
-            .find(|v| !self.volumes.iter().any(|known| known.name() == *v))
+            .find(|v| !self.volumes.iter().any(|known| known.name == **v))
         {
             return Err(ServiceError::UnknownVolume(unknown.clone()));
         }
@@ -490,7 +480,7 @@ impl Service {
             }
         }
         for (done, set) in doomed.iter().enumerate() {
-            if let Err(source) = umbra_fs::delete_set(&self.store, &self.volumes, set.id) {
+            if let Err(source) = self.sets.delete(set.id) {
                 self.refresh();
                 return Err(ServiceError::PartialDelete {
                     deleted: done,
@@ -578,18 +568,18 @@ impl Service {
         &self.config.name_format
     }
 
-    fn pick_volumes(&self, names: &[String]) -> Result<Vec<Arc<Volume>>, ServiceError> {
+    fn pick_volumes(&self, names: &[String]) -> Result<Vec<VolumeRef>, ServiceError> {
         if names.is_empty() {
             return Ok(self.volumes.clone());
         }
-        let mut picked: Vec<Arc<Volume>> = Vec::with_capacity(names.len());
+        let mut picked: Vec<VolumeRef> = Vec::with_capacity(names.len());
         for name in names {
             let volume = self
                 .volumes
                 .iter()
-                .find(|v| v.name() == name)
+                .find(|v| v.name == *name)
                 .ok_or_else(|| ServiceError::UnknownVolume(name.clone()))?;
-            if !picked.iter().any(|p| Arc::ptr_eq(p, volume)) {
+            if !picked.contains(volume) {
                 picked.push(volume.clone());
             }
         }
@@ -811,12 +801,14 @@ pub(super) mod tests {
             .iter()
             .map(|v| {
                 std::fs::create_dir_all(&v.backing).expect("backing dir");
-                Volume::open(store.clone(), &v.name, &v.backing).expect("volume")
+                umbra_fs::Volume::open(store.clone(), &v.name, &v.backing).expect("volume")
             })
             .collect::<Vec<_>>();
         let browser = Browser::new(store.clone(), volumes.clone()).expect("browser");
         let coordinator = Arc::new(Coordinator::new(umbra_coordinator::Options::default()));
-        let service = Service::new(store.clone(), volumes, browser, config, coordinator);
+        let cow = umbra_fs::CowProvider::new(store.clone(), volumes);
+        let sets = Sets::new(store.clone(), vec![Arc::new(cow)]);
+        let service = Service::new(sets, browser, config, coordinator);
         Fixture {
             _dir: dir,
             store,

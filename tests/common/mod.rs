@@ -10,6 +10,7 @@
 
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
+pub mod btrfs;
 pub mod catalog;
 pub mod manifest;
 pub mod ops;
@@ -168,6 +169,9 @@ pub enum Placement {
     Separate,
     /// The live mount is stacked over the backing directory.
     InPlace,
+    /// `provider = "btrfs"`: a subvolume of the daemon's own loop-mounted
+    /// btrfs, used directly (no live mount).
+    Btrfs,
 }
 
 #[derive(Clone, Debug)]
@@ -208,6 +212,16 @@ impl Config {
         self.volumes.push(VolumeSpec {
             name: name.to_string(),
             placement: Placement::Separate,
+        });
+        self
+    }
+
+    /// Adds a btrfs volume: a subvolume of a loop-mounted btrfs the
+    /// harness makes, used directly.
+    pub fn btrfs(mut self, name: &str) -> Config {
+        self.volumes.push(VolumeSpec {
+            name: name.to_string(),
+            placement: Placement::Btrfs,
         });
         self
     }
@@ -269,6 +283,8 @@ pub struct Layout {
     pub snapshots: PathBuf,
     /// (name, backing, mount)
     pub volumes: Vec<(String, PathBuf, PathBuf)>,
+    /// The names of the btrfs volumes (their mount is their backing).
+    pub btrfs: Vec<String>,
 }
 
 impl Layout {
@@ -277,10 +293,13 @@ impl Layout {
             .volumes
             .iter()
             .map(|v| {
-                let backing = root.join("backing").join(&v.name);
+                let backing = match v.placement {
+                    Placement::Btrfs => root.join("btrfs").join("mnt").join(&v.name),
+                    _ => root.join("backing").join(&v.name),
+                };
                 let mount = match v.placement {
                     Placement::Separate => root.join("live").join(&v.name),
-                    Placement::InPlace => backing.clone(),
+                    Placement::InPlace | Placement::Btrfs => backing.clone(),
                 };
                 (v.name.clone(), backing, mount)
             })
@@ -292,6 +311,12 @@ impl Layout {
             socket: root.join("umbra.sock"),
             snapshots: root.join("snapshots"),
             volumes,
+            btrfs: config
+                .volumes
+                .iter()
+                .filter(|v| v.placement == Placement::Btrfs)
+                .map(|v| v.name.clone())
+                .collect(),
         }
     }
 
@@ -322,14 +347,23 @@ impl Layout {
             let _ = writeln!(t, "\n[[volume]]");
             let _ = writeln!(t, "name = {}", toml_str(name));
             let _ = writeln!(t, "backing = {}", toml_str(&backing.to_string_lossy()));
-            let _ = writeln!(t, "mount = {}", toml_str(&mount.to_string_lossy()));
+            if self.btrfs.contains(name) {
+                let _ = writeln!(t, "provider = \"btrfs\"");
+            } else {
+                let _ = writeln!(t, "mount = {}", toml_str(&mount.to_string_lossy()));
+            }
         }
         t
     }
 
     /// Every mountpoint the config names: each live mount and the browser.
     pub fn mountpoints(&self) -> Vec<PathBuf> {
-        let mut m: Vec<PathBuf> = self.volumes.iter().map(|v| v.2.clone()).collect();
+        let mut m: Vec<PathBuf> = self
+            .volumes
+            .iter()
+            .filter(|v| !self.btrfs.contains(&v.0))
+            .map(|v| v.2.clone())
+            .collect();
         m.push(self.snapshots.clone());
         m
     }
@@ -422,6 +456,9 @@ pub struct Daemon {
     nofile: Option<u64>,
     /// Variables set in the daemon's environment.
     env: Vec<(String, String)>,
+    /// The loop-mounted btrfs of the btrfs volumes; unmounted after the
+    /// daemon stopped.
+    pub btrfs: Option<btrfs::LoopBtrfs>,
     // Dropped last, after Drop has unmounted everything.
     _dir: tempfile::TempDir,
 }
@@ -436,7 +473,12 @@ impl Daemon {
             .expect("creating a temp dir");
         let root = fs::canonicalize(dir.path()).expect("canonicalizing the temp dir");
         let layout = Layout::new(&root, &config);
-        for (_, backing, mount) in &layout.volumes {
+        let btrfs = (!layout.btrfs.is_empty()).then(|| btrfs::LoopBtrfs::new(&root.join("btrfs")));
+        for (name, backing, mount) in &layout.volumes {
+            if let Some(btrfs) = btrfs.as_ref().filter(|_| layout.btrfs.contains(name)) {
+                btrfs.subvolume(name);
+                continue;
+            }
             fs::create_dir_all(backing).expect("creating a backing dir");
             fs::create_dir_all(mount).expect("creating a mount dir");
         }
@@ -451,6 +493,7 @@ impl Daemon {
             runs: 0,
             nofile: None,
             env: Vec::new(),
+            btrfs,
             _dir: dir,
         }
     }

@@ -102,6 +102,7 @@ impl Provider for FakeProvider {
             id,
             name: plan.name.clone(),
             hold: Duration::from_millis(1),
+            holds: Vec::new(),
         })
     }
 

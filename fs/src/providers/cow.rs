@@ -1,5 +1,5 @@
-//! The copy-on-write provider: the coordinator's `Provider` over the live
-//! volumes. Hold-and-commit is `commit_set` run on a thread of its own so
+//! The copy-on-write provider over the live volumes. Its capture is
+//! `commit_held` run on a thread of its own so
 //! that the coordinator's deadline holds even while mutations in flight are
 //! awaited: past it, the commit is called off (the gates are released
 //! untouched as soon as they are had) and the set is aborted. It never
@@ -12,37 +12,34 @@
 //! mtime, before the hold.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant as Clock};
 
-use umbra_coordinator::{Committed, Provider, ProviderError, SetPlan, SetWriter};
-use umbra_store::{NewSet, SetId, SetOrigin, SetWriterRecord, Store, Timestamp};
+use umbra_coordinator::ProviderError;
+use umbra_store::{Epoch, SetId, SetInfo, Store, VolumeId};
 
-use crate::Volume;
+use super::{Capture, ProviderKind, Retiring, SetCommit, VolumeProvider, VolumeRef};
 use crate::flusher;
-use crate::shadow::{Pending, commit_held, delete_set};
+use crate::shadow::{commit_held, reclaim};
+use crate::{Changes, FsError, Instant, Result, Version, Volume};
 
 pub struct CowProvider {
     store: Arc<Store>,
     volumes: Vec<Arc<Volume>>,
-    created: Timestamp,
-    origin: SetOrigin,
     /// Where each volume is mounted live, by name: flushed through there.
     mounts: HashMap<String, PathBuf>,
     flush_timeout: Duration,
 }
 
 impl CowProvider {
-    /// The provider of sets over `volumes`, stamped `created`.
-    pub fn new(store: Arc<Store>, volumes: Vec<Arc<Volume>>, created: Timestamp) -> CowProvider {
+    /// The provider of `volumes`' copies.
+    pub fn new(store: Arc<Store>, volumes: Vec<Arc<Volume>>) -> CowProvider {
         CowProvider {
             store,
             volumes,
-            created,
-            origin: SetOrigin::Manual,
             mounts: HashMap::new(),
             flush_timeout: Duration::from_secs(10),
         }
@@ -56,24 +53,32 @@ impl CowProvider {
         self
     }
 
-    /// Records who asked for the sets (a schedule, a backup); manual
-    /// unless told.
-    pub fn asked_by(mut self, origin: SetOrigin) -> Self {
-        self.origin = origin;
-        self
-    }
-
-    fn picked(&self, plan: &SetPlan) -> Result<Vec<Arc<Volume>>, ProviderError> {
-        plan.volumes
-            .iter()
-            .map(|name| {
+    fn picked(&self, ids: &[VolumeId]) -> Result<Vec<Arc<Volume>>, ProviderError> {
+        ids.iter()
+            .map(|id| {
                 self.volumes
                     .iter()
-                    .find(|v| v.name() == name)
+                    .find(|v| v.id() == *id)
                     .cloned()
-                    .ok_or_else(|| ProviderError::Failed(format!("no volume named {name:?}")))
+                    .ok_or_else(|| {
+                        ProviderError::Failed(format!("no copy-on-write volume #{}", id.0))
+                    })
             })
             .collect()
+    }
+
+    fn volume(&self, id: VolumeId) -> Result<&Arc<Volume>> {
+        self.volumes
+            .iter()
+            .find(|v| v.id() == id)
+            .ok_or_else(|| FsError::Refused(format!("no copy-on-write volume #{}", id.0)))
+    }
+
+    /// Whether `set` has a volume of this provider.
+    fn holds_any(&self, set: &SetInfo) -> bool {
+        set.volumes
+            .iter()
+            .any(|sv| self.volumes.iter().any(|v| v.id() == sv.volume))
     }
 }
 
@@ -86,10 +91,43 @@ enum Race {
     CalledOff,
 }
 
-impl Provider for CowProvider {
-    fn prepare(&self, plan: &SetPlan) -> Result<(), ProviderError> {
+/// The copy is the catalog's closed epoch: nothing to keep or undo apart
+/// from the row, which the set's maker owns.
+struct Closed {
+    hold: Duration,
+}
+
+impl Capture for Closed {
+    fn hold(&self) -> Duration {
+        self.hold
+    }
+
+    fn keep(self: Box<Self>, _set: &SetInfo) -> Result<()> {
+        Ok(())
+    }
+
+    fn undo(self: Box<Self>) {}
+}
+
+impl VolumeProvider for CowProvider {
+    fn kind(&self) -> ProviderKind {
+        ProviderKind::Cow
+    }
+
+    fn volumes(&self) -> Vec<VolumeRef> {
+        self.volumes
+            .iter()
+            .map(|v| VolumeRef {
+                id: v.id(),
+                name: v.name().to_string(),
+                kind: ProviderKind::Cow,
+            })
+            .collect()
+    }
+
+    fn prepare(&self, ids: &[VolumeId]) -> Result<(), ProviderError> {
         let mut targets = Vec::new();
-        for volume in self.picked(plan)? {
+        for volume in self.picked(ids)? {
             if let Some(mount) = self.mounts.get(volume.name()) {
                 targets.push((mount.clone(), volume.files_open_for_writing()));
             }
@@ -98,17 +136,16 @@ impl Provider for CowProvider {
             .map_err(|e| ProviderError::Failed(e.to_string()))
     }
 
-    fn hold_and_commit(
+    fn capture(
         &self,
-        plan: &SetPlan,
-        deadline: Instant,
-    ) -> Result<Committed, ProviderError> {
-        let volumes = self.picked(plan)?;
+        ids: &[VolumeId],
+        set: &Arc<SetCommit>,
+        deadline: Clock,
+    ) -> Result<Box<dyn Capture>, ProviderError> {
+        let volumes = self.picked(ids)?;
         let race = Arc::new(Mutex::new(Race::Waiting));
         let (tx, rx) = mpsc::channel();
-        let store = self.store.clone();
-        let (name, label, created) = (plan.name.clone(), plan.label.clone(), self.created);
-        let origin = self.origin;
+        let commit = set.clone();
         let theirs = race.clone();
         thread::Builder::new()
             .name("commit".into())
@@ -122,19 +159,12 @@ impl Provider for CowProvider {
                         false
                     }
                 };
-                let new = NewSet {
-                    name,
-                    label,
-                    origin,
-                    created,
-                    volumes: Vec::new(),
-                };
-                let result = commit_held(&store, &volumes, new, Pending::UntilRecorded, admit);
+                let result = commit_held(&volumes, admit, || commit.commit());
                 // The coordinator may have stopped waiting: nothing to tell.
                 let _ = tx.send(result);
             })
             .map_err(|e| ProviderError::Failed(format!("starting the commit: {e}")))?;
-        let wait = deadline.saturating_duration_since(Instant::now());
+        let wait = deadline.saturating_duration_since(Clock::now());
         let result = match rx.recv_timeout(wait) {
             Ok(result) => result,
             Err(_) => {
@@ -142,7 +172,7 @@ impl Provider for CowProvider {
                 if *state == Race::Waiting {
                     *state = Race::CalledOff;
                     return Err(ProviderError::HoldTimeout(
-                        deadline.saturating_duration_since(Instant::now()),
+                        deadline.saturating_duration_since(Clock::now()),
                     ));
                 }
                 drop(state);
@@ -152,45 +182,60 @@ impl Provider for CowProvider {
             }
         };
         match result {
-            Ok(Some((set, hold))) => Ok(Committed {
-                id: set.id.0,
-                name: set.name,
-                hold,
-            }),
+            Ok(Some((_, hold))) => Ok(Box::new(Closed { hold })),
             Ok(None) => Err(ProviderError::Failed("the commit was called off".into())),
             Err(e) => Err(ProviderError::Failed(e.to_string())),
         }
     }
 
-    fn record(&self, set: &Committed, writers: &[SetWriter]) -> Result<(), ProviderError> {
-        let records: Vec<SetWriterRecord> = writers
+    fn retire<'a>(&'a self, set: &SetInfo) -> Vec<Box<dyn Retiring + 'a>> {
+        self.volumes
             .iter()
-            .map(|w| SetWriterRecord {
-                name: w.name.clone(),
-                required: w.required,
-                status: w.status.clone(),
-                error: w.error.clone(),
-                components: serde_json::to_string(&w.components).unwrap_or_else(|_| "[]".into()),
-            })
-            .collect();
-        self.store
-            .record_set_writers(SetId(set.id), &records)
-            .map_err(|e| ProviderError::Failed(e.to_string()))
+            .filter(|v| set.volumes.iter().any(|sv| sv.volume == v.id()))
+            .map(|v| Box::new(v.retiring(set.id)) as Box<dyn Retiring + 'a>)
+            .collect()
     }
 
-    fn discard(&self, set: &Committed) -> Result<(), ProviderError> {
-        delete_set(&self.store, &self.volumes, SetId(set.id))
-            .map_err(|e| ProviderError::Failed(e.to_string()))
+    fn reclaim(&self, set: &SetInfo) -> Result<()> {
+        if !self.holds_any(set) {
+            return Ok(());
+        }
+        reclaim(&self.store, &self.volumes, set)
     }
 
-    fn release(&self, _plan: &SetPlan) {}
+    fn sweep(&self, _sets: &[SetInfo]) -> Result<()> {
+        // Opening the store dropped interrupted sets and each volume freed
+        // the aside inodes no set needs (Volume::open).
+        Ok(())
+    }
+
+    fn changes(
+        &self,
+        volume: VolumeId,
+        from: Instant,
+        to: Instant,
+        under: Option<&Path>,
+    ) -> Result<Changes> {
+        crate::changes(self.volume(volume)?, from, to, under)
+    }
+
+    fn versions(
+        &self,
+        volume: VolumeId,
+        sets: &[(SetId, Epoch)],
+        path: &Path,
+    ) -> Result<Vec<Version>> {
+        crate::versions(self.volume(volume)?, sets, path)
+    }
 }
 
 #[cfg(test)]
 mod tests {
-    use umbra_store::StoreOptions;
+    use umbra_coordinator::{Provider, SetPlan, SetWriter};
+    use umbra_store::{SetOrigin, StoreOptions, Timestamp};
 
     use super::*;
+    use crate::Sets;
 
     fn plan(name: &str) -> SetPlan {
         SetPlan {
@@ -201,14 +246,15 @@ mod tests {
         }
     }
 
-    fn provider(dir: &std::path::Path) -> (Arc<Store>, Arc<Volume>, CowProvider) {
+    fn provider(dir: &std::path::Path) -> (Arc<Store>, Arc<Volume>, crate::SetMaker) {
         let store =
             Arc::new(Store::open(&dir.join("store"), StoreOptions::default()).expect("store"));
         std::fs::create_dir(dir.join("data")).expect("mkdir");
         let volume = Volume::open(store.clone(), "data", &dir.join("data")).expect("volume");
         let created = Timestamp { secs: 1, nanos: 0 };
-        let p = CowProvider::new(store.clone(), vec![volume.clone()], created);
-        (store, volume, p)
+        let cow = CowProvider::new(store.clone(), vec![volume.clone()]);
+        let sets = Sets::new(store.clone(), vec![Arc::new(cow)]);
+        (store, volume, sets.maker(created, SetOrigin::Manual))
     }
 
     #[test]
@@ -217,7 +263,7 @@ mod tests {
         let (store, _volume, p) = provider(dir.path());
         p.prepare(&plan("one")).expect("prepare");
         let set = p
-            .hold_and_commit(&plan("one"), Instant::now() + Duration::from_secs(5))
+            .hold_and_commit(&plan("one"), Clock::now() + Duration::from_secs(5))
             .expect("commit");
         assert_eq!(set.name, "one");
         let writer = SetWriter {
@@ -253,7 +299,7 @@ mod tests {
         };
         wait_held.recv().expect("mutation begun");
         let err = p
-            .hold_and_commit(&plan("late"), Instant::now() + Duration::from_millis(100))
+            .hold_and_commit(&plan("late"), Clock::now() + Duration::from_millis(100))
             .expect_err("deadline");
         assert!(matches!(err, ProviderError::HoldTimeout(_)), "{err}");
         go.send(()).expect("end the mutation");
@@ -262,7 +308,7 @@ mod tests {
         thread::sleep(Duration::from_millis(50));
         assert!(store.sets().expect("sets").is_empty());
         drop(volume.cow.begin(&[]));
-        p.hold_and_commit(&plan("next"), Instant::now() + Duration::from_secs(5))
+        p.hold_and_commit(&plan("next"), Clock::now() + Duration::from_secs(5))
             .expect("commits");
         assert_eq!(store.sets().expect("sets").len(), 1);
     }

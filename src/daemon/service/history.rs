@@ -3,9 +3,8 @@
 //! and versions into their views. It reads; it never changes a set.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
-use umbra_fs::{Change, Instant, Volume};
+use umbra_fs::{Change, Instant, VolumeRef};
 use umbra_store::{FileKind, SetInfo};
 
 use super::{Service, ServiceError, view};
@@ -50,7 +49,7 @@ impl Service {
         let (mut examined, mut searched) = (0, false);
         for volume in &self.volumes {
             if let Some((only, _)) = &place
-                && !Arc::ptr_eq(only, volume)
+                && only != volume
             {
                 continue;
             }
@@ -58,8 +57,7 @@ impl Service {
                 if place.is_some() {
                     return Err(ServiceError::Refused(format!(
                         "set {} does not hold volume {}",
-                        from_set.name,
-                        volume.name()
+                        from_set.name, volume.name
                     )));
                 }
                 continue;
@@ -71,15 +69,14 @@ impl Service {
                     None if place.is_some() => {
                         return Err(ServiceError::Refused(format!(
                             "set {} does not hold volume {}",
-                            set.name,
-                            volume.name()
+                            set.name, volume.name
                         )));
                     }
                     None => continue,
                 },
             };
             let under = place.as_ref().map(|(_, rel)| rel.as_path());
-            let found = umbra_fs::changes(volume, start, end, under)?;
+            let found = self.sets.changes(volume.id, start, end, under)?;
             examined += found.examined as u64;
             searched |= found.searched;
             let mount = self.mount_of(volume);
@@ -87,7 +84,7 @@ impl Service {
                 found
                     .changes
                     .iter()
-                    .map(|c| change_view(c, volume.name(), &mount)),
+                    .map(|c| change_view(c, &volume.name, &mount)),
             );
         }
         Ok(DiffView {
@@ -118,7 +115,7 @@ impl Service {
             })
             .collect();
         let ids: Vec<_> = held.iter().map(|(_, id, e)| (*id, *e)).collect();
-        let found = umbra_fs::versions(&volume, &ids, &rel)?;
+        let found = self.sets.versions(volume.id, &ids, &rel)?;
         if found.is_empty() {
             return Err(ServiceError::Refused(format!(
                 "{}: no such file, live or in any set",
@@ -144,7 +141,7 @@ impl Service {
                             created: naming::rfc3339(set.created),
                             path: snapshots
                                 .join(&set.name)
-                                .join(volume.name())
+                                .join(&volume.name)
                                 .join(in_set)
                                 .display()
                                 .to_string(),
@@ -154,17 +151,17 @@ impl Service {
             })
             .collect();
         Ok(VersionsView {
-            volume: volume.name().to_string(),
+            volume: volume.name.clone(),
             path: self.mount_of(&volume).join(&rel).display().to_string(),
             versions,
         })
     }
 
-    fn mount_of(&self, volume: &Volume) -> PathBuf {
+    fn mount_of(&self, volume: &VolumeRef) -> PathBuf {
         self.config
             .volumes
             .iter()
-            .find(|v| v.name == volume.name())
+            .find(|v| v.name == volume.name)
             .map(|v| v.mount.clone())
             .unwrap_or_default()
     }
@@ -172,7 +169,7 @@ impl Service {
     /// The volume a client's path is in and the path relative to its root,
     /// placed as restore places its paths (target.rs), from the client's
     /// working directory; umbra's own folder is not part of a volume.
-    fn locate(&self, given: &ClientPath) -> Result<(Arc<Volume>, PathBuf), ServiceError> {
+    fn locate(&self, given: &ClientPath) -> Result<(VolumeRef, PathBuf), ServiceError> {
         let mounts: Vec<Mount<'_>> = self
             .config
             .volumes
@@ -199,7 +196,7 @@ impl Service {
         let volume = self
             .volumes
             .iter()
-            .find(|v| v.name() == found.volume)
+            .find(|v| v.name == found.volume)
             .cloned()
             .ok_or_else(|| ServiceError::UnknownVolume(found.volume.clone()))?;
         if found.steps.first().map(|s| s.as_os_str()) == Some(umbra_fs::HIDDEN_DIR.as_ref()) {
@@ -212,10 +209,10 @@ impl Service {
     }
 }
 
-fn instant(set: &SetInfo, volume: &Volume) -> Option<Instant> {
+fn instant(set: &SetInfo, volume: &VolumeRef) -> Option<Instant> {
     set.volumes
         .iter()
-        .find(|v| v.volume == volume.id())
+        .find(|v| v.volume == volume.id)
         .map(|v| Instant::Set {
             id: set.id,
             epoch: v.epoch,

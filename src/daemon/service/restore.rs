@@ -44,7 +44,7 @@ impl Service {
     ) -> Result<Restore<'_>, ServiceError> {
         let set = self.find_set_or_latest(key)?;
         for volume in volumes {
-            if !self.volumes.iter().any(|v| v.name() == volume) {
+            if !self.volumes.iter().any(|v| v.name == *volume) {
                 return Err(ServiceError::UnknownVolume(volume.clone()));
             }
             if !set.volumes.iter().any(|v| v.name == *volume) {
