@@ -97,7 +97,10 @@ pub enum Command {
     /// meanwhile); a set interrupted by a daemon crash in that window is deleted at the daemon's
     /// next start, so that a set is whole or absent. --json prints the set (id, name, created,
     /// label, origin, volumes, writers with their status) with set_guid (the id the writers saw),
-    /// path (where it is browsable), hold_ms, total_ms and evicted. The set is named after its UTC creation time
+    /// path (where it is browsable), hold_ms (how long the volumes were held: the longest of
+    /// holds), holds ([{provider, volumes, hold_ms}]: each provider's hold; cow and btrfs volumes
+    /// of one set are held side by side within the writers' freeze), total_ms and evicted. The set
+    /// is named after its UTC creation time
     /// (name_format; e.g. 2026-11-25T084250Z, with a suffix -1, -2, ... if that name is taken) and
     /// prints as `<name> (id <id>): <volumes>`. When `max_sets` makes room first, a line
     /// `deleted <name> (id <id>): the oldest set, to stay within max_sets` comes before it for each
@@ -266,10 +269,10 @@ pub enum Command {
 
     /// Show the volumes, mounts, diff area and sets of the running daemon
     ///
-    /// Prints each volume's backing directory, mountpoint and current epoch, the snapshots
+    /// Prints each volume's provider (cow or btrfs), backing directory, mountpoint and current epoch, the snapshots
     /// mountpoint, the bytes of the diff area (distinct pre-image chunks, and on disk) and the
     /// number of sets, and the [schedule]'s times with its next firing. --json prints {state_dir,
-    /// socket, snapshots, volumes: [{name, backing, mount, epoch}], diff_area: {chunk_bytes,
+    /// socket, snapshots, volumes: [{name, provider, backing, mount, epoch}], diff_area: {chunk_bytes,
     /// chunks, disk_bytes, limit_bytes, max_sets}, sets, schedule: {times, next}}.
     Status {
         #[command(flatten)]

@@ -5,6 +5,7 @@
 //! never decides what a request does and never opens a socket.
 
 use std::io::{self, BufRead, Read, Write};
+use umbra_ids::SetId;
 
 use serde::{Deserialize, Serialize};
 use umbra_coordinator::{Registration, SetWriter};
@@ -171,7 +172,7 @@ pub struct VersionView {
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VersionSet {
-    pub id: i64,
+    pub id: SetId,
     pub name: String,
     /// RFC 3339, UTC.
     pub created: String,
@@ -197,7 +198,7 @@ impl<T> Response<T> {
 /// A shadow copy set as clients see it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SetView {
-    pub id: i64,
+    pub id: SetId,
     pub name: String,
     /// RFC 3339, UTC.
     pub created: String,
@@ -247,11 +248,24 @@ pub struct CreatedView {
     pub set_guid: String,
     /// Where the set is browsable: `<snapshots>/<name>`.
     pub path: String,
+    /// How long mutations were held: the longest of `holds`.
     pub hold_ms: f64,
+    /// Each provider's hold (they run side by side within the freeze).
+    #[serde(default)]
+    pub holds: Vec<HoldView>,
     pub total_ms: f64,
     /// The oldest sets deleted first to stay within `max_sets`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub evicted: Vec<SetView>,
+}
+
+/// One provider's part of a set's hold.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct HoldView {
+    /// `cow` or `btrfs`.
+    pub provider: String,
+    pub volumes: Vec<String>,
+    pub hold_ms: f64,
 }
 
 /// What `restore` answers: the set files come from and where it is
@@ -311,6 +325,9 @@ pub struct ScheduleView {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VolumeView {
     pub name: String,
+    /// `cow` or `btrfs`.
+    #[serde(default)]
+    pub provider: String,
     pub backing: String,
     pub mount: String,
     /// The current (open) epoch.
@@ -509,7 +526,7 @@ mod tests {
     #[test]
     fn responses_are_ok_or_error() {
         let set = SetView {
-            id: 3,
+            id: SetId(3),
             name: "2026-11-25T084250Z".into(),
             created: "2026-11-25T08:42:50Z".into(),
             label: None,

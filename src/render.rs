@@ -256,12 +256,13 @@ pub fn status(status: &StatusView) -> String {
         let epoch = v.epoch.to_string();
         vec![
             printable(&v.name),
+            printable(&v.provider),
             printable(&v.backing),
             printable(&v.mount),
             epoch,
         ]
     });
-    let mut out = table(&["VOLUME", "BACKING", "MOUNT", "EPOCH"], rows);
+    let mut out = table(&["VOLUME", "PROVIDER", "BACKING", "MOUNT", "EPOCH"], rows);
     out.push('\n');
     let lines = [
         ("snapshots", printable(&status.snapshots)),
@@ -353,7 +354,7 @@ mod tests {
 
     fn set(id: i64, name: &str, label: Option<&str>, volumes: &[&str]) -> SetView {
         SetView {
-            id,
+            id: umbra_ids::SetId(id),
             name: name.into(),
             created: "2026-11-25T08:42:50Z".into(),
             label: label.map(Into::into),
@@ -518,12 +519,14 @@ mod tests {
             volumes: vec![
                 VolumeView {
                     name: "data".into(),
+                    provider: "cow".into(),
                     backing: "/srv/data".into(),
                     mount: "/srv/data".into(),
                     epoch: 4,
                 },
                 VolumeView {
                     name: "logs".into(),
+                    provider: "btrfs".into(),
                     backing: "/b/logs".into(),
                     mount: "/mnt/logs".into(),
                     epoch: 1,
@@ -548,9 +551,9 @@ mod tests {
             "{text}"
         );
         assert!(text.starts_with(
-            "VOLUME  BACKING    MOUNT      EPOCH\n\
-             data    /srv/data  /srv/data  4\n\
-             logs    /b/logs    /mnt/logs  1\n\n"
+            "VOLUME  PROVIDER  BACKING    MOUNT      EPOCH\n\
+             data    cow       /srv/data  /srv/data  4\n\
+             logs    btrfs     /b/logs    /mnt/logs  1\n\n"
         ));
         assert!(
             text.contains("diff area: 3.0 MiB (3145728 bytes) in 48 chunks, 500 bytes on disk\n"),

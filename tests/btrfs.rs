@@ -3,12 +3,20 @@
 //! test makes, taking sets of both at once.
 
 mod common;
+mod coord_common;
 
 use std::fs;
+use std::io::Write;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread;
+use std::time::Duration;
 
 use common::{Config, Daemon};
+use coord_common::{Act, raw_writer};
+use serde_json::{Value, json};
 
 fn mixed() -> Daemon {
     Daemon::start(Config::empty().volume("data").btrfs("vault"))
@@ -87,4 +95,211 @@ fn a_btrfs_volume_that_is_not_a_subvolume_is_refused_with_the_way_out() {
         "{err}"
     );
     assert!(Path::new(&plain).read_dir().expect("ls").next().is_none());
+}
+
+/// `umbra create --json`, parsed.
+fn create_json(d: &Daemon, args: &[&str]) -> Value {
+    let mut all = vec!["create", "--json"];
+    all.extend_from_slice(args);
+    serde_json::from_str(&d.umbra_ok(&all)).expect("create --json")
+}
+
+#[test]
+fn create_reports_each_providers_hold_and_the_set_hold_is_the_longest() {
+    let d = mixed();
+    let created = create_json(&d, &[]);
+    let holds = created["holds"].as_array().expect("holds");
+    let by: Vec<(&str, Vec<&str>)> = holds
+        .iter()
+        .map(|h| {
+            let volumes = h["volumes"].as_array().expect("volumes");
+            (
+                h["provider"].as_str().expect("provider"),
+                volumes.iter().filter_map(Value::as_str).collect(),
+            )
+        })
+        .collect();
+    assert_eq!(by, [("cow", vec!["data"]), ("btrfs", vec!["vault"])]);
+    let longest = holds
+        .iter()
+        .filter_map(|h| h["hold_ms"].as_f64())
+        .fold(0.0, f64::max);
+    assert_eq!(created["hold_ms"].as_f64(), Some(longest));
+    // A set of the btrfs volume alone has one hold, and no cow volume
+    // moved to a new epoch for it.
+    let only = create_json(&d, &["vault"]);
+    assert_eq!(only["volumes"], json!(["vault"]));
+    assert_eq!(only["holds"].as_array().map(Vec::len), Some(1));
+    assert_eq!(only["holds"][0]["provider"], "btrfs");
+    let status: Value =
+        serde_json::from_str(&d.umbra_ok(&["status", "--json"])).expect("status --json");
+    let providers: Vec<(&str, &str)> = status["volumes"]
+        .as_array()
+        .expect("volumes")
+        .iter()
+        .map(|v| {
+            (
+                v["name"].as_str().unwrap_or(""),
+                v["provider"].as_str().unwrap_or(""),
+            )
+        })
+        .collect();
+    assert_eq!(providers, [("data", "cow"), ("vault", "btrfs")]);
+    assert!(d.umbra_ok(&["status"]).contains("btrfs"));
+}
+
+/// An application that appends record N to a file on each volume as one
+/// step, and a writer whose Freeze waits for the step in progress and
+/// holds the next until Thaw: every set must hold the same records on both.
+#[test]
+fn every_set_of_a_mixed_pair_holds_the_same_records_on_both_volumes() {
+    let d = mixed();
+    let data = d.live("data").join("pairs");
+    let vault = d.live("vault").join("pairs");
+    let gate = Arc::new((Mutex::new(false), Condvar::new()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let app = {
+        let (gate, stop) = (gate.clone(), stop.clone());
+        let (data, vault) = (data.clone(), vault.clone());
+        thread::spawn(move || {
+            let open = |p: &Path| {
+                fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(p)
+                    .expect("open")
+            };
+            let (mut a, mut b) = (open(&data), open(&vault));
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let (lock, thawed) = &*gate;
+                let mut frozen = lock.lock().expect("gate");
+                while *frozen {
+                    frozen = thawed.wait(frozen).expect("gate");
+                }
+                writeln!(a, "{n}").expect("append data");
+                thread::sleep(Duration::from_micros(200));
+                writeln!(b, "{n}").expect("append vault");
+                drop(frozen);
+                n += 1;
+            }
+            n
+        })
+    };
+    let freezer = gate.clone();
+    let (_seen, _writer) = raw_writer(
+        &d.layout.socket,
+        json!({"name": "pairs", "volumes": ["data", "vault"]}),
+        move |event| {
+            let (lock, thawed) = &*freezer;
+            match event {
+                "freeze" => *lock.lock().expect("gate") = true,
+                "thaw" | "abort" => {
+                    *lock.lock().expect("gate") = false;
+                    thawed.notify_all();
+                }
+                _ => {}
+            }
+            Act::Ok
+        },
+    );
+    let mut sets = Vec::new();
+    for _ in 0..5 {
+        thread::sleep(Duration::from_millis(50));
+        sets.push(d.create_set());
+    }
+    stop.store(true, Ordering::Relaxed);
+    let written = app.join().expect("app");
+    assert!(written > 5, "the application ran ({written} records)");
+    for set in &sets {
+        let cow = fs::read_to_string(d.browse(set, "data").join("pairs")).expect("cow copy");
+        let image = d.live("vault").join(".umbra").join(set.id.to_string());
+        let btrfs = fs::read_to_string(image.join("pairs")).expect("btrfs copy");
+        assert_eq!(
+            cow, btrfs,
+            "set {} holds one instant on both volumes",
+            set.name
+        );
+    }
+}
+
+#[test]
+fn max_sets_evicts_a_btrfs_snapshot_with_its_set() {
+    let d = Daemon::start(
+        Config::empty()
+            .volume("data")
+            .btrfs("vault")
+            .line("max_sets = 2"),
+    );
+    let first = d.create_set();
+    let second = d.create_set();
+    let third = create_json(&d, &[]);
+    assert_eq!(third["evicted"][0]["id"], json!(first.id));
+    let third_id = third["id"].as_u64().expect("id");
+    assert_eq!(snapshots(&d), [second.id.to_string(), third_id.to_string()]);
+}
+
+#[test]
+fn auto_picks_btrfs_for_a_subvolume_and_cow_elsewhere() {
+    let mut d = Daemon::prepare(Config::empty().volume("data").btrfs("vault"));
+    let text = fs::read_to_string(&d.layout.config_path).expect("config");
+    let text = text
+        .replace("provider = \"btrfs\"", "provider = \"auto\"")
+        .replace(
+            "[[volume]]\nname = \"data\"",
+            "[[volume]]\nprovider = \"auto\"\nname = \"data\"",
+        );
+    fs::write(&d.layout.config_path, text).expect("config");
+    d.launch();
+    let status: Value =
+        serde_json::from_str(&d.umbra_ok(&["status", "--json"])).expect("status --json");
+    assert_eq!(status["volumes"][0]["provider"], "cow");
+    assert_eq!(status["volumes"][1]["provider"], "btrfs");
+}
+
+#[test]
+fn a_btrfs_volume_with_a_mount_elsewhere_is_a_config_error() {
+    let d = Daemon::prepare(Config::empty().btrfs("vault"));
+    let text = fs::read_to_string(&d.layout.config_path).expect("config");
+    let text = text.replace(
+        "provider = \"btrfs\"",
+        "provider = \"btrfs\"\nmount = \"/mnt/elsewhere\"",
+    );
+    let config = d.layout.root.join("elsewhere.toml");
+    fs::write(&config, text).expect("config");
+    let out = d.run_up(&config);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("mount must be left out or equal backing"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_daemon_killed_before_its_writers_thawed_leaves_neither_set_nor_snapshot() {
+    let mut d = mixed();
+    let (_seen, _writer) = raw_writer(
+        &d.layout.socket,
+        json!({"name": "slow", "volumes": ["vault"]}),
+        |event| match event {
+            "post-snapshot" => Act::Hang(Duration::from_secs(30)),
+            _ => Act::Ok,
+        },
+    );
+    let socket = d.layout.socket.clone();
+    let creating = thread::spawn(move || common::create_set_in_process(&socket));
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while snapshots(&d).is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no snapshot was taken"
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+    d.kill();
+    assert!(creating.join().expect("joins").is_err());
+    d.launch();
+    assert!(d.list_sets().is_empty(), "the interrupted set is gone");
+    assert!(snapshots(&d).is_empty(), "and so is its snapshot");
 }

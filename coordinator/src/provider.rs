@@ -5,6 +5,8 @@
 
 use std::time::{Duration, Instant};
 
+use umbra_ids::SetId;
+
 use crate::state::SetWriter;
 
 /// The set being made, as the writers are told about it.
@@ -21,8 +23,8 @@ pub struct SetPlan {
 /// A set the provider committed.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Committed {
-    /// The provider's own id of the set (the catalog's).
-    pub id: i64,
+    /// The set's id in the catalog.
+    pub id: SetId,
     pub name: String,
     /// How long mutations of the set's volumes were held: the longest of
     /// `holds`, which ran side by side.

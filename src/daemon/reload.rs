@@ -40,7 +40,9 @@ fn read(old: &Config) -> Result<Config, String> {
         );
     };
     // The path is absolute: the daemon normalized it at start.
-    let new = Config::load(path, Path::new("/")).map_err(|e| e.to_string())?;
+    let mut new = Config::load(path, Path::new("/")).map_err(|e| e.to_string())?;
+    // As at start: an `auto` volume compares as what it was decided to be.
+    new.decide_providers();
     if let Some(schedule) = &new.schedule
         && let Some(unknown) = schedule
             .volumes

@@ -21,8 +21,8 @@ use umbra_store::{SetId, SetInfo, SetOrigin, Store};
 use crate::config::Config;
 use crate::naming::{self, NameFormat};
 use crate::protocol::{
-    CreatedView, DiffAreaView, DiffView, PruneView, PrunedSet, Request, ScheduleView, SetView,
-    StatusView, VersionsView, VolumeView, WriterInfo,
+    CreatedView, DiffAreaView, DiffView, HoldView, PruneView, PrunedSet, Request, ScheduleView,
+    SetView, StatusView, VersionsView, VolumeView, WriterInfo,
 };
 use crate::schedule::{Candidate, Schedule};
 
@@ -321,6 +321,7 @@ impl Service {
             set: view(&set),
             set_guid: pending.set_guid().to_string(),
             hold_ms: millis(pending.set().hold),
+            holds: holds(pending.set()),
             total_ms: millis(pending.elapsed()),
             evicted: self.take_evicted(),
         };
@@ -374,6 +375,7 @@ impl Service {
             set_guid: created.set_guid,
             path,
             hold_ms: millis(created.set.hold),
+            holds: holds(&created.set),
             total_ms: millis(created.total),
             evicted: self.take_evicted(),
         })
@@ -502,6 +504,12 @@ impl Service {
             .iter()
             .map(|v| VolumeView {
                 name: v.name.clone(),
+                provider: self
+                    .volumes
+                    .iter()
+                    .find(|known| known.name == v.name)
+                    .map_or("", |known| known.kind.as_str())
+                    .to_string(),
                 backing: v.backing.display().to_string(),
                 mount: v.mount.display().to_string(),
                 epoch: known
@@ -643,6 +651,18 @@ impl Drop for Backup<'_> {
     }
 }
 
+/// Each provider's hold, as clients see it.
+fn holds(set: &umbra_coordinator::Committed) -> Vec<HoldView> {
+    set.holds
+        .iter()
+        .map(|h| HoldView {
+            provider: h.provider.clone(),
+            volumes: h.volumes.clone(),
+            hold_ms: millis(h.hold),
+        })
+        .collect()
+}
+
 /// Milliseconds, to the microsecond.
 fn millis(d: std::time::Duration) -> f64 {
     (d.as_micros() as f64) / 1000.0
@@ -651,7 +671,7 @@ fn millis(d: std::time::Duration) -> f64 {
 /// A set as clients see it (without its writers).
 fn view(set: &SetInfo) -> SetView {
     SetView {
-        id: set.id.0,
+        id: set.id,
         name: set.name.clone(),
         created: naming::rfc3339(set.created),
         label: set.label.clone(),
@@ -848,7 +868,7 @@ pub(super) mod tests {
         assert_eq!(
             sets,
             vec![SetView {
-                id: set.id.0,
+                id: set.id,
                 name: "2026-11-25T084250Z".into(),
                 created: "2026-11-25T08:42:50Z".into(),
                 label: Some("nightly".into()),

@@ -5,13 +5,8 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-/// A volume's row id in the catalog.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-pub struct VolumeId(pub i64);
-
-/// A shadow copy set's row id in the catalog; never reused.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-pub struct SetId(pub i64);
+/// Set and volume ids are shared with the coordinator and the daemon.
+pub use umbra_ids::{SetId, VolumeId};
 
 /// A per-volume epoch. Epoch `k` ends exactly when a set of the volume is
 /// taken; that set shows the volume as at the end of epoch `k`.
@@ -38,12 +33,6 @@ impl fmt::Debug for ChunkHash {
             write!(f, "{b:02x}")?;
         }
         Ok(())
-    }
-}
-
-impl fmt::Display for SetId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.0)
     }
 }
 

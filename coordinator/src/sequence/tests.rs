@@ -99,7 +99,7 @@ impl Provider for FakeProvider {
         let id = sets.len() as i64 + 1;
         sets.push(id);
         Ok(Committed {
-            id,
+            id: umbra_ids::SetId(id),
             name: plan.name.clone(),
             hold: Duration::from_millis(1),
             holds: Vec::new(),
@@ -119,7 +119,7 @@ impl Provider for FakeProvider {
 
     fn discard(&self, set: &Committed) -> Result<(), ProviderError> {
         lock(&self.calls).push("discard".into());
-        lock(&self.sets).retain(|s| *s != set.id);
+        lock(&self.sets).retain(|s| *s != set.id.0);
         Ok(())
     }
 

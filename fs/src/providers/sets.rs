@@ -262,7 +262,7 @@ impl Provider for SetMaker {
             return Err(failed(e));
         }
         Ok(Committed {
-            id: set.id.0,
+            id: set.id,
             name: set.name,
             hold: holds.iter().map(|h| h.hold).max().unwrap_or(Duration::ZERO),
             holds,
@@ -282,12 +282,12 @@ impl Provider for SetMaker {
             .collect();
         self.sets
             .store
-            .record_set_writers(SetId(set.id), &records)
+            .record_set_writers(set.id, &records)
             .map_err(failed)
     }
 
     fn discard(&self, set: &Committed) -> Result<(), ProviderError> {
-        self.sets.delete(SetId(set.id)).map_err(failed)
+        self.sets.delete(set.id).map_err(failed)
     }
 
     fn release(&self, _plan: &SetPlan) {}

@@ -37,7 +37,7 @@ impl Service {
         let from_set = self.set_named(from)?;
         let to_set = to.map(|k| self.set_named(k)).transpose()?;
         if let Some(to_set) = &to_set
-            && to_set.id.0 < from_set.id.0
+            && to_set.id < from_set.id
         {
             return Err(ServiceError::Refused(format!(
                 "set {} is newer than {}: give the older set first",
@@ -136,7 +136,7 @@ impl Service {
                     .filter_map(|(id, in_set)| {
                         let (set, _, _) = held.iter().find(|(_, i, _)| i == id)?;
                         Some(VersionSet {
-                            id: set.id.0,
+                            id: set.id,
                             name: set.name.clone(),
                             created: naming::rfc3339(set.created),
                             path: snapshots
