@@ -135,12 +135,12 @@ RT=${BENCH_FIO_RUNTIME:-8}
 fio_seq() {
   fio --name=seq --directory="$1" --filename=seq.$2 --rw=write --bs=1M --size="${SEQ_MB}M" \
     --ioengine=psync --end_fsync=1 --runtime="$RT" --output-format=json 2>/dev/null |
-    jq '.jobs[0].write.bw_bytes / 1048576'
+    jq '.jobs[0].write.bw_bytes / 1048576 * 10 | round / 10'
 }
 fio_rand() {
   fio --name=rand --directory="$1" --filename=rand.$2 --rw=randwrite --bs=4k --size="${RAND_MB}M" \
     --ioengine=psync --end_fsync=1 --runtime="$RT" --time_based=0 --output-format=json 2>/dev/null |
-    jq '.jobs[0].write.bw_bytes / 1048576'
+    jq '.jobs[0].write.bw_bytes / 1048576 * 10 | round / 10'
 }
 # The input of the untar: crates from the local cargo registry, as bench/run.sh.
 TARBALLS=$(ls "${CARGO_HOME:-$HOME/.cargo}"/registry/cache/*/*.crate 2>/dev/null | head -n "$(scaled 300 20)" || true)
