@@ -303,3 +303,33 @@ fn a_daemon_killed_before_its_writers_thawed_leaves_neither_set_nor_snapshot() {
     assert!(d.list_sets().is_empty(), "the interrupted set is gone");
     assert!(snapshots(&d).is_empty(), "and so is its snapshot");
 }
+
+#[test]
+fn a_dot_umbra_a_user_made_first_is_refused_not_used() {
+    let mut d = Daemon::prepare(Config::empty().btrfs("vault"));
+    let vault = d.live("vault");
+    // nobody got there first, with a directory of their own.
+    fs::create_dir(vault.join(".umbra")).expect("mkdir");
+    std::os::unix::fs::chown(
+        vault.join(".umbra"),
+        Some(common::NOBODY),
+        Some(common::NOBODY),
+    )
+    .expect("chown");
+    let out = d.run_up(&d.layout.config_path.clone());
+    assert!(!out.status.success(), "started over a user's .umbra");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("is not umbra's snapshot folder"), "{err}");
+    assert!(err.lines().count() <= 2, "one line: {err}");
+    // Moved away, the daemon makes its own.
+    fs::rename(vault.join(".umbra"), vault.join("theirs")).expect("mv");
+    d.launch();
+    let set = d.create_set();
+    assert_eq!(snapshots(&d), [set.id.to_string()]);
+    let meta = fs::metadata(vault.join("theirs")).expect("theirs");
+    assert_eq!(
+        meta.uid(),
+        common::NOBODY,
+        "the user's folder is left alone"
+    );
+}
