@@ -297,6 +297,45 @@ def report(results, meta):
                 out.append("| %s | %s | | %s | |" % (key[1], units[key], fmt(med(key, "-"))))
         out.append("")
 
+    probe = [k for k in order if k[0] == "probe"]
+    if probe:
+        out.append("### The daemon's descriptors and memory with many sets and files walked")
+        out.append("")
+        out.append(
+            "descriptors: the most open at once during the stage (sampled every 0.2 s)"
+            " and at its end; RSS at its end; peak RSS: VmHWM, reset at the stage's start."
+        )
+        out.append("")
+        out.append(
+            "| stage | entries | errors | descriptors, most | descriptors, at the end"
+            " | RSS, MiB | peak RSS, MiB |"
+        )
+        out.append("|---|---|---|---|---|---|---|")
+        for key in probe:
+            r = rows[key]
+
+            def one(t, r=r):
+                xs = r.get(t)
+                return "%d" % median(xs) if xs else "–"
+
+            def mib(t, r=r):
+                xs = r.get(t)
+                return fmt(median(xs)) if xs else "–"
+
+            out.append(
+                "| %s | %s | %s | %s | %s | %s | %s |"
+                % (
+                    key[1],
+                    one("entries"),
+                    one("errors"),
+                    one("fds"),
+                    one("fds_after"),
+                    mib("rss"),
+                    mib("hwm"),
+                )
+            )
+        out.append("")
+
     other = [k for k in order if k[0] in ("store", "rss")]
     if other:
         out.append("### Diff area and daemon memory")

@@ -9,7 +9,7 @@
 # BENCH_REPS times, the targets interleaved, and the median is reported, with
 # ratios to native, bindfs and passthrough_hp. Then: `umbra create` wall
 # times, snapshot reads against native and passthrough_hp, diff-area bytes
-# per byte preserved, the daemon's peak RSS, and the latency
+# per byte preserved, the daemon's peak RSS and descriptors, and the latency
 # of live writes while a deleted set's pre-images are collected.
 #
 # Run as root (FUSE mounts, drop_caches):   bench/run.sh
@@ -33,6 +33,10 @@
 #   BENCH_DEB_MIRROR=http://deb.debian.org/debian   where `apt-get source` looks
 #   BENCH_META_FILES, BENCH_SNAP_FILES, BENCH_SRC_FRACTION   override one size
 #   BENCH_MILLION=1      also time `umbra create` and browse with 1,000,000 files
+#   BENCH_SETS=N         the descriptor and memory probe: N sets (the issue
+#                        asks for 100) of a volume of BENCH_PROBE_FILES files
+#                        (default 1,000,000 with BENCH_MILLION=1, else 100,000
+#                        scaled), the volume and its sets walked; off by default
 #   BENCH_FIO_RUNTIME=8  seconds at most per fio job (throughput stays exact)
 #   BENCH_GC_RUNTIME=20  seconds of the write load around a deletion
 #   BENCH_DIR=/var/tmp   where the temporary directories go (same disk = fair)
@@ -180,6 +184,7 @@ CONF="$U/umbra.toml"
 export UMBRA_SOCKET="$U/state/control.sock"
 UMBRA_PID=""
 LOAD_PID=""
+SAMPLER_PID=""
 HP_PIDS=()
 
 mounted_under() { awk -v r="$R/" 'index($2 "/", r) == 1 { print $2 }' /proc/self/mounts | sort -r; }
@@ -189,6 +194,7 @@ cleanup() {
   set +e
   trap - ERR
   [ -n "$LOAD_PID" ] && kill "$LOAD_PID" 2>/dev/null && wait "$LOAD_PID" 2>/dev/null
+  [ -n "$SAMPLER_PID" ] && kill "$SAMPLER_PID" 2>/dev/null && wait "$SAMPLER_PID" 2>/dev/null
   if [ -n "$UMBRA_PID" ] && kill -0 "$UMBRA_PID" 2>/dev/null; then
     kill -TERM "$UMBRA_PID"
     for _ in $(seq 100); do kill -0 "$UMBRA_PID" 2>/dev/null || break; sleep 0.2; done
@@ -236,6 +242,9 @@ BIG_MB=$(scaled 256 8)          # snapshot large-file reads
 DUP_MB=$(scaled 64 4)           # diff area with duplicate content
 CREATE_SIZES=("$(scaled 1000 100)" "$(scaled 100000 1000)")
 [ "${BENCH_MILLION:-0}" = 1 ] && CREATE_SIZES+=(1000000)
+PROBE_SETS=${BENCH_SETS:-0}
+if [ "${BENCH_MILLION:-0}" = 1 ]; then PROBE_FILES=${BENCH_PROBE_FILES:-1000000}
+else PROBE_FILES=${BENCH_PROBE_FILES:-$(scaled 100000 1000)}; fi
 CREATE_REPS=${BENCH_CREATE_REPS:-60}
 GC_MB=$(scaled 1024 64)         # pre-images a deleted set frees
 GC_LOAD_MB=$(scaled 128 8)      # the file plain writes run on
@@ -274,6 +283,15 @@ make_source_tar() {
 mkdir -p "$R/native" "$R/bindfs.back" "$R/bindfs" "$R/hp.back" "$R/hp" "$U"
 VOLS=(nos cow snap gc)
 for n in "${CREATE_SIZES[@]}"; do VOLS+=("f$n"); done
+# The probe's volume: the create section's tree of as many files when there
+# is one (a million files are laid once), else a volume of its own.
+PROBE_VOL=probe
+if [ "$PROBE_SETS" -gt 0 ]; then
+  for n in "${CREATE_SIZES[@]}"; do
+    [ "$n" != "$PROBE_FILES" ] || skip CREATE || PROBE_VOL="f$n"
+  done
+  [ "$PROBE_VOL" != probe ] || VOLS+=(probe)
+fi
 {
   echo "state_dir = \"$U/state\""
   echo "snapshots = \"$SNAPS\""
@@ -314,6 +332,10 @@ if ! skip CREATE; then
     log "laying $n files in volume f$n"
     "${PY[@]}" mkfiles "$U/f$n.back/t" "$n" 100
   done
+fi
+if [ "$PROBE_SETS" -gt 0 ] && [ "$PROBE_VOL" = probe ]; then
+  log "laying $PROBE_FILES files in volume probe"
+  "${PY[@]}" mkfiles "$U/probe.back/t" "$PROBE_FILES" 100
 fi
 if ! skip SNAP || ! skip STORE || ! skip RSS; then
   log "laying the snapshot tree: $SNAP_FILES small files, the source tree, large files"
@@ -590,6 +612,79 @@ fi
 if ! skip RSS; then
   note_fds
   rec rss "daemon open descriptors, most seen (after creates, untar, browsing)" - "$MAX_FDS" fds
+fi
+
+# ------------------------------------------ descriptors and memory
+# Issue 13's "the daemon's descriptors and memory stay bounded with
+# 1,000,000 files walked and 100 sets". A sampler counts the daemon's open
+# descriptors every 0.2 s, so a stage's figure is the most seen while it ran
+# (the live mount holds one per inode the kernel remembers, so the peak is
+# during a walk, not after it); VmHWM (reset before each stage) is the
+# stage's peak RSS. Between sets one file is overwritten through the live
+# mount, so every set keeps a pre-image.
+fd_count() { ls -U "/proc/$UMBRA_PID/fd" 2>/dev/null | wc -l || true; }
+start_sampler() {
+  echo 0 > "$R/fd-peak"
+  ( max=0
+    while kill -0 "$UMBRA_PID" 2>/dev/null; do
+      n=$(fd_count)
+      [ "$n" -le "$max" ] || { max=$n; echo "$max" > "$R/fd-peak"; }
+      sleep 0.2
+    done ) &
+  SAMPLER_PID=$!
+  echo 5 > "/proc/$UMBRA_PID/clear_refs"
+}
+# stop_sampler STAGE [ENTRIES ERRORS]: the stage's figures.
+stop_sampler() {
+  local n
+  n=$(fd_count)
+  kill "$SAMPLER_PID" 2>/dev/null; wait "$SAMPLER_PID" 2>/dev/null || true; SAMPLER_PID=""
+  [ "$n" -le "$(cat "$R/fd-peak")" ] || echo "$n" > "$R/fd-peak"
+  [ -z "${2:-}" ] || rec probe "$1" entries "$2" entries
+  [ -z "${3:-}" ] || rec probe "$1" errors "$3" errors
+  rec probe "$1" fds "$(cat "$R/fd-peak")" fds
+  rec probe "$1" fds_after "$n" fds
+  rec probe "$1" rss "$(vm "$UMBRA_PID" VmRSS)" MiB
+  rec probe "$1" hwm "$(vm "$UMBRA_PID" VmHWM)" MiB
+}
+# walk DIR: find -printf %s (a stat of every entry); WALK_N entries, WALK_ERR errors.
+walk() {
+  WALK_N=$(find "$1" -printf '%s\n' 2> "$R/walk.err" | wc -l || true)
+  WALK_ERR=$(wc -l < "$R/walk.err")
+}
+
+if [ "$PROBE_SETS" -gt 0 ]; then
+  log "descriptors and memory: $PROBE_SETS sets of volume $PROBE_VOL ($PROBE_FILES files)"
+  V="$U/$PROBE_VOL"
+  delete_sets_of "$PROBE_VOL"
+  drop_caches
+  start_sampler; stop_sampler "start: volume of $PROBE_FILES files mounted, no set of it"
+  start_sampler
+  for i in $(seq "$PROBE_SETS"); do
+    k=$(( (i - 1) % PROBE_FILES ))
+    printf 'set %d\n' "$i" > "$V/t/d$(printf %04d $(( k / 1000 )))/f$(printf %06d "$k")"
+    take_set "$PROBE_VOL"
+  done
+  stop_sampler "$PROBE_SETS sets taken (a file overwritten before each)"
+  drop_caches
+  start_sampler; walk "$V"; stop_sampler "walk of the live volume, cold (find -printf %s)" "$WALK_N" "$WALK_ERR"
+  drop_caches
+  start_sampler; stop_sampler "after the walk and drop_caches (the kernel forgets the inodes)"
+  mapfile -t PSETS < <(umbra_c list --json | jq -r --arg v "$PROBE_VOL" '.[] | select(.volumes | index($v)) | .name')
+  drop_caches
+  start_sampler; walk "$SNAPS/${PSETS[0]}/$PROBE_VOL"; stop_sampler "walk of the oldest set, cold" "$WALK_N" "$WALK_ERR"
+  drop_caches
+  start_sampler; walk "$SNAPS/${PSETS[-1]}/$PROBE_VOL"; stop_sampler "walk of the newest set, cold" "$WALK_N" "$WALK_ERR"
+  drop_caches
+  start_sampler
+  errs=0
+  for s in "${PSETS[@]}"; do
+    cat "$SNAPS/$s/$PROBE_VOL/t/d0000/f000000" > /dev/null 2>&1 || errs=$(( errs + 1 ))
+  done
+  stop_sampler "one file read in each of the ${#PSETS[@]} sets, cold" "${#PSETS[@]}" "$errs"
+  delete_sets_of "$PROBE_VOL"
+  drop_caches
+  start_sampler; stop_sampler "the sets deleted, drop_caches"
 fi
 
 # -------------------------------------------- deletion and collection
