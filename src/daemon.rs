@@ -231,6 +231,13 @@ fn start(
             mounts.mount_live(volume, conf, &options)?;
         }
     }
+    for volume in &opened.btrfs {
+        announce(&format!(
+            "umbra: volume {} live at {} (a btrfs subvolume, used directly)",
+            crate::render::printable(volume.name()),
+            crate::config::shown(volume.backing_path())
+        ))?;
+    }
     let live_mounts = config
         .volumes
         .iter()
