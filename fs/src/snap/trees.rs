@@ -306,3 +306,194 @@ impl Browser {
         Ok(backing::all_xattrs(fd.as_fd())?)
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // in a test, an unwrap is an assertion
+mod tests {
+    use std::os::unix::fs::{MetadataExt, symlink};
+    use std::path::PathBuf;
+
+    use umbra_store::{NewSet, SetInfo, SetOrigin, Store, StoreOptions, Timestamp};
+
+    use super::*;
+    use crate::TreeImages;
+    use crate::snap::inodes::ROOT;
+
+    /// Tree images as plain directories: `<images>/<set id>`.
+    struct Plain {
+        volume: VolumeId,
+        images: PathBuf,
+    }
+
+    impl TreeImages for Plain {
+        fn volume(&self) -> VolumeId {
+            self.volume
+        }
+
+        fn name(&self) -> &str {
+            "tree"
+        }
+
+        fn image(&self, set: SetId) -> Result<Option<OwnedFd>> {
+            match File::open(self.images.join(set.0.to_string())) {
+                Ok(f) => Ok(Some(f.into())),
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
+                Err(e) => Err(e.into()),
+            }
+        }
+    }
+
+    struct Fixture {
+        _dir: tempfile::TempDir,
+        store: Arc<Store>,
+        browser: Arc<Browser>,
+        set: SetInfo,
+        image: PathBuf,
+    }
+
+    /// A set of one tree volume whose image holds a file, a hard link to
+    /// it, a symlink, a sparse file, a directory and the hidden folder.
+    fn fixture() -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let store =
+            Arc::new(Store::open(&dir.path().join("state"), StoreOptions::default()).unwrap());
+        let volume = store.ensure_volume("tree").unwrap().id;
+        let set = store
+            .commit_set(&NewSet {
+                name: "one".into(),
+                label: None,
+                origin: SetOrigin::default(),
+                created: Timestamp::default(),
+                volumes: vec![volume],
+            })
+            .unwrap();
+        let images = dir.path().join("images");
+        let image = images.join(set.id.0.to_string());
+        std::fs::create_dir_all(image.join(HIDDEN_DIR)).unwrap();
+        std::fs::create_dir(image.join("sub")).unwrap();
+        std::fs::write(image.join("file"), b"bytes of the set").unwrap();
+        std::fs::hard_link(image.join("file"), image.join("sub/link")).unwrap();
+        symlink("../file", image.join("sub/sym")).unwrap();
+        let sparse = File::create(image.join("sparse")).unwrap();
+        sparse.set_len(1 << 20).unwrap();
+        std::os::unix::fs::FileExt::write_all_at(&sparse, b"x", 512 << 10).unwrap();
+        let tree: Arc<dyn TreeImages> = Arc::new(Plain { volume, images });
+        let browser = Browser::new(store.clone(), Vec::new(), vec![tree]).unwrap();
+        Fixture {
+            _dir: dir,
+            store,
+            browser,
+            set,
+            image,
+        }
+    }
+
+    fn errno_of(r: Result<impl std::fmt::Debug>) -> i32 {
+        r.expect_err("an error").errno()
+    }
+
+    #[test]
+    fn a_tree_volume_is_served_from_its_image_with_its_exact_attributes() {
+        let f = fixture();
+        let b = &f.browser;
+        let set_dir = b.lookup(ROOT, OsStr::new("one")).unwrap().ino;
+        let root = b.lookup(set_dir, OsStr::new("tree")).unwrap().ino;
+        let mut names = Vec::new();
+        b.readdir(root, 0, true, &mut |item| {
+            assert!(item.attr.is_some(), "readdirplus brings attributes");
+            names.push(item.name.to_string_lossy().into_owned());
+            false
+        })
+        .unwrap();
+        assert_eq!(names, [".", "..", "file", "sparse", "sub"], "no .umbra");
+        assert_eq!(
+            errno_of(b.lookup(root, OsStr::new(HIDDEN_DIR))),
+            libc::ENOENT
+        );
+
+        let file = b.lookup(root, OsStr::new("file")).unwrap();
+        let native = std::fs::symlink_metadata(f.image.join("file")).unwrap();
+        assert_eq!(
+            (file.mode, file.uid, file.size, file.nlink, file.blocks),
+            (
+                native.mode(),
+                native.uid(),
+                native.size(),
+                2,
+                native.blocks()
+            )
+        );
+        assert_eq!(
+            (file.mtime.secs, i64::from(file.mtime.nanos)),
+            (native.mtime(), native.mtime_nsec())
+        );
+        assert_eq!(
+            file.ino & ((1 << 40) - 1),
+            native.ino(),
+            "the image's number"
+        );
+        let sub = b.lookup(root, OsStr::new("sub")).unwrap().ino;
+        let link = b.lookup(sub, OsStr::new("link")).unwrap();
+        assert_eq!(link.ino, file.ino, "hard links share a number");
+        let sym = b.lookup(sub, OsStr::new("sym")).unwrap().ino;
+        assert_eq!(b.readlink(sym).unwrap(), b"../file");
+
+        assert_eq!(b.read(file.ino, 6, 100).unwrap(), b"of the set");
+        assert!(
+            b.open(file.ino).unwrap().is_some(),
+            "opened for passthrough"
+        );
+        assert_eq!(errno_of(b.open(sub)), libc::EISDIR);
+        let sparse = b.lookup(root, OsStr::new("sparse")).unwrap().ino;
+        assert_eq!(b.lseek(sparse, 0, libc::SEEK_DATA).unwrap(), 512 << 10);
+        assert_eq!(b.lseek(sparse, 0, libc::SEEK_HOLE).unwrap(), 0);
+    }
+
+    #[test]
+    fn a_tree_volume_found_again_after_its_descriptors_were_evicted() {
+        let f = fixture();
+        let b = &f.browser;
+        let set_dir = b.lookup(ROOT, OsStr::new("one")).unwrap().ino;
+        let root = b.lookup(set_dir, OsStr::new("tree")).unwrap().ino;
+        let sub = b.lookup(root, OsStr::new("sub")).unwrap().ino;
+        let link = b.lookup(sub, OsStr::new("link")).unwrap().ino;
+        lock(&b.live_fds).clear();
+        lock(&b.live_files).clear();
+        lock(&b.attrs).clear();
+        assert_eq!(b.read(link, 0, 5).unwrap(), b"bytes");
+        assert_eq!(b.getattr(sub).unwrap().kind(), FileKind::Directory);
+    }
+
+    #[test]
+    fn a_deleted_tree_set_answers_enoent_and_keeps_no_descriptor() {
+        let f = fixture();
+        let b = &f.browser;
+        let set_dir = b.lookup(ROOT, OsStr::new("one")).unwrap().ino;
+        let root = b.lookup(set_dir, OsStr::new("tree")).unwrap().ino;
+        let file = b.lookup(root, OsStr::new("file")).unwrap().ino;
+        b.read(file, 0, 1).unwrap();
+        assert!(!lock(&b.live_fds).is_empty());
+        f.store.remove_set(f.set.id).unwrap();
+        std::fs::remove_dir_all(&f.image).unwrap();
+        b.refresh().unwrap();
+        assert!(lock(&b.live_fds).is_empty() && lock(&b.live_files).is_empty());
+        assert_eq!(errno_of(b.lookup(root, OsStr::new("sub"))), libc::ENOENT);
+        assert_eq!(errno_of(b.read(file, 0, 1)), libc::ENOENT);
+        assert_eq!(errno_of(b.lookup(ROOT, OsStr::new("one"))), libc::ENOENT);
+    }
+
+    #[test]
+    fn nested_subvolume_placeholders_are_told_apart() {
+        // SAFETY: zeroed stat64 is a valid value.
+        let mut st: libc::stat64 = unsafe { std::mem::zeroed() };
+        st.st_mode = libc::S_IFDIR | 0o755;
+        st.st_ino = EMPTY_SUBVOL_DIR;
+        let a = object_of(&st, ObjectId(258));
+        let b = object_of(&st, ObjectId(259));
+        assert_ne!(a, b);
+        assert!(a.0 > 1 << 40, "numbered apart from every inode");
+        st.st_mode = libc::S_IFREG | 0o644;
+        st.st_ino = 300;
+        assert_eq!(object_of(&st, ObjectId(300)), ObjectId(300));
+    }
+}
