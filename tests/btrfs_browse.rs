@@ -273,6 +273,12 @@ fn a_btrfs_set_browsed_equals_its_snapshot_natively_beside_the_cow_volume() {
         b"plain bytes"
     );
     assert_same_tree(&image(&d, &second), &d.browse(&second, "vault"));
+    // Every file above was read by the kernel from the snapshot itself.
+    let log = d.stderr();
+    assert!(
+        log.contains("read by FUSE passthrough") && !log.contains("through the daemon"),
+        "{log}"
+    );
 }
 
 #[test]

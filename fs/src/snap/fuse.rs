@@ -106,7 +106,9 @@ impl Filesystem for SnapAdapter {
             // Depth 1: the images rest on a filesystem that stacks on none.
             let passthrough = config.set_max_stack_depth(1).is_ok()
                 && config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok();
-            if !passthrough {
+            if passthrough {
+                tracing::info!("btrfs sets are read by FUSE passthrough");
+            } else {
                 tracing::warn!(
                     "the kernel offers no FUSE_PASSTHROUGH: btrfs sets are read \
                      through the daemon"
