@@ -344,11 +344,38 @@ fn a_btrfs_file_changed_after_the_set_still_reads_its_old_bytes() {
     }
     fs::remove_file(vault.join("doomed")).expect("rm");
     assert_eq!(fs::read(browsed.join("ledger")).expect("read"), old);
+    assert_eq!(
+        mapped(&browsed.join("ledger")),
+        old,
+        "mmap passes through too"
+    );
     assert_eq!(fs::read(browsed.join("doomed")).expect("read"), b"doomed");
     let later = d.create_set();
     let now = d.browse(&later, "vault");
     assert_eq!(fs::metadata(now.join("ledger")).expect("stat").len(), 100);
     assert!(!now.join("doomed").exists());
+}
+
+/// The bytes of `path` read through a shared read-only mapping.
+fn mapped(path: &Path) -> Vec<u8> {
+    let file = File::open(path).expect("open to map");
+    let len = file.metadata().expect("stat").len() as usize;
+    // SAFETY: a fresh read-only mapping of a file we hold open, copied out
+    // and unmapped before it goes.
+    unsafe {
+        let at = libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ,
+            libc::MAP_SHARED,
+            file.as_raw_fd(),
+            0,
+        );
+        assert_ne!(at, libc::MAP_FAILED, "mmap {}", path.display());
+        let bytes = std::slice::from_raw_parts(at.cast::<u8>(), len).to_vec();
+        libc::munmap(at, len);
+        bytes
+    }
 }
 
 /// Whether nobody's `cmd ARGS... path` succeeds (setpriv, no groups).
@@ -448,6 +475,16 @@ fn nobody_sees_in_a_btrfs_set_what_nobody_may_see_natively() {
     assert!(!nobody_can("ls", &[], &image(&d, &set)));
 }
 
+/// A child process killed and reaped when the test ends, failed or not.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Runs `f` on a thread of its own and fails if it takes longer than
 /// `limit`: what is looked at after a deletion must not hang.
 fn within<T: Send + 'static>(limit: Duration, f: impl FnOnce() -> T + Send + 'static) -> T {
@@ -489,12 +526,14 @@ fn a_deleted_btrfs_set_disappears_while_a_shell_sits_inside_it() {
     let set = d.create_set();
     let inside = d.browse(&set, "vault").join("dir");
     // A shell inside, and what it had already looked at and opened.
-    let mut shell = Command::new("sh")
-        .arg("-c")
-        .arg("sleep 30")
-        .current_dir(&inside)
-        .spawn()
-        .expect("shell inside");
+    let shell = Killed(
+        Command::new("sh")
+            .arg("-c")
+            .arg("sleep 30")
+            .current_dir(&inside)
+            .spawn()
+            .expect("shell inside"),
+    );
     let cwd = File::open(&inside).expect("open the dir");
     assert_eq!(errno_at(&cwd, "seen"), 0);
     let mut open = File::open(inside.join("open")).expect("open a file");
@@ -529,8 +568,7 @@ fn a_deleted_btrfs_set_disappears_while_a_shell_sits_inside_it() {
             "{e}"
         ),
     }
-    let _ = shell.kill();
-    let _ = shell.wait();
+    drop(shell);
     // The subvolume is destroyed (its space freed lazily), and the daemon
     // serves on.
     let btrfs = d.btrfs.as_ref().expect("btrfs");
@@ -604,4 +642,48 @@ fn more_btrfs_files_open_at_once_than_the_daemon_has_descriptors() {
         b"file 0"
     );
     assert!((open_fds(pid) as u64) < LIMIT);
+}
+
+#[test]
+fn nested_subvolumes_show_as_distinct_empty_directories_in_a_btrfs_set() {
+    let d = mixed();
+    let vault = d.live("vault");
+    for name in ["one", "two"] {
+        let out = Command::new("btrfs")
+            .args(["-q", "subvolume", "create"])
+            .arg(vault.join(name))
+            .output()
+            .expect("btrfs subvolume create");
+        assert!(out.status.success(), "{out:?}");
+        fs::write(vault.join(name).join("inside"), name).expect("write");
+    }
+    let set = d.create_set();
+    let browsed = d.browse(&set, "vault");
+    // Natively both placeholders carry the one number btrfs gives them.
+    let native = image(&d, &set);
+    let (a, b) = (
+        fs::metadata(native.join("one")).expect("stat"),
+        fs::metadata(native.join("two")).expect("stat"),
+    );
+    assert_eq!((a.ino(), b.ino()), (2, 2));
+    let (one, two) = (
+        fs::metadata(browsed.join("one")).expect("stat"),
+        fs::metadata(browsed.join("two")).expect("stat"),
+    );
+    assert!(one.is_dir() && two.is_dir());
+    assert_ne!(
+        one.ino(),
+        two.ino(),
+        "two directories, not one linked twice"
+    );
+    assert_eq!((one.mode(), one.mtime()), (a.mode(), a.mtime()));
+    for name in ["one", "two"] {
+        assert_eq!(fs::read_dir(browsed.join(name)).expect("ls").count(), 0);
+    }
+    let mut top: Vec<_> = fs::read_dir(&browsed)
+        .expect("ls")
+        .map(|e| e.expect("entry").file_name())
+        .collect();
+    top.sort();
+    assert_eq!(top, ["one", "two"]);
 }
