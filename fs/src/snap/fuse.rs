@@ -178,7 +178,7 @@ impl Filesystem for SnapAdapter {
             Ok(file) => file,
             Err(e) => return reply.error(errno(&e)),
         };
-        let Some(file) = file.filter(|_| self.passthrough.load(Ordering::Relaxed)) else {
+        let Some(file) = file else {
             return reply.opened(FileHandle(0), keep);
         };
         // Held until the id is in the table: the RELEASE of this open
@@ -187,9 +187,15 @@ impl Filesystem for SnapAdapter {
         // and its pages are the backing file's anyway.
         let through = FopenFlags::empty();
         let mut backings = self.backings();
+        // An inode open passed through stays so, even once passthrough
+        // stopped: the kernel refuses a second mode while one is open.
         if let Some((id, opens)) = backings.get_mut(&ino.0) {
             *opens += 1;
             return reply.opened_passthrough(PASSED_THROUGH, through, id);
+        }
+        if !self.passthrough.load(Ordering::Relaxed) {
+            drop(backings);
+            return reply.opened(FileHandle(0), keep);
         }
         match reply.open_backing(&*file) {
             Ok(id) => {
