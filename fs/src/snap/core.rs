@@ -272,7 +272,7 @@ impl Browser {
         self.inodes.get(ino).ok_or_else(|| errno(libc::ENOENT))
     }
 
-    pub(super) fn object(&self, ino: u64) -> Result<ObjectNode> {
+    fn object(&self, ino: u64) -> Result<ObjectNode> {
         match self.node(ino)? {
             Node::Object(node) => Ok(node),
             Node::SetDir(_) => Err(errno(libc::EISDIR)),
