@@ -255,7 +255,13 @@ fn start(
     if let Err(e) = sets.sweep() {
         tracing::warn!("freeing copies no set owns: {e}");
     }
-    let browser = Browser::new(store.clone(), volumes.clone()).map_err(DaemonError::Browser)?;
+    let trees: Vec<Arc<dyn umbra_fs::TreeImages>> = opened
+        .btrfs
+        .iter()
+        .map(|v| v.clone() as Arc<dyn umbra_fs::TreeImages>)
+        .collect();
+    let browser =
+        Browser::new(store.clone(), volumes.clone(), trees).map_err(DaemonError::Browser)?;
     mounts.mount_snapshots(&browser, &config.snapshots, &options)?;
     let limits = control::Limits {
         max_clients: config.max_clients,

@@ -53,7 +53,8 @@ impl Core {
         );
         let volume = Volume::open(store.clone(), "data", &backing).expect("volume");
         let live = LiveFs::new(volume.clone()).expect("live core");
-        let browser = Browser::new(store.clone(), vec![volume.clone()]).expect("browser");
+        let browser =
+            Browser::new(store.clone(), vec![volume.clone()], Vec::new()).expect("browser");
         Core {
             _dir: dir,
             store,

@@ -39,7 +39,8 @@ impl Rig {
         }
         let store = Arc::new(Store::open(&state, StoreOptions::default()).expect("store"));
         let volume = Volume::open(store.clone(), "data", &backing).expect("volume");
-        let browser = Browser::new(store.clone(), vec![volume.clone()]).expect("browser");
+        let browser =
+            Browser::new(store.clone(), vec![volume.clone()], Vec::new()).expect("browser");
         let opts = MountOptions::default();
         let mounts = vec![
             mount_live(volume.clone(), &live, &opts).expect("mount live"),

@@ -824,7 +824,7 @@ pub(super) mod tests {
                 umbra_fs::Volume::open(store.clone(), &v.name, &v.backing).expect("volume")
             })
             .collect::<Vec<_>>();
-        let browser = Browser::new(store.clone(), volumes.clone()).expect("browser");
+        let browser = Browser::new(store.clone(), volumes.clone(), Vec::new()).expect("browser");
         let coordinator = Arc::new(Coordinator::new(umbra_coordinator::Options::default()));
         let cow = umbra_fs::CowProvider::new(store.clone(), volumes);
         let sets = Sets::new(store.clone(), vec![Arc::new(cow)]);

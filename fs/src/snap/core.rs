@@ -7,6 +7,10 @@
 //! bounded; the live descriptors and files it keeps open are sized by the
 //! process's descriptor budget (fds.rs).
 //!
+//! A tree volume (a provider's whole read-only copy, `TreeImages`) shows
+//! beside the copy-on-write ones; everything under it is served from its
+//! image by descriptor (trees.rs), through the same inode table and caches.
+//!
 //! Locking: an object's read lock and the deletion gate are taken after
 //! every live descriptor a step needs has been found, never around the
 //! search (which lists parents under their own locks): std's RwLock may
@@ -28,7 +32,7 @@ use super::ahead::{self, Ahead, Job};
 use super::inodes::{Inodes, LATEST, Node, ObjectNode, ROOT};
 use crate::attr::Attr;
 use crate::backing;
-use crate::{FsError, HIDDEN_DIR, Result, Volume};
+use crate::{FsError, HIDDEN_DIR, Result, TreeImages, Volume};
 
 const ATTRS: usize = 64 * 1024;
 /// Directory listings are kept up to this many entries in all.
@@ -81,12 +85,16 @@ impl Dirs {
 pub struct Browser {
     store: Arc<Store>,
     volumes: HashMap<VolumeId, Arc<Volume>>,
-    sets: RwLock<Vec<SetInfo>>,
-    inodes: Inodes,
-    attrs: Mutex<LruCache<u64, Attr>>,
+    /// Volumes whose sets are whole read-only trees (btrfs snapshots).
+    pub(super) trees: HashMap<VolumeId, Arc<dyn TreeImages>>,
+    pub(super) sets: RwLock<Vec<SetInfo>>,
+    pub(super) inodes: Inodes,
+    pub(super) attrs: Mutex<LruCache<u64, Attr>>,
     dirs: Mutex<Dirs>,
-    live_fds: Mutex<LruCache<u64, Arc<OwnedFd>>>,
-    live_files: Mutex<LruCache<u64, Arc<File>>>,
+    /// O_PATH descriptors, of live objects and of tree images' entries.
+    pub(super) live_fds: Mutex<LruCache<u64, Arc<OwnedFd>>>,
+    /// Files open for reading, live ones and tree images' ones.
+    pub(super) live_files: Mutex<LruCache<u64, Arc<File>>>,
     notify: Mutex<Option<Notify>>,
     ahead: Ahead,
     /// The read-ahead thread's queue, until the thread takes it.
@@ -99,11 +107,11 @@ pub struct Browser {
     refreshing: Mutex<()>,
 }
 
-fn errno(e: i32) -> FsError {
+pub(super) fn errno(e: i32) -> FsError {
     FsError::from_errno(e)
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub(super) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
@@ -133,12 +141,18 @@ fn purge<V>(cache: &Mutex<LruCache<u64, V>>, gone: impl Fn(u64) -> bool) {
 }
 
 impl Browser {
-    pub fn new(store: Arc<Store>, volumes: Vec<Arc<Volume>>) -> Result<Arc<Browser>> {
+    /// A browser of the sets of `volumes` (copy-on-write) and `trees`.
+    pub fn new(
+        store: Arc<Store>,
+        volumes: Vec<Arc<Volume>>,
+        trees: Vec<Arc<dyn TreeImages>>,
+    ) -> Result<Arc<Browser>> {
         let sets = store.sets()?;
         let (ahead, ahead_jobs) = Ahead::new();
         Ok(Arc::new(Browser {
             store,
             volumes: volumes.into_iter().map(|v| (v.id(), v)).collect(),
+            trees: trees.into_iter().map(|t| (t.volume(), t)).collect(),
             sets: RwLock::new(sets),
             inodes: Inodes::new(),
             attrs: lru(ATTRS),
@@ -311,6 +325,9 @@ impl Browser {
         if let Some(attr) = lock(&self.attrs).get(&ino) {
             return Ok(attr.clone());
         }
+        if self.is_tree(node.volume) {
+            return self.tree_attr(ino, node);
+        }
         let vol = self.volume(node.volume)?;
         let via = self.live_parent(node, vol)?;
         // Object lock first, then the deletion gate: a mutation holding the
@@ -434,9 +451,14 @@ impl Browser {
         Ok(file)
     }
 
-    fn entries(&self, ino: u64, node: &ObjectNode) -> Result<Arc<Vec<DirEntry>>> {
+    pub(super) fn entries(&self, ino: u64, node: &ObjectNode) -> Result<Arc<Vec<DirEntry>>> {
         if let Some(entries) = lock(&self.dirs).lru.get(&ino) {
             return Ok(entries.clone());
+        }
+        if self.is_tree(node.volume) {
+            let entries = Arc::new(self.tree_entries(ino, node)?);
+            lock(&self.dirs).put(ino, entries.clone());
+            return Ok(entries);
         }
         let vol = self.volume(node.volume)?;
         let live = self.live_fd(ino, node, vol);
@@ -467,8 +489,10 @@ impl Browser {
     ) -> Result<Vec<(ObjectNode, &'s str)>> {
         let mut out = Vec::new();
         for sv in &set.volumes {
-            let Some(vol) = self.volumes.get(&sv.volume) else {
-                continue;
+            let root = match self.volumes.get(&sv.volume) {
+                Some(vol) => vol.root_object(),
+                None if self.is_tree(sv.volume) => super::trees::ROOT_OBJECT,
+                None => continue,
             };
             let view = self
                 .inodes
@@ -480,7 +504,7 @@ impl Browser {
                     set: set.id,
                     volume: sv.volume,
                     epoch: sv.epoch,
-                    object: vol.root_object(),
+                    object: root,
                     kind: FileKind::Directory,
                     parent: set_ino,
                     index: 0,
@@ -540,6 +564,11 @@ impl Browser {
                 let i = entries
                     .binary_search_by(|e| e.name.as_slice().cmp(name.as_bytes()))
                     .map_err(|_| errno(libc::ENOENT))?;
+                if self.is_tree(node.volume) {
+                    let (child, attr) = self.tree_child(parent, &node, &entries, i)?;
+                    self.inodes.hold(&child);
+                    return Ok(attr);
+                }
                 Self::child(parent, &node, &entries[i], i)?
             }
         };
@@ -563,6 +592,9 @@ impl Browser {
         let node = self.object(ino)?;
         if node.kind != FileKind::Symlink {
             return Err(errno(libc::EINVAL));
+        }
+        if self.is_tree(node.volume) {
+            return self.tree_readlink(ino, &node);
         }
         // A symlink's target never changes while the inode lives, and a
         // snapshot's inode lives on (aside if unlinked).
@@ -654,6 +686,9 @@ impl Browser {
                     return Err(errno(libc::ENOTDIR));
                 }
                 let entries = self.entries(ino, &node)?;
+                if self.is_tree(node.volume) {
+                    return self.tree_readdir(ino, &node, &entries, start, plus, add);
+                }
                 let mut fetched = 0;
                 for i in start..entries.len() + 2 {
                     if plus && i >= 2 && i - 2 >= fetched {
@@ -751,11 +786,19 @@ impl Browser {
         Ok(end)
     }
 
-    /// Checks that `ino` may be opened for reading (only asked when the
-    /// kernel cannot open without us).
-    pub(crate) fn open(&self, ino: u64) -> Result<()> {
-        match self.object(ino)?.kind {
-            FileKind::Regular => Ok(()),
+    /// Whether any volume is served from tree images: then files are
+    /// opened through the daemon (their reads may pass through).
+    pub(crate) fn serves_trees(&self) -> bool {
+        !self.trees.is_empty()
+    }
+
+    /// Checks that `ino` may be opened for reading; a tree image's file
+    /// comes back open, for the kernel to read directly.
+    pub(crate) fn open(&self, ino: u64) -> Result<Option<Arc<File>>> {
+        let node = self.object(ino)?;
+        match node.kind {
+            FileKind::Regular if self.is_tree(node.volume) => self.tree_file(ino, &node).map(Some),
+            FileKind::Regular => Ok(None),
             FileKind::Directory => Err(errno(libc::EISDIR)),
             _ => Err(errno(libc::EINVAL)),
         }
@@ -765,6 +808,9 @@ impl Browser {
         let node = self.object(ino)?;
         if node.kind != FileKind::Regular {
             return Err(errno(libc::EINVAL));
+        }
+        if self.is_tree(node.volume) {
+            return self.tree_read(ino, &node, offset, size);
         }
         let (data, len) = self.read_object(ino, &node, offset, size)?;
         if offset == 0 && len <= ahead::SMALL && self.connected() {
@@ -888,6 +934,9 @@ impl Browser {
         let Node::Object(node) = self.node(ino)? else {
             return Ok(Vec::new());
         };
+        if self.is_tree(node.volume) {
+            return self.tree_xattrs(ino, &node);
+        }
         let vol = self.volume(node.volume)?;
         let live = self.live_fd(ino, &node, vol);
         // Object lock first, then the deletion gate: a mutation holding the
@@ -918,6 +967,27 @@ impl Browser {
             out.push(0);
         }
         Ok(out)
+    }
+
+    /// Where the data (SEEK_DATA) or the hole (SEEK_HOLE) at or after
+    /// `offset` starts in regular file `ino`. A tree image's file answers
+    /// with its own holes; a copy-on-write set's file is data throughout.
+    pub(crate) fn lseek(&self, ino: u64, offset: i64, whence: i32) -> Result<i64> {
+        let node = self.object(ino)?;
+        if node.kind != FileKind::Regular {
+            return Err(errno(libc::EINVAL));
+        }
+        if self.is_tree(node.volume) {
+            return self.tree_lseek(ino, &node, offset, whence);
+        }
+        let size = i64::try_from(self.object_attr(ino, &node)?.size).unwrap_or(i64::MAX);
+        match whence {
+            _ if offset < 0 => Err(errno(libc::EINVAL)),
+            _ if offset >= size => Err(errno(libc::ENXIO)),
+            libc::SEEK_DATA => Ok(offset),
+            libc::SEEK_HOLE => Ok(size),
+            _ => Err(errno(libc::EINVAL)),
+        }
     }
 
     pub(crate) fn statfs(&self) -> Result<libc::statvfs64> {

@@ -4,15 +4,35 @@
 //! long, keep file pages and directory listings across opens, and open
 //! without asking; only the top level (sets come and go, `latest` moves)
 //! is cached briefly, and its listing is dropped when the sets change.
+//!
+//! Tree volumes (btrfs snapshots) are read by the kernel's FUSE
+//! passthrough: OPEN answers with the image's file registered as the
+//! backing file (FUSE_DEV_IOC_BACKING_OPEN), and the kernel then reads,
+//! splices and maps it directly, at the backing filesystem's speed, without
+//! a READ reaching the daemon. An image never changes, which is what
+//! passthrough needs (a file that is also written through FUSE could not be
+//! passed through). One backing id serves every open of an inode (the kernel
+//! refuses two for one inode) and is closed at the last RELEASE; it holds a
+//! kernel reference to the file, not a descriptor of the daemon, so the
+//! files a user holds open cost the daemon none. Passthrough is taken when
+//! the kernel offers FUSE_PASSTHROUGH (6.9 and later, with the daemon
+//! holding CAP_SYS_ADMIN, as it does); when the kernel does not offer it, or
+//! refuses a backing file, files are read through the daemon instead
+//! (pread of the image's file, its pages kept by FOPEN_KEEP_CACHE), and the
+//! mount stays on that path from then on (an inode opened both ways at once
+//! would fail with EIO). Passthrough needs an OPEN per open, so a browser
+//! that serves tree volumes does not let the kernel open without asking.
 
+use std::collections::HashMap;
 use std::ffi::OsStr;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use fuser::{
-    Errno, FileHandle, Filesystem, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig,
-    LockOwner, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEntry,
-    ReplyOpen, ReplyStatfs, ReplyXattr, Request,
+    BackingId, Errno, FileHandle, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
+    KernelConfig, LockOwner, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyDirectoryPlus,
+    ReplyEntry, ReplyOpen, ReplyStatfs, ReplyXattr, Request,
 };
 
 use super::core::Browser;
@@ -31,7 +51,14 @@ pub(crate) struct SnapAdapter {
     /// keeps file pages and directory listings cached across opens.
     no_open: bool,
     no_opendir: bool,
+    /// Tree images' files are passed through (see the top of this file).
+    passthrough: AtomicBool,
+    /// The backing id of each passed-through inode and its open handles.
+    backings: Mutex<HashMap<u64, (BackingId, u64)>>,
 }
+
+/// The handle of a passed-through open; every other handle is 0.
+const PASSED_THROUGH: FileHandle = FileHandle(1);
 
 impl SnapAdapter {
     pub fn new(browser: Arc<Browser>) -> SnapAdapter {
@@ -39,7 +66,13 @@ impl SnapAdapter {
             browser,
             no_open: false,
             no_opendir: false,
+            passthrough: AtomicBool::new(false),
+            backings: Mutex::new(HashMap::new()),
         }
+    }
+
+    fn backings(&self) -> std::sync::MutexGuard<'_, HashMap<u64, (BackingId, u64)>> {
+        self.backings.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -67,7 +100,22 @@ impl Filesystem for SnapAdapter {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         let _ = config.set_max_readahead(1024 * 1024);
         let offered = config.capabilities();
-        self.no_open = offered.contains(InitFlags::FUSE_NO_OPEN_SUPPORT);
+        let trees = self.browser.serves_trees();
+        self.no_open = offered.contains(InitFlags::FUSE_NO_OPEN_SUPPORT) && !trees;
+        if trees {
+            // Depth 1: the images rest on a filesystem that stacks on none.
+            let passthrough = config.set_max_stack_depth(1).is_ok()
+                && config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok();
+            if passthrough {
+                tracing::info!("btrfs sets are read by FUSE passthrough");
+            } else {
+                tracing::warn!(
+                    "the kernel offers no FUSE_PASSTHROUGH: btrfs sets are read \
+                     through the daemon"
+                );
+            }
+            self.passthrough.store(passthrough, Ordering::Relaxed);
+        }
         self.no_opendir = offered.contains(InitFlags::FUSE_NO_OPENDIR_SUPPORT);
         // Listing a directory brings every entry's attributes with it: a
         // tree walk costs no LOOKUP per name. Lookups and listings may run
@@ -125,11 +173,73 @@ impl Filesystem for SnapAdapter {
         if self.no_open {
             return reply.error(Errno::ENOSYS);
         }
-        reply::opened(
-            self.browser.open(ino.0).map(|()| 0),
-            FopenFlags::FOPEN_KEEP_CACHE,
-            reply,
-        )
+        let keep = FopenFlags::FOPEN_KEEP_CACHE;
+        let file = match self.browser.open(ino.0) {
+            Ok(file) => file,
+            Err(e) => return reply.error(errno(&e)),
+        };
+        let Some(file) = file else {
+            return reply.opened(FileHandle(0), keep);
+        };
+        // Held until the id is in the table: the RELEASE of this open
+        // waits for it. No other flag: the kernel refuses (EIO) a
+        // passed-through open with any but a few (FOPEN_PASSTHROUGH_MASK),
+        // and its pages are the backing file's anyway.
+        let through = FopenFlags::empty();
+        let mut backings = self.backings();
+        // An inode open passed through stays so, even once passthrough
+        // stopped: the kernel refuses a second mode while one is open.
+        if let Some((id, opens)) = backings.get_mut(&ino.0) {
+            *opens += 1;
+            return reply.opened_passthrough(PASSED_THROUGH, through, id);
+        }
+        if !self.passthrough.load(Ordering::Relaxed) {
+            drop(backings);
+            return reply.opened(FileHandle(0), keep);
+        }
+        match reply.open_backing(&*file) {
+            Ok(id) => {
+                reply.opened_passthrough(PASSED_THROUGH, through, &id);
+                backings.insert(ino.0, (id, 1));
+            }
+            Err(e) => {
+                drop(backings);
+                if self.passthrough.swap(false, Ordering::Relaxed) {
+                    tracing::warn!(
+                        "the kernel refused a backing file ({e}): btrfs sets are read \
+                         through the daemon from now on"
+                    );
+                }
+                reply.opened(FileHandle(0), keep)
+            }
+        }
+    }
+
+    /// The last release of a passed-through inode closes its backing id.
+    fn release(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: fuser::ReplyEmpty,
+    ) {
+        if fh == PASSED_THROUGH {
+            let mut backings = self.backings();
+            let last = match backings.get_mut(&ino.0) {
+                Some((_, opens)) => {
+                    *opens = opens.saturating_sub(1);
+                    *opens == 0
+                }
+                None => false,
+            };
+            let closed = if last { backings.remove(&ino.0) } else { None };
+            drop(backings);
+            drop(closed);
+        }
+        reply.ok();
     }
 
     fn read(
@@ -235,19 +345,23 @@ impl Filesystem for SnapAdapter {
         reply.ok();
     }
 
-    /// A set's file mixes stored pre-images and live blocks, so it has no
-    /// holes of its own to report: ENOSYS lets the kernel answer SEEK_DATA
-    /// and SEEK_HOLE as for a file that is data throughout.
+    /// SEEK_DATA and SEEK_HOLE: a tree image's file reports its own
+    /// holes; a copy-on-write set's file mixes stored pre-images and live
+    /// blocks, so it has none to report and is data throughout (answered
+    /// here, not by ENOSYS, which would end lseek for tree files too).
     fn lseek(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         _fh: FileHandle,
-        _offset: i64,
-        _whence: i32,
+        offset: i64,
+        whence: i32,
         reply: fuser::ReplyLseek,
     ) {
-        reply.error(Errno::ENOSYS);
+        match self.browser.lseek(ino.0, offset, whence) {
+            Ok(at) => reply.offset(at),
+            Err(e) => reply.error(errno(&e)),
+        }
     }
 
     reply::unsupported_quietly!();
