@@ -333,3 +333,28 @@ fn a_dot_umbra_a_user_made_first_is_refused_not_used() {
         "the user's folder is left alone"
     );
 }
+
+#[test]
+fn a_snapshot_destroyed_by_hand_leaves_its_set_browsable_without_that_volume() {
+    let d = mixed();
+    fs::write(d.live("data").join("notes"), b"uno").expect("write live");
+    let set = d.create_set();
+    let image = d.live("vault").join(".umbra").join(set.id.to_string());
+    let out = std::process::Command::new("btrfs")
+        .args(["-q", "subvolume", "delete"])
+        .arg(&image)
+        .output()
+        .expect("btrfs subvolume delete");
+    assert!(out.status.success(), "{out:?}");
+    let dir = d.snapshots().join(&set.name);
+    let mut names: Vec<String> = fs::read_dir(&dir)
+        .expect("the set still lists")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["data"]);
+    assert_eq!(fs::read(dir.join("data/notes")).expect("read"), b"uno");
+    let err = fs::metadata(dir.join("vault")).expect_err("vault is gone");
+    assert_eq!(err.raw_os_error(), Some(libc::ENOENT));
+    d.umbra_ok(&["delete", &set.name]);
+}

@@ -491,7 +491,7 @@ impl Browser {
         for sv in &set.volumes {
             let root = match self.volumes.get(&sv.volume) {
                 Some(vol) => vol.root_object(),
-                None if self.is_tree(sv.volume) => super::trees::ROOT_OBJECT,
+                None if self.has_image(set, sv.volume) => super::trees::ROOT_OBJECT,
                 None => continue,
             };
             let view = self
@@ -784,6 +784,26 @@ impl Browser {
             attrs.put(ino, attr);
         }
         Ok(end)
+    }
+
+    /// Whether `volume` is a tree volume whose copy for `set` exists. One
+    /// destroyed by hand (`btrfs subvolume delete`) leaves that volume out
+    /// of the set's directory rather than failing the whole listing.
+    fn has_image(&self, set: &SetInfo, volume: VolumeId) -> bool {
+        let Some(images) = self.trees.get(&volume) else {
+            return false;
+        };
+        match images.image(set.id) {
+            Ok(Some(_)) => true,
+            Ok(None) => {
+                tracing::warn!(set = %set.name, volume = images.name(), "the set's copy of the volume is gone (destroyed outside umbra?); the set shows without it");
+                false
+            }
+            Err(e) => {
+                tracing::warn!(set = %set.name, volume = images.name(), "opening the set's copy of the volume: {e}");
+                false
+            }
+        }
     }
 
     /// Whether any volume is served from tree images: then files are
