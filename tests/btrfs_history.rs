@@ -7,7 +7,8 @@
 //! limited to a path, with no scratch snapshot left behind; `versions`
 //! through renames, replacements and deletion; and the random model: each
 //! diff turns the older snapshot's tree (read at `.umbra/N` directly) into
-//! the newer one's.
+//! the newer one's. A diff examines the objects that changed, not every
+//! object of the volume.
 
 #![allow(clippy::unwrap_used)] // in a test, an unwrap is an assertion
 
@@ -269,4 +270,54 @@ fn diff_on_a_btrfs_volume_turns_every_snapshot_into_every_later_one_after_random
         "{:?}",
         snapshots(&d)
     );
+}
+
+#[test]
+fn diff_on_a_btrfs_volume_examines_what_changed_not_every_file() {
+    let d = vault();
+    let live = d.live("vault");
+    for dir in 0..5 {
+        let dir = live.join(format!("d{dir}"));
+        fs::create_dir(&dir).unwrap();
+        for file in 0..1000 {
+            write(&dir.join(format!("f{file:03}")), &format!("file {file}"));
+        }
+    }
+    let first = d.create_set();
+    write(&live.join("d1/f500"), "changed");
+    fs::remove_file(live.join("d3/f007")).unwrap();
+    fs::set_permissions(live.join("d4/f999"), fs::Permissions::from_mode(0o600)).unwrap();
+    let second = d.create_set();
+    let (lines, json) = diff(&d, &[&first.name, &second.name]);
+    assert_eq!(
+        sorted(&lines),
+        sorted(&[
+            "M file /d1/f500 content,times",
+            "M directory /d3 times",
+            "- file /d3/f007",
+            "M file /d4/f999 mode",
+        ])
+    );
+    // The two files changed and d3 (d3/f007 is in the newer tree no
+    // more): not the 5,006 objects of the volume.
+    assert_eq!(json.examined, 3);
+}
+
+#[test]
+fn a_scratch_snapshot_a_diff_left_in_a_crash_is_destroyed_at_start() {
+    let mut d = vault();
+    let set = d.create_set();
+    let live = d.live("vault");
+    // What a daemon killed during a diff to the live volume leaves.
+    let out = std::process::Command::new("btrfs")
+        .args(["-q", "subvolume", "snapshot", "-r"])
+        .arg(&live)
+        .arg(live.join(".umbra/scratch-4242-0"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    d.restart();
+    assert_eq!(snapshots(&d), [set.id.to_string()]);
+    let (lines, _) = diff(&d, &[&set.name]);
+    assert!(lines.is_empty(), "{lines:#?}");
 }
