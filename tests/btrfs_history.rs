@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use common::history::{diff, editor_story, random_history, sorted, versions, write, xattr};
-use common::{Config, Daemon, SetJson};
+use common::{Config, Daemon, SetJson, assert_one_line_error};
 
 fn vault() -> Daemon {
     Daemon::start(Config::empty().btrfs("vault"))
@@ -259,6 +259,13 @@ fn versions_on_a_btrfs_volume_follow_renames_replacements_and_deletions() {
         blake3::hash(b"archive/n.txt").to_hex().to_string()
     );
     assert_eq!(v.versions[0].sets[0].name, s5.name);
+    // A directory, or a path no set ever had: one line.
+    let out = d.umbra(&["versions", live.join("archive").to_str().unwrap()]);
+    let line = assert_one_line_error(&out, "versions of a directory");
+    assert!(line.contains("directory"), "{line}");
+    let out = d.umbra(&["versions", "vault/never-was"]);
+    let line = assert_one_line_error(&out, "versions of nothing");
+    assert!(line.contains("no such file, live or in any set"), "{line}");
 }
 
 #[test]

@@ -274,6 +274,25 @@ impl BtrfsVolume {
     }
 }
 
+/// A system error while reading a volume's snapshots, said as such; errors
+/// about the request itself (ENOENT, EISDIR: the caller's path) as they are.
+fn reading(e: FsError, volume: &str) -> FsError {
+    match e {
+        FsError::Io(source)
+            if !matches!(
+                source.raw_os_error(),
+                Some(libc::ENOENT | libc::EISDIR | libc::ENOTDIR | libc::EINVAL)
+            ) =>
+        {
+            FsError::Context {
+                what: format!("reading the btrfs snapshots of {volume}"),
+                source,
+            }
+        }
+        other => other,
+    }
+}
+
 /// A snapshot of the live subvolume taken for one diff: destroyed when it
 /// goes.
 struct Scratch<'v> {
@@ -537,7 +556,7 @@ impl VolumeProvider for BtrfsProvider {
         // The trees' descriptors are closed before their scratch snapshot
         // is destroyed.
         drop(scratch);
-        found
+        found.map_err(|e| reading(e, &vol.name))
     }
 
     fn versions(
@@ -546,6 +565,7 @@ impl VolumeProvider for BtrfsProvider {
         sets: &[(SetId, Epoch)],
         path: &Path,
     ) -> Result<Vec<Version>> {
-        versions::versions(self.volume(volume)?, sets, path)
+        let vol = self.volume(volume)?;
+        versions::versions(vol, sets, path).map_err(|e| reading(e, &vol.name))
     }
 }
