@@ -8,14 +8,15 @@
 //! through renames, replacements and deletion; and the random model: each
 //! diff turns the older snapshot's tree (read at `.umbra/N` directly) into
 //! the newer one's. A diff examines the objects that changed, not every
-//! object of the volume.
+//! object of the volume, and tells a file that got a removed file's inode
+//! number (after a remount) from that file.
 
 #![allow(clippy::unwrap_used)] // in a test, an unwrap is an assertion
 
 mod common;
 
 use std::fs;
-use std::os::unix::fs::{FileExt, PermissionsExt, symlink};
+use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt, symlink};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
@@ -327,4 +328,45 @@ fn a_scratch_snapshot_a_diff_left_in_a_crash_is_destroyed_at_start() {
     assert_eq!(snapshots(&d), [set.id.to_string()]);
     let (lines, _) = diff(&d, &[&set.name]);
     assert!(lines.is_empty(), "{lines:#?}");
+}
+
+/// Runs a command that must succeed.
+fn run(cmd: &mut std::process::Command) {
+    let out = cmd.output().unwrap();
+    assert!(out.status.success(), "{cmd:?}: {out:?}");
+}
+
+#[test]
+fn an_inode_number_given_again_after_a_remount_is_another_file_not_a_rename() {
+    let mut d = vault();
+    let live = d.live("vault");
+    write(&live.join("a"), "a");
+    // The newest inode: its number is the one btrfs gives again once the
+    // filesystem is mounted afresh without it.
+    write(&live.join("b"), "old");
+    let reused = fs::metadata(live.join("b")).unwrap().ino();
+    let first = d.create_set();
+    fs::remove_file(live.join("b")).unwrap();
+    d.stop();
+    let btrfs = d.btrfs.as_ref().unwrap();
+    run(std::process::Command::new("umount").arg(&btrfs.mount));
+    run(std::process::Command::new("mount")
+        .args(["-o", "loop"])
+        .arg(btrfs.image())
+        .arg(&btrfs.mount));
+    d.launch();
+    write(&live.join("b"), "new");
+    write(&live.join("c"), "c");
+    assert_eq!(
+        fs::metadata(live.join("b")).unwrap().ino(),
+        reused,
+        "btrfs gave b's number again (the premise of this test)"
+    );
+    let second = d.create_set();
+    let (lines, _) = diff(&d, &[&first.name, &second.name]);
+    assert_eq!(
+        sorted(&lines),
+        sorted(&["M directory / times", "- file /b", "+ file /b", "+ file /c",]),
+        "{lines:#?}"
+    );
 }
