@@ -66,7 +66,7 @@ pub(crate) struct BtrfsEnds {
 
 impl BtrfsEnds {
     /// What may have changed from `old` to `new` (`new` made later).
-    pub fn new(mut old: Tree, new: Tree) -> Result<BtrfsEnds> {
+    pub fn new(mut old: Tree, mut new: Tree) -> Result<BtrfsEnds> {
         if new.otransid < old.otransid {
             return Err(FsError::from_errno(libc::EINVAL));
         }
@@ -202,11 +202,13 @@ impl Ends for BtrfsEnds {
         };
         let a = open(&self.old, before.item.generation)?;
         let b = open(&self.new, after.item.generation)?;
-        let (mut x, mut y) = (vec![0u8; CHUNK], vec![0u8; CHUNK]);
+        let most = ranges.iter().map(|(a, b)| b - a).max().unwrap_or(0);
+        let room = usize::try_from(most).unwrap_or(CHUNK).min(CHUNK);
+        let (mut x, mut y) = (vec![0u8; room], vec![0u8; room]);
         for (start, end) in ranges {
             let mut at = start;
             while at < end {
-                let len = (end - at).min(CHUNK as u64) as usize;
+                let len = (end - at).min(room as u64) as usize;
                 let n = backing::pread_full(&a, &mut x[..len], at)?;
                 let m = backing::pread_full(&b, &mut y[..len], at)?;
                 if x[..n] != y[..m] {
@@ -232,15 +234,16 @@ impl Ends for BtrfsEnds {
 
 /// Where byte `at` of a file reads from.
 #[derive(Debug, PartialEq, Eq)]
-enum Source {
+enum Source<'a> {
     Zeros,
     /// (disk extent, its length, compression, offset into it).
     Disk(u64, u64, u8, u64),
-    /// Kept in the tree: only reading tells.
-    Inline,
+    /// Kept in the tree: the bytes from `at` on (None if compressed: only
+    /// reading the file tells).
+    Inline(Option<&'a [u8]>),
 }
 
-fn source(extents: &[(u64, u64, Extent)], at: u64) -> Source {
+fn source(extents: &[(u64, u64, Extent)], at: u64) -> Source<'_> {
     let i = extents.partition_point(|(start, _, _)| *start <= at);
     let Some((start, len, extent)) = i.checked_sub(1).map(|i| &extents[i]) else {
         return Source::Zeros;
@@ -250,7 +253,10 @@ fn source(extents: &[(u64, u64, Extent)], at: u64) -> Source {
     }
     match extent {
         Extent::Zeros => Source::Zeros,
-        Extent::Inline => Source::Inline,
+        Extent::Inline(data) => Source::Inline(
+            data.as_deref()
+                .and_then(|d| d.get(usize::try_from(at - start).ok()?..)),
+        ),
         Extent::Disk {
             bytenr,
             disk_bytes,
@@ -275,8 +281,12 @@ fn differing(old: &[(u64, u64, Extent)], new: &[(u64, u64, Extent)], size: u64) 
     for w in cuts.windows(2) {
         let (a, b) = (w[0], w[1]);
         let (x, y) = (source(old, a), source(new, a));
+        let len = usize::try_from(b - a).unwrap_or(usize::MAX);
         let same = match (&x, &y) {
-            (Source::Inline, _) | (_, Source::Inline) => false,
+            (Source::Inline(Some(x)), Source::Inline(Some(y))) => {
+                x.len() >= len && y.len() >= len && x[..len] == y[..len]
+            }
+            (Source::Inline(_), _) | (_, Source::Inline(_)) => false,
             _ => x == y,
         };
         if same {
@@ -317,9 +327,16 @@ mod tests {
         // A hole at one end, unwritten space at the other: zeros both.
         let zeros = vec![(0, 8192, Extent::Zeros)];
         assert!(differing(&[], &zeros, 8192).is_empty());
-        // Inline data is always read.
-        let inline = vec![(0, 10, Extent::Inline)];
-        assert_eq!(differing(&inline, &inline, 10), [(0, 10)]);
+        // Inline bytes are compared as the tree keeps them; compressed
+        // ones are read.
+        let inline = |b: &[u8]| vec![(0, b.len() as u64, Extent::Inline(Some(b.to_vec())))];
+        assert!(differing(&inline(b"0123456789"), &inline(b"0123456789"), 10).is_empty());
+        assert_eq!(
+            differing(&inline(b"0123456789"), &inline(b"0123x56789"), 10),
+            [(0, 10)]
+        );
+        let packed = vec![(0, 10, Extent::Inline(None))];
+        assert_eq!(differing(&packed, &packed, 10), [(0, 10)]);
         // Shifted within the same disk extent: other bytes.
         assert_eq!(
             differing(&old, &[(0, 8192, disk(100, 4096))], 8192),

@@ -90,107 +90,123 @@ impl Key {
     }
 }
 
-/// Calls `each` with every item of tree `tree` whose key is in
-/// `min..=max` (keys compare as tuples), in key order; with `min_transid`,
-/// only those in leaves written in that transaction or later (the kernel
-/// skips whole subtrees older than that). `each` returns false to stop;
-/// its error stops the search and is returned.
-pub(crate) fn search(
-    fd: BorrowedFd<'_>,
-    tree: u64,
-    min: Key,
-    max: Key,
-    min_transid: u64,
-    mut each: impl FnMut(Key, &[u8]) -> io::Result<bool>,
-) -> io::Result<()> {
-    // u64 words: the kernel's buffer is u64-aligned.
-    let mut words = vec![0u64; (size_of::<SearchArgsV2>() + BUF_BYTES) / 8];
-    let mut from = min;
-    loop {
-        let key = SearchKey {
-            tree_id: tree,
-            min_objectid: from.objectid,
-            max_objectid: max.objectid,
-            min_offset: from.offset,
-            max_offset: max.offset,
-            min_transid,
-            max_transid: u64::MAX,
-            min_type: u32::from(from.kind),
-            max_type: u32::from(max.kind),
-            nr_items: u32::MAX,
-            ..SearchKey::default()
-        };
-        let args = words.as_mut_ptr().cast::<SearchArgsV2>();
-        // SAFETY: `words` is u64-aligned and larger than SearchArgsV2 plus
-        // BUF_BYTES; the kernel writes at most buf_size bytes after it.
-        let ret = unsafe {
-            args.write(SearchArgsV2 {
-                key,
-                buf_size: BUF_BYTES as u64,
-            });
-            libc::ioctl(fd.as_raw_fd(), TREE_SEARCH_V2 as _, args)
-        };
-        if ret < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: the kernel filled the key back in; `args` is still ours.
-        let found = unsafe { (*args).key.nr_items };
-        if found == 0 {
-            return Ok(());
-        }
-        // SAFETY: the results start right after the args, within `words`.
-        let bytes: &[u8] = unsafe {
-            std::slice::from_raw_parts(
-                words.as_ptr().cast::<u8>().add(size_of::<SearchArgsV2>()),
-                BUF_BYTES,
-            )
-        };
-        let mut at = 0usize;
-        let mut last = from;
-        for _ in 0..found {
-            let header = bytes
-                .get(at..at + HEADER_BYTES)
-                .ok_or_else(|| io::Error::from_raw_os_error(libc::EIO))?;
-            let objectid = u64_at(header, 8);
-            let offset = u64_at(header, 16);
-            let kind = u32_at(header, 24) as u8;
-            let len = u32_at(header, 28) as usize;
-            let data = bytes
-                .get(at + HEADER_BYTES..at + HEADER_BYTES + len)
-                .ok_or_else(|| io::Error::from_raw_os_error(libc::EIO))?;
-            at += HEADER_BYTES + len;
-            last = Key::new(objectid, kind, offset);
-            if !each(last, data)? {
-                return Ok(());
-            }
-        }
-        match last.next() {
-            Some(next) if next <= max => from = next,
-            _ => return Ok(()),
-        }
-    }
+/// Tree searches through one buffer, kept between them (a diff makes
+/// thousands of small searches).
+pub(crate) struct Searcher {
+    /// u64 words: the kernel's buffer is u64-aligned.
+    words: Vec<u64>,
 }
 
-/// Every item of one object's keys of kinds `kinds`, in key order.
-pub(crate) fn items_of(
-    fd: BorrowedFd<'_>,
-    tree: u64,
-    objectid: u64,
-    kinds: std::ops::RangeInclusive<u8>,
-) -> io::Result<Vec<(Key, Vec<u8>)>> {
-    let mut out = Vec::new();
-    search(
-        fd,
-        tree,
-        Key::new(objectid, *kinds.start(), 0),
-        Key::new(objectid, *kinds.end(), u64::MAX),
-        0,
-        |key, data| {
-            out.push((key, data.to_vec()));
-            Ok(true)
-        },
-    )?;
-    Ok(out)
+impl Searcher {
+    pub fn new() -> Searcher {
+        Searcher {
+            words: vec![0u64; (size_of::<SearchArgsV2>() + BUF_BYTES) / 8],
+        }
+    }
+
+    /// Calls `each` with every item of tree `tree` whose key is in
+    /// `min..=max` (keys compare as tuples), in key order; with `min_transid`,
+    /// only those in leaves written in that transaction or later (the kernel
+    /// skips whole subtrees older than that). `each` returns false to stop;
+    /// its error stops the search and is returned.
+    pub fn search(
+        &mut self,
+        fd: BorrowedFd<'_>,
+        tree: u64,
+        min: Key,
+        max: Key,
+        min_transid: u64,
+        mut each: impl FnMut(Key, &[u8]) -> io::Result<bool>,
+    ) -> io::Result<()> {
+        let words = &mut self.words;
+        let mut from = min;
+        loop {
+            let key = SearchKey {
+                tree_id: tree,
+                min_objectid: from.objectid,
+                max_objectid: max.objectid,
+                min_offset: from.offset,
+                max_offset: max.offset,
+                min_transid,
+                max_transid: u64::MAX,
+                min_type: u32::from(from.kind),
+                max_type: u32::from(max.kind),
+                nr_items: u32::MAX,
+                ..SearchKey::default()
+            };
+            let args = words.as_mut_ptr().cast::<SearchArgsV2>();
+            // SAFETY: `words` is u64-aligned and larger than SearchArgsV2 plus
+            // BUF_BYTES; the kernel writes at most buf_size bytes after it.
+            let ret = unsafe {
+                args.write(SearchArgsV2 {
+                    key,
+                    buf_size: BUF_BYTES as u64,
+                });
+                libc::ioctl(fd.as_raw_fd(), TREE_SEARCH_V2 as _, args)
+            };
+            if ret < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // SAFETY: the kernel filled the key back in; `args` is still ours.
+            let found = unsafe { (*args).key.nr_items };
+            if found == 0 {
+                return Ok(());
+            }
+            // SAFETY: the results start right after the args, within `words`.
+            let bytes: &[u8] = unsafe {
+                std::slice::from_raw_parts(
+                    words.as_ptr().cast::<u8>().add(size_of::<SearchArgsV2>()),
+                    BUF_BYTES,
+                )
+            };
+            let mut at = 0usize;
+            let mut last = from;
+            for _ in 0..found {
+                let header = bytes
+                    .get(at..at + HEADER_BYTES)
+                    .ok_or_else(|| io::Error::from_raw_os_error(libc::EIO))?;
+                let objectid = u64_at(header, 8);
+                let offset = u64_at(header, 16);
+                let kind = u32_at(header, 24) as u8;
+                let len = u32_at(header, 28) as usize;
+                let data = bytes
+                    .get(at + HEADER_BYTES..at + HEADER_BYTES + len)
+                    .ok_or_else(|| io::Error::from_raw_os_error(libc::EIO))?;
+                at += HEADER_BYTES + len;
+                last = Key::new(objectid, kind, offset);
+                if !each(last, data)? {
+                    return Ok(());
+                }
+            }
+            match last.next() {
+                Some(next) if next <= max => from = next,
+                _ => return Ok(()),
+            }
+        }
+    }
+
+    /// Every item of one object's keys of kinds `kinds`, in key order.
+    pub fn items_of(
+        &mut self,
+        fd: BorrowedFd<'_>,
+        tree: u64,
+        objectid: u64,
+        kinds: std::ops::RangeInclusive<u8>,
+    ) -> io::Result<Vec<(Key, Vec<u8>)>> {
+        let mut out = Vec::new();
+        self.search(
+            fd,
+            tree,
+            Key::new(objectid, *kinds.start(), 0),
+            Key::new(objectid, *kinds.end(), u64::MAX),
+            0,
+            |key, data| {
+                out.push((key, data.to_vec()));
+                Ok(true)
+            },
+        )?;
+        Ok(out)
+    }
 }
 
 fn u64_at(b: &[u8], at: usize) -> u64 {
@@ -361,8 +377,8 @@ pub(crate) enum Extent {
         compression: u8,
         offset: u64,
     },
-    /// Bytes kept in the tree itself.
-    Inline,
+    /// Bytes kept in the tree itself: them, unless compressed.
+    Inline(Option<Vec<u8>>),
 }
 
 /// struct btrfs_file_extent_item: (what, how many bytes of the file).
@@ -373,7 +389,10 @@ pub(crate) fn file_extent(b: &[u8]) -> io::Result<(Extent, u64)> {
     let ram_bytes = u64_at(b, 8);
     let compression = b[16];
     match b[20] {
-        0 => Ok((Extent::Inline, ram_bytes)),
+        0 => {
+            let data = (compression == 0).then(|| b[21..].to_vec());
+            Ok((Extent::Inline(data), ram_bytes))
+        }
         kind => {
             if b.len() < 53 {
                 return Err(bad());

@@ -84,6 +84,7 @@ pub(crate) struct Tree {
     pub otransid: u64,
     inodes: HashMap<u64, Option<Rc<Inode>>>,
     paths: HashMap<u64, Option<PathBuf>>,
+    searcher: search::Searcher,
 }
 
 impl Tree {
@@ -96,6 +97,7 @@ impl Tree {
             otransid: info.otransid,
             inodes: HashMap::new(),
             paths: HashMap::new(),
+            searcher: search::Searcher::new(),
         })
     }
 
@@ -110,7 +112,9 @@ impl Tree {
         }
         // The item, the names and the xattrs are neighbours in the tree:
         // one search reads them all.
-        let items = search::items_of(self.root.as_fd(), self.id, ino, INODE_ITEM..=XATTR_ITEM)?;
+        let items =
+            self.searcher
+                .items_of(self.root.as_fd(), self.id, ino, INODE_ITEM..=XATTR_ITEM)?;
         let mut item = None;
         let mut names = Vec::new();
         let mut xattrs = Vec::new();
@@ -142,7 +146,7 @@ impl Tree {
     /// without umbra's own folder at the root.
     pub fn entries(&mut self, dir: u64) -> io::Result<Vec<Entry>> {
         let mut out = Vec::new();
-        search::search(
+        self.searcher.search(
             self.root.as_fd(),
             self.id,
             Key::new(dir, DIR_INDEX, 0),
@@ -211,10 +215,11 @@ impl Tree {
 
     /// A file's extents, in order: (file offset, bytes, where they are).
     /// What no extent covers is a hole.
-    pub fn extents(&self, ino: u64) -> io::Result<Vec<(u64, u64, Extent)>> {
+    pub fn extents(&mut self, ino: u64) -> io::Result<Vec<(u64, u64, Extent)>> {
         let mut out = Vec::new();
         for (key, data) in
-            search::items_of(self.root.as_fd(), self.id, ino, EXTENT_DATA..=EXTENT_DATA)?
+            self.searcher
+                .items_of(self.root.as_fd(), self.id, ino, EXTENT_DATA..=EXTENT_DATA)?
         {
             let (extent, len) = search::file_extent(&data)?;
             out.push((key.offset, len, extent));
@@ -230,9 +235,9 @@ impl Tree {
     /// Every inode whose item was written after transaction `transid`:
     /// read only from the leaves written since (the kernel skips every
     /// older subtree), so the cost follows what changed.
-    pub fn written_since(&self, transid: u64) -> io::Result<Vec<(u64, InodeItem)>> {
+    pub fn written_since(&mut self, transid: u64) -> io::Result<Vec<(u64, InodeItem)>> {
         let mut out = Vec::new();
-        search::search(
+        self.searcher.search(
             self.root.as_fd(),
             self.id,
             Key::new(ROOT_INO, INODE_ITEM, 0),
