@@ -8,8 +8,9 @@
 //! through renames, replacements and deletion; and the random model: each
 //! diff turns the older snapshot's tree (read at `.umbra/N` directly) into
 //! the newer one's. A diff examines the objects that changed, not every
-//! object of the volume, and tells a file that got a removed file's inode
-//! number (after a remount) from that file.
+//! object of the volume, tells a file that got a removed file's inode
+//! number (after a remount) from that file, and shows a subvolume made
+//! inside the volume as the empty directory its snapshots hold.
 
 #![allow(clippy::unwrap_used)] // in a test, an unwrap is an assertion
 
@@ -367,6 +368,39 @@ fn an_inode_number_given_again_after_a_remount_is_another_file_not_a_rename() {
     assert_eq!(
         sorted(&lines),
         sorted(&["M directory / times", "- file /b", "+ file /b", "+ file /c",]),
+        "{lines:#?}"
+    );
+}
+
+#[test]
+fn a_subvolume_made_inside_a_btrfs_volume_is_a_directory_with_nothing_under_it() {
+    let d = vault();
+    let live = d.live("vault");
+    let first = d.create_set();
+    // A snapshot of the volume shows a subvolume inside it as an empty
+    // directory: its files are in no set, so in no diff between sets.
+    run(std::process::Command::new("btrfs")
+        .args(["-q", "subvolume", "create"])
+        .arg(live.join("inner")));
+    write(&live.join("inner/file"), "f");
+    let second = d.create_set();
+    assert!(
+        fs::read_dir(image(&d, &second).join("inner"))
+            .unwrap()
+            .next()
+            .is_none()
+    );
+    let (lines, _) = diff(&d, &[&first.name, &second.name]);
+    assert_eq!(
+        sorted(&lines),
+        sorted(&["M directory / times", "+ directory /inner"]),
+        "{lines:#?}"
+    );
+    fs::rename(live.join("inner"), live.join("moved")).unwrap();
+    let (lines, _) = diff(&d, &[&second.name]);
+    assert_eq!(
+        sorted(&lines),
+        sorted(&["M directory / times", "R directory /inner -> /moved"]),
         "{lines:#?}"
     );
 }
