@@ -9,16 +9,22 @@
 # user would otherwise run), all in the same run. Prints a Markdown table;
 # never pass/fail.
 #
+# With BENCH_PROVIDER=btrfs the volume is a subvolume of a loop-mounted
+# btrfs the script makes (BENCH_BTRFS_GB, default 8, sparse), changed
+# directly, and the tree walks run over the sets' snapshots in its .umbra.
+#
 # Run as root:                  bench/diff.sh
 # A quicker run:                BENCH_FILES=100000 bench/diff.sh
+# The btrfs provider:           BENCH_PROVIDER=btrfs BENCH_FILES=200000 bench/diff.sh
 # Environment: BENCH_FILES, BENCH_CHANGES, BENCH_REPS (runs of each umbra
 # diff, median; default 3), BENCH_DIR (default /var/tmp), BENCH_NO_BUILD=1,
-# BENCH_KEEP=1, CARGO_TARGET_DIR.
+# BENCH_KEEP=1, BENCH_PROVIDER (cow or btrfs), BENCH_BTRFS_GB, CARGO_TARGET_DIR.
 set -Eeuo pipefail
 
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 FILES=${BENCH_FILES:-1000000}
 CHANGES=${BENCH_CHANGES:-100}
+PROVIDER=${BENCH_PROVIDER:-cow}
 REPS=${BENCH_REPS:-3}
 TARGET=${CARGO_TARGET_DIR:-$REPO/target}
 UMBRA=$TARGET/release/umbra
@@ -36,15 +42,25 @@ cleanup() {
         kill -TERM "$DAEMON"
         wait "$DAEMON" 2>/dev/null || true
     fi
-    for m in "$WORK/live" "$WORK/snapshots"; do
+    for m in "$WORK/live" "$WORK/snapshots" "$WORK/btrfs"; do
         mountpoint -q "$m" 2>/dev/null && umount -l "$m"
     done
     [[ -n ${BENCH_KEEP:-} ]] || rm -rf "$WORK"
 }
 trap cleanup EXIT
 
-log "making $FILES files natively in $WORK/backing"
-python3 - "$WORK/backing" "$FILES" <<'PY'
+BACKING=$WORK/backing
+if [[ $PROVIDER == btrfs ]]; then
+    log "making a loop-mounted btrfs in $WORK/btrfs"
+    truncate -s "${BENCH_BTRFS_GB:-8}G" "$WORK/btrfs.img"
+    mkfs.btrfs -q "$WORK/btrfs.img"
+    mkdir -p "$WORK/btrfs"
+    mount -o loop "$WORK/btrfs.img" "$WORK/btrfs"
+    BACKING=$WORK/btrfs/data
+    btrfs -q subvolume create "$BACKING"
+fi
+log "making $FILES files natively in $BACKING"
+python3 - "$BACKING" "$FILES" <<'PY'
 import os, sys
 root, n = sys.argv[1], int(sys.argv[2])
 for i in range(n):
@@ -55,22 +71,30 @@ for i in range(n):
         f.write(f"file {i}\n")
 PY
 mkdir -p "$WORK/live" "$WORK/snapshots" "$WORK/state"
+if [[ $PROVIDER == btrfs ]]; then
+    volume="backing = \"$BACKING\"
+provider = \"btrfs\""
+else
+    volume="backing = \"$BACKING\"
+mount = \"$WORK/live\""
+fi
 cat > "$WORK/umbra.toml" <<TOML
 state_dir = "$WORK/state"
 snapshots = "$WORK/snapshots"
 [[volume]]
 name = "data"
-backing = "$WORK/backing"
-mount = "$WORK/live"
+$volume
 TOML
 "$UMBRA" up --config "$WORK/umbra.toml" > "$WORK/up.log" 2>&1 &
 DAEMON=$!
 for _ in $(seq 200); do grep -q "umbra: ready" "$WORK/up.log" && break; sleep 0.1; done
 U=("$UMBRA" --config "$WORK/umbra.toml")
-A=$("${U[@]}" create --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["name"])')
+set_of() { python3 -c 'import json,sys; s=json.load(sys.stdin); print(s["name"], s["id"])'; }
+read -r A A_ID < <("${U[@]}" create --json | set_of)
 
-log "making $CHANGES changes through the live mount"
+log "making $CHANGES changes to the live volume"
 L=$WORK/live
+[[ $PROVIDER == btrfs ]] && L=$BACKING
 for i in $(seq 0 $((CHANGES - 1))); do
     # A distinct file for each change (7919 is prime: coprime with the
     # file count as long as that is not a multiple of it).
@@ -85,7 +109,7 @@ for i in $(seq 0 $((CHANGES - 1))); do
         9) chmod 600 "$L/$d/$f" 2>/dev/null || true ;;
     esac
 done
-B=$("${U[@]}" create --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["name"])')
+read -r B B_ID < <("${U[@]}" create --json | set_of)
 
 # Median wall seconds of REPS runs of a command.
 timed() {
@@ -108,6 +132,10 @@ t_live=$(timed "$REPS" "${U[@]}" diff "$A")
 log "timing the tree walks (once each)"
 SA=$WORK/snapshots/$A/data
 SB=$WORK/snapshots/$B/data
+if [[ $PROVIDER == btrfs ]]; then
+    SA=$BACKING/.umbra/$A_ID
+    SB=$BACKING/.umbra/$B_ID
+fi
 if [[ -z ${BENCH_SKIP_DIFFR:-} ]]; then
     sync; echo 3 > /proc/sys/vm/drop_caches
     t_diffr=$(timed 1 diff -rq "$SA" "$SB")
@@ -124,7 +152,7 @@ if [[ -n ${t_diffr:-} ]]; then
 "
 fi
 cat <<MD
-### \`umbra diff\` against a tree walk: $FILES files, $CHANGES changes ($(date -u +%Y-%m-%dT%H:%MZ), commit $(cd "$REPO" && git rev-parse --short HEAD))
+### \`umbra diff\` against a tree walk: $FILES files, $CHANGES changes, provider $PROVIDER ($(date -u +%Y-%m-%dT%H:%MZ), commit $(cd "$REPO" && git rev-parse --short HEAD))
 
 | what | wall time, s | lines | tree walk / umbra diff |
 | --- | --- | --- | --- |

@@ -1,10 +1,13 @@
 //! What changed in a volume between two instants (`umbra diff`) and the
-//! distinct versions of one file across the sets (`umbra versions`), both
-//! read from the catalog's records rather than by walking trees: the
-//! records say which objects and directories changed (store's
-//! `changed_objects`), and only those are resolved at the two instants and
-//! compared. So the cost follows the number of changes, not the number of
-//! files.
+//! distinct versions of one file across the sets (`umbra versions`). The
+//! comparison itself (`diff.rs`) is every provider's: a provider names
+//! what may have changed and reads the two ends through its `Ends`. For a
+//! copy-on-write volume (here) both are read from the catalog's records
+//! rather than by walking trees: the records say which objects and
+//! directories changed (store's `changed_objects`), and only those are
+//! resolved at the two instants and compared. So the cost follows the
+//! number of changes, not the number of files. (A btrfs volume reads its
+//! snapshots' trees the same way: providers/btrfs/changes.rs.)
 //!
 //! An object is known to the catalog by its number; its name comes from
 //! the listings of the directories that changed (the records), else from
@@ -17,9 +20,10 @@
 //! This module only reads: it never changes the volume or the catalog.
 
 mod compare;
+pub(crate) mod diff;
 mod instant;
 mod live;
-mod versions;
+pub(crate) mod versions;
 
 use std::path::PathBuf;
 

@@ -12,6 +12,7 @@
 
 pub mod btrfs;
 pub mod catalog;
+pub mod history;
 pub mod manifest;
 pub mod ops;
 pub mod servers;

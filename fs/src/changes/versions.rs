@@ -8,7 +8,7 @@
 //! the next newer one is not read again.
 
 use std::ffi::OsStr;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path};
 
@@ -79,19 +79,7 @@ pub fn versions(
             continue;
         }
         let (hash, attrs) = content(&mut reader, at, object)?;
-        let index = match out.iter().position(|v| v.hash == hash) {
-            Some(i) => i,
-            None => {
-                out.push(Version {
-                    hash,
-                    size: attrs.size,
-                    mtime: attrs.mtime,
-                    live: false,
-                    sets: Vec::new(),
-                });
-                out.len() - 1
-            }
-        };
+        let index = version_of(&mut out, hash, attrs.size, attrs.mtime);
         out[index].sets.push((*id, in_set));
         newer = Some((object, Some(*epoch), index));
     }
@@ -99,7 +87,7 @@ pub fn versions(
 }
 
 /// A relative path's names; `..`, `.` and absolute parts are refused.
-fn components(path: &Path) -> Result<Vec<&OsStr>> {
+pub(crate) fn components(path: &Path) -> Result<Vec<&OsStr>> {
     path.components()
         .map(|c| match c {
             Component::Normal(name) => Ok(name),
@@ -110,7 +98,18 @@ fn components(path: &Path) -> Result<Vec<&OsStr>> {
 
 /// The live object at `parts`, following no symlink; None if absent.
 fn live_object(vol: &Volume, parts: &[&OsStr]) -> Result<Option<ObjectId>> {
-    let mut dir = backing::reopen_path(vol.root_fd())?;
+    Ok(file_at(vol.root_fd(), parts)?.map(|(_, st)| ObjectId(st.st_ino)))
+}
+
+/// The file at `parts` under the directory `root` (a volume's root, or a
+/// copy's), following no symlink: an O_PATH descriptor and its stat; None
+/// if absent or in umbra's own folder. A directory there is EISDIR, a
+/// file on the way ENOTDIR.
+pub(crate) fn file_at(
+    root: BorrowedFd<'_>,
+    parts: &[&OsStr],
+) -> Result<Option<(OwnedFd, libc::stat64)>> {
+    let mut dir = backing::reopen_path(root)?;
     for (i, name) in parts.iter().enumerate() {
         if i == 0 && *name == OsStr::new(crate::HIDDEN_DIR) {
             return Ok(None);
@@ -129,10 +128,32 @@ fn live_object(vol: &Volume, parts: &[&OsStr]) -> Result<Option<ObjectId>> {
             if st.st_mode & libc::S_IFMT == libc::S_IFDIR {
                 return Err(FsError::from_errno(libc::EISDIR));
             }
-            return Ok(Some(ObjectId(st.st_ino)));
+            return Ok(Some((dir, st)));
         }
     }
     Ok(None)
+}
+
+/// The version with content `hash` in `out`, added if it is new: its index.
+pub(crate) fn version_of(
+    out: &mut Vec<Version>,
+    hash: [u8; 32],
+    size: u64,
+    mtime: umbra_store::Timestamp,
+) -> usize {
+    match out.iter().position(|v| v.hash == hash) {
+        Some(i) => i,
+        None => {
+            out.push(Version {
+                hash,
+                size,
+                mtime,
+                live: false,
+                sets: Vec::new(),
+            });
+            out.len() - 1
+        }
+    }
 }
 
 /// The object at `parts` at `at`, by names from the root; None if absent.

@@ -10,8 +10,17 @@
 //! Every operation goes through the descriptors opened at start, never a
 //! path: a user who renames the backing's root entries cannot redirect a
 //! snapshot or a deletion.
+//!
+//! `umbra diff` and `umbra versions` read the snapshots' trees by tree
+//! search (changes.rs, versions.rs over tree.rs and search.rs); a diff to
+//! the live volume takes a read-only `scratch-*` snapshot for the purpose
+//! and destroys it after (one a crash leaves, the start-up sweep does).
 
+mod changes;
 mod ioctl;
+mod search;
+mod tree;
+mod versions;
 
 use std::ffi::{OsStr, OsString};
 use std::io;
@@ -19,6 +28,7 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant as Clock};
 
 use umbra_coordinator::ProviderError;
@@ -26,6 +36,7 @@ use umbra_store::{Epoch, SetId, SetInfo, Store, VolumeId};
 
 use super::{Capture, ProviderKind, Retiring, SetCommit, VolumeProvider, VolumeRef};
 use crate::backing::{self, cstr};
+use crate::changes::diff;
 use crate::error::Context;
 use crate::{Changes, FsError, HIDDEN_DIR, Instant, Result, Version};
 
@@ -101,6 +112,46 @@ impl BtrfsVolume {
 
     pub fn backing_path(&self) -> &Path {
         &self.backing_path
+    }
+
+    /// The live subvolume's root directory.
+    pub(crate) fn root(&self) -> BorrowedFd<'_> {
+        self.root.as_fd()
+    }
+
+    /// The tree of `set`'s snapshot; refused if the set has none.
+    fn tree(&self, set: SetId) -> Result<tree::Tree> {
+        let Some(root) = self.image(set)? else {
+            return Err(FsError::Refused(format!(
+                "set {set} has no snapshot of volume {} in {}/{HIDDEN_DIR}",
+                self.name,
+                self.backing_path.display()
+            )));
+        };
+        tree::Tree::open(root)
+            .context(|| format!("reading the snapshot of set {set} of {}", self.name))
+    }
+
+    /// A read-only snapshot of the live subvolume now, destroyed when the
+    /// guard goes (a crash leaves it to the start-up sweep: no set owns it).
+    fn scratch(&self) -> Result<(Scratch<'_>, tree::Tree)> {
+        static COUNT: AtomicU64 = AtomicU64::new(0);
+        let name = OsString::from(format!(
+            "scratch-{}-{}",
+            std::process::id(),
+            COUNT.fetch_add(1, Ordering::Relaxed)
+        ));
+        ioctl::snapshot_read_only(self.root.as_fd(), self.images.as_fd(), &name)
+            .context(|| format!("snapshotting {} to diff it", self.backing_path.display()))?;
+        let scratch = Scratch { volume: self, name };
+        let fd = backing::openat(
+            self.images.as_fd(),
+            &cstr(&scratch.name)?,
+            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW,
+            0,
+        )?;
+        let tree = tree::Tree::open(fd)?;
+        Ok((scratch, tree))
     }
 
     /// The read-only snapshot of `set`, if the volume has one.
@@ -219,6 +270,40 @@ impl BtrfsVolume {
         ) {
             (Ok(image), Ok(live)) => root && image.parent_uuid == live.uuid,
             _ => false,
+        }
+    }
+}
+
+/// A system error while reading a volume's snapshots, said as such; errors
+/// about the request itself (ENOENT, EISDIR: the caller's path) as they are.
+fn reading(e: FsError, volume: &str) -> FsError {
+    match e {
+        FsError::Io(source)
+            if !matches!(
+                source.raw_os_error(),
+                Some(libc::ENOENT | libc::EISDIR | libc::ENOTDIR | libc::EINVAL)
+            ) =>
+        {
+            FsError::Context {
+                what: format!("reading the btrfs snapshots of {volume}"),
+                source,
+            }
+        }
+        other => other,
+    }
+}
+
+/// A snapshot of the live subvolume taken for one diff: destroyed when it
+/// goes.
+struct Scratch<'v> {
+    volume: &'v BtrfsVolume,
+    name: OsString,
+}
+
+impl Drop for Scratch<'_> {
+    fn drop(&mut self) {
+        if let Err(e) = self.volume.destroy(&self.name) {
+            tracing::error!(volume = %self.volume.name, "destroying the snapshot taken for a diff: {e} (the next start destroys it)");
         }
     }
 }
@@ -454,10 +539,24 @@ impl VolumeProvider for BtrfsProvider {
         to: Instant,
         under: Option<&Path>,
     ) -> Result<Changes> {
-        let _ = (self.volume(volume)?, from, to, under);
-        Err(FsError::Refused(
-            "diff is not yet done for btrfs volumes".into(),
-        ))
+        let vol = self.volume(volume)?;
+        let Instant::Set { id: from, .. } = from else {
+            return Err(FsError::from_errno(libc::EINVAL));
+        };
+        let old = vol.tree(from)?;
+        let (new, scratch) = match to {
+            Instant::Set { id, .. } => (vol.tree(id)?, None),
+            Instant::Live => {
+                let (scratch, tree) = vol.scratch()?;
+                (tree, Some(scratch))
+            }
+        };
+        let found =
+            changes::BtrfsEnds::new(old, new).and_then(|mut ends| diff::diff(&mut ends, under));
+        // The trees' descriptors are closed before their scratch snapshot
+        // is destroyed.
+        drop(scratch);
+        found.map_err(|e| reading(e, &vol.name))
     }
 
     fn versions(
@@ -466,9 +565,7 @@ impl VolumeProvider for BtrfsProvider {
         sets: &[(SetId, Epoch)],
         path: &Path,
     ) -> Result<Vec<Version>> {
-        let _ = (self.volume(volume)?, sets, path);
-        Err(FsError::Refused(
-            "versions is not yet done for btrfs volumes".into(),
-        ))
+        let vol = self.volume(volume)?;
+        versions::versions(vol, sets, path).map_err(|e| reading(e, &vol.name))
     }
 }

@@ -1,6 +1,7 @@
 //! The btrfs ioctls the btrfs provider needs, by descriptor: make a
-//! subvolume, take a read-only snapshot, destroy one, and read a
-//! subvolume's identity and generations. Thin checked wrappers over the
+//! subvolume, take a read-only snapshot, destroy one, read a subvolume's
+//! identity and generations, and open an inode of any subvolume by its
+//! number (a btrfs file handle). Thin checked wrappers over the
 //! kernel's structs (linux/btrfs.h); no policy of when or where lives here.
 
 use std::ffi::OsStr;
@@ -168,6 +169,31 @@ pub(crate) fn subvolume_info(fd: BorrowedFd<'_>) -> io::Result<SubvolInfo> {
         uuid: args.uuid,
         parent_uuid: args.parent_uuid,
     })
+}
+
+/// FILEID_BTRFS_WITHOUT_PARENT: a handle of (inode, tree, generation).
+const FILEID_BTRFS_WITHOUT_PARENT: i32 = 0x4d;
+
+/// Opens inode `ino` of the subvolume `tree` (on the filesystem of
+/// `mount`) with `flags`, if its generation is still `generation`
+/// (ESTALE if the number now names another inode, or none).
+pub(crate) fn open_inode(
+    mount: BorrowedFd<'_>,
+    tree: u64,
+    ino: u64,
+    generation: u64,
+    flags: i32,
+) -> io::Result<std::os::fd::OwnedFd> {
+    // struct file_handle { u32 handle_bytes; i32 handle_type; } followed by
+    // struct btrfs_fid's first 20 bytes (packed): objectid, root, gen.
+    let mut handle = Vec::with_capacity(28);
+    handle.extend_from_slice(&20u32.to_ne_bytes());
+    handle.extend_from_slice(&FILEID_BTRFS_WITHOUT_PARENT.to_ne_bytes());
+    handle.extend_from_slice(&ino.to_ne_bytes());
+    handle.extend_from_slice(&tree.to_ne_bytes());
+    // The kernel keeps an inode's generation in 32 bits of its handle.
+    handle.extend_from_slice(&(generation as u32).to_ne_bytes());
+    crate::backing::open_by_handle(mount, &handle, flags)
 }
 
 #[cfg(test)]
