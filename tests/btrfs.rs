@@ -400,8 +400,9 @@ fn a_mixed_set_is_browsable_side_by_side_diffable_restorable_and_deletable() {
     assert_eq!(at(&second.name, "vault/new").expect("read"), b"new");
 
     // One diff over both providers.
-    let diff: Value = serde_json::from_str(&d.umbra_ok(&["diff", &first_name, &second.name, "--json"]))
-        .expect("diff --json");
+    let diff: Value =
+        serde_json::from_str(&d.umbra_ok(&["diff", &first_name, &second.name, "--json"]))
+            .expect("diff --json");
     let mut lines: Vec<(String, String, String)> = diff["changes"]
         .as_array()
         .expect("changes")
@@ -410,7 +411,9 @@ fn a_mixed_set_is_browsable_side_by_side_diffable_restorable_and_deletable() {
             let path = c["path"].as_str().unwrap_or_default();
             let volume = c["volume"].as_str().unwrap_or_default().to_string();
             let root = d.live(&volume);
-            let rel = Path::new(path).strip_prefix(&root).unwrap_or(Path::new(path));
+            let rel = Path::new(path)
+                .strip_prefix(&root)
+                .unwrap_or(Path::new(path));
             (
                 c["change"].as_str().unwrap_or_default().to_string(),
                 volume,
@@ -438,10 +441,24 @@ fn a_mixed_set_is_browsable_side_by_side_diffable_restorable_and_deletable() {
     assert_eq!(lines, want, "{diff}");
 
     // Restored in place from the first set, through the browser.
-    d.umbra_ok(&["restore", &first_name, &vault.join("ledger").to_string_lossy(), "--overwrite"]);
+    d.umbra_ok(&[
+        "restore",
+        &first_name,
+        &vault.join("ledger").to_string_lossy(),
+        "--overwrite",
+    ]);
     assert_eq!(fs::read(vault.join("ledger")).expect("read"), b"one");
-    d.umbra_ok(&["restore", &first_name, &vault.join("dir").to_string_lossy(), "--to", &d.scratch("out").to_string_lossy()]);
-    assert_eq!(fs::read(d.scratch("out").join("dir/sub")).expect("read"), b"sub");
+    d.umbra_ok(&[
+        "restore",
+        &first_name,
+        &vault.join("dir").to_string_lossy(),
+        "--to",
+        &d.scratch("out").to_string_lossy(),
+    ]);
+    assert_eq!(
+        fs::read(d.scratch("out").join("dir/sub")).expect("read"),
+        b"sub"
+    );
 
     // Deleted: gone from the browser and from btrfs.
     d.umbra_ok(&["delete", "--all"]);
