@@ -466,3 +466,24 @@ fn a_mixed_set_is_browsable_side_by_side_diffable_restorable_and_deletable() {
     let left: Vec<_> = fs::read_dir(d.snapshots()).expect("ls").collect();
     assert!(left.is_empty(), "{left:?}");
 }
+
+#[test]
+fn backup_reads_a_btrfs_volume_through_the_browser_and_deletes_its_snapshot() {
+    let d = mixed();
+    fs::write(d.live("vault").join("ledger"), b"one").expect("write");
+    let out = d.umbra_ok(&[
+        "backup",
+        "vault",
+        "--",
+        "sh",
+        "-c",
+        "cat \"$UMBRA_SNAPSHOT/vault/ledger\" && ls -A \"$UMBRA_SNAPSHOT/vault\"",
+    ]);
+    assert!(out.starts_with("one"), "{out}");
+    assert!(
+        !out.contains(".umbra"),
+        "the snapshot folder is hidden: {out}"
+    );
+    assert!(d.list_sets().is_empty(), "the backup's set went");
+    assert!(snapshots(&d).is_empty(), "and so did its snapshot");
+}
