@@ -27,6 +27,11 @@ use crate::{FsError, HIDDEN_DIR, Result};
 const STRIPES: usize = 1024;
 /// Pre-images gathered past this size are stored before gathering more.
 const FLUSH_BYTES: usize = 16 * 1024 * 1024;
+/// How far past a sequential first overwrite its file's next blocks are
+/// preserved in the same store, so that the writes that follow find their
+/// pre-images durable already: one sync for this many bytes instead of one
+/// per write. Below `FLUSH_BYTES`, so that a batch is one store.
+const AHEAD_BYTES: u64 = 8 * 1024 * 1024;
 
 /// The volume's position in time.
 #[derive(Clone, Copy, Debug)]
@@ -57,6 +62,9 @@ pub(crate) struct Cow {
     stripes: Box<[RwLock<()>]>,
     preserved: Mutex<HashMap<ObjectId, Preserved>>,
     births: Mutex<HashSet<ObjectId>>,
+    /// Where the last write of each object in the open epoch ended: a write
+    /// that starts there continues a sequential stream.
+    streams: Mutex<HashMap<ObjectId, u64>>,
     /// Counts the stores of pre-images: a snapshot reader that saw no
     /// record of an object, and sees this unchanged under the object's read
     /// lock, knows none has appeared since.
@@ -104,6 +112,7 @@ impl Cow {
             stripes: (0..STRIPES).map(|_| RwLock::new(())).collect(),
             preserved: Mutex::new(HashMap::new()),
             births: Mutex::new(HashSet::new()),
+            streams: Mutex::new(HashMap::new()),
             stores: AtomicU64::new(0),
         }
     }
@@ -180,6 +189,7 @@ impl Cow {
         clock.began_here = true;
         lock(&self.preserved).clear();
         lock(&self.births).clear();
+        lock(&self.streams).clear();
     }
 
     /// After a deletion: whether any set of the volume is left.
@@ -335,6 +345,36 @@ impl Mutation<'_> {
                 // memory: store what is gathered; the change still waits.
                 self.preserve()?;
             }
+        }
+        Ok(())
+    }
+
+    /// Keeps what a write of `[start, end)` overwrites, like `blocks`; and
+    /// when that write continues the previous one and had to keep
+    /// something, also the next `AHEAD_BYTES` of the file (only what
+    /// existed at the start of the epoch, counted in the diff area like any
+    /// pre-image). Those blocks are still as the set saw them, since any
+    /// change of them would have kept them first.
+    pub fn write_blocks(
+        &mut self,
+        object: ObjectId,
+        fd: BorrowedFd<'_>,
+        file: &File,
+        start: u64,
+        end: u64,
+    ) -> Result<()> {
+        let before = self.blocks.len();
+        self.blocks(object, fd, file, start, end)?;
+        if self.hi.is_none() {
+            return Ok(());
+        }
+        let sequential = {
+            let mut streams = lock(&self.cow.streams);
+            let previous = streams.insert(object, end);
+            start > 0 && previous == Some(start)
+        };
+        if sequential && self.blocks.len() > before {
+            self.blocks(object, fd, file, end, end.saturating_add(AHEAD_BYTES))?;
         }
         Ok(())
     }

@@ -48,7 +48,7 @@ impl LiveFs {
         let of = self.file(fh)?;
         let end = offset + data.len() as u64;
         let mut m = self.vol.cow.begin(&[of.object]);
-        m.blocks(of.object, of.file.as_fd(), &of.file, offset, end)?;
+        m.write_blocks(of.object, of.file.as_fd(), &of.file, offset, end)?;
         m.preserve()?;
         debug_assert!(m.all_stored());
         self.drop_privileges(of.object, &of.file, kill_suidgid)?;
