@@ -13,7 +13,7 @@ use std::collections::{HashMap, HashSet};
 use std::ffi::OsStr;
 use std::fs::File;
 use std::hash::{Hash, Hasher};
-use std::os::fd::BorrowedFd;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
@@ -43,12 +43,23 @@ pub(crate) struct Clock {
     pub began_here: bool,
 }
 
+/// A directory's entries that left their names one by one this many
+/// times in the open epoch have the metadata and handles of all its
+/// entries kept at once (`children`): a directory being emptied or renamed
+/// through then pays one sync, not one per entry. A first few do not, so
+/// that one unlink in a large directory does not pay for all of it.
+const CHILDREN_AFTER: u32 = 4;
+
 /// What one object has already had preserved in the open epoch.
 #[derive(Clone, Debug, Default)]
 struct Preserved {
     /// The size at the start of the epoch, once the attributes are kept.
     attr_size: Option<u64>,
     dir: bool,
+    /// Its handle is durable (this process stored it).
+    handle: bool,
+    /// A directory: the metadata and handles of every entry are kept.
+    children: bool,
     blocks: HashSet<u64>,
 }
 
@@ -65,6 +76,8 @@ pub(crate) struct Cow {
     /// Where the last write of each object in the open epoch ended: a write
     /// that starts there continues a sequential stream.
     streams: Mutex<HashMap<ObjectId, u64>>,
+    /// How many entries left each directory by name in the open epoch.
+    departures: Mutex<HashMap<ObjectId, u32>>,
     /// Counts the stores of pre-images: a snapshot reader that saw no
     /// record of an object, and sees this unchanged under the object's read
     /// lock, knows none has appeared since.
@@ -113,6 +126,7 @@ impl Cow {
             preserved: Mutex::new(HashMap::new()),
             births: Mutex::new(HashSet::new()),
             streams: Mutex::new(HashMap::new()),
+            departures: Mutex::new(HashMap::new()),
             stores: AtomicU64::new(0),
         }
     }
@@ -166,6 +180,7 @@ impl Cow {
             handles: Vec::new(),
             places: Vec::new(),
             aside: Vec::new(),
+            children: Vec::new(),
         }
     }
 
@@ -190,6 +205,7 @@ impl Cow {
         lock(&self.preserved).clear();
         lock(&self.births).clear();
         lock(&self.streams).clear();
+        lock(&self.departures).clear();
     }
 
     /// After a deletion: whether any set of the volume is left.
@@ -216,6 +232,7 @@ impl Cow {
                 attr_size: stored.attr.map(|a| a.size),
                 dir: stored.dir,
                 blocks: stored.blocks.into_iter().collect(),
+                ..Preserved::default()
             };
             map = lock(&self.preserved);
             map.entry(object).or_insert(loaded);
@@ -253,6 +270,8 @@ pub(crate) struct Mutation<'a> {
     handles: Vec<(ObjectId, Vec<u8>)>,
     places: Vec<(ObjectId, Place)>,
     aside: Vec<ObjectId>,
+    /// Directories whose entries' metadata and handles this mutation keeps.
+    children: Vec<ObjectId>,
 }
 
 impl Mutation<'_> {
@@ -379,10 +398,76 @@ impl Mutation<'_> {
         Ok(())
     }
 
+    /// Keeps what a snapshot needs of `object` (behind `fd`) before it
+    /// leaves `name` in directory `parent` (behind `parent_fd`, whose
+    /// entries `dir` keeps first): its metadata and its handle. Once
+    /// entries left `parent` `CHILDREN_AFTER` times in the epoch, every
+    /// entry's are kept at once, so that the next departures need no sync
+    /// of their own.
+    pub fn leaving(
+        &mut self,
+        parent: ObjectId,
+        parent_fd: BorrowedFd<'_>,
+        object: ObjectId,
+        fd: BorrowedFd<'_>,
+        name: &OsStr,
+    ) -> Result<()> {
+        if !self.needs(object) {
+            return Ok(());
+        }
+        if self.needs(parent) {
+            let departures = {
+                let mut counts = lock(&self.cow.departures);
+                let n = counts.entry(parent).or_insert(0);
+                *n += 1;
+                *n
+            };
+            if departures >= CHILDREN_AFTER {
+                self.children(parent, parent_fd)?;
+            }
+        }
+        self.attr(object, fd)?;
+        self.handle(object, parent_fd, name)
+    }
+
+    /// Keeps the metadata and handle of every entry of directory `dir`
+    /// that has none kept in the epoch. An entry is not locked: one that
+    /// changes meanwhile had its own pre-image stored before the change,
+    /// and the store keeps the first record of an epoch, never a later one.
+    fn children(&mut self, dir: ObjectId, dir_fd: BorrowedFd<'_>) -> Result<()> {
+        if self.known(dir, |p| p.children)? || self.children.contains(&dir) {
+            return Ok(());
+        }
+        let hidden = (dir == self.cow.root).then_some(OsStr::new(HIDDEN_DIR));
+        for (name, ino, _) in backing::list_dir(dir_fd)? {
+            let object = ObjectId(ino);
+            if Some(name.as_os_str()) == hidden || name == "." || name == ".." {
+                continue;
+            }
+            if !self.needs(object) {
+                continue;
+            }
+            let cname = cstr(&name)?;
+            let fd = match backing::open_path(dir_fd, &cname) {
+                Ok(fd) => fd,
+                // Gone meanwhile: whatever removed it kept what it needed.
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => continue,
+                Err(e) => return Err(e.into()),
+            };
+            self.attr(object, fd.as_fd())?;
+            self.handle(object, dir_fd, &name)?;
+        }
+        self.children.push(dir);
+        Ok(())
+    }
+
     /// Records the file handle of `object`, reached as `name` in `dir`,
     /// before it leaves that name: snapshots find it by handle afterwards.
     pub fn handle(&mut self, object: ObjectId, dir: BorrowedFd<'_>, name: &OsStr) -> Result<()> {
-        if !self.needs(object) {
+        if !self.needs(object)
+            || self.known(object, |p| p.handle)?
+            || self.handles.iter().any(|(o, _)| *o == object)
+        {
             return Ok(());
         }
         let handle = backing::name_to_handle(dir, &cstr(name)?)?;
@@ -431,6 +516,10 @@ impl Mutation<'_> {
             aside: std::mem::take(&mut self.aside),
         };
         if pre.is_empty() {
+            let mut preserved = lock(&self.cow.preserved);
+            for object in self.children.drain(..) {
+                preserved.entry(object).or_default().children = true;
+            }
             return Ok(());
         }
         let guard = self.cow.guard.get();
@@ -461,10 +550,23 @@ impl Mutation<'_> {
         }
         let mut preserved = lock(&self.cow.preserved);
         for (object, a) in &pre.attrs {
-            preserved.entry(*object).or_default().attr_size = Some(a.size);
+            // Another mutation's record of the object, stored first, is
+            // the one the store keeps (and an unlocked entry of
+            // `children` may have been read after that one's change).
+            preserved
+                .entry(*object)
+                .or_default()
+                .attr_size
+                .get_or_insert(a.size);
         }
         for (object, _) in &pre.dirs {
             preserved.entry(*object).or_default().dir = true;
+        }
+        for (object, _) in &pre.handles {
+            preserved.entry(*object).or_default().handle = true;
+        }
+        for object in self.children.drain(..) {
+            preserved.entry(object).or_default().children = true;
         }
         drop(pre);
         for (object, block, _) in self.blocks.drain(..) {
@@ -485,6 +587,7 @@ impl Mutation<'_> {
             && self.handles.is_empty()
             && self.places.is_empty()
             && self.aside.is_empty()
+            && self.children.is_empty()
     }
 
     /// Registers an object the mutation created: nothing of it is needed by
