@@ -43,6 +43,19 @@ pub(crate) struct Clock {
     pub began_here: bool,
 }
 
+/// A first overwrite in a region of a file (`REGION_BYTES`, aligned)
+/// where `REGION_AFTER` blocks were kept already in the epoch keeps the
+/// rest of the region in the same store: random writes that cover a file
+/// densely pay a sync per region rather than per block, while sparse ones
+/// (a large database's few pages) keep only what they overwrite. The diff
+/// area grows at most `REGION_BYTES / BLOCK_SIZE / REGION_AFTER`-fold.
+const REGION_BYTES: u64 = 1024 * 1024;
+const REGION_AFTER: usize = 2;
+
+/// A directory of at most this many entries has all of them kept at its
+/// first departure: cheaper than a sync of its own for a second one.
+const SMALL_DIR: usize = 32;
+
 /// A directory's entries that left their names one by one this many
 /// times in the open epoch have the metadata and handles of all its
 /// entries kept at once (`children`): a directory being emptied or renamed
@@ -181,6 +194,7 @@ impl Cow {
             places: Vec::new(),
             aside: Vec::new(),
             children: Vec::new(),
+            speculative: usize::MAX,
         }
     }
 
@@ -272,6 +286,9 @@ pub(crate) struct Mutation<'a> {
     aside: Vec<ObjectId>,
     /// Directories whose entries' metadata and handles this mutation keeps.
     children: Vec<ObjectId>,
+    /// Where the blocks kept ahead of the writes begin in `blocks` (MAX:
+    /// none): what is dropped first when room is short.
+    speculative: usize,
 }
 
 impl Mutation<'_> {
@@ -369,11 +386,13 @@ impl Mutation<'_> {
     }
 
     /// Keeps what a write of `[start, end)` overwrites, like `blocks`; and
-    /// when that write continues the previous one and had to keep
-    /// something, also the next `AHEAD_BYTES` of the file (only what
-    /// existed at the start of the epoch, counted in the diff area like any
-    /// pre-image). Those blocks are still as the set saw them, since any
-    /// change of them would have kept them first.
+    /// when that write had to keep something, also what the next writes
+    /// will likely overwrite: the next `AHEAD_BYTES` of the file if it
+    /// continues the previous write, or else the rest of its region if
+    /// that is being covered (`REGION_AFTER`). Only what existed at the
+    /// start of the epoch, counted in the diff area like any pre-image;
+    /// those blocks are still as the set saw them, since any change of
+    /// them would have kept them first.
     pub fn write_blocks(
         &mut self,
         object: ObjectId,
@@ -392,8 +411,20 @@ impl Mutation<'_> {
             let previous = streams.insert(object, end);
             start > 0 && previous == Some(start)
         };
-        if sequential && self.blocks.len() > before {
-            self.blocks(object, fd, file, end, end.saturating_add(AHEAD_BYTES))?;
+        if self.blocks.len() <= before {
+            return Ok(());
+        }
+        self.speculative = self.speculative.min(self.blocks.len());
+        if sequential {
+            return self.blocks(object, fd, file, end, end.saturating_add(AHEAD_BYTES));
+        }
+        let region = start / REGION_BYTES * REGION_BYTES;
+        let blocks = region / BLOCK_SIZE..(region + REGION_BYTES) / BLOCK_SIZE;
+        let kept = self.known(object, |p| {
+            blocks.clone().filter(|b| p.blocks.contains(b)).count()
+        })?;
+        if kept >= REGION_AFTER {
+            self.blocks(object, fd, file, region, region + REGION_BYTES)?;
         }
         Ok(())
     }
@@ -422,7 +453,11 @@ impl Mutation<'_> {
                 *n += 1;
                 *n
             };
-            if departures >= CHILDREN_AFTER {
+            let small = self
+                .dirs
+                .iter()
+                .any(|(o, entries)| *o == parent && entries.len() <= SMALL_DIR);
+            if departures >= CHILDREN_AFTER || small {
                 self.children(parent, parent_fd)?;
             }
         }
@@ -503,7 +538,7 @@ impl Mutation<'_> {
         let Some(hi) = self.hi else {
             return Ok(());
         };
-        let pre = PreImages {
+        let mut pre = PreImages {
             blocks: self
                 .blocks
                 .iter()
@@ -522,10 +557,20 @@ impl Mutation<'_> {
             }
             return Ok(());
         }
+        // Blocks kept ahead are a guess at the next writes: they must never
+        // turn a write that fits into ENOSPC, so they go first when room
+        // is short.
+        let needed = std::mem::replace(&mut self.speculative, usize::MAX).min(pre.blocks.len());
+        let bytes = |pre: &PreImages<'_>| pre.blocks.iter().map(|(_, _, d)| d.len() as u64).sum();
         let guard = self.cow.guard.get();
-        if let Some(guard) = guard {
-            let bytes: usize = pre.blocks.iter().map(|(_, _, d)| d.len()).sum();
-            guard.make_room(bytes as u64)?;
+        if let Some(guard) = guard
+            && let Err(e) = guard.make_room(bytes(&pre))
+        {
+            if needed == pre.blocks.len() {
+                return Err(e);
+            }
+            pre.blocks.truncate(needed);
+            guard.make_room(bytes(&pre))?;
         }
         loop {
             match self.cow.store.preserve(self.cow.volume, hi, &pre) {
@@ -534,6 +579,9 @@ impl Mutation<'_> {
                     // released.
                     self.cow.stores.fetch_add(1, Ordering::Release);
                     break;
+                }
+                Err(e) if e.is_disk_full() && pre.blocks.len() > needed => {
+                    pre.blocks.truncate(needed);
                 }
                 Err(e) if e.is_disk_full() => match guard {
                     Some(guard) if room_made(guard.as_ref())? => continue,
@@ -568,7 +616,11 @@ impl Mutation<'_> {
         for object in self.children.drain(..) {
             preserved.entry(object).or_default().children = true;
         }
+        let stored = pre.blocks.len();
         drop(pre);
+        for (object, block, _) in self.blocks.drain(stored..) {
+            self.pending.remove(&(object, block));
+        }
         for (object, block, _) in self.blocks.drain(..) {
             preserved.entry(object).or_default().blocks.insert(block);
         }
