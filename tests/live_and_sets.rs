@@ -834,8 +834,9 @@ fn xattrs_through_the_live_mount_answer_as_the_backing_files_do() {
 /// one by one (renames, unlinks, a replacing rename), past the point where
 /// its entries' metadata and handles are kept all at once; a small
 /// directory is emptied from the first unlink on; a file is overwritten
-/// block after block (its next blocks kept ahead), another densely at
-/// random within one region (the rest of the region kept with it). The set
+/// block after block through its end (its next blocks kept ahead, then by
+/// background threads while the writes go on), another densely at random
+/// within one region (the rest of the region kept with it). The set
 /// shows every name, mode, xattr and byte of its instant, and the live
 /// mount the new ones, before and after a restart (which finds the inodes
 /// the unlinks moved aside by their rows).
@@ -873,8 +874,10 @@ fn a_directory_emptied_after_a_set_and_files_overwritten_ahead_keep_the_set_whol
     }
     fs::remove_dir_all(p("few")).unwrap();
     let mut seq = fill(31, 12 * MIB + 5);
-    for m in 0..3 {
-        write_modeled(&p("seq.bin"), &mut seq, m * MIB, &fill(10 + m as u64, MIB));
+    // Through the whole file: past the window kept with the second write,
+    // into the windows background threads keep while the writes go on.
+    for m in 0..13 {
+        write_modeled(&p("seq.bin"), &mut seq, m * MIB, &fill(40 + m as u64, MIB));
     }
     let mut rand = fill(32, 4 * MIB);
     for (k, block) in [3usize, 9, 5, 14, 0, 11].into_iter().enumerate() {

@@ -15,7 +15,7 @@ use std::fs::File;
 use std::hash::{Hash, Hasher};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, Condvar, Mutex, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use umbra_store::{
     AttrRecord, BLOCK_SIZE, DirEntry, Epoch, ObjectId, Place, PreImages, Store, VolumeId,
@@ -63,6 +63,50 @@ const SMALL_DIR: usize = 32;
 /// that one unlink in a large directory does not pay for all of it.
 const CHILDREN_AFTER: u32 = 4;
 
+/// A file written sequentially in the open epoch.
+#[derive(Clone, Copy, Debug, Default)]
+struct Stream {
+    /// Where its last write ended: a write that starts there continues it.
+    end: u64,
+    /// How far its blocks are kept, or being kept, ahead of the writes.
+    upto: u64,
+    /// The windows background threads keep (`keep_ahead`), at most
+    /// `AHEAD_JOBS`, and whether each thread is running (it holds the gate,
+    /// so a write may wait for it without holding off a set's commit).
+    jobs: [Option<Job>; AHEAD_JOBS],
+}
+
+/// Two windows in flight: one thread syncs while the next reads and hashes.
+const AHEAD_JOBS: usize = 2;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Job {
+    from: u64,
+    to: u64,
+    running: bool,
+}
+
+impl Stream {
+    fn job(&mut self, w: &Window) -> Option<&mut Job> {
+        self.jobs
+            .iter_mut()
+            .flatten()
+            .find(|j| j.from == w.from && j.to == w.to)
+    }
+}
+
+/// A window of a sequential stream to keep in the background: the next
+/// `AHEAD_BYTES` once the writes are within a window of what is kept, so
+/// that they find it durable already and the reading, hashing, appending
+/// and syncing of pre-images runs beside them rather than between them.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Window {
+    object: ObjectId,
+    epoch: Epoch,
+    from: u64,
+    to: u64,
+}
+
 /// What one object has already had preserved in the open epoch.
 #[derive(Clone, Debug, Default)]
 struct Preserved {
@@ -86,9 +130,10 @@ pub(crate) struct Cow {
     stripes: Box<[RwLock<()>]>,
     preserved: Mutex<HashMap<ObjectId, Preserved>>,
     births: Mutex<HashSet<ObjectId>>,
-    /// Where the last write of each object in the open epoch ended: a write
-    /// that starts there continues a sequential stream.
-    streams: Mutex<HashMap<ObjectId, u64>>,
+    /// The files written sequentially in the open epoch.
+    streams: Mutex<HashMap<ObjectId, Stream>>,
+    /// Signalled when a background window is kept (or given up).
+    kept_ahead: Condvar,
     /// How many entries left each directory by name in the open epoch.
     departures: Mutex<HashMap<ObjectId, u32>>,
     /// Counts the stores of pre-images: a snapshot reader that saw no
@@ -139,6 +184,7 @@ impl Cow {
             preserved: Mutex::new(HashMap::new()),
             births: Mutex::new(HashSet::new()),
             streams: Mutex::new(HashMap::new()),
+            kept_ahead: Condvar::new(),
             departures: Mutex::new(HashMap::new()),
             stores: AtomicU64::new(0),
         }
@@ -196,6 +242,48 @@ impl Cow {
             children: Vec::new(),
             speculative: usize::MAX,
         }
+    }
+
+    /// Keeps `w` (from a write's `write_blocks`) in the background: the
+    /// gate held shared like any mutation, but no object lock, so that the
+    /// writes go on meanwhile. A block they overwrite first is kept by
+    /// them (they find it not kept yet), and the store keeps the first
+    /// record of an epoch, so a block read here after such a write is
+    /// never stored. Best effort: what is not kept here, the writes keep.
+    pub fn keep_ahead(&self, w: Window, file: &File) {
+        let mut m = self.begin(&[]);
+        {
+            let mut streams = lock(&self.streams);
+            match streams.get_mut(&w.object).and_then(|s| s.job(&w)) {
+                Some(job) if m.gate.current.0 == w.epoch.0 => job.running = true,
+                _ => return,
+            }
+        }
+        m.speculative = 0;
+        let kept = m
+            .blocks(w.object, file.as_fd(), file, w.from, w.to)
+            .and_then(|()| m.preserve());
+        drop(m);
+        self.end_ahead(w);
+        if let Err(e) = kept {
+            tracing::debug!(
+                object = w.object.0,
+                "keeping blocks ahead of the writes: {e}"
+            );
+        }
+    }
+
+    /// `w` is kept, failed or will not run: writes wait for it no longer.
+    pub fn end_ahead(&self, w: Window) {
+        let mut streams = lock(&self.streams);
+        if let Some(s) = streams.get_mut(&w.object) {
+            for slot in &mut s.jobs {
+                if slot.is_some_and(|j| j.from == w.from && j.to == w.to) {
+                    *slot = None;
+                }
+            }
+        }
+        self.kept_ahead.notify_all();
     }
 
     /// Holds `object` still for a snapshot read: no mutation of it can be
@@ -400,23 +488,38 @@ impl Mutation<'_> {
         file: &File,
         start: u64,
         end: u64,
-    ) -> Result<()> {
+    ) -> Result<Option<Window>> {
+        if self.hi.is_some() {
+            self.wait_ahead(object, start, end);
+        }
         let before = self.blocks.len();
         self.blocks(object, fd, file, start, end)?;
         if self.hi.is_none() {
-            return Ok(());
+            return Ok(None);
         }
-        let sequential = {
+        let stream = {
             let mut streams = lock(&self.cow.streams);
-            let previous = streams.insert(object, end);
-            start > 0 && previous == Some(start)
+            let s = streams.entry(object).or_default();
+            let sequential = start > 0 && s.end == start;
+            s.end = end;
+            sequential.then_some(*s)
         };
+        if let Some(s) = stream
+            && self.blocks.len() == before
+        {
+            return self.next_window(object, s, end);
+        }
         if self.blocks.len() <= before {
-            return Ok(());
+            return Ok(None);
         }
         self.speculative = self.speculative.min(self.blocks.len());
-        if sequential {
-            return self.blocks(object, fd, file, end, end.saturating_add(AHEAD_BYTES));
+        if stream.is_some() {
+            let upto = end.saturating_add(AHEAD_BYTES);
+            self.blocks(object, fd, file, end, upto)?;
+            if let Some(s) = lock(&self.cow.streams).get_mut(&object) {
+                s.upto = s.upto.max(upto);
+            }
+            return Ok(None);
         }
         let region = start / REGION_BYTES * REGION_BYTES;
         let blocks = region / BLOCK_SIZE..(region + REGION_BYTES) / BLOCK_SIZE;
@@ -426,7 +529,55 @@ impl Mutation<'_> {
         if kept >= REGION_AFTER {
             self.blocks(object, fd, file, region, region + REGION_BYTES)?;
         }
-        Ok(())
+        Ok(None)
+    }
+
+    /// A write that found its blocks kept, in sequential stream `s`: once
+    /// it is within `AHEAD_BYTES` of what is kept, the next window is the
+    /// caller's to hand to a background thread (`Cow::keep_ahead`).
+    fn next_window(&mut self, object: ObjectId, s: Stream, end: u64) -> Result<Option<Window>> {
+        let size = self.known(object, |p| p.attr_size)?.unwrap_or(0);
+        let Some(free) = s.jobs.iter().position(Option::is_none) else {
+            return Ok(None);
+        };
+        if s.upto == 0 || s.upto >= size || s.upto - end.min(s.upto) > AHEAD_BYTES {
+            return Ok(None);
+        }
+        let w = Window {
+            object,
+            epoch: self.gate.current,
+            from: s.upto,
+            to: s.upto.saturating_add(AHEAD_BYTES),
+        };
+        if let Some(s) = lock(&self.cow.streams).get_mut(&object) {
+            s.jobs[free] = Some(Job {
+                from: w.from,
+                to: w.to,
+                running: false,
+            });
+            s.upto = w.to;
+        }
+        Ok(Some(w))
+    }
+
+    /// Waits while a background thread keeps blocks of `[start, end)`:
+    /// this write finds them kept then, instead of keeping them again.
+    /// Only for a running thread, which holds the gate already and needs
+    /// no object lock, so that it finishes whatever this write holds.
+    fn wait_ahead(&self, object: ObjectId, start: u64, end: u64) {
+        let mut streams = lock(&self.cow.streams);
+        while streams.get(&object).is_some_and(|s| {
+            s.jobs
+                .iter()
+                .flatten()
+                .any(|j| j.running && start < j.to && end > j.from)
+        }) {
+            streams = self
+                .cow
+                .kept_ahead
+                .wait(streams)
+                .unwrap_or_else(|p| p.into_inner());
+        }
     }
 
     /// Keeps what a snapshot needs of `object` (behind `fd`) before it
