@@ -832,8 +832,9 @@ fn xattrs_through_the_live_mount_answer_as_the_backing_files_do() {
 
 /// The after-a-set shortcuts keep a set whole. Entries leave a directory
 /// one by one (renames, unlinks, a replacing rename), past the point where
-/// its entries' metadata and handles are kept all at once; a small
-/// directory is emptied from the first unlink on; a file is overwritten
+/// its entries' metadata and handles are kept all at once; small
+/// directories are emptied from the first unlink on, a tree of them with
+/// its subdirectories' entries kept at once; a file is overwritten
 /// block after block through its end (its next blocks kept ahead, then by
 /// background threads while the writes go on), another densely at random
 /// within one region (the rest of the region kept with it). The set
@@ -856,6 +857,14 @@ fn a_directory_emptied_after_a_set_and_files_overwritten_ahead_keep_the_set_whol
     fs::write(p("few/a"), "a").unwrap();
     fs::write(p("few/b"), "b").unwrap();
     fs::create_dir(p("few/d")).unwrap();
+    for (k, sub) in ["tree", "tree/a", "tree/a/b", "tree/a/b/c", "tree/x"]
+        .iter()
+        .enumerate()
+    {
+        fs::create_dir(p(sub)).unwrap();
+        fs::write(p(&format!("{sub}/file")), fill(60 + k as u64, 3000)).unwrap();
+        chmod(&p(&format!("{sub}/file")), 0o640);
+    }
     fs::write(p("seq.bin"), fill(31, 12 * MIB + 5)).unwrap();
     fs::write(p("rand.bin"), fill(32, 4 * MIB)).unwrap();
     let (set, images) = take(&d, &["data"]);
@@ -873,6 +882,7 @@ fn a_directory_emptied_after_a_set_and_files_overwritten_ahead_keep_the_set_whol
         }
     }
     fs::remove_dir_all(p("few")).unwrap();
+    fs::remove_dir_all(p("tree")).unwrap();
     let mut seq = fill(31, 12 * MIB + 5);
     // Through the whole file: past the window kept with the second write,
     // into the windows background threads keep while the writes go on.

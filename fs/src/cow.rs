@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use umbra_store::{
-    AttrRecord, BLOCK_SIZE, DirEntry, Epoch, ObjectId, Place, PreImages, Store, VolumeId,
+    AttrRecord, BLOCK_SIZE, DirEntry, Epoch, FileKind, ObjectId, Place, PreImages, Store, VolumeId,
 };
 
 use crate::backing::{self, cstr};
@@ -55,6 +55,12 @@ const REGION_AFTER: usize = 2;
 /// A directory of at most this many entries has all of them kept at its
 /// first departure: cheaper than a sync of its own for a second one.
 const SMALL_DIR: usize = 32;
+
+/// Below a directory whose entries are all kept, its subdirectories'
+/// entries (and theirs) are kept in the same store, up to this many in all:
+/// `rm -rf` of a tree of small directories waits for one sync, not one per
+/// directory. The bound caps what one departure may pay.
+const SUBTREE_ENTRIES: usize = 1024;
 
 /// A directory's entries that left their names one by one this many
 /// times in the open epoch have the metadata and handles of all its
@@ -609,7 +615,7 @@ impl Mutation<'_> {
                 .iter()
                 .any(|(o, entries)| *o == parent && entries.len() <= SMALL_DIR);
             if departures >= CHILDREN_AFTER || small {
-                self.children(parent, parent_fd)?;
+                self.children(parent, parent_fd, &mut SUBTREE_ENTRIES.clone())?;
             }
         }
         self.attr(object, fd)?;
@@ -617,15 +623,24 @@ impl Mutation<'_> {
     }
 
     /// Keeps the metadata and handle of every entry of directory `dir`
-    /// that has none kept in the epoch. An entry is not locked: one that
-    /// changes meanwhile had its own pre-image stored before the change,
-    /// and the store keeps the first record of an epoch, never a later one.
-    fn children(&mut self, dir: ObjectId, dir_fd: BorrowedFd<'_>) -> Result<()> {
+    /// that has none kept in the epoch, then, while `budget` (entries) lasts,
+    /// the entries of its subdirectories and theirs. An entry is not
+    /// locked: one that changes meanwhile had its own pre-image stored
+    /// before the change, and the store keeps the first record of an
+    /// epoch, never a later one. A directory's entries cannot change
+    /// meanwhile: the caller holds the volume's namespace lock.
+    fn children(
+        &mut self,
+        dir: ObjectId,
+        dir_fd: BorrowedFd<'_>,
+        budget: &mut usize,
+    ) -> Result<()> {
         if self.known(dir, |p| p.children)? || self.children.contains(&dir) {
             return Ok(());
         }
         let hidden = (dir == self.cow.root).then_some(OsStr::new(HIDDEN_DIR));
-        for (name, ino, _) in backing::list_dir(dir_fd)? {
+        let mut subdirs = Vec::new();
+        for (name, ino, kind) in backing::list_dir(dir_fd)? {
             let object = ObjectId(ino);
             if Some(name.as_os_str()) == hidden || name == "." || name == ".." {
                 continue;
@@ -642,8 +657,26 @@ impl Mutation<'_> {
             };
             self.attr(object, fd.as_fd())?;
             self.handle(object, dir_fd, &name)?;
+            *budget = budget.saturating_sub(1);
+            if kind == FileKind::Directory && subdirs.len() < *budget {
+                subdirs.push((object, cname));
+            }
         }
         self.children.push(dir);
+        // Reopened by name, so that a wide directory holds no descriptor
+        // per subdirectory meanwhile.
+        for (object, cname) in subdirs {
+            if *budget == 0 {
+                break;
+            }
+            let fd = match backing::open_path(dir_fd, &cname) {
+                Ok(fd) => fd,
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => continue,
+                Err(e) => return Err(e.into()),
+            };
+            self.dir(object, fd.as_fd())?;
+            self.children(object, fd.as_fd(), budget)?;
+        }
         Ok(())
     }
 
