@@ -906,3 +906,31 @@ fn a_directory_emptied_after_a_set_and_files_overwritten_ahead_keep_the_set_whol
         "live seq.bin after a restart"
     );
 }
+
+/// A directory too large to have all its entries kept at once by one
+/// departure (over 4,096 entries) keeps each leaving entry by itself:
+/// after a set, unlinks and renames past the point where a smaller one
+/// would be kept whole, the set shows every entry.
+#[test]
+fn entries_leaving_a_directory_too_large_to_keep_at_once_keep_the_set_whole() {
+    let mut d = Daemon::start(Config::default());
+    let live = d.live("data");
+    let dir = live.join("huge");
+    fs::create_dir(&dir).unwrap();
+    for i in 0..4200 {
+        fs::write(dir.join(format!("f{i:04}")), format!("{i}")).unwrap();
+    }
+    let (set, images) = take(&d, &["data"]);
+    for i in 0..12 {
+        let f = dir.join(format!("f{i:04}"));
+        if i % 3 == 0 {
+            fs::rename(&f, dir.join(format!("r{i:04}"))).unwrap();
+        } else {
+            fs::remove_file(&f).unwrap();
+        }
+    }
+    let sets = [(set, images)];
+    check_sets(&d, &sets, "after the departures");
+    d.restart();
+    check_sets(&d, &sets, "after a restart");
+}

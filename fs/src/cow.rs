@@ -62,6 +62,12 @@ const SMALL_DIR: usize = 32;
 /// directory. The bound caps what one departure may pay.
 const SUBTREE_ENTRIES: usize = 1024;
 
+/// A directory of more entries than this never has them all kept at once:
+/// one departure would pay for all of them while the volume's namespace
+/// lock is held (a million-entry directory: tens of seconds). Its entries
+/// keep paying a sync each as they leave.
+const CHILDREN_MAX: usize = 4096;
+
 /// A directory's entries that left their names one by one this many
 /// times in the open epoch have the metadata and handles of all its
 /// entries kept at once (`children`): a directory being emptied or renamed
@@ -121,7 +127,8 @@ struct Preserved {
     dir: bool,
     /// Its handle is durable (this process stored it).
     handle: bool,
-    /// A directory: the metadata and handles of every entry are kept.
+    /// A directory: the metadata and handles of every entry are kept (or
+    /// it is too large for that, `CHILDREN_MAX`): none is to be kept at once.
     children: bool,
     blocks: HashSet<u64>,
 }
@@ -639,8 +646,15 @@ impl Mutation<'_> {
             return Ok(());
         }
         let hidden = (dir == self.cow.root).then_some(OsStr::new(HIDDEN_DIR));
+        let entries = backing::list_dir(dir_fd)?;
+        if entries.len() > CHILDREN_MAX {
+            // Marked as if kept, so that the next departures do not list
+            // it again: each keeps its own entry.
+            self.children.push(dir);
+            return Ok(());
+        }
         let mut subdirs = Vec::new();
-        for (name, ino, kind) in backing::list_dir(dir_fd)? {
+        for (name, ino, kind) in entries {
             let object = ObjectId(ino);
             if Some(name.as_os_str()) == hidden || name == "." || name == ".." {
                 continue;
