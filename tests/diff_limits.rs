@@ -63,6 +63,35 @@ fn protect_fails_the_live_write_and_keeps_the_sets() {
     assert_eq!(d.list_sets().len(), 2);
 }
 
+/// A sequential overwrite after a set keeps the file's next blocks ahead
+/// of the writes, a guess that must not refuse a write that fits: with 4
+/// MiB of diff area, three 1 MiB writes in a row (the second would keep 9
+/// MiB with its guess) all succeed and the set keeps their bytes.
+#[test]
+fn blocks_kept_ahead_never_refuse_a_write_that_fits() {
+    let d = Daemon::start(
+        Config::default()
+            .line("max_diff_size = 4194304")
+            .line("on_full = \"protect\""),
+    );
+    const MIB: usize = 1 << 20;
+    let before = noise(7, 16 * MIB);
+    let path = d.live("data").join("f");
+    fs::write(&path, &before).unwrap();
+    let set = d.create_set();
+    let f = fs::OpenOptions::new().write(true).open(&path).unwrap();
+    for m in 0..3 {
+        f.write_all_at(&noise(8 + m as u32, MIB), (m * MIB) as u64)
+            .unwrap_or_else(|e| panic!("write {m} of 1 MiB: {e}"));
+    }
+    drop(f);
+    assert_eq!(
+        fs::read(d.browse(&set, "data").join("f")).unwrap(),
+        before,
+        "the set keeps the bytes overwritten"
+    );
+}
+
 #[test]
 fn max_sets_keeps_the_newest_and_create_says_which_it_deleted() {
     let d = Daemon::start(Config::default().line("max_sets = 2"));

@@ -13,12 +13,12 @@ use std::collections::{HashMap, HashSet};
 use std::ffi::OsStr;
 use std::fs::File;
 use std::hash::{Hash, Hasher};
-use std::os::fd::BorrowedFd;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, Condvar, Mutex, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use umbra_store::{
-    AttrRecord, BLOCK_SIZE, DirEntry, Epoch, ObjectId, Place, PreImages, Store, VolumeId,
+    AttrRecord, BLOCK_SIZE, DirEntry, Epoch, FileKind, ObjectId, Place, PreImages, Store, VolumeId,
 };
 
 use crate::backing::{self, cstr};
@@ -27,6 +27,11 @@ use crate::{FsError, HIDDEN_DIR, Result};
 const STRIPES: usize = 1024;
 /// Pre-images gathered past this size are stored before gathering more.
 const FLUSH_BYTES: usize = 16 * 1024 * 1024;
+/// How far past a sequential first overwrite its file's next blocks are
+/// preserved in the same store, so that the writes that follow find their
+/// pre-images durable already: one sync for this many bytes instead of one
+/// per write. Below `FLUSH_BYTES`, so that a batch is one store.
+const AHEAD_BYTES: u64 = 8 * 1024 * 1024;
 
 /// The volume's position in time.
 #[derive(Clone, Copy, Debug)]
@@ -38,12 +43,93 @@ pub(crate) struct Clock {
     pub began_here: bool,
 }
 
+/// A first overwrite in a region of a file (`REGION_BYTES`, aligned)
+/// where `REGION_AFTER` blocks were kept already in the epoch keeps the
+/// rest of the region in the same store: random writes that cover a file
+/// densely pay a sync per region rather than per block, while sparse ones
+/// (a large database's few pages) keep only what they overwrite. The diff
+/// area grows at most `REGION_BYTES / BLOCK_SIZE / REGION_AFTER`-fold.
+const REGION_BYTES: u64 = 1024 * 1024;
+const REGION_AFTER: usize = 2;
+
+/// A directory of at most this many entries has all of them kept at its
+/// first departure: cheaper than a sync of its own for a second one.
+const SMALL_DIR: usize = 32;
+
+/// Below a directory whose entries are all kept, its subdirectories'
+/// entries (and theirs) are kept in the same store, up to this many in all:
+/// `rm -rf` of a tree of small directories waits for one sync, not one per
+/// directory. The bound caps what one departure may pay.
+const SUBTREE_ENTRIES: usize = 1024;
+
+/// A directory of more entries than this never has them all kept at once:
+/// one departure would pay for all of them while the volume's namespace
+/// lock is held (a million-entry directory: tens of seconds). Its entries
+/// keep paying a sync each as they leave.
+const CHILDREN_MAX: usize = 4096;
+
+/// A directory's entries that left their names one by one this many
+/// times in the open epoch have the metadata and handles of all its
+/// entries kept at once (`children`): a directory being emptied or renamed
+/// through then pays one sync, not one per entry. A first few do not, so
+/// that one unlink in a large directory does not pay for all of it.
+const CHILDREN_AFTER: u32 = 4;
+
+/// A file written sequentially in the open epoch.
+#[derive(Clone, Copy, Debug, Default)]
+struct Stream {
+    /// Where its last write ended: a write that starts there continues it.
+    end: u64,
+    /// How far its blocks are kept, or being kept, ahead of the writes.
+    upto: u64,
+    /// The windows background threads keep (`keep_ahead`), at most
+    /// `AHEAD_JOBS`, and whether each thread is running (it holds the gate,
+    /// so a write may wait for it without holding off a set's commit).
+    jobs: [Option<Job>; AHEAD_JOBS],
+}
+
+/// Two windows in flight: one thread syncs while the next reads and hashes.
+const AHEAD_JOBS: usize = 2;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Job {
+    from: u64,
+    to: u64,
+    running: bool,
+}
+
+impl Stream {
+    fn job(&mut self, w: &Window) -> Option<&mut Job> {
+        self.jobs
+            .iter_mut()
+            .flatten()
+            .find(|j| j.from == w.from && j.to == w.to)
+    }
+}
+
+/// A window of a sequential stream to keep in the background: the next
+/// `AHEAD_BYTES` once the writes are within a window of what is kept, so
+/// that they find it durable already and the reading, hashing, appending
+/// and syncing of pre-images runs beside them rather than between them.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Window {
+    object: ObjectId,
+    epoch: Epoch,
+    from: u64,
+    to: u64,
+}
+
 /// What one object has already had preserved in the open epoch.
 #[derive(Clone, Debug, Default)]
 struct Preserved {
     /// The size at the start of the epoch, once the attributes are kept.
     attr_size: Option<u64>,
     dir: bool,
+    /// Its handle is durable (this process stored it).
+    handle: bool,
+    /// A directory: the metadata and handles of every entry are kept (or
+    /// it is too large for that, `CHILDREN_MAX`): none is to be kept at once.
+    children: bool,
     blocks: HashSet<u64>,
 }
 
@@ -57,6 +143,12 @@ pub(crate) struct Cow {
     stripes: Box<[RwLock<()>]>,
     preserved: Mutex<HashMap<ObjectId, Preserved>>,
     births: Mutex<HashSet<ObjectId>>,
+    /// The files written sequentially in the open epoch.
+    streams: Mutex<HashMap<ObjectId, Stream>>,
+    /// Signalled when a background window is kept (or given up).
+    kept_ahead: Condvar,
+    /// How many entries left each directory by name in the open epoch.
+    departures: Mutex<HashMap<ObjectId, u32>>,
     /// Counts the stores of pre-images: a snapshot reader that saw no
     /// record of an object, and sees this unchanged under the object's read
     /// lock, knows none has appeared since.
@@ -104,6 +196,9 @@ impl Cow {
             stripes: (0..STRIPES).map(|_| RwLock::new(())).collect(),
             preserved: Mutex::new(HashMap::new()),
             births: Mutex::new(HashSet::new()),
+            streams: Mutex::new(HashMap::new()),
+            kept_ahead: Condvar::new(),
+            departures: Mutex::new(HashMap::new()),
             stores: AtomicU64::new(0),
         }
     }
@@ -157,7 +252,51 @@ impl Cow {
             handles: Vec::new(),
             places: Vec::new(),
             aside: Vec::new(),
+            children: Vec::new(),
+            speculative: usize::MAX,
         }
+    }
+
+    /// Keeps `w` (from a write's `write_blocks`) in the background: the
+    /// gate held shared like any mutation, but no object lock, so that the
+    /// writes go on meanwhile. A block they overwrite first is kept by
+    /// them (they find it not kept yet), and the store keeps the first
+    /// record of an epoch, so a block read here after such a write is
+    /// never stored. Best effort: what is not kept here, the writes keep.
+    pub fn keep_ahead(&self, w: Window, file: &File) {
+        let mut m = self.begin(&[]);
+        {
+            let mut streams = lock(&self.streams);
+            match streams.get_mut(&w.object).and_then(|s| s.job(&w)) {
+                Some(job) if m.gate.current.0 == w.epoch.0 => job.running = true,
+                _ => return,
+            }
+        }
+        m.speculative = 0;
+        let kept = m
+            .blocks(w.object, file.as_fd(), file, w.from, w.to)
+            .and_then(|()| m.preserve());
+        drop(m);
+        self.end_ahead(w);
+        if let Err(e) = kept {
+            tracing::debug!(
+                object = w.object.0,
+                "keeping blocks ahead of the writes: {e}"
+            );
+        }
+    }
+
+    /// `w` is kept, failed or will not run: writes wait for it no longer.
+    pub fn end_ahead(&self, w: Window) {
+        let mut streams = lock(&self.streams);
+        if let Some(s) = streams.get_mut(&w.object) {
+            for slot in &mut s.jobs {
+                if slot.is_some_and(|j| j.from == w.from && j.to == w.to) {
+                    *slot = None;
+                }
+            }
+        }
+        self.kept_ahead.notify_all();
     }
 
     /// Holds `object` still for a snapshot read: no mutation of it can be
@@ -180,6 +319,8 @@ impl Cow {
         clock.began_here = true;
         lock(&self.preserved).clear();
         lock(&self.births).clear();
+        lock(&self.streams).clear();
+        lock(&self.departures).clear();
     }
 
     /// After a deletion: whether any set of the volume is left.
@@ -206,6 +347,7 @@ impl Cow {
                 attr_size: stored.attr.map(|a| a.size),
                 dir: stored.dir,
                 blocks: stored.blocks.into_iter().collect(),
+                ..Preserved::default()
             };
             map = lock(&self.preserved);
             map.entry(object).or_insert(loaded);
@@ -243,6 +385,11 @@ pub(crate) struct Mutation<'a> {
     handles: Vec<(ObjectId, Vec<u8>)>,
     places: Vec<(ObjectId, Place)>,
     aside: Vec<ObjectId>,
+    /// Directories whose entries' metadata and handles this mutation keeps.
+    children: Vec<ObjectId>,
+    /// Where the blocks kept ahead of the writes begin in `blocks` (MAX:
+    /// none): what is dropped first when room is short.
+    speculative: usize,
 }
 
 impl Mutation<'_> {
@@ -339,10 +486,221 @@ impl Mutation<'_> {
         Ok(())
     }
 
+    /// Keeps what a write of `[start, end)` overwrites, like `blocks`; and
+    /// when that write had to keep something, also what the next writes
+    /// will likely overwrite: the next `AHEAD_BYTES` of the file if it
+    /// continues the previous write, or else the rest of its region if
+    /// that is being covered (`REGION_AFTER`). Only what existed at the
+    /// start of the epoch, counted in the diff area like any pre-image;
+    /// those blocks are still as the set saw them, since any change of
+    /// them would have kept them first.
+    pub fn write_blocks(
+        &mut self,
+        object: ObjectId,
+        fd: BorrowedFd<'_>,
+        file: &File,
+        start: u64,
+        end: u64,
+    ) -> Result<Option<Window>> {
+        if self.hi.is_some() {
+            self.wait_ahead(object, start, end);
+        }
+        let before = self.blocks.len();
+        self.blocks(object, fd, file, start, end)?;
+        if self.hi.is_none() {
+            return Ok(None);
+        }
+        let stream = {
+            let mut streams = lock(&self.cow.streams);
+            let s = streams.entry(object).or_default();
+            let sequential = start > 0 && s.end == start;
+            s.end = end;
+            sequential.then_some(*s)
+        };
+        if let Some(s) = stream
+            && self.blocks.len() == before
+        {
+            return self.next_window(object, s, end);
+        }
+        if self.blocks.len() <= before {
+            return Ok(None);
+        }
+        self.speculative = self.speculative.min(self.blocks.len());
+        if stream.is_some() {
+            let upto = end.saturating_add(AHEAD_BYTES);
+            self.blocks(object, fd, file, end, upto)?;
+            if let Some(s) = lock(&self.cow.streams).get_mut(&object) {
+                s.upto = s.upto.max(upto);
+            }
+            return Ok(None);
+        }
+        let region = start / REGION_BYTES * REGION_BYTES;
+        let blocks = region / BLOCK_SIZE..(region + REGION_BYTES) / BLOCK_SIZE;
+        let kept = self.known(object, |p| {
+            blocks.clone().filter(|b| p.blocks.contains(b)).count()
+        })?;
+        if kept >= REGION_AFTER {
+            self.blocks(object, fd, file, region, region + REGION_BYTES)?;
+        }
+        Ok(None)
+    }
+
+    /// A write that found its blocks kept, in sequential stream `s`: once
+    /// it is within `AHEAD_BYTES` of what is kept, the next window is the
+    /// caller's to hand to a background thread (`Cow::keep_ahead`).
+    fn next_window(&mut self, object: ObjectId, s: Stream, end: u64) -> Result<Option<Window>> {
+        let size = self.known(object, |p| p.attr_size)?.unwrap_or(0);
+        let Some(free) = s.jobs.iter().position(Option::is_none) else {
+            return Ok(None);
+        };
+        if s.upto == 0 || s.upto >= size || s.upto - end.min(s.upto) > AHEAD_BYTES {
+            return Ok(None);
+        }
+        let w = Window {
+            object,
+            epoch: self.gate.current,
+            from: s.upto,
+            to: s.upto.saturating_add(AHEAD_BYTES),
+        };
+        if let Some(s) = lock(&self.cow.streams).get_mut(&object) {
+            s.jobs[free] = Some(Job {
+                from: w.from,
+                to: w.to,
+                running: false,
+            });
+            s.upto = w.to;
+        }
+        Ok(Some(w))
+    }
+
+    /// Waits while a background thread keeps blocks of `[start, end)`:
+    /// this write finds them kept then, instead of keeping them again.
+    /// Only for a running thread, which holds the gate already and needs
+    /// no object lock, so that it finishes whatever this write holds.
+    fn wait_ahead(&self, object: ObjectId, start: u64, end: u64) {
+        let mut streams = lock(&self.cow.streams);
+        while streams.get(&object).is_some_and(|s| {
+            s.jobs
+                .iter()
+                .flatten()
+                .any(|j| j.running && start < j.to && end > j.from)
+        }) {
+            streams = self
+                .cow
+                .kept_ahead
+                .wait(streams)
+                .unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
+    /// Keeps what a snapshot needs of `object` (behind `fd`) before it
+    /// leaves `name` in directory `parent` (behind `parent_fd`, whose
+    /// entries `dir` keeps first): its metadata and its handle. Once
+    /// entries left `parent` `CHILDREN_AFTER` times in the epoch, every
+    /// entry's are kept at once, so that the next departures need no sync
+    /// of their own.
+    pub fn leaving(
+        &mut self,
+        parent: ObjectId,
+        parent_fd: BorrowedFd<'_>,
+        object: ObjectId,
+        fd: BorrowedFd<'_>,
+        name: &OsStr,
+    ) -> Result<()> {
+        if !self.needs(object) {
+            return Ok(());
+        }
+        if self.needs(parent) {
+            let departures = {
+                let mut counts = lock(&self.cow.departures);
+                let n = counts.entry(parent).or_insert(0);
+                *n += 1;
+                *n
+            };
+            let small = self
+                .dirs
+                .iter()
+                .any(|(o, entries)| *o == parent && entries.len() <= SMALL_DIR);
+            if departures >= CHILDREN_AFTER || small {
+                self.children(parent, parent_fd, &mut SUBTREE_ENTRIES.clone())?;
+            }
+        }
+        self.attr(object, fd)?;
+        self.handle(object, parent_fd, name)
+    }
+
+    /// Keeps the metadata and handle of every entry of directory `dir`
+    /// that has none kept in the epoch, then, while `budget` (entries) lasts,
+    /// the entries of its subdirectories and theirs. An entry is not
+    /// locked: one that changes meanwhile had its own pre-image stored
+    /// before the change, and the store keeps the first record of an
+    /// epoch, never a later one. A directory's entries cannot change
+    /// meanwhile: the caller holds the volume's namespace lock.
+    fn children(
+        &mut self,
+        dir: ObjectId,
+        dir_fd: BorrowedFd<'_>,
+        budget: &mut usize,
+    ) -> Result<()> {
+        if self.known(dir, |p| p.children)? || self.children.contains(&dir) {
+            return Ok(());
+        }
+        let hidden = (dir == self.cow.root).then_some(OsStr::new(HIDDEN_DIR));
+        let entries = backing::list_dir(dir_fd)?;
+        if entries.len() > CHILDREN_MAX {
+            // Marked as if kept, so that the next departures do not list
+            // it again: each keeps its own entry.
+            self.children.push(dir);
+            return Ok(());
+        }
+        let mut subdirs = Vec::new();
+        for (name, ino, kind) in entries {
+            let object = ObjectId(ino);
+            if Some(name.as_os_str()) == hidden || name == "." || name == ".." {
+                continue;
+            }
+            if !self.needs(object) {
+                continue;
+            }
+            let cname = cstr(&name)?;
+            let fd = match backing::open_path(dir_fd, &cname) {
+                Ok(fd) => fd,
+                // Gone meanwhile: whatever removed it kept what it needed.
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => continue,
+                Err(e) => return Err(e.into()),
+            };
+            self.attr(object, fd.as_fd())?;
+            self.handle(object, dir_fd, &name)?;
+            *budget = budget.saturating_sub(1);
+            if kind == FileKind::Directory && subdirs.len() < *budget {
+                subdirs.push((object, cname));
+            }
+        }
+        self.children.push(dir);
+        // Reopened by name, so that a wide directory holds no descriptor
+        // per subdirectory meanwhile.
+        for (object, cname) in subdirs {
+            if *budget == 0 {
+                break;
+            }
+            let fd = match backing::open_path(dir_fd, &cname) {
+                Ok(fd) => fd,
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => continue,
+                Err(e) => return Err(e.into()),
+            };
+            self.dir(object, fd.as_fd())?;
+            self.children(object, fd.as_fd(), budget)?;
+        }
+        Ok(())
+    }
+
     /// Records the file handle of `object`, reached as `name` in `dir`,
     /// before it leaves that name: snapshots find it by handle afterwards.
     pub fn handle(&mut self, object: ObjectId, dir: BorrowedFd<'_>, name: &OsStr) -> Result<()> {
-        if !self.needs(object) {
+        if !self.needs(object)
+            || self.known(object, |p| p.handle)?
+            || self.handles.iter().any(|(o, _)| *o == object)
+        {
             return Ok(());
         }
         let handle = backing::name_to_handle(dir, &cstr(name)?)?;
@@ -378,7 +736,7 @@ impl Mutation<'_> {
         let Some(hi) = self.hi else {
             return Ok(());
         };
-        let pre = PreImages {
+        let mut pre = PreImages {
             blocks: self
                 .blocks
                 .iter()
@@ -391,12 +749,26 @@ impl Mutation<'_> {
             aside: std::mem::take(&mut self.aside),
         };
         if pre.is_empty() {
+            let mut preserved = lock(&self.cow.preserved);
+            for object in self.children.drain(..) {
+                preserved.entry(object).or_default().children = true;
+            }
             return Ok(());
         }
+        // Blocks kept ahead are a guess at the next writes: they must never
+        // turn a write that fits into ENOSPC, so they go first when room
+        // is short.
+        let needed = std::mem::replace(&mut self.speculative, usize::MAX).min(pre.blocks.len());
+        let bytes = |pre: &PreImages<'_>| pre.blocks.iter().map(|(_, _, d)| d.len() as u64).sum();
         let guard = self.cow.guard.get();
-        if let Some(guard) = guard {
-            let bytes: usize = pre.blocks.iter().map(|(_, _, d)| d.len()).sum();
-            guard.make_room(bytes as u64)?;
+        if let Some(guard) = guard
+            && let Err(e) = guard.make_room(bytes(&pre))
+        {
+            if needed == pre.blocks.len() {
+                return Err(e);
+            }
+            pre.blocks.truncate(needed);
+            guard.make_room(bytes(&pre))?;
         }
         loop {
             match self.cow.store.preserve(self.cow.volume, hi, &pre) {
@@ -405,6 +777,9 @@ impl Mutation<'_> {
                     // released.
                     self.cow.stores.fetch_add(1, Ordering::Release);
                     break;
+                }
+                Err(e) if e.is_disk_full() && pre.blocks.len() > needed => {
+                    pre.blocks.truncate(needed);
                 }
                 Err(e) if e.is_disk_full() => match guard {
                     Some(guard) if room_made(guard.as_ref())? => continue,
@@ -421,12 +796,29 @@ impl Mutation<'_> {
         }
         let mut preserved = lock(&self.cow.preserved);
         for (object, a) in &pre.attrs {
-            preserved.entry(*object).or_default().attr_size = Some(a.size);
+            // Another mutation's record of the object, stored first, is
+            // the one the store keeps (and an unlocked entry of
+            // `children` may have been read after that one's change).
+            preserved
+                .entry(*object)
+                .or_default()
+                .attr_size
+                .get_or_insert(a.size);
         }
         for (object, _) in &pre.dirs {
             preserved.entry(*object).or_default().dir = true;
         }
+        for (object, _) in &pre.handles {
+            preserved.entry(*object).or_default().handle = true;
+        }
+        for object in self.children.drain(..) {
+            preserved.entry(object).or_default().children = true;
+        }
+        let stored = pre.blocks.len();
         drop(pre);
+        for (object, block, _) in self.blocks.drain(stored..) {
+            self.pending.remove(&(object, block));
+        }
         for (object, block, _) in self.blocks.drain(..) {
             preserved.entry(object).or_default().blocks.insert(block);
         }
@@ -445,6 +837,7 @@ impl Mutation<'_> {
             && self.handles.is_empty()
             && self.places.is_empty()
             && self.aside.is_empty()
+            && self.children.is_empty()
     }
 
     /// Registers an object the mutation created: nothing of it is needed by

@@ -226,6 +226,19 @@ impl Volume {
         // Listed before the rows are read: an inode is moved aside only
         // after its row is committed, so a listed file without a row has none.
         let listed = backing::list_dir(self.aside_dir.as_fd())?;
+        // A row a power cut lost after its inode moved (aside rows are not
+        // synced on their own) is rebuilt before anything is freed.
+        let rows: HashSet<ObjectId> = store.aside_objects(self.id)?.into_iter().collect();
+        let unrowed: Vec<ObjectId> = listed
+            .iter()
+            .filter_map(|(name, _, _)| name.to_str()?.parse().ok().map(ObjectId))
+            .filter(|o| !rows.contains(o))
+            .collect();
+        let restored = store.restore_aside(self.id, &unrowed)?;
+        if !restored.is_empty() {
+            tracing::info!(volume = %self.name, restored = restored.len(), "rebuilt the aside rows of moved-aside inodes");
+            lock(&self.aside).extend(restored);
+        }
         let doomed = store.unreachable_aside(self.id)?;
         let rows: HashSet<ObjectId> = store.aside_objects(self.id)?.into_iter().collect();
         let mut pinned: HashSet<u64> = store.presented(self.id)?.into_iter().collect();

@@ -166,6 +166,10 @@ pub struct PreImages<'a> {
     /// changed objects, replaced by every newer one.
     pub places: Vec<(ObjectId, Place)>,
     /// Objects whose backing inode was moved into the volume's hidden folder.
+    /// Alone in a `PreImages`, they are committed but not synced: the
+    /// caller has made each one's attributes at `hi` durable before, and
+    /// `restore_aside` rebuilds a row a power cut lost from that record and
+    /// the inode found in the hidden folder.
     pub aside: Vec<ObjectId>,
 }
 
@@ -298,6 +302,11 @@ impl Store {
             *store.mark.lock().unwrap_or_else(|p| p.into_inner()) =
                 recover::read_mark(&store.catalog.writer())?;
             store.record_synced(false);
+            // The write side takes the records it finds as durable (an
+            // aside row leans on them): what an earlier run committed and
+            // a crash left unsynced is made so before anything leans on it.
+            store.commits.fetch_add(1, Ordering::SeqCst);
+            store.sync_wal()?;
         }
         // Finishes what a deletion cut short by a crash left to collect.
         store.collect()?;

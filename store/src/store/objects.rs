@@ -27,6 +27,40 @@ impl Store {
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
+    /// Rebuilds the aside rows a power cut lost: of `found` (inodes in the
+    /// volume's hidden folder without a row), each one with an attribute
+    /// record was moved aside in the epoch after its newest record (an
+    /// inode is moved only after its record of that epoch is durable, and
+    /// an aside inode never changes again). Returns those given a row; the
+    /// others have no record, so no set needs them.
+    pub fn restore_aside(&self, volume: VolumeId, found: &[ObjectId]) -> Result<Vec<ObjectId>> {
+        if found.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut conn = self.catalog.writer();
+        let tx = conn.transaction()?;
+        let mut restored = Vec::new();
+        for object in found {
+            let newest: Option<i64> = tx
+                .prepare_cached(
+                    "SELECT max(hi) FROM attr_records WHERE volume_id = ?1 AND object = ?2",
+                )?
+                .query_row(params![volume.0, object.0 as i64], |r| r.get(0))?;
+            let Some(hi) = newest else { continue };
+            let added = tx
+                .prepare_cached(
+                    "INSERT OR IGNORE INTO aside (volume_id, object, since_epoch) VALUES (?1, ?2, ?3)",
+                )?
+                .execute(params![volume.0, object.0 as i64, hi + 1])?;
+            if added > 0 {
+                restored.push(*object);
+            }
+        }
+        // Not synced: lost again, it is rebuilt again from the same record.
+        self.commit(tx)?;
+        Ok(restored)
+    }
+
     /// Whether `object` has an aside row: a set may need its inode.
     pub fn is_aside(&self, volume: VolumeId, object: ObjectId) -> Result<bool> {
         let conn = self.catalog.reader();

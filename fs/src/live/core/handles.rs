@@ -48,9 +48,18 @@ impl LiveFs {
         let of = self.file(fh)?;
         let end = offset + data.len() as u64;
         let mut m = self.vol.cow.begin(&[of.object]);
-        m.blocks(of.object, of.file.as_fd(), &of.file, offset, end)?;
+        let ahead = m.write_blocks(of.object, of.file.as_fd(), &of.file, offset, end)?;
         m.preserve()?;
         debug_assert!(m.all_stored());
+        if let Some(w) = ahead {
+            let (vol, of) = (self.vol.clone(), of.clone());
+            let spawned = std::thread::Builder::new()
+                .name("umbra-ahead".into())
+                .spawn(move || vol.cow.keep_ahead(w, &of.file));
+            if spawned.is_err() {
+                self.vol.cow.end_ahead(w);
+            }
+        }
         self.drop_privileges(of.object, &of.file, kill_suidgid)?;
         // Only the pwrite allocates: it runs as the writer, so that the
         // blocks reserved for root and quota limits hold as natively.

@@ -197,8 +197,7 @@ impl LiveFs {
             if dir && !backing::list_dir(fd.as_fd())?.is_empty() {
                 return Err(errno(libc::ENOTEMPTY));
             }
-            m.attr(object, fd.as_fd())?;
-            m.handle(object, parent_fd.as_fd(), name)?;
+            m.leaving(pnode.object, parent_fd.as_fd(), object, fd.as_fd(), name)?;
             if aside {
                 m.aside(object);
             }
@@ -261,8 +260,7 @@ impl LiveFs {
         let mut m = self.vol.cow.begin(&objects);
         m.dir(pnode.object, parent_fd.as_fd())?;
         m.dir(npnode.object, newparent_fd.as_fd())?;
-        m.attr(src, src_fd.as_fd())?;
-        m.handle(src, parent_fd.as_fd(), name)?;
+        m.leaving(pnode.object, parent_fd.as_fd(), src, src_fd.as_fd(), name)?;
         m.place(src, || {
             Some(Place {
                 parent: self.nodes.place_handle(newparent)?,
@@ -274,8 +272,13 @@ impl LiveFs {
         if let Some((dst_fd, dst_st)) = &dst {
             let object = ObjectId(dst_st.st_ino);
             if object != src && m.needs(object) {
-                m.attr(object, dst_fd.as_fd())?;
-                m.handle(object, newparent_fd.as_fd(), newname)?;
+                m.leaving(
+                    npnode.object,
+                    newparent_fd.as_fd(),
+                    object,
+                    dst_fd.as_fd(),
+                    newname,
+                )?;
                 if !exchange
                     && flags & libc::RENAME_NOREPLACE == 0
                     && (is_dir(dst_st) || dst_st.st_nlink <= 1)
