@@ -107,7 +107,7 @@ cold() { sync; echo 3 > /proc/sys/vm/drop_caches; }
 
 # ------------------------------------------------------------ the machine
 log "making a btrfs on a loop device in $R"
-IMG_GB=$(scaled 12 4)
+IMG_GB=$(scaled 40 4)
 truncate -s "${IMG_GB}G" "$R/btrfs.img"
 mkfs.btrfs -q "$R/btrfs.img"
 mkdir -p "$B" "$R/data" "$SNAPS"
@@ -170,6 +170,10 @@ run_live() {
   t0=$(us); rm -rf "$VAULT/src.$rep"; sync -f "$VAULT"; v=$(( $(us) - t0 ))
   rec live "rm -rf of the tree (s)" "$target" "$(awk -v u="$v" 'BEGIN { printf "%.3f", u / 1e6 }')"
   rm -f "$VAULT/seq.$rep" "$VAULT/rand.$rep"
+  # The copies of this run go, or the snapshots would fill the filesystem.
+  if [ "$target" = umbra ]; then "$UMBRA" delete --all > /dev/null
+  else for p in "$B"/plain.*; do btrfs -q subvolume delete "$p" > /dev/null; done; fi
+  btrfs filesystem sync "$B" > /dev/null
 }
 
 log "live workloads on the subvolume, with and without umbra, $REPS runs each"
@@ -192,12 +196,24 @@ holds() {
     "$UMBRA" delete --oldest 1 > /dev/null
   done
 }
+# The same copy made by btrfs alone, timed around the command (its spawn
+# included, about a millisecond): what snapper or a cron job pays.
+plain_snapshots() {
+  local load=$1 i t0
+  for i in $(seq "$HOLDS"); do
+    t0=$(us)
+    btrfs -q subvolume snapshot -r "$VAULT" "$B/base.$i"
+    rec hold "btrfs alone (no umbra)" "$load" "$(awk -v u="$(( $(us) - t0 ))" 'BEGIN { printf "%.3f", u / 1000 }')"
+    btrfs -q subvolume delete "$B/base.$i" > /dev/null
+  done
+}
 log "holds, idle"
 "$UMBRA" delete --all > /dev/null || true
 for p in "$B"/plain.*; do [ -e "$p" ] && btrfs -q subvolume delete "$p" > /dev/null; done
 holds "cow volume" idle data
 holds "btrfs volume" idle vault
 holds "both (one set)" idle
+plain_snapshots idle
 log "holds, under a 4 KiB random write load on both volumes"
 for dir in "$R/data" "$VAULT"; do
   fio --name=load --directory="$dir" --filename=load --rw=randwrite --bs=4k --size=256M \
@@ -208,6 +224,7 @@ sleep 2
 holds "cow volume" load data
 holds "btrfs volume" load vault
 holds "both (one set)" load
+plain_snapshots load
 for p in "${LOAD_PIDS[@]}"; do kill "$p" 2>/dev/null; wait "$p" 2>/dev/null || true; done
 LOAD_PIDS=()
 
@@ -246,7 +263,7 @@ stop_umbra
   echo
   echo "| set | idle median | idle p99 | load median | load p99 |"
   echo "| --- | --- | --- | --- | --- |"
-  for w in "cow volume" "btrfs volume" "both (one set)"; do
+  for w in "cow volume" "btrfs volume" "both (one set)" "btrfs alone (no umbra)"; do
     row="| $w"
     for l in idle load; do
       vals=$(awk -F'\t' -v w="$w" -v l="$l" '$1 == "hold" && $2 == w && $3 == l { print $4 }' "$RESULTS")

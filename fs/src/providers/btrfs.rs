@@ -171,6 +171,16 @@ impl BtrfsVolume {
         }
     }
 
+    /// Writes the filesystem's dirty data back (syncfs).
+    pub(crate) fn flush(&self) -> Result<()> {
+        // SAFETY: syncfs on a descriptor we own.
+        if unsafe { libc::syncfs(self.root.as_raw_fd()) } < 0 {
+            return Err(io::Error::last_os_error())
+                .context(|| format!("flushing {}", self.backing_path.display()));
+        }
+        Ok(())
+    }
+
     /// Takes the read-only snapshot of the live subvolume for the set
     /// `guid` being made; returns how long the kernel took.
     pub(crate) fn snapshot_pending(&self, guid: &str) -> Result<Duration> {
@@ -451,8 +461,16 @@ impl VolumeProvider for BtrfsProvider {
     }
 
     fn prepare(&self, ids: &[VolumeId]) -> Result<(), ProviderError> {
-        // The snapshot ioctl flushes the subvolume's dirty data itself.
-        self.picked(ids).map(|_| ())
+        // Flush first, hold after, as VSS's flush-and-hold: the snapshot
+        // ioctl flushes whatever is still dirty inside its own commit, so
+        // what is written back here (the writers are frozen already) no
+        // longer lengthens the hold.
+        for volume in self.picked(ids)? {
+            volume
+                .flush()
+                .map_err(|e| ProviderError::Failed(e.to_string()))?;
+        }
+        Ok(())
     }
 
     fn capture(
