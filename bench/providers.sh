@@ -83,6 +83,7 @@ trap cleanup EXIT
 trap 'die "line $LINENO: $BASH_COMMAND"' ERR
 
 start_umbra() {
+  [ -z "$UMBRA_PID" ] || return 0
   "$UMBRA" up --config "$CONF" > "$R/up.out" 2>> "$R/up.err" &
   UMBRA_PID=$!
   for _ in $(seq 200); do
@@ -173,16 +174,23 @@ run_live() {
   # The copies of this run go, or the snapshots would fill the filesystem.
   if [ "$target" = umbra ]; then "$UMBRA" delete --all > /dev/null
   else for p in "$B"/plain.*; do btrfs -q subvolume delete "$p" > /dev/null; done; fi
+  # ... and btrfs's cleaner has finished with them before the next target
+  # runs, so that neither target pays for the other's deletions.
+  btrfs subvolume sync "$B" > /dev/null
   btrfs filesystem sync "$B" > /dev/null
 }
 
 log "live workloads on the subvolume, with and without umbra, $REPS runs each"
+# The order alternates (plain first on odd runs, umbra first on even ones),
+# so that a drift of the loop device over the run favours neither.
 for rep in $(seq "$REPS"); do
-  stop_umbra
-  run_live plain "$rep"
-  start_umbra
-  run_live umbra "$rep"
+  if [ $((rep % 2)) = 1 ]; then order="plain umbra"; else order="umbra plain"; fi
+  for target in $order; do
+    if [ "$target" = plain ]; then stop_umbra; else start_umbra; fi
+    run_live "$target" "$rep"
+  done
 done
+start_umbra
 
 # ------------------------------------------------------------------ holds
 holds() {
