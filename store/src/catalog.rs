@@ -118,12 +118,18 @@ CREATE TABLE aside (
 ";
 
 const READERS: usize = 4;
+/// The longest rest background work takes between two steps.
+const PACE_MAX: Duration = Duration::from_millis(20);
+/// Two yields further apart than this are not one run of steps.
+const PACE_WINDOW: Duration = Duration::from_secs(1);
 const STATEMENTS: usize = 64;
 
 pub(crate) struct Catalog {
     writer: Mutex<Connection>,
     /// Threads waiting for the writer right now.
     waiting: AtomicUsize,
+    /// When background work last yielded the writer (`let_writers_in`).
+    yielded: Mutex<Option<Instant>>,
     readers: Mutex<Vec<Connection>>,
     reader_returned: Condvar,
 }
@@ -179,6 +185,7 @@ impl Catalog {
         Ok(Catalog {
             writer: Mutex::new(writer),
             waiting: AtomicUsize::new(0),
+            yielded: Mutex::new(None),
             readers: Mutex::new(readers),
             reader_returned: Condvar::new(),
         })
@@ -197,8 +204,23 @@ impl Catalog {
     /// unlocks and locks again at once can keep a waiter out for as long as
     /// it loops. Gives up after a few milliseconds, so a steady stream of
     /// writers cannot hold the background work off for good.
+    ///
+    /// When writers were waiting, the background work then also rests as
+    /// long as its last step took (at most `PACE_MAX`): while live writes
+    /// go on it gets about half of the time, and their syncs and
+    /// transactions are not queued behind step after step. With nobody
+    /// waiting it goes on at once.
     pub fn let_writers_in(&self) {
+        let contended = self.waiting.load(Ordering::SeqCst) > 0;
         self.let_writers_in_within(Duration::from_millis(10));
+        let mut yielded = lock(&self.yielded);
+        if contended && let Some(since) = *yielded {
+            let worked = since.elapsed();
+            if worked < PACE_WINDOW {
+                std::thread::sleep(worked.min(PACE_MAX));
+            }
+        }
+        *yielded = Some(Instant::now());
     }
 
     fn let_writers_in_within(&self, patience: Duration) {
