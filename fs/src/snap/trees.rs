@@ -217,6 +217,20 @@ impl Browser {
                     };
                     (item, None)
                 }
+                // A plain listing needs only a file's number, which its
+                // listing gives; a directory's may be a nested subvolume's
+                // placeholder, which only its stat tells apart.
+                _ if !plus && entries[i - 2].kind != FileKind::Directory => {
+                    let entry = &entries[i - 2];
+                    let item = Item {
+                        offset: i as u64 + 1,
+                        ino: self.inodes.number(node.view, entry.object),
+                        kind: entry.kind,
+                        name: OsStr::from_bytes(&entry.name),
+                        attr: None,
+                    };
+                    (item, None)
+                }
                 _ => {
                     let entry = &entries[i - 2];
                     let (child, attr) = self.tree_child(ino, node, entries, i - 2)?;
