@@ -146,16 +146,32 @@ fn apply(model: &mut BTreeMap<String, Vec<u8>>, name: &str, offset: u64, data: &
 
 #[test]
 fn random_writes_truncates_renames_and_unlinks_keep_every_set_exact() {
+    random_model(&["a", "b", "c", "d"], 600, None);
+}
+
+/// What the open epoch remembers (what each object had preserved, births,
+/// departures, sequential writers) is bounded; forgetting it often must
+/// change no set, only cost questions to the store.
+#[test]
+fn an_epoch_that_forgets_what_it_preserved_keeps_every_set_exact() {
+    let names: Vec<String> = (0..24).map(|i| format!("f{i}")).collect();
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    random_model(&names, 900, Some(6));
+}
+
+fn random_model(names: &[&str], steps: usize, memory: Option<usize>) {
     let seed = std::env::var("UMBRA_CORE_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(0x5eed_u64);
     let mut rng = Rng(seed | 1);
     let core = Core::new();
+    if let Some(entries) = memory {
+        core.volume.cow.remember_at_most(entries);
+    }
     let mut model: BTreeMap<String, Vec<u8>> = BTreeMap::new();
     let mut expected: Vec<(String, BTreeMap<String, Vec<u8>>)> = Vec::new();
-    let names = ["a", "b", "c", "d"];
-    for step in 0..600 {
+    for step in 0..steps {
         let name = names[rng.below(names.len() as u64) as usize];
         match rng.below(10) {
             0..=4 => {
@@ -202,12 +218,19 @@ fn random_writes_truncates_renames_and_unlinks_keep_every_set_exact() {
                     model.insert(to.to_string(), data);
                 }
             }
-            8 | 9 => {
+            8 | 9 if rng.below(4) == 0 || memory.is_none() => {
                 let set = format!("s{step}");
                 core.snapshot(&set);
                 expected.push((set, model.clone()));
             }
             _ => {}
+        }
+        if let Some(entries) = memory {
+            let remembered = core.volume.cow.remembered();
+            assert!(
+                remembered.iter().all(|&n| n <= entries + 1),
+                "seed {seed}: step {step}: the epoch remembers {remembered:?}, bound {entries}"
+            );
         }
     }
     for (set, files) in &expected {

@@ -14,12 +14,16 @@ use std::ffi::OsStr;
 use std::fs::File;
 use std::hash::{Hash, Hasher};
 use std::os::fd::{AsFd, BorrowedFd};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use umbra_store::{
     AttrRecord, BLOCK_SIZE, DirEntry, Epoch, FileKind, ObjectId, Place, PreImages, Store, VolumeId,
 };
+
+mod memory;
+
+use memory::{Known, Preserved};
 
 use crate::backing::{self, cstr};
 use crate::{FsError, HIDDEN_DIR, Result};
@@ -88,6 +92,11 @@ struct Stream {
     jobs: [Option<Job>; AHEAD_JOBS],
 }
 
+/// Files the open epoch remembers as written, at most: every file written
+/// gets an entry, and a forgotten one is found sequential again by its next
+/// write.
+const STREAMS_MAX: usize = 4096;
+
 /// Two windows in flight: one thread syncs while the next reads and hashes.
 const AHEAD_JOBS: usize = 2;
 
@@ -119,20 +128,6 @@ pub(crate) struct Window {
     to: u64,
 }
 
-/// What one object has already had preserved in the open epoch.
-#[derive(Clone, Debug, Default)]
-struct Preserved {
-    /// The size at the start of the epoch, once the attributes are kept.
-    attr_size: Option<u64>,
-    dir: bool,
-    /// Its handle is durable (this process stored it).
-    handle: bool,
-    /// A directory: the metadata and handles of every entry are kept (or
-    /// it is too large for that, `CHILDREN_MAX`): none is to be kept at once.
-    children: bool,
-    blocks: HashSet<u64>,
-}
-
 pub(crate) struct Cow {
     store: Arc<Store>,
     volume: VolumeId,
@@ -141,7 +136,7 @@ pub(crate) struct Cow {
     /// Whether any set of this volume exists: if none, nothing is preserved.
     any_set: AtomicBool,
     stripes: Box<[RwLock<()>]>,
-    preserved: Mutex<HashMap<ObjectId, Preserved>>,
+    preserved: Mutex<Known>,
     births: Mutex<HashSet<ObjectId>>,
     /// The files written sequentially in the open epoch.
     streams: Mutex<HashMap<ObjectId, Stream>>,
@@ -157,6 +152,8 @@ pub(crate) struct Cow {
     guard: OnceLock<Arc<dyn StorageGuard>>,
     /// Says where a changed object was reached, for its place in the store.
     namer: OnceLock<Arc<dyn Namer>>,
+    /// Entries each map of the open epoch holds at most (`memory`).
+    memory: AtomicUsize,
 }
 
 /// Where the live mount last reached an object: kept with its first
@@ -194,13 +191,37 @@ impl Cow {
             guard: OnceLock::new(),
             namer: OnceLock::new(),
             stripes: (0..STRIPES).map(|_| RwLock::new(())).collect(),
-            preserved: Mutex::new(HashMap::new()),
+            preserved: Mutex::new(Known::default()),
             births: Mutex::new(HashSet::new()),
             streams: Mutex::new(HashMap::new()),
             kept_ahead: Condvar::new(),
             departures: Mutex::new(HashMap::new()),
             stores: AtomicU64::new(0),
+            memory: AtomicUsize::new(memory::EPOCH_MEMORY),
         }
+    }
+
+    /// Bounds what the open epoch remembers (`memory`) at `entries` per
+    /// map, so that a test can make it forget.
+    #[cfg(test)]
+    pub fn remember_at_most(&self, entries: usize) {
+        self.memory.store(entries.max(1), Ordering::Relaxed);
+    }
+
+    /// How many entries each map of the open epoch holds: preserved
+    /// (objects and blocks), births, departures, streams.
+    #[cfg(test)]
+    pub fn remembered(&self) -> [usize; 4] {
+        [
+            lock(&self.preserved).entries(),
+            lock(&self.births).len(),
+            lock(&self.departures).len(),
+            lock(&self.streams).len(),
+        ]
+    }
+
+    fn memory(&self) -> usize {
+        self.memory.load(Ordering::Relaxed)
     }
 
     /// How many times pre-images were stored (see `stores`).
@@ -317,10 +338,10 @@ impl Cow {
         clock.current = Epoch(closed.0 + 1);
         self.any_set.store(true, Ordering::Release);
         clock.began_here = true;
-        lock(&self.preserved).clear();
-        lock(&self.births).clear();
-        lock(&self.streams).clear();
-        lock(&self.departures).clear();
+        *lock(&self.preserved) = Known::default();
+        *lock(&self.births) = HashSet::new();
+        *lock(&self.streams) = HashMap::new();
+        *lock(&self.departures) = HashMap::new();
     }
 
     /// After a deletion: whether any set of the volume is left.
@@ -340,7 +361,7 @@ impl Cow {
         f: impl FnOnce(&Preserved) -> T,
     ) -> Result<T> {
         let mut map = lock(&self.preserved);
-        if !map.contains_key(&object) && !began_here {
+        if !map.remembers(object) && !map.complete(began_here) {
             drop(map);
             let stored = self.store.preserved(self.volume, object, hi)?;
             let loaded = Preserved {
@@ -350,9 +371,10 @@ impl Cow {
                 ..Preserved::default()
             };
             map = lock(&self.preserved);
-            map.entry(object).or_insert(loaded);
+            map.load(object, loaded);
+            map.bound(self.memory());
         }
-        Ok(match map.get(&object) {
+        Ok(match map.get(object) {
             Some(p) => f(p),
             None => f(&Preserved::default()),
         })
@@ -512,6 +534,11 @@ impl Mutation<'_> {
         }
         let stream = {
             let mut streams = lock(&self.cow.streams);
+            if streams.len() >= STREAMS_MAX.min(self.cow.memory()) && !streams.contains_key(&object)
+            {
+                // Only a stream with a window in flight must be remembered.
+                streams.retain(|_, s| s.jobs.iter().any(Option::is_some));
+            }
             let s = streams.entry(object).or_default();
             let sequential = start > 0 && s.end == start;
             s.end = end;
@@ -613,6 +640,7 @@ impl Mutation<'_> {
         if self.needs(parent) {
             let departures = {
                 let mut counts = lock(&self.cow.departures);
+                memory::bound_departures(&mut counts, self.cow.memory());
                 let n = counts.entry(parent).or_insert(0);
                 *n += 1;
                 *n
@@ -751,8 +779,9 @@ impl Mutation<'_> {
         if pre.is_empty() {
             let mut preserved = lock(&self.cow.preserved);
             for object in self.children.drain(..) {
-                preserved.entry(object).or_default().children = true;
+                preserved.entry(object).children = true;
             }
+            preserved.bound(self.cow.memory());
             return Ok(());
         }
         // Blocks kept ahead are a guess at the next writes: they must never
@@ -799,20 +828,16 @@ impl Mutation<'_> {
             // Another mutation's record of the object, stored first, is
             // the one the store keeps (and an unlocked entry of
             // `children` may have been read after that one's change).
-            preserved
-                .entry(*object)
-                .or_default()
-                .attr_size
-                .get_or_insert(a.size);
+            preserved.entry(*object).attr_size.get_or_insert(a.size);
         }
         for (object, _) in &pre.dirs {
-            preserved.entry(*object).or_default().dir = true;
+            preserved.entry(*object).dir = true;
         }
         for (object, _) in &pre.handles {
-            preserved.entry(*object).or_default().handle = true;
+            preserved.entry(*object).handle = true;
         }
         for object in self.children.drain(..) {
-            preserved.entry(object).or_default().children = true;
+            preserved.entry(object).children = true;
         }
         let stored = pre.blocks.len();
         drop(pre);
@@ -820,8 +845,9 @@ impl Mutation<'_> {
             self.pending.remove(&(object, block));
         }
         for (object, block, _) in self.blocks.drain(..) {
-            preserved.entry(object).or_default().blocks.insert(block);
+            preserved.add_block(object, block);
         }
+        preserved.bound(self.cow.memory());
         self.pending_bytes = 0;
         Ok(())
     }
@@ -844,7 +870,9 @@ impl Mutation<'_> {
     /// any existing snapshot.
     pub fn born(&self, object: ObjectId) {
         if self.hi.is_some() {
-            lock(&self.cow.births).insert(object);
+            let mut births = lock(&self.cow.births);
+            memory::bound_births(&mut births, self.cow.memory());
+            births.insert(object);
         }
     }
 }
