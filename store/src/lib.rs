@@ -20,6 +20,7 @@ mod records;
 mod recover;
 mod reserve;
 mod store;
+mod syncer;
 
 pub use error::{Error, Result};
 pub use ids::{ChunkHash, Epoch, ObjectId, SetId, VolumeId};

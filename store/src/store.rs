@@ -29,6 +29,7 @@ use crate::error::io_err;
 use crate::io::{OsIo, StoreIo};
 use crate::pack::{ChunkLocation, Packs};
 use crate::records::{decode, encode};
+use crate::syncer::PackSyncer;
 use crate::{
     AttrRecord, ChunkHash, DirEntry, Epoch, Error, ObjectId, Result, SetId, Timestamp, VolumeId,
 };
@@ -221,7 +222,9 @@ pub struct Store {
     /// `dir/catalog.db`, for the I/O backend's commit events.
     db: PathBuf,
     catalog: Catalog,
-    packs: Packs,
+    packs: Arc<Packs>,
+    /// Syncs the packs beside the WAL's sync (`make_durable`).
+    syncer: PackSyncer,
     cache: ChunkCache,
     durability: Durability,
     punch_holes: bool,
@@ -277,13 +280,15 @@ impl Store {
                 |r| Ok((r.get::<_, u32>(0)?, r.get::<_, i64>(1)? as u64)),
             )
             .optional()?;
-        let packs = Packs::open(io.clone(), &dir.join("packs"), newest)?;
+        let packs = Arc::new(Packs::open(io.clone(), &dir.join("packs"), newest)?);
+        let syncer = PackSyncer::start(packs.clone());
         let store = Store {
             dir: dir.to_path_buf(),
             io,
             db,
             catalog,
             packs,
+            syncer,
             cache: ChunkCache::new(options.cache_bytes),
             chunk_bytes: AtomicU64::new(0),
             durability: options.durability,

@@ -144,12 +144,9 @@ impl Store {
             return Ok(());
         }
         self.group.wait(ticket, || {
-            let (packs, wal) = std::thread::scope(|scope| {
-                let packs = scope.spawn(|| self.packs.sync());
-                let wal = self.sync_wal();
-                (packs.join(), wal)
-            });
-            packs.unwrap_or_else(|panic| std::panic::resume_unwind(panic))?;
+            let packs = self.syncer.begin();
+            let wal = self.sync_wal();
+            packs.finish()?;
             wal?;
             self.record_synced(false);
             Ok(())
