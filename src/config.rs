@@ -6,10 +6,12 @@
 //! asked, looks at the disk; it never creates a directory and never talks
 //! to the daemon.
 
+mod cluster;
 mod places;
 mod schedule;
 mod storage;
 
+pub use cluster::ClusterConfig;
 use std::fmt;
 use std::io;
 use std::path::{Component, Path, PathBuf};
@@ -74,6 +76,8 @@ pub struct Config {
     pub storage: StorageConfig,
     /// When sets are taken and which retention keeps (`[schedule]`).
     pub schedule: Option<crate::schedule::Schedule>,
+    /// The cluster this host takes cluster sets with (`[cluster]`).
+    pub cluster: Option<ClusterConfig>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -245,6 +249,8 @@ pub enum Problem {
     NameFormat(#[from] NameFormatError),
     #[error("schedule: {0}")]
     Schedule(String),
+    #[error("cluster: {0}")]
+    Cluster(String),
 }
 
 #[derive(Deserialize)]
@@ -272,6 +278,7 @@ struct RawConfig {
     #[serde(default, rename = "writer")]
     writers: Vec<RawWriter>,
     schedule: Option<schedule::RawSchedule>,
+    cluster: Option<cluster::RawCluster>,
 }
 
 #[derive(Deserialize)]
@@ -589,6 +596,10 @@ impl RawConfig {
                     let known: Vec<&str> = volumes.iter().map(|v| v.name.as_str()).collect();
                     Some(raw.resolve(&known).map_err(Problem::Schedule)?)
                 }
+            },
+            cluster: match &self.cluster {
+                None => None,
+                Some(raw) => Some(raw.resolve().map_err(Problem::Cluster)?),
             },
             state_dir,
             volumes,

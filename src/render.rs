@@ -361,6 +361,8 @@ mod tests {
             origin: "manual".into(),
             volumes: volumes.iter().map(ToString::to_string).collect(),
             writers: vec![],
+            cluster_id: None,
+            cluster_members: None,
         }
     }
 

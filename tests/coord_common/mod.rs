@@ -141,6 +141,24 @@ impl Daemon {
     }
 }
 
+impl Daemon {
+    /// Kills the daemon with SIGKILL (no unmount, no goodbye to etcd) and
+    /// detaches what it left mounted.
+    pub fn kill(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        let _ = child.kill();
+        let _ = child.wait();
+        for m in ["data", "logs", "snapshots"] {
+            let _ = Command::new("fusermount3")
+                .args(["-u", "-z"])
+                .arg(self.path(m))
+                .status();
+        }
+    }
+}
+
 impl Drop for Daemon {
     fn drop(&mut self) {
         let Some(mut child) = self.child.take() else {
