@@ -604,6 +604,11 @@ impl RawConfig {
             state_dir,
             volumes,
         };
+        if config.schedule.as_ref().is_some_and(|s| s.cluster) && config.cluster.is_none() {
+            return Err(Problem::Schedule(
+                "cluster = true needs a [cluster] table".into(),
+            ));
+        }
         config.check()?;
         Ok(config)
     }
@@ -1496,5 +1501,47 @@ mount = "/mnt/logs"
             );
             assert!(parse(&text).is_err());
         }
+    }
+
+    #[test]
+    fn a_cluster_table_names_etcd_the_cluster_and_this_member() {
+        let config = parse(&format!(
+            "{MINIMAL}[cluster]\nendpoints = [\"http://127.0.0.1:2379\"]\nname = \"shop\"\n\
+             member = \"db1\"\nlease_ttl = \"2s\"\n[schedule]\ntimes = \"hourly\"\ncluster = true\n"
+        ))
+        .expect("parses");
+        let cluster = config.cluster.expect("a cluster");
+        assert_eq!(cluster.endpoints, ["http://127.0.0.1:2379"]);
+        assert_eq!(
+            (cluster.name.as_str(), cluster.member.as_str()),
+            ("shop", "db1")
+        );
+        assert_eq!(cluster.lease_ttl, Duration::from_secs(2));
+        assert_eq!(cluster.deadline, Duration::from_secs(30));
+        assert_eq!(cluster.prefix, "umbra");
+        assert!(config.schedule.expect("a schedule").cluster);
+        for (bad, says) in [
+            ("endpoints = []\nname = \"s\"\nmember = \"m\"", "endpoints"),
+            (
+                "endpoints = [\"x\"]\nname = \"a/b\"\nmember = \"m\"",
+                "name",
+            ),
+            (
+                "endpoints = [\"x\"]\nname = \"s\"\nmember = \"m\"\nlease_ttl = \"100ms\"",
+                "lease_ttl",
+            ),
+        ] {
+            let text = format!("{MINIMAL}[cluster]\n{bad}\n");
+            let message = problem(&text).to_string();
+            assert!(
+                message.starts_with(&format!("cluster: {says}")),
+                "{message}"
+            );
+        }
+        let message = problem(&format!(
+            "{MINIMAL}[schedule]\ntimes = \"hourly\"\ncluster = true\n"
+        ))
+        .to_string();
+        assert_eq!(message, "schedule: cluster = true needs a [cluster] table");
     }
 }

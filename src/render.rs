@@ -63,7 +63,20 @@ pub fn created_view(view: &CreatedView) -> String {
             gone.id
         );
     }
-    out + &created(&view.set)
+    out += &created(&view.set);
+    if let Some(cluster) = &view.cluster {
+        let _ = writeln!(
+            out,
+            "cluster set {} on {}: hold {:.3} ms (longest member; here {:.3} ms), writers waited {:.3} ms for the others while frozen, {:.1} ms in all",
+            printable(&cluster.id),
+            joined(&cluster.members, ","),
+            cluster.hold_ms,
+            view.hold_ms,
+            cluster.barrier_ms,
+            cluster.total_ms
+        );
+    }
+    out
 }
 
 /// One `deleted <name> (id <id>)` line per set.
@@ -94,20 +107,31 @@ pub fn backed_up(set: &SetView, status: std::process::ExitStatus, kept: bool) ->
 
 /// A table of the sets: name, id, created, origin, volumes, label.
 pub fn list(sets: &[SetView]) -> String {
+    // The cluster column only where some set is a cluster set's part.
+    let clustered = sets.iter().any(|s| s.cluster_id.is_some());
     let rows = sets.iter().map(|set| {
-        vec![
+        let mut row = vec![
             printable(&set.name),
             set.id.to_string(),
             printable(&set.created),
             printable(&set.origin),
             joined(&set.volumes, ","),
             printable(set.label.as_deref().unwrap_or_default()),
-        ]
+        ];
+        if clustered {
+            let id = printable(set.cluster_id.as_deref().unwrap_or_default());
+            row.push(match &set.cluster_members {
+                Some(members) => format!("{id} ({})", joined(members, ",")),
+                None => id,
+            });
+        }
+        row
     });
-    table(
-        &["NAME", "ID", "CREATED", "ORIGIN", "VOLUMES", "LABEL"],
-        rows,
-    )
+    let mut header = vec!["NAME", "ID", "CREATED", "ORIGIN", "VOLUMES", "LABEL"];
+    if clustered {
+        header.push("CLUSTER");
+    }
+    table(&header, rows)
 }
 
 /// What retention did (or, dry, would do): a table of every set with its

@@ -548,3 +548,130 @@ fn etcd_stopping_mid_sequence_aborts_cleanly() {
         }
     }
 }
+
+/// Puts `key` = `value` in etcd through its HTTP gateway, as a member's
+/// transaction would.
+fn etcd_put(etcd: &Etcd, key: &str, value: &str) {
+    fn b64(bytes: &[u8]) -> String {
+        const A: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+        let mut out = String::new();
+        for chunk in bytes.chunks(3) {
+            let n = chunk
+                .iter()
+                .enumerate()
+                .fold(0u32, |n, (i, b)| n | (u32::from(*b) << (16 - 8 * i)));
+            for i in 0..4 {
+                if i <= chunk.len() {
+                    out.push(A[((n >> (18 - 6 * i)) & 63) as usize] as char);
+                } else {
+                    out.push('=');
+                }
+            }
+        }
+        out
+    }
+    let body = json!({"key": b64(key.as_bytes()), "value": b64(value.as_bytes())}).to_string();
+    let mut s = TcpStream::connect(("127.0.0.1", etcd.client_port)).expect("etcd");
+    write!(
+        s,
+        "POST /v3/kv/put HTTP/1.0\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .expect("put");
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).expect("answer");
+    assert!(
+        answer.starts_with("HTTP/1.0 200") || answer.starts_with("HTTP/1.1 200"),
+        "{answer}"
+    );
+}
+
+/// The cluster name the members of `three` share (from the config).
+fn cluster_name(daemon: &Daemon) -> String {
+    let config = std::fs::read_to_string(daemon.path("umbra.toml")).expect("config");
+    config
+        .lines()
+        .find_map(|l| l.strip_prefix("name = \"c"))
+        .map(|rest| format!("c{}", rest.trim_end_matches('"')))
+        .expect("a cluster name")
+}
+
+/// C's part waits in PostSnapshot (captured, pending) when C dies.
+fn kill_c_after_its_capture(
+    etcd: &Etcd,
+    d: &mut [Daemon],
+    decide: Option<&str>,
+) -> (std::process::Output, String) {
+    let (c, _) = raw_writer(
+        &d[2].socket(),
+        json!({"name": "slow", "volumes": ["data"]}),
+        |event| match event {
+            "post-snapshot" => Act::Hang(Duration::from_secs(4)),
+            _ => Act::Ok,
+        },
+    );
+    let create = create_in_background(&d[0]);
+    wait_for_event(&c, "post-snapshot");
+    let part = cluster_sets(&d[2]);
+    assert_eq!(part.len(), 1, "C's part is there, pending: {part:?}");
+    let id = part[0]["cluster_id"].as_str().expect("id").to_string();
+    if let Some(outcome) = decide {
+        let key = format!("/umbra/{}/sets/{id}/outcome", cluster_name(&d[2]));
+        etcd_put(etcd, &key, outcome);
+    }
+    d[2].kill();
+    let (out, _) = create.join().expect("create thread");
+    (out, id)
+}
+
+#[test]
+fn a_part_cut_off_before_an_abort_is_deleted_at_restart() {
+    let etcd = Etcd::start();
+    let mut d = three(&etcd);
+    let (out, id) = kill_c_after_its_capture(&etcd, &mut d, None);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "create succeeded without C");
+    assert!(err.contains("member c left the cluster"), "{err}");
+    assert_no_cluster_set(&[&d[0], &d[1]]);
+    // C's pending part outlived the crash; the repair at start deletes it.
+    d[2].launch(&[]);
+    assert_no_cluster_set(&[&d[2]]);
+    assert!(d[2].log().contains("deleted this host's part"), "{id}");
+}
+
+#[test]
+fn a_part_cut_off_after_a_commit_is_kept_at_restart() {
+    let etcd = Etcd::start();
+    let mut d = three(&etcd);
+    // The outcome is commit (as if every member had been ready) when C
+    // dies before recording its part.
+    let (out, id) = kill_c_after_its_capture(&etcd, &mut d, Some("commit"));
+    assert!(
+        out.status.success(),
+        "the committed set is kept: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    d[2].launch(&[]);
+    for daemon in &d {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while parts(daemon, &id).len() != 1 {
+            assert!(
+                Instant::now() < deadline,
+                "{:?}\n{}",
+                daemon.sets(),
+                daemon.log()
+            );
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+    let listed = d[0].json(&["list", "--cluster"]);
+    let mut holders: Vec<&str> = listed[0]["cluster_members"]
+        .as_array()
+        .expect("members")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    holders.sort_unstable();
+    assert_eq!(holders, ["a", "b", "c"]);
+}

@@ -34,6 +34,10 @@ pub struct Plan {
     pub deadline_ms: u64,
     /// When it was planned, Unix milliseconds (for the repair at start).
     pub planned_unix_ms: u64,
+    /// A firing of a `cluster = true` schedule: every part is recorded as
+    /// scheduled, for retention.
+    #[serde(default)]
+    pub scheduled: bool,
 }
 
 impl Plan {

@@ -260,11 +260,17 @@ impl Service {
     /// False if another set (a backup) is being made: nothing was done and
     /// the scheduler tries again.
     pub fn take_scheduled(&self, schedule: &Schedule) -> bool {
-        match self.create_as(
-            &schedule.volumes,
-            schedule.label.clone(),
-            SetOrigin::Scheduled,
-        ) {
+        let made = if schedule.cluster {
+            self.plan_scheduled(schedule)
+        } else {
+            self.create_as(
+                &schedule.volumes,
+                schedule.label.clone(),
+                SetOrigin::Scheduled,
+            )
+            .map(|_| ())
+        };
+        match made {
             Ok(_) => {}
             Err(ServiceError::Sequence(SequenceError::Busy | SequenceError::Restoring)) => {
                 tracing::warn!(

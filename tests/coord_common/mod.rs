@@ -39,11 +39,23 @@ impl Daemon {
              [[volume]]\nname = \"logs\"\nbacking = \"{d}/logs\"\nmount = \"{d}/logs\"\n{extra}"
         );
         std::fs::write(dir.path().join("umbra.toml"), config).expect("config");
-        let log = std::fs::File::create(dir.path().join("daemon.log")).expect("log");
+        let mut daemon = Daemon { dir, child: None };
+        daemon.launch(env);
+        daemon
+    }
+
+    /// Runs `umbra up` over this daemon's config and state (again, after
+    /// `kill`) and waits for `umbra: ready`.
+    pub fn launch(&mut self, env: &[(&str, &Path)]) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.path("daemon.log"))
+            .expect("log");
         let mut child = Command::new(env!("CARGO_BIN_EXE_umbra"))
             .arg("up")
             .arg("--config")
-            .arg(dir.path().join("umbra.toml"))
+            .arg(self.path("umbra.toml"))
             .env("UMBRA_LOG", "debug")
             .env_remove("UMBRA_SOCKET")
             .envs(env.iter().copied())
@@ -60,14 +72,10 @@ impl Daemon {
                 }
             }
         });
-        let daemon = Daemon {
-            dir,
-            child: Some(child),
-        };
+        self.child = Some(child);
         if rx.recv_timeout(Duration::from_secs(20)).is_err() {
-            panic!("umbra up did not get ready: {}", daemon.log());
+            panic!("umbra up did not get ready: {}", self.log());
         }
-        daemon
     }
 
     pub fn path(&self, rel: &str) -> PathBuf {

@@ -50,6 +50,7 @@ impl Service {
             label,
             deadline_ms: u64::try_from(cluster.config().deadline.as_millis()).unwrap_or(u64::MAX),
             planned_unix_ms: unix_ms(),
+            scheduled: origin == SetOrigin::Scheduled,
         };
         cluster.write_plan(&plan)?;
         tracing::info!(cluster_set = %plan.id, members = ?plan.members, "planned a cluster set");
@@ -60,13 +61,36 @@ impl Service {
         Ok(view)
     }
 
+    /// A firing of a `cluster = true` schedule. Every member fires at the
+    /// same times: the first member alive by name plans the cluster set,
+    /// and the others take part when they hear its plan.
+    pub fn plan_scheduled(&self, schedule: &crate::schedule::Schedule) -> Result<(), ServiceError> {
+        let cluster = self.cluster()?.clone();
+        let members = cluster.members()?;
+        match members.first() {
+            Some(first) if first == cluster.member() => self
+                .create_cluster(schedule.label.clone(), SetOrigin::Scheduled)
+                .map(|_| ()),
+            Some(first) => {
+                tracing::info!(planner = %first, "scheduled cluster set: another member plans it");
+                Ok(())
+            }
+            None => Err(crate::cluster::ClusterError::NotAMember(cluster.member().into()).into()),
+        }
+    }
+
     /// This host's part of another member's plan.
     pub fn heard_plan(&self, plan: Plan) {
         let Ok(cluster) = self.cluster().cloned() else {
             return;
         };
         tracing::info!(cluster_set = %plan.id, initiator = %plan.initiator, "taking part in a cluster set");
-        match self.take_part(&cluster, &plan, SetOrigin::Manual) {
+        let origin = if plan.scheduled {
+            SetOrigin::Scheduled
+        } else {
+            SetOrigin::Manual
+        };
+        match self.take_part(&cluster, &plan, origin) {
             Ok(view) => {
                 tracing::info!(cluster_set = %plan.id, set = %view.set.name, "cluster set made")
             }
