@@ -675,3 +675,49 @@ fn a_part_cut_off_after_a_commit_is_kept_at_restart() {
     holders.sort_unstable();
     assert_eq!(holders, ["a", "b", "c"]);
 }
+
+#[test]
+fn a_cluster_schedule_makes_one_cluster_set_per_firing_on_every_member() {
+    let etcd = Etcd::start();
+    let cluster = format!("c{}", free_port());
+    let schedule = "[schedule]\ntimes = \"*:*:0/2\"\ncluster = true\nlabel = \"tick\"\n";
+    let d: Vec<Daemon> = ["a", "b", "c"]
+        .iter()
+        .map(|m| member(&etcd, &cluster, m, schedule))
+        .collect();
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(20);
+    while cluster_sets(&d[2]).len() < 3 {
+        assert!(Instant::now() < deadline, "{}", d[2].log());
+        thread::sleep(Duration::from_millis(100));
+    }
+    let elapsed = started.elapsed();
+    let made: Vec<Value> = cluster_sets(&d[2]);
+    // One cluster set per firing, not one per member.
+    assert!(
+        made.len() as u64 <= elapsed.as_secs() / 2 + 2,
+        "{} sets in {elapsed:?}",
+        made.len()
+    );
+    for set in &made {
+        assert_eq!(set["origin"], "scheduled", "{set}");
+        assert_eq!(set["label"], "tick", "{set}");
+        let id = set["cluster_id"].as_str().expect("id");
+        for daemon in &d[..2] {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while parts(daemon, id).len() != 1 {
+                assert!(
+                    Instant::now() < deadline,
+                    "{id} missing: {:?}",
+                    daemon.sets()
+                );
+                thread::sleep(Duration::from_millis(20));
+            }
+            assert_eq!(parts(daemon, id)[0]["origin"], "scheduled");
+        }
+    }
+    // No member made a set of its own.
+    for daemon in &d {
+        assert!(daemon.sets().iter().all(|s| s.get("cluster_id").is_some()));
+    }
+}

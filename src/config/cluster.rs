@@ -41,6 +41,11 @@ impl RawCluster {
         if self.endpoints.is_empty() {
             return Err("endpoints: name at least one etcd endpoint".into());
         }
+        if let Some(e) = self.endpoints.iter().find(|e| !e.starts_with("http://")) {
+            return Err(format!(
+                "endpoints: {e:?} must be an http:// URL (TLS to etcd is not supported yet)"
+            ));
+        }
         for (key, value) in [("name", &self.name), ("member", &self.member)] {
             if value.is_empty()
                 || !value
