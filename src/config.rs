@@ -1523,11 +1523,15 @@ mount = "/mnt/logs"
         for (bad, says) in [
             ("endpoints = []\nname = \"s\"\nmember = \"m\"", "endpoints"),
             (
-                "endpoints = [\"x\"]\nname = \"a/b\"\nmember = \"m\"",
+                "endpoints = [\"https://e:2379\"]\nname = \"s\"\nmember = \"m\"",
+                "endpoints",
+            ),
+            (
+                "endpoints = [\"http://e:2379\"]\nname = \"a/b\"\nmember = \"m\"",
                 "name",
             ),
             (
-                "endpoints = [\"x\"]\nname = \"s\"\nmember = \"m\"\nlease_ttl = \"100ms\"",
+                "endpoints = [\"http://e:2379\"]\nname = \"s\"\nmember = \"m\"\nlease_ttl = \"100ms\"",
                 "lease_ttl",
             ),
         ] {
