@@ -180,6 +180,29 @@ impl Cluster {
             .collect())
     }
 
+    /// The cluster sets etcd says this host holds.
+    pub fn held_here(&self) -> Result<Vec<String>> {
+        let mark = format!("/held/{}", self.config.member);
+        Ok(self
+            .scan("sets/")?
+            .into_keys()
+            .filter_map(|k| k.strip_suffix(&mark).map(str::to_string))
+            .collect())
+    }
+
+    /// This host no longer holds cluster set `id` (its part was deleted);
+    /// once no member holds it, etcd forgets the set altogether.
+    pub fn forget(&self, id: &str) -> Result<()> {
+        self.delete(
+            self.set_key(id, &format!("held/{}", self.config.member)),
+            false,
+        )?;
+        if self.holders(id)?.is_empty() {
+            self.delete(self.set_key(id, ""), true)?;
+        }
+        Ok(())
+    }
+
     /// Calls `heard` (on a thread of its own) with every plan another
     /// member writes that names this host, for as long as the daemon runs.
     pub fn on_plans(self: &Arc<Self>, heard: impl Fn(Plan) + Send + Sync + 'static) {

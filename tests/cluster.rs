@@ -365,6 +365,29 @@ fn a_cluster_set_is_one_instant_on_three_hosts() {
         holders.sort_unstable();
         assert_eq!(holders, ["a", "b", "c"], "{set}");
     }
+    // A part deleted on C is no longer C's in etcd's record.
+    let gone = &parts(&d[2], &ids[0])[0];
+    d[2].json(&["delete", gone["name"].as_str().expect("name")]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let listed = d[0].json(&["list", "--cluster"]);
+        let first = listed
+            .as_array()
+            .and_then(|sets| sets.iter().find(|s| s["cluster_id"] == ids[0].as_str()))
+            .expect("A's part");
+        let mut holders: Vec<&str> = first["cluster_members"]
+            .as_array()
+            .expect("cluster_members")
+            .iter()
+            .filter_map(Value::as_str)
+            .collect();
+        holders.sort_unstable();
+        if holders == ["a", "b"] {
+            break;
+        }
+        assert!(Instant::now() < deadline, "still {holders:?}");
+        thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// A writer that answers every event at once, on `daemon`.

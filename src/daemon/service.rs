@@ -330,6 +330,7 @@ impl Service {
         }
         if done > 0 {
             self.refresh();
+            self.repair_later();
         }
         Ok(PruneView { dry_run, sets: out })
     }
@@ -533,6 +534,7 @@ impl Service {
             tracing::info!(set = %set.name, id = %set.id, "deleted shadow copy set");
         }
         self.refresh();
+        self.repair_later();
         Ok(doomed.iter().map(view).collect())
     }
 

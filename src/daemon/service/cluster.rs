@@ -262,6 +262,23 @@ impl Service {
         if changed {
             self.refresh();
         }
+        // A part deleted here (by hand, retention, max_sets) is no longer
+        // held: `list --cluster` must not name this host for it.
+        let ours: Vec<String> = match self.store.cluster_sets() {
+            Ok(parts) => parts.into_iter().map(|p| p.cluster_id).collect(),
+            Err(_) => return false,
+        };
+        match cluster.held_here() {
+            Ok(held) => {
+                for id in held.iter().filter(|id| !ours.contains(id)) {
+                    if let Err(e) = cluster.forget(id) {
+                        tracing::debug!(cluster_set = %id, "forgetting a deleted part: {e}");
+                        settled = false;
+                    }
+                }
+            }
+            Err(_) => settled = false,
+        }
         settled
     }
 
@@ -276,7 +293,12 @@ impl Service {
         let spawned = std::thread::Builder::new()
             .name("umbra-cluster-repair".into())
             .spawn(move || {
-                loop {
+                for pass in 0u64.. {
+                    // Deletions the service does not see (max_sets, a full
+                    // diff area) are caught by a pass now and then.
+                    if pass % 30 == 0 {
+                        self.repair_later();
+                    }
                     if self.cluster_unsettled.swap(false, Ordering::AcqRel)
                         && !self.repair_cluster_parts()
                     {
