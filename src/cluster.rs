@@ -121,10 +121,19 @@ impl Cluster {
         &self,
         request: impl Future<Output = std::result::Result<T, etcd_client::Error>>,
     ) -> Result<T> {
+        self.run_within(REQUEST_TIMEOUT, request)
+    }
+
+    /// Runs one etcd request to its end or `limit`.
+    fn run_within<T>(
+        &self,
+        limit: Duration,
+        request: impl Future<Output = std::result::Result<T, etcd_client::Error>>,
+    ) -> Result<T> {
         self.runtime.block_on(async {
-            match tokio::time::timeout(REQUEST_TIMEOUT, request).await {
+            match tokio::time::timeout(limit, request).await {
                 Ok(answer) => Ok(answer?),
-                Err(_) => Err(ClusterError::Timeout(REQUEST_TIMEOUT)),
+                Err(_) => Err(ClusterError::Timeout(limit)),
             }
         })
     }

@@ -290,6 +290,10 @@ pub struct ClusterView {
     /// How long this host's writers stayed frozen waiting for the others
     /// (the two barriers inside the freeze).
     pub barrier_ms: f64,
+    /// How long this host's writers, prepared but not yet frozen, waited
+    /// for every member to prepare.
+    #[serde(default)]
+    pub prepared_ms: f64,
     /// From the plan to this host's part recorded.
     pub total_ms: f64,
 }

@@ -544,7 +544,9 @@ impl Sequence<'_> {
     fn before_commit(&mut self) -> Result<(), Abort> {
         self.step(Event::PrepareForBackup)?;
         self.step(Event::PrepareForSnapshot)?;
-        Ok(())
+        self.provider
+            .before_freeze(&self.plan)
+            .map_err(|e| Abort(SequenceError::Provider(e)))
     }
 
     /// Freeze, then the provider's flush, hold and commit, within the

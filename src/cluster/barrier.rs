@@ -20,6 +20,8 @@ use super::{Cluster, ClusterError, Result};
 
 /// How often a member looks at the barrier it waits at.
 const POLL: Duration = Duration::from_millis(2);
+/// The least time one look at a barrier is given, even at the deadline.
+const MIN_LOOK: Duration = Duration::from_millis(100);
 
 /// A cluster set, as its initiator wrote it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -69,6 +71,9 @@ impl Outcome {
 /// A barrier a member passes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Phase {
+    /// Its writers prepared for the snapshot (not yet frozen): every
+    /// member then freezes at about the same time.
+    Prepared,
     /// Its writers froze and its provider flushed.
     Frozen,
     /// Its part is captured and committed pending (the hold is over).
@@ -80,6 +85,7 @@ pub enum Phase {
 impl Phase {
     fn as_str(self) -> &'static str {
         match self {
+            Phase::Prepared => "prepared",
             Phase::Frozen => "frozen",
             Phase::Captured => "captured",
             Phase::Ready => "ready",
@@ -198,7 +204,7 @@ impl Cluster {
     ) -> std::result::Result<BTreeMap<String, String>, Stop> {
         let mut last_error = None;
         loop {
-            match self.look(plan, phase) {
+            match self.look(plan, phase, deadline) {
                 Ok(Look::Decided(outcome)) => return Err(Stop::Decided(outcome)),
                 Ok(Look::Lost(member)) => {
                     let why = format!("member {member} left the cluster");
@@ -236,12 +242,44 @@ impl Cluster {
         }
     }
 
-    fn look(&self, plan: &Plan, phase: Phase) -> Result<Look> {
-        let keys = self.scan(&format!("sets/{}/", plan.id))?;
+    /// One look at the set's keys and the members, in one transaction (one
+    /// round trip, one revision), given no longer than the deadline leaves.
+    fn look(&self, plan: &Plan, phase: Phase, deadline: Instant) -> Result<Look> {
+        let set = self.set_key(&plan.id, "");
+        let members = self.key("members/");
+        let prefix = || Some(etcd_client::GetOptions::new().with_prefix());
+        let txn = Txn::new().and_then([
+            TxnOp::get(set.clone(), prefix()),
+            TxnOp::get(members.clone(), prefix()),
+        ]);
+        let limit = deadline
+            .saturating_duration_since(Instant::now())
+            .clamp(MIN_LOOK, super::REQUEST_TIMEOUT);
+        let mut client = self.client.clone();
+        let answer = self.run_within(limit, client.txn(txn))?;
+        let mut gets = answer.op_responses().into_iter().filter_map(|op| match op {
+            etcd_client::TxnOpResponse::Get(get) => Some(get),
+            _ => None,
+        });
+        let under =
+            |get: Option<etcd_client::GetResponse>, prefix: &str| -> BTreeMap<String, String> {
+                get.map(|g| {
+                    g.kvs()
+                        .iter()
+                        .map(|kv| {
+                            let key = String::from_utf8_lossy(kv.key());
+                            let key = key.strip_prefix(prefix).unwrap_or(&key).to_string();
+                            (key, String::from_utf8_lossy(kv.value()).into_owned())
+                        })
+                        .collect()
+                })
+                .unwrap_or_default()
+            };
+        let keys = under(gets.next(), &set);
+        let alive: Vec<String> = under(gets.next(), &members).into_keys().collect();
         if let Some(outcome) = keys.get("outcome") {
             return Ok(Look::Decided(Outcome::parse(outcome)));
         }
-        let alive = self.members()?;
         if let Some(lost) = plan.members.iter().find(|m| !alive.contains(m)) {
             return Ok(Look::Lost(lost.clone()));
         }
@@ -258,7 +296,12 @@ impl Cluster {
     /// Takes this member's barrier marks of a finished set away (the held
     /// mark stays: `umbra list --cluster` reads it).
     pub fn tidy(&self, plan: &Plan) {
-        for phase in [Phase::Frozen, Phase::Captured, Phase::Ready] {
+        for phase in [
+            Phase::Prepared,
+            Phase::Frozen,
+            Phase::Captured,
+            Phase::Ready,
+        ] {
             let key = self.set_key(&plan.id, &format!("{}/{}", phase.as_str(), self.member()));
             if let Err(e) = self.delete(key, false) {
                 tracing::debug!(cluster_set = %plan.id, "tidying the barrier marks: {e}");

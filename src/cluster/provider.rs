@@ -4,6 +4,9 @@
 //! host captures, every host captured before any thaws, and the set is
 //! kept only where the cluster's one outcome says commit.
 //!
+//! - `before_freeze` (writers prepared, not yet frozen): `prepared`, then
+//!   wait for every member's, so that the members freeze together and no
+//!   writer's freeze is spent waiting for another host's preparation.
 //! - `prepare`: local flush, then `frozen`, then wait for every member's.
 //! - `hold_and_commit`: the local hold and pending commit (the hold stays
 //!   one host's), the part tagged with the cluster set id and made
@@ -39,6 +42,9 @@ pub struct PartReport {
     /// How long this host's writers waited at the two barriers of the
     /// freeze (frozen, captured).
     pub barrier: Duration,
+    /// How long this host waited, before Freeze, for every member to
+    /// prepare.
+    pub prepared: Duration,
     /// The outcome, once known.
     pub outcome: Option<Outcome>,
     /// The outcome could not be learned: the part stays pending.
@@ -100,13 +106,10 @@ impl ClusterProvider {
     }
 
     fn barrier(&self, phase: Phase, value: String) -> Result<Vec<(String, String)>, ProviderError> {
-        let started = Instant::now();
         if let Err(e) = self.cluster.arrive(&self.plan, phase, value) {
             return Err(self.fail(format!("etcd: {e}")));
         }
-        let waited = self.cluster.wait(&self.plan, phase, self.deadline);
-        self.report().barrier += started.elapsed();
-        match waited {
+        match self.cluster.wait(&self.plan, phase, self.deadline) {
             Ok(marks) => Ok(marks.into_iter().collect()),
             Err(stop) => Err(self.stopped(stop)),
         }
@@ -114,10 +117,21 @@ impl ClusterProvider {
 }
 
 impl Provider for ClusterProvider {
+    fn before_freeze(&self, plan: &SetPlan) -> Result<(), ProviderError> {
+        self.inner.before_freeze(plan)?;
+        let started = Instant::now();
+        let passed = self.barrier(Phase::Prepared, String::new());
+        // Not the writers' freeze: they still run while this waits.
+        self.report().prepared += started.elapsed();
+        passed.map(|_| ())
+    }
+
     fn prepare(&self, plan: &SetPlan) -> Result<(), ProviderError> {
         self.inner.prepare(plan)?;
-        self.barrier(Phase::Frozen, String::new())?;
-        Ok(())
+        let started = Instant::now();
+        let passed = self.barrier(Phase::Frozen, String::new());
+        self.report().barrier += started.elapsed();
+        passed.map(|_| ())
     }
 
     fn hold_and_commit(
@@ -135,8 +149,10 @@ impl Provider for ClusterProvider {
             .map_err(|e| e.to_string())
             .and_then(|()| {
                 let hold = format!("{:.3}", set.hold.as_secs_f64() * 1000.0);
-                self.barrier(Phase::Captured, hold)
-                    .map_err(|e| e.to_string())
+                let started = Instant::now();
+                let passed = self.barrier(Phase::Captured, hold);
+                self.report().barrier += started.elapsed();
+                passed.map_err(|e| e.to_string())
             });
         match captured {
             Ok(marks) => {

@@ -154,6 +154,7 @@ impl Service {
             hold_ms: holds.iter().map(|h| h.hold_ms).fold(0.0, f64::max),
             holds,
             barrier_ms: millis(report.barrier),
+            prepared_ms: millis(report.prepared),
             total_ms: millis(started.elapsed()),
         });
         Ok(view)
