@@ -660,7 +660,12 @@ fn a_part_cut_off_before_an_abort_is_deleted_at_restart() {
     // C's pending part outlived the crash; the repair at start deletes it.
     d[2].launch(&[]);
     assert_no_cluster_set(&[&d[2]]);
-    assert!(d[2].log().contains("deleted this host's part"), "{id}");
+    // The log line follows the deletion.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !d[2].log().contains("deleted this host's part") {
+        assert!(Instant::now() < deadline, "{id}: {}", d[2].log());
+        thread::sleep(Duration::from_millis(20));
+    }
 }
 
 #[test]
