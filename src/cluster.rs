@@ -61,8 +61,8 @@ pub struct Cluster {
 }
 
 impl Cluster {
-    /// Connects (lazily: etcd may come later) and starts keeping this
-    /// host's membership.
+    /// Connects (lazily: etcd may come later). Membership begins with
+    /// `on_plans`, once this host can hear plans.
     pub fn start(config: ClusterConfig) -> Result<Arc<Cluster>> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
@@ -79,19 +79,12 @@ impl Cluster {
             .map(|e| e.trim_start_matches("http://").to_string())
             .collect();
         let client = runtime.block_on(Client::connect(endpoints, Some(options)))?;
-        let cluster = Arc::new(Cluster {
+        Ok(Arc::new(Cluster {
             config,
             runtime,
             client,
             lease: Arc::new(Mutex::new(None)),
-        });
-        cluster.runtime.spawn(keep_membership(
-            cluster.client.clone(),
-            cluster.key(&format!("members/{}", cluster.config.member)),
-            cluster.config.lease_ttl,
-            cluster.lease.clone(),
-        ));
-        Ok(cluster)
+        }))
     }
 
     pub fn config(&self) -> &ClusterConfig {
@@ -214,11 +207,14 @@ impl Cluster {
 
     /// Calls `heard` (on a thread of its own) with every plan another
     /// member writes that names this host, for as long as the daemon runs.
+    /// This host becomes a member once the watch of plans is in place, so
+    /// that no plan names a member that cannot hear it.
     pub fn on_plans(self: &Arc<Self>, heard: impl Fn(Plan) + Send + Sync + 'static) {
         let heard = Arc::new(heard);
         let cluster = self.clone();
         self.runtime.spawn(async move {
             let prefix = cluster.key("sets/");
+            let mut member = false;
             loop {
                 let mut client = cluster.client.clone();
                 let watched = client
@@ -233,6 +229,18 @@ impl Cluster {
                     }
                 };
                 while let Ok(Some(answer)) = stream.message().await {
+                    if answer.canceled() {
+                        break;
+                    }
+                    if answer.created() && !member {
+                        member = true;
+                        tokio::spawn(keep_membership(
+                            cluster.client.clone(),
+                            cluster.key(&format!("members/{}", cluster.config.member)),
+                            cluster.config.lease_ttl,
+                            cluster.lease.clone(),
+                        ));
+                    }
                     for event in answer.events() {
                         let Some(kv) = event.kv() else { continue };
                         // Only a plan's first version is news.
