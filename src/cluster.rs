@@ -192,17 +192,15 @@ impl Cluster {
             .collect())
     }
 
-    /// This host no longer holds cluster set `id` (its part was deleted);
-    /// once no member holds it, etcd forgets the set altogether.
+    /// This host no longer holds cluster set `id` (its part was deleted).
+    /// The plan and the outcome stay, even once no member holds the set: a
+    /// member whose part is still in doubt (etcd was away) may yet need
+    /// the outcome, and without it would abort a committed part.
     pub fn forget(&self, id: &str) -> Result<()> {
         self.delete(
             self.set_key(id, &format!("held/{}", self.config.member)),
             false,
-        )?;
-        if self.holders(id)?.is_empty() {
-            self.delete(self.set_key(id, ""), true)?;
-        }
-        Ok(())
+        )
     }
 
     /// Calls `heard` (on a thread of its own) with every plan another
