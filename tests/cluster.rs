@@ -796,3 +796,77 @@ fn a_cluster_sets_hold_is_one_hosts_and_the_wait_is_the_writers() {
     assert!(here < barrier, "the barriers are outside the hold");
     assert!(cluster_total > total, "a cluster set costs the round trips");
 }
+
+/// etcd goes away while the members wait for the outcome (A and B ready,
+/// C still in PostSnapshot): nobody knows the outcome, so every part
+/// stays pending, in doubt, until etcd is back; then etcd's record
+/// settles every member the same way.
+fn in_doubt(decide: Option<&str>) -> (Etcd, Vec<Daemon>, String) {
+    let mut etcd = Etcd::start();
+    let d = three(&etcd);
+    let a = plain_writer(&d[0]);
+    let (c, _) = raw_writer(
+        &d[2].socket(),
+        json!({"name": "slow", "volumes": ["data"]}),
+        |event| match event {
+            "post-snapshot" => Act::Hang(Duration::from_secs(1)),
+            _ => Act::Ok,
+        },
+    );
+    let create = create_in_background(&d[0]);
+    wait_for_event(&c, "post-snapshot");
+    wait_for_event(&a, "post-snapshot");
+    let id = cluster_sets(&d[2])[0]["cluster_id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    etcd.kill();
+    let (out, _) = create.join().expect("create thread");
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "made without etcd");
+    assert!(err.contains("in doubt"), "{err}");
+    for daemon in &d {
+        // Kept pending, listed with its cluster id, until etcd answers.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !daemon
+            .log()
+            .contains("kept pending until the cluster's outcome")
+        {
+            assert!(Instant::now() < deadline, "{}", daemon.log());
+            thread::sleep(Duration::from_millis(20));
+        }
+        assert_eq!(parts(daemon, &id).len(), 1, "{:?}", daemon.sets());
+    }
+    etcd.launch();
+    if let Some(outcome) = decide {
+        let key = format!("/umbra/{}/sets/{id}/outcome", cluster_name(&d[0]));
+        etcd_put(&etcd, &key, outcome);
+    }
+    (etcd, d, id)
+}
+
+#[test]
+fn parts_in_doubt_are_kept_everywhere_when_etcd_comes_back_with_a_commit() {
+    let (_etcd, d, id) = in_doubt(Some("commit"));
+    for daemon in &d {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !daemon.log().contains("kept this host's part") {
+            assert!(Instant::now() < deadline, "{}", daemon.log());
+            thread::sleep(Duration::from_millis(50));
+        }
+        assert_eq!(parts(daemon, &id).len(), 1, "{:?}", daemon.sets());
+    }
+}
+
+#[test]
+fn parts_in_doubt_are_deleted_everywhere_when_etcd_comes_back_undecided() {
+    let (_etcd, d, _) = in_doubt(None);
+    // Undecided past the plan's deadline: aborted, and deleted everywhere.
+    for daemon in &d {
+        let deadline = Instant::now() + DEADLINE + Duration::from_secs(10);
+        while !cluster_sets(daemon).is_empty() {
+            assert!(Instant::now() < deadline, "{}", daemon.log());
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
