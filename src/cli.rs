@@ -113,8 +113,10 @@ pub enum Command {
     /// set is kept on every member or on none: a member's failure, its daemon's death (its etcd
     /// lease expires), etcd out of reach or the deadline aborts it everywhere. Each member's part
     /// carries the cluster set id (cluster_id in list --json). --json adds cluster: {id, members,
-    /// hold_ms (the longest member's hold), holds ([{member, hold_ms}]), barrier_ms (how long this
-    /// host's writers waited for the others while frozen), total_ms (plan to this part recorded)}.
+    /// hold_ms (the longest member's hold), holds ([{member, hold_ms}]), prepared_ms (how long this
+    /// host's writers waited, not yet frozen, for every member to prepare), barrier_ms (how long
+    /// they waited for the others while frozen), total_ms (plan to this part recorded)}. Each
+    /// member's hold is its own volumes' alone, as on one host.
     Create {
         /// Volumes to copy [default: every volume]
         #[arg(value_name = "VOLUME", conflicts_with = "cluster")]

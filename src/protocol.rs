@@ -463,6 +463,18 @@ mod tests {
         );
         round_trip(Request::List { cluster: false }, json!({"op": "list"}));
         round_trip(
+            Request::List { cluster: true },
+            json!({"op": "list", "cluster": true}),
+        );
+        round_trip(
+            Request::Create {
+                volumes: vec![],
+                label: None,
+                cluster: true,
+            },
+            json!({"op": "create", "volumes": [], "label": null, "cluster": true}),
+        );
+        round_trip(
             Request::Delete {
                 sets: vec!["2026-11-25T084250Z".into(), "3".into()],
                 oldest: None,

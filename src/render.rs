@@ -459,6 +459,44 @@ mod tests {
     }
 
     #[test]
+    fn a_cluster_sets_part_names_the_cluster_set_and_its_times() {
+        let mut part = set(3, "2026-11-25T084250Z", None, &["data"]);
+        part.cluster_id = Some("1764060170000000000-a".into());
+        let view = CreatedView {
+            set: part.clone(),
+            set_guid: String::new(),
+            path: String::new(),
+            hold_ms: 0.4,
+            holds: Vec::new(),
+            total_ms: 80.0,
+            evicted: Vec::new(),
+            cluster: Some(crate::protocol::ClusterView {
+                id: "1764060170000000000-a".into(),
+                members: vec!["a".into(), "b".into()],
+                hold_ms: 0.5,
+                holds: Vec::new(),
+                barrier_ms: 2.0,
+                prepared_ms: 10.0,
+                total_ms: 90.0,
+            }),
+        };
+        assert_eq!(
+            created_view(&view).lines().nth(1),
+            Some(
+                "cluster set 1764060170000000000-a on a,b: hold 0.500 ms (longest member; here \
+                 0.400 ms), writers waited 2.000 ms for the others while frozen, 90.0 ms in all"
+            )
+        );
+        part.cluster_members = Some(vec!["a".into(), "b".into()]);
+        let table = list(&[part, set(4, "plain", None, &["data"])]);
+        assert!(
+            table.lines().next().is_some_and(|h| h.ends_with("CLUSTER")),
+            "{table}"
+        );
+        assert!(table.contains("1764060170000000000-a (a,b)"), "{table}");
+    }
+
+    #[test]
     fn diff_lines_are_zfs_diff_f_lines_with_paths_escaped() {
         let change = |change: &str, kind: &str, path: &str, to: Option<&str>, what: &[&str]| {
             crate::protocol::ChangeView {
