@@ -10,7 +10,8 @@
 //! Keys, under `/<prefix>/<cluster>/`:
 //! - `members/<member>` (leased): this host runs with a `[cluster]` table;
 //! - `sets/<id>/plan`: the cluster set, written once by its initiator;
-//! - `sets/<id>/{frozen,captured,ready}/<member>` (leased): the barriers;
+//! - `sets/<id>/{prepared,frozen,captured,ready}/<member>` (leased): the
+//!   barriers;
 //! - `sets/<id>/outcome`: `commit` or `abort ...`, created once (a CAS);
 //! - `sets/<id>/held/<member>`: this host recorded its part.
 //!
@@ -20,6 +21,7 @@ mod barrier;
 mod provider;
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -58,6 +60,8 @@ pub struct Cluster {
     client: Client,
     /// The member lease in force, once granted; None while etcd is away.
     lease: Arc<Mutex<Option<i64>>>,
+    /// The daemon stops: no new lease is taken.
+    leaving: Arc<AtomicBool>,
 }
 
 impl Cluster {
@@ -84,6 +88,7 @@ impl Cluster {
             runtime,
             client,
             lease: Arc::new(Mutex::new(None)),
+            leaving: Arc::new(AtomicBool::new(false)),
         }))
     }
 
@@ -182,6 +187,26 @@ impl Cluster {
             .collect())
     }
 
+    /// Leaves the cluster at once (the daemon stops): the lease is revoked,
+    /// so a cluster set planned meanwhile does not wait for this host's
+    /// lease to expire.
+    pub fn leave(&self) {
+        self.leaving.store(true, Ordering::Release);
+        let Some(lease) = self
+            .lease
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+        else {
+            return;
+        };
+        let mut client = self.client.clone();
+        match self.run(client.lease_revoke(lease)) {
+            Ok(_) => tracing::info!("left the cluster"),
+            Err(e) => tracing::warn!("leaving the cluster: {e}"),
+        }
+    }
+
     /// The cluster sets etcd says this host holds.
     pub fn held_here(&self) -> Result<Vec<String>> {
         let mark = format!("/held/{}", self.config.member);
@@ -237,6 +262,7 @@ impl Cluster {
                             cluster.key(&format!("members/{}", cluster.config.member)),
                             cluster.config.lease_ttl,
                             cluster.lease.clone(),
+                            cluster.leaving.clone(),
                         ));
                     }
                     for event in answer.events() {
@@ -283,11 +309,12 @@ async fn keep_membership(
     key: String,
     ttl: Duration,
     lease: Arc<Mutex<Option<i64>>>,
+    leaving: Arc<AtomicBool>,
 ) {
     let set = |id: Option<i64>| *lease.lock().unwrap_or_else(PoisonError::into_inner) = id;
     let ttl_secs = i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX).max(1);
     let beat = ttl / 3;
-    loop {
+    while !leaving.load(Ordering::Acquire) {
         let mut c = client.clone();
         let granted = async {
             let id = c.lease_grant(ttl_secs, None).await?.id();
@@ -309,6 +336,10 @@ async fn keep_membership(
                     continue;
                 }
             };
+        if leaving.load(Ordering::Acquire) {
+            let _ = c.lease_revoke(id).await;
+            return;
+        }
         set(Some(id));
         tracing::info!(lease = id, "joined the cluster");
         loop {
@@ -323,6 +354,9 @@ async fn keep_membership(
             }
         }
         set(None);
+        if leaving.load(Ordering::Acquire) {
+            return;
+        }
         tracing::warn!("lost the cluster membership lease; joining again");
     }
 }

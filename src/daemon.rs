@@ -205,6 +205,7 @@ pub fn up(mut config: Config) -> Result<(), DaemonError> {
     }
     // No create or delete may be half done when the mounts go.
     let _quiet = service.quiesce();
+    service.leave_cluster();
     drop(socket_file);
     mounts.unmount_all()?;
     tracing::info!("stopped");

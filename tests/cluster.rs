@@ -870,3 +870,26 @@ fn parts_in_doubt_are_deleted_everywhere_when_etcd_comes_back_undecided() {
         }
     }
 }
+
+#[test]
+fn a_member_that_stops_leaves_at_once_and_the_others_go_on() {
+    let etcd = Etcd::start();
+    let mut d = three(&etcd);
+    // SIGTERM: C's daemon revokes its lease as it stops.
+    drop(d.pop());
+    let created = d[0].json(&["create", "--cluster"]);
+    let mut members: Vec<&str> = created["cluster"]["members"]
+        .as_array()
+        .expect("members")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    members.sort_unstable();
+    assert_eq!(members, ["a", "b"]);
+    let id = created["cluster_id"].as_str().expect("id");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while parts(&d[1], id).len() != 1 {
+        assert!(Instant::now() < deadline, "{:?}", d[1].sets());
+        thread::sleep(Duration::from_millis(20));
+    }
+}

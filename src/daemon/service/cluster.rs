@@ -79,6 +79,13 @@ impl Service {
         }
     }
 
+    /// The daemon stops: other members stop counting on this host now.
+    pub fn leave_cluster(&self) {
+        if let Some(cluster) = &self.cluster {
+            cluster.leave();
+        }
+    }
+
     /// This host's part of another member's plan.
     pub fn heard_plan(&self, plan: Plan) {
         let Ok(cluster) = self.cluster().cloned() else {
