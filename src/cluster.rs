@@ -9,6 +9,7 @@
 //!
 //! Keys, under `/<prefix>/<cluster>/`:
 //! - `members/<member>` (leased): this host runs with a `[cluster]` table;
+//! - `running` (the planner's lease): the cluster set being made;
 //! - `sets/<id>/plan`: the cluster set, written once by its initiator;
 //! - `sets/<id>/{prepared,frozen,captured,ready}/<member>` (leased): the
 //!   barriers;
@@ -49,6 +50,8 @@ pub enum ClusterError {
     NotAMember(String),
     #[error("{0}")]
     Malformed(String),
+    #[error("cluster set {0} is being made; try again when it is done")]
+    Busy(String),
 }
 
 pub type Result<T> = std::result::Result<T, ClusterError>;

@@ -893,3 +893,31 @@ fn a_member_that_stops_leaves_at_once_and_the_others_go_on() {
         thread::sleep(Duration::from_millis(20));
     }
 }
+
+#[test]
+fn a_second_planner_is_told_a_cluster_set_is_being_made() {
+    let etcd = Etcd::start();
+    let d = three(&etcd);
+    let (c, _) = raw_writer(
+        &d[2].socket(),
+        json!({"name": "slow", "volumes": ["data"]}),
+        |event| match event {
+            "freeze" => Act::Hang(Duration::from_millis(1500)),
+            _ => Act::Ok,
+        },
+    );
+    let first = create_in_background(&d[0]);
+    wait_for_event(&c, "freeze");
+    let out = d[1].umbra(&["create", "--cluster"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a second cluster set at once");
+    assert!(err.contains("is being made; try again"), "{err}");
+    let (out, _) = first.join().expect("create thread");
+    assert!(
+        out.status.success(),
+        "the first goes on: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Done: the next one may be planned by anyone.
+    d[1].json(&["create", "--cluster"]);
+}

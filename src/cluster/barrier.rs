@@ -104,21 +104,61 @@ pub enum Stop {
 
 impl Cluster {
     /// Writes `plan` once (a second plan of the same id is refused).
+    /// Also takes the cluster's one `running` mark (under the
+    /// initiator's lease, so that a dead initiator frees it): one cluster
+    /// set at a time, and a second planner is told so rather than both
+    /// sets aborting each other on busy members.
     pub fn write_plan(&self, plan: &Plan) -> Result<()> {
         let key = self.set_key(&plan.id, "plan");
+        let running = self.key("running");
+        let lease = self
+            .lease()
+            .ok_or_else(|| ClusterError::NotAMember(self.member().to_string()))?;
         let value =
             serde_json::to_string(plan).map_err(|e| ClusterError::Malformed(e.to_string()))?;
         let txn = Txn::new()
-            .when([Compare::version(key.clone(), CompareOp::Equal, 0)])
-            .and_then([TxnOp::put(key, value, None)]);
+            .when([
+                Compare::version(key.clone(), CompareOp::Equal, 0),
+                Compare::version(running.clone(), CompareOp::Equal, 0),
+            ])
+            .and_then([
+                TxnOp::put(key, value, None),
+                TxnOp::put(
+                    running.clone(),
+                    plan.id.clone(),
+                    Some(etcd_client::PutOptions::new().with_lease(lease)),
+                ),
+            ])
+            .or_else([TxnOp::get(running, None)]);
         let mut client = self.client.clone();
-        if !self.run(client.txn(txn))?.succeeded() {
-            return Err(ClusterError::Malformed(format!(
-                "a cluster set {} was already planned",
-                plan.id
-            )));
+        let answer = self.run(client.txn(txn))?;
+        if answer.succeeded() {
+            return Ok(());
         }
-        Ok(())
+        let other = answer
+            .op_responses()
+            .into_iter()
+            .find_map(|op| match op {
+                etcd_client::TxnOpResponse::Get(get) => get
+                    .kvs()
+                    .first()
+                    .map(|kv| String::from_utf8_lossy(kv.value()).into_owned()),
+                _ => None,
+            })
+            .unwrap_or_else(|| plan.id.clone());
+        Err(ClusterError::Busy(other))
+    }
+
+    /// Frees the `running` mark of cluster set `id` (if still its own).
+    pub fn done(&self, id: &str) {
+        let running = self.key("running");
+        let txn = Txn::new()
+            .when([Compare::value(running.clone(), CompareOp::Equal, id)])
+            .and_then([TxnOp::delete(running, None)]);
+        let mut client = self.client.clone();
+        if let Err(e) = self.run(client.txn(txn)) {
+            tracing::warn!(cluster_set = %id, "freeing the cluster's running mark: {e}");
+        }
     }
 
     /// Reads the plan of cluster set `id`, if it is still there.

@@ -54,7 +54,9 @@ impl Service {
         };
         cluster.write_plan(&plan)?;
         tracing::info!(cluster_set = %plan.id, members = ?plan.members, "planned a cluster set");
-        let mut view = self.take_part(&cluster, &plan, origin)?;
+        let made = self.take_part(&cluster, &plan, origin);
+        cluster.done(&plan.id);
+        let mut view = made?;
         if let Some(part) = view.cluster.as_mut() {
             part.total_ms = millis(started.elapsed());
         }
