@@ -604,6 +604,17 @@ impl RawConfig {
             state_dir,
             volumes,
         };
+        if let Some(cluster) = &config.cluster
+            && cluster.deadline >= config.writer_timeout
+        {
+            // Past the writers' freeze window the coordinator aborts first,
+            // and a cluster set could never use its whole deadline.
+            return Err(Problem::Cluster(format!(
+                "deadline ({}) must be shorter than writer_timeout_secs ({})",
+                humantime::format_duration(cluster.deadline),
+                humantime::format_duration(config.writer_timeout)
+            )));
+        }
         if config.schedule.as_ref().is_some_and(|s| s.cluster) && config.cluster.is_none() {
             return Err(Problem::Schedule(
                 "cluster = true needs a [cluster] table".into(),
@@ -1547,5 +1558,14 @@ mount = "/mnt/logs"
         ))
         .to_string();
         assert_eq!(message, "schedule: cluster = true needs a [cluster] table");
+        let message = problem(&format!(
+            "writer_timeout_secs = 20\n{MINIMAL}[cluster]\nendpoints = [\"http://e:2379\"]\n\
+             name = \"s\"\nmember = \"m\"\n"
+        ))
+        .to_string();
+        assert_eq!(
+            message,
+            "cluster: deadline (30s) must be shorter than writer_timeout_secs (20s)"
+        );
     }
 }
