@@ -921,3 +921,28 @@ fn a_second_planner_is_told_a_cluster_set_is_being_made() {
     // Done: the next one may be planned by anyone.
     d[1].json(&["create", "--cluster"]);
 }
+
+#[test]
+fn a_member_starts_without_etcd_and_joins_when_it_comes() {
+    let mut etcd = Etcd {
+        dir: tempfile::tempdir().expect("tempdir"),
+        client_port: free_port(),
+        peer_port: free_port(),
+        child: None,
+    };
+    let lone = member(&etcd, &format!("c{}", free_port()), "a", "");
+    // Local sets go on without etcd; a cluster set says why it cannot.
+    lone.json(&["create"]);
+    let out = lone.umbra(&["create", "--cluster"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+    etcd.launch();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !lone.log().contains("joined the cluster") {
+        assert!(Instant::now() < deadline, "{}", lone.log());
+        thread::sleep(Duration::from_millis(50));
+    }
+    let created = lone.json(&["create", "--cluster"]);
+    assert_eq!(created["cluster"]["members"], json!(["a"]));
+}
