@@ -18,8 +18,12 @@ use serde::{Deserialize, Serialize};
 
 use super::{Cluster, ClusterError, Result};
 
-/// How often a member looks at the barrier it waits at.
+/// How often a member looks at the barrier it waits at: often at first
+/// (the writers may be frozen meanwhile), less once the wait is long
+/// (a slow writer elsewhere), to spare etcd.
 const POLL: Duration = Duration::from_millis(2);
+const POLL_LONG: Duration = Duration::from_millis(20);
+const LONG_WAIT: Duration = Duration::from_millis(500);
 /// The least time one look at a barrier is given, even at the deadline.
 const MIN_LOOK: Duration = Duration::from_millis(100);
 
@@ -243,6 +247,7 @@ impl Cluster {
         deadline: Instant,
     ) -> std::result::Result<BTreeMap<String, String>, Stop> {
         let mut last_error = None;
+        let started = Instant::now();
         loop {
             match self.look(plan, phase, deadline) {
                 Ok(Look::Decided(outcome)) => return Err(Stop::Decided(outcome)),
@@ -270,7 +275,11 @@ impl Cluster {
                 };
                 return Err(self.stop(plan, &why));
             }
-            std::thread::sleep(POLL);
+            std::thread::sleep(if started.elapsed() < LONG_WAIT {
+                POLL
+            } else {
+                POLL_LONG
+            });
         }
     }
 
