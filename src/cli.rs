@@ -106,14 +106,29 @@ pub enum Command {
     /// `deleted <name> (id <id>): the oldest set, to stay within max_sets` comes before it for each
     /// set deleted (in --json, `evicted`). An unknown volume is an error, and then nothing is
     /// created.
+    ///
+    /// With --cluster, one set is taken on every member of the daemon's [cluster] (see
+    /// umbra.toml(5)) alive now, every volume of each, at one instant: every member's writers
+    /// are frozen before any member captures, and every member captured before any thaws. The
+    /// set is kept on every member or on none: a member's failure, its daemon's death (its etcd
+    /// lease expires), etcd out of reach or the deadline aborts it everywhere. Each member's part
+    /// carries the cluster set id (cluster_id in list --json). --json adds cluster: {id, members,
+    /// hold_ms (the longest member's hold), holds ([{member, hold_ms}]), prepared_ms (how long this
+    /// host's writers waited, not yet frozen, for every member to prepare), barrier_ms (how long
+    /// they waited for the others while frozen), total_ms (plan to this part recorded)}. Each
+    /// member's hold is its own volumes' alone, as on one host.
     Create {
         /// Volumes to copy [default: every volume]
-        #[arg(value_name = "VOLUME")]
+        #[arg(value_name = "VOLUME", conflicts_with = "cluster")]
         volumes: Vec<String>,
 
         /// A free text kept with the set and shown by `umbra list`
         #[arg(long, value_name = "TEXT")]
         label: Option<String>,
+
+        /// One set on every member of the cluster at one instant (through etcd)
+        #[arg(long)]
+        cluster: bool,
 
         #[command(flatten)]
         output: Output,
@@ -162,7 +177,14 @@ pub enum Command {
     /// as \n or \u{1b}, so that no label can add a line or reach the terminal; --json prints
     /// the array of sets, each with id, name, created (RFC 3339), label, origin, volumes and
     /// writers, every string exact.
+    ///
+    /// With --cluster, each cluster set's part also names the members that hold the cluster set
+    /// (etcd's record; in --json, cluster_members beside cluster_id).
     List {
+        /// Ask etcd which members hold each cluster set
+        #[arg(long)]
+        cluster: bool,
+
         #[command(flatten)]
         output: Output,
     },
@@ -390,7 +412,9 @@ mod tests {
                 volumes,
                 label,
                 output,
+                cluster,
             } => {
+                assert!(!cluster);
                 assert_eq!(volumes, ["data", "logs"]);
                 assert_eq!(label.as_deref(), Some("nightly"));
                 assert!(output.json);

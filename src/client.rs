@@ -60,14 +60,19 @@ impl Client {
         &self,
         volumes: Vec<String>,
         label: Option<String>,
+        cluster: bool,
         json: bool,
     ) -> Result<(), CommandError> {
-        let created: CreatedView = self.call(&Request::Create { volumes, label })?;
+        let created: CreatedView = self.call(&Request::Create {
+            volumes,
+            label,
+            cluster,
+        })?;
         print(json, &created, render::created_view)
     }
 
-    pub fn list(&self, json: bool) -> Result<(), CommandError> {
-        let sets: Vec<SetView> = self.call(&Request::List {})?;
+    pub fn list(&self, cluster: bool, json: bool) -> Result<(), CommandError> {
+        let sets: Vec<SetView> = self.call(&Request::List { cluster })?;
         print(json, &sets, |sets| render::list(sets))
     }
 
@@ -150,7 +155,7 @@ impl Client {
             Err(rest) => match rest.into_iter().next() {
                 None => (None, None),
                 Some(one) => {
-                    let sets: Vec<SetView> = self.call(&Request::List {})?;
+                    let sets: Vec<SetView> = self.call(&Request::List { cluster: false })?;
                     let is_set = one == "latest"
                         || sets
                             .iter()

@@ -6,10 +6,12 @@
 //! asked, looks at the disk; it never creates a directory and never talks
 //! to the daemon.
 
+mod cluster;
 mod places;
 mod schedule;
 mod storage;
 
+pub use cluster::ClusterConfig;
 use std::fmt;
 use std::io;
 use std::path::{Component, Path, PathBuf};
@@ -74,6 +76,8 @@ pub struct Config {
     pub storage: StorageConfig,
     /// When sets are taken and which retention keeps (`[schedule]`).
     pub schedule: Option<crate::schedule::Schedule>,
+    /// The cluster this host takes cluster sets with (`[cluster]`).
+    pub cluster: Option<ClusterConfig>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -245,6 +249,8 @@ pub enum Problem {
     NameFormat(#[from] NameFormatError),
     #[error("schedule: {0}")]
     Schedule(String),
+    #[error("cluster: {0}")]
+    Cluster(String),
 }
 
 #[derive(Deserialize)]
@@ -272,6 +278,7 @@ struct RawConfig {
     #[serde(default, rename = "writer")]
     writers: Vec<RawWriter>,
     schedule: Option<schedule::RawSchedule>,
+    cluster: Option<cluster::RawCluster>,
 }
 
 #[derive(Deserialize)]
@@ -590,9 +597,29 @@ impl RawConfig {
                     Some(raw.resolve(&known).map_err(Problem::Schedule)?)
                 }
             },
+            cluster: match &self.cluster {
+                None => None,
+                Some(raw) => Some(raw.resolve().map_err(Problem::Cluster)?),
+            },
             state_dir,
             volumes,
         };
+        if let Some(cluster) = &config.cluster
+            && cluster.deadline >= config.writer_timeout
+        {
+            // Past the writers' freeze window the coordinator aborts first,
+            // and a cluster set could never use its whole deadline.
+            return Err(Problem::Cluster(format!(
+                "deadline ({}) must be shorter than writer_timeout_secs ({})",
+                humantime::format_duration(cluster.deadline),
+                humantime::format_duration(config.writer_timeout)
+            )));
+        }
+        if config.schedule.as_ref().is_some_and(|s| s.cluster) && config.cluster.is_none() {
+            return Err(Problem::Schedule(
+                "cluster = true needs a [cluster] table".into(),
+            ));
+        }
         config.check()?;
         Ok(config)
     }
@@ -1485,5 +1512,60 @@ mount = "/mnt/logs"
             );
             assert!(parse(&text).is_err());
         }
+    }
+
+    #[test]
+    fn a_cluster_table_names_etcd_the_cluster_and_this_member() {
+        let config = parse(&format!(
+            "{MINIMAL}[cluster]\nendpoints = [\"http://127.0.0.1:2379\"]\nname = \"shop\"\n\
+             member = \"db1\"\nlease_ttl = \"2s\"\n[schedule]\ntimes = \"hourly\"\ncluster = true\n"
+        ))
+        .expect("parses");
+        let cluster = config.cluster.expect("a cluster");
+        assert_eq!(cluster.endpoints, ["http://127.0.0.1:2379"]);
+        assert_eq!(
+            (cluster.name.as_str(), cluster.member.as_str()),
+            ("shop", "db1")
+        );
+        assert_eq!(cluster.lease_ttl, Duration::from_secs(2));
+        assert_eq!(cluster.deadline, Duration::from_secs(30));
+        assert_eq!(cluster.prefix, "umbra");
+        assert!(config.schedule.expect("a schedule").cluster);
+        for (bad, says) in [
+            ("endpoints = []\nname = \"s\"\nmember = \"m\"", "endpoints"),
+            (
+                "endpoints = [\"https://e:2379\"]\nname = \"s\"\nmember = \"m\"",
+                "endpoints",
+            ),
+            (
+                "endpoints = [\"http://e:2379\"]\nname = \"a/b\"\nmember = \"m\"",
+                "name",
+            ),
+            (
+                "endpoints = [\"http://e:2379\"]\nname = \"s\"\nmember = \"m\"\nlease_ttl = \"100ms\"",
+                "lease_ttl",
+            ),
+        ] {
+            let text = format!("{MINIMAL}[cluster]\n{bad}\n");
+            let message = problem(&text).to_string();
+            assert!(
+                message.starts_with(&format!("cluster: {says}")),
+                "{message}"
+            );
+        }
+        let message = problem(&format!(
+            "{MINIMAL}[schedule]\ntimes = \"hourly\"\ncluster = true\n"
+        ))
+        .to_string();
+        assert_eq!(message, "schedule: cluster = true needs a [cluster] table");
+        let message = problem(&format!(
+            "writer_timeout_secs = 20\n{MINIMAL}[cluster]\nendpoints = [\"http://e:2379\"]\n\
+             name = \"s\"\nmember = \"m\"\n"
+        ))
+        .to_string();
+        assert_eq!(
+            message,
+            "cluster: deadline (30s) must be shorter than writer_timeout_secs (20s)"
+        );
     }
 }

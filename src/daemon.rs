@@ -53,6 +53,8 @@ pub enum DaemonError {
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
     #[error(transparent)]
+    Cluster(crate::cluster::ClusterError),
+    #[error(transparent)]
     StateDir(#[from] state_dir::StateDirError),
     #[error(transparent)]
     Lock(#[from] LockError),
@@ -203,6 +205,7 @@ pub fn up(mut config: Config) -> Result<(), DaemonError> {
     }
     // No create or delete may be half done when the mounts go.
     let _quiet = service.quiesce();
+    service.leave_cluster();
     drop(socket_file);
     mounts.unmount_all()?;
     tracing::info!("stopped");
@@ -289,7 +292,20 @@ fn start(
     let schedule = config.schedule.clone();
     let stamp = config.state_dir.join(SCHEDULE_STAMP);
     let last_set = newest_scheduled(&store);
-    let service = Arc::new(Service::new(sets, browser, config, coordinator).with_storage(storage));
+    let cluster = match config.cluster.clone() {
+        Some(conf) => Some(crate::cluster::Cluster::start(conf).map_err(DaemonError::Cluster)?),
+        None => None,
+    };
+    let mut service = Service::new(sets, browser, config, coordinator).with_storage(storage);
+    if let Some(cluster) = &cluster {
+        service = service.with_cluster(cluster.clone());
+    }
+    let service = Arc::new(service);
+    if let Some(cluster) = cluster {
+        let member = service.clone();
+        cluster.on_plans(move |plan| member.heard_plan(plan));
+        service.clone().repair_forever();
+    }
     let socket = crate::config::shown(control.path());
     let socket_file = control.serve(service.clone(), limits)?;
     let timer =

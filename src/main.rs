@@ -6,6 +6,7 @@
 
 mod cli;
 mod client;
+mod cluster;
 mod config;
 mod daemon;
 mod naming;
@@ -65,9 +66,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Create {
             volumes,
             label,
+            cluster,
             output,
-        } => client()?.create(volumes, label, output.json)?,
-        Command::List { output } => client()?.list(output.json)?,
+        } => client()?.create(volumes, label, cluster, output.json)?,
+        Command::List { cluster, output } => client()?.list(cluster, output.json)?,
         Command::Delete {
             sets,
             oldest,

@@ -27,10 +27,19 @@ pub enum Request {
         volumes: Vec<String>,
         #[serde(default)]
         label: Option<String>,
+        /// One set on every member of the daemon's `[cluster]` at one
+        /// instant, every volume of each (`volumes` must be empty).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        cluster: bool,
     },
     /// Answer: every set, oldest first, as `[SetView]`. (A struct variant,
     /// if empty, so that unknown fields are refused as for the others.)
-    List {},
+    /// With `cluster`, each cluster set's part says which members hold the
+    /// cluster set (etcd's record).
+    List {
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        cluster: bool,
+    },
     /// Delete the named sets (by name or id), all or none if one is
     /// unknown, and those the selectors pick: the `oldest` N, those created
     /// more than `older_than_secs` ago, or `all`. Answer: the deleted sets,
@@ -211,6 +220,12 @@ pub struct SetView {
     /// The writers that took part, and how they fared.
     #[serde(default)]
     pub writers: Vec<SetWriter>,
+    /// The cluster set this set is this host's part of.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster_id: Option<String>,
+    /// `list --cluster`: the members that hold the cluster set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster_members: Option<Vec<String>>,
 }
 
 fn manual() -> String {
@@ -257,6 +272,36 @@ pub struct CreatedView {
     /// The oldest sets deleted first to stay within `max_sets`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub evicted: Vec<SetView>,
+    /// `create --cluster`: the cluster set this set is a part of.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<ClusterView>,
+}
+
+/// What `create --cluster` saw of the whole cluster set.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ClusterView {
+    pub id: String,
+    /// Every member that took part (each holds its part).
+    pub members: Vec<String>,
+    /// The longest member's hold: the cluster set's hold.
+    pub hold_ms: f64,
+    /// Each member's hold, as it reported it.
+    pub holds: Vec<MemberHold>,
+    /// How long this host's writers stayed frozen waiting for the others
+    /// (the two barriers inside the freeze).
+    pub barrier_ms: f64,
+    /// How long this host's writers, prepared but not yet frozen, waited
+    /// for every member to prepare.
+    #[serde(default)]
+    pub prepared_ms: f64,
+    /// From the plan to this host's part recorded.
+    pub total_ms: f64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MemberHold {
+    pub member: String,
+    pub hold_ms: f64,
 }
 
 /// One provider's part of a set's hold.
@@ -412,10 +457,23 @@ mod tests {
             Request::Create {
                 volumes: vec!["data".into(), "logs".into()],
                 label: Some("nightly".into()),
+                cluster: false,
             },
             json!({"op": "create", "volumes": ["data", "logs"], "label": "nightly"}),
         );
-        round_trip(Request::List {}, json!({"op": "list"}));
+        round_trip(Request::List { cluster: false }, json!({"op": "list"}));
+        round_trip(
+            Request::List { cluster: true },
+            json!({"op": "list", "cluster": true}),
+        );
+        round_trip(
+            Request::Create {
+                volumes: vec![],
+                label: None,
+                cluster: true,
+            },
+            json!({"op": "create", "volumes": [], "label": null, "cluster": true}),
+        );
         round_trip(
             Request::Delete {
                 sets: vec!["2026-11-25T084250Z".into(), "3".into()],
@@ -498,7 +556,8 @@ mod tests {
             parsed,
             Request::Create {
                 volumes: vec![],
-                label: None
+                label: None,
+                cluster: false,
             }
         );
     }
@@ -533,6 +592,8 @@ mod tests {
             origin: "scheduled".into(),
             volumes: vec!["data".into()],
             writers: vec![],
+            cluster_id: None,
+            cluster_members: None,
         };
         let ok = Response::Ok(set.clone());
         let wire = json!({"ok": {"id": 3, "name": "2026-11-25T084250Z",
@@ -618,6 +679,7 @@ mod tests {
             &Request::Create {
                 volumes: vec![],
                 label: Some("a\nb".into()),
+                cluster: false,
             },
         )
         .expect("writes");

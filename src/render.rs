@@ -63,7 +63,20 @@ pub fn created_view(view: &CreatedView) -> String {
             gone.id
         );
     }
-    out + &created(&view.set)
+    out += &created(&view.set);
+    if let Some(cluster) = &view.cluster {
+        let _ = writeln!(
+            out,
+            "cluster set {} on {}: hold {:.3} ms (longest member; here {:.3} ms), writers waited {:.3} ms for the others while frozen, {:.1} ms in all",
+            printable(&cluster.id),
+            joined(&cluster.members, ","),
+            cluster.hold_ms,
+            view.hold_ms,
+            cluster.barrier_ms,
+            cluster.total_ms
+        );
+    }
+    out
 }
 
 /// One `deleted <name> (id <id>)` line per set.
@@ -94,20 +107,31 @@ pub fn backed_up(set: &SetView, status: std::process::ExitStatus, kept: bool) ->
 
 /// A table of the sets: name, id, created, origin, volumes, label.
 pub fn list(sets: &[SetView]) -> String {
+    // The cluster column only where some set is a cluster set's part.
+    let clustered = sets.iter().any(|s| s.cluster_id.is_some());
     let rows = sets.iter().map(|set| {
-        vec![
+        let mut row = vec![
             printable(&set.name),
             set.id.to_string(),
             printable(&set.created),
             printable(&set.origin),
             joined(&set.volumes, ","),
             printable(set.label.as_deref().unwrap_or_default()),
-        ]
+        ];
+        if clustered {
+            let id = printable(set.cluster_id.as_deref().unwrap_or_default());
+            row.push(match &set.cluster_members {
+                Some(members) => format!("{id} ({})", joined(members, ",")),
+                None => id,
+            });
+        }
+        row
     });
-    table(
-        &["NAME", "ID", "CREATED", "ORIGIN", "VOLUMES", "LABEL"],
-        rows,
-    )
+    let mut header = vec!["NAME", "ID", "CREATED", "ORIGIN", "VOLUMES", "LABEL"];
+    if clustered {
+        header.push("CLUSTER");
+    }
+    table(&header, rows)
 }
 
 /// What retention did (or, dry, would do): a table of every set with its
@@ -361,6 +385,8 @@ mod tests {
             origin: "manual".into(),
             volumes: volumes.iter().map(ToString::to_string).collect(),
             writers: vec![],
+            cluster_id: None,
+            cluster_members: None,
         }
     }
 
@@ -430,6 +456,44 @@ mod tests {
     fn created_names_the_set_and_its_id() {
         let text = created(&set(3, "2026-11-25T084250Z", None, &["data"]));
         assert_eq!(text, "2026-11-25T084250Z (id 3): data\n");
+    }
+
+    #[test]
+    fn a_cluster_sets_part_names_the_cluster_set_and_its_times() {
+        let mut part = set(3, "2026-11-25T084250Z", None, &["data"]);
+        part.cluster_id = Some("1764060170000000000-a".into());
+        let view = CreatedView {
+            set: part.clone(),
+            set_guid: String::new(),
+            path: String::new(),
+            hold_ms: 0.4,
+            holds: Vec::new(),
+            total_ms: 80.0,
+            evicted: Vec::new(),
+            cluster: Some(crate::protocol::ClusterView {
+                id: "1764060170000000000-a".into(),
+                members: vec!["a".into(), "b".into()],
+                hold_ms: 0.5,
+                holds: Vec::new(),
+                barrier_ms: 2.0,
+                prepared_ms: 10.0,
+                total_ms: 90.0,
+            }),
+        };
+        assert_eq!(
+            created_view(&view).lines().nth(1),
+            Some(
+                "cluster set 1764060170000000000-a on a,b: hold 0.500 ms (longest member; here \
+                 0.400 ms), writers waited 2.000 ms for the others while frozen, 90.0 ms in all"
+            )
+        );
+        part.cluster_members = Some(vec!["a".into(), "b".into()]);
+        let table = list(&[part, set(4, "plain", None, &["data"])]);
+        assert!(
+            table.lines().next().is_some_and(|h| h.ends_with("CLUSTER")),
+            "{table}"
+        );
+        assert!(table.contains("1764060170000000000-a (a,b)"), "{table}");
     }
 
     #[test]

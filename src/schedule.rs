@@ -38,6 +38,9 @@ pub struct Schedule {
     pub label: Option<String>,
     pub zone: Zone,
     pub retention: Rules,
+    /// Each firing is a cluster set (`cluster = true`), planned by the
+    /// first member alive by name.
+    pub cluster: bool,
 }
 
 impl Schedule {

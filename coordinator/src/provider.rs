@@ -51,6 +51,13 @@ pub enum ProviderError {
 }
 
 pub trait Provider: Sync {
+    /// Once every writer prepared for the snapshot, before Freeze, while
+    /// the writers still run: a provider that waits for others (a cluster
+    /// set's other hosts) waits here, so that the writers' freeze is not
+    /// spent waiting. An error aborts the set.
+    fn before_freeze(&self, _plan: &SetPlan) -> Result<(), ProviderError> {
+        Ok(())
+    }
     /// Once every writer froze: flushes what the kernel still holds for
     /// the volumes, so that everything written before Freeze is in the set.
     /// Always followed by `release`.
@@ -75,6 +82,10 @@ pub trait Provider: Sync {
 }
 
 impl<P: Provider + ?Sized> Provider for &P {
+    fn before_freeze(&self, plan: &SetPlan) -> Result<(), ProviderError> {
+        (**self).before_freeze(plan)
+    }
+
     fn prepare(&self, plan: &SetPlan) -> Result<(), ProviderError> {
         (**self).prepare(plan)
     }

@@ -1,8 +1,9 @@
 //! The coordinator: the registry of writers, their VSS states, and the
 //! event sequence of one shadow copy set with its deadlines and abort rules.
 //!
-//! Identify → PrepareForBackup → PrepareForSnapshot → Freeze → (provider:
-//! flush, hold and commit) → Thaw → PostSnapshot → BackupComplete. Each event goes
+//! Identify → PrepareForBackup → PrepareForSnapshot → (provider: before
+//! freeze) → Freeze → (provider: flush, hold and commit) → Thaw →
+//! PostSnapshot → BackupComplete. Each event goes
 //! to every taking-part writer at once, then every answer is awaited until
 //! that writer's deadline. A writer that fails Identify drops out. A
 //! required writer's failure, disconnection or missed deadline from
@@ -544,7 +545,9 @@ impl Sequence<'_> {
     fn before_commit(&mut self) -> Result<(), Abort> {
         self.step(Event::PrepareForBackup)?;
         self.step(Event::PrepareForSnapshot)?;
-        Ok(())
+        self.provider
+            .before_freeze(&self.plan)
+            .map_err(|e| Abort(SequenceError::Provider(e)))
     }
 
     /// Freeze, then the provider's flush, hold and commit, within the

@@ -23,6 +23,7 @@ pub struct RawSchedule {
     volumes: Vec<String>,
     label: Option<String>,
     timezone: Option<String>,
+    cluster: Option<bool>,
     keep_hourly: Option<i64>,
     keep_daily: Option<i64>,
     keep_weekly: Option<i64>,
@@ -80,6 +81,11 @@ impl RawSchedule {
                 return Err(format!("times: {text:?} never fires again"));
             }
             times.push(calendar);
+        }
+        if self.cluster == Some(true) && !self.volumes.is_empty() {
+            return Err(
+                "cluster = true takes every volume of every member: name no volumes".into(),
+            );
         }
         for volume in &self.volumes {
             if !known.contains(&volume.as_str()) {
@@ -140,6 +146,7 @@ impl RawSchedule {
             label: self.label.clone(),
             zone,
             retention,
+            cluster: self.cluster.unwrap_or(false),
         })
     }
 }

@@ -12,8 +12,8 @@ use std::time::Duration;
 use chrono::Utc;
 use serde::Serialize;
 use umbra_coordinator::{
-    Coordinator, Created, Pending, RegisterError, Registration, SequenceError, SetRequest,
-    SetWriter, WriterLink,
+    Coordinator, Created, Pending, Provider, RegisterError, Registration, SequenceError,
+    SetRequest, SetWriter, WriterLink,
 };
 use umbra_fs::{Browser, FsError, Sets, ShadowStorage, VolumeRef};
 use umbra_store::{SetId, SetInfo, SetOrigin, Store};
@@ -26,6 +26,7 @@ use crate::protocol::{
 };
 use crate::schedule::{Candidate, Schedule};
 
+mod cluster;
 mod history;
 mod restore;
 
@@ -58,6 +59,8 @@ pub enum ServiceError {
     /// A request that cannot be answered as asked; the text says why.
     #[error("{0}")]
     Refused(String),
+    #[error(transparent)]
+    Cluster(#[from] crate::cluster::ClusterError),
     #[error("deleted {deleted} of {wanted} sets, then: {source}")]
     PartialDelete {
         deleted: usize,
@@ -76,7 +79,7 @@ pub enum Answer {
     Sets(Vec<SetView>),
     Status(StatusView),
     Pruned(PruneView),
-    Diff(DiffView),
+    Diff(Box<DiffView>),
     Versions(VersionsView),
     Restore(Box<crate::protocol::RestoreView>),
 }
@@ -141,6 +144,10 @@ pub struct Service {
     /// The `[schedule]` in force: the config's at start, then the last one
     /// a reload (SIGHUP) read. `umbra prune` and `status` use this copy.
     schedule: RwLock<Option<Schedule>>,
+    /// The cluster this host takes cluster sets with (`[cluster]`).
+    cluster: Option<Arc<crate::cluster::Cluster>>,
+    /// A cluster set's part here may wait for its outcome (see cluster.rs).
+    cluster_unsettled: std::sync::atomic::AtomicBool,
 }
 
 impl Service {
@@ -168,15 +175,34 @@ impl Service {
             storage: None,
             in_backup: Mutex::new(None),
             evicted: Mutex::new(Vec::new()),
+            cluster: None,
+            cluster_unsettled: std::sync::atomic::AtomicBool::new(true),
         }
     }
 
     pub fn handle(&self, request: Request) -> Result<Answer, ServiceError> {
         match request {
-            Request::Create { volumes, label } => self
+            Request::Create {
+                volumes,
+                label,
+                cluster: false,
+            } => self
                 .create(&volumes, label)
                 .map(|c| Answer::Created(Box::new(c))),
-            Request::List {} => self.list().map(Answer::Sets),
+            Request::Create {
+                volumes,
+                label,
+                cluster: true,
+            } => {
+                if !volumes.is_empty() {
+                    return Err(ServiceError::Refused(
+                        "a cluster set takes every volume of every member: name none".into(),
+                    ));
+                }
+                self.create_cluster(label, SetOrigin::Manual)
+                    .map(|c| Answer::Created(Box::new(c)))
+            }
+            Request::List { cluster } => self.list_cluster(cluster).map(Answer::Sets),
             Request::Delete {
                 sets,
                 oldest,
@@ -195,7 +221,7 @@ impl Service {
             Request::Writers {} => Ok(Answer::Writers(self.writers())),
             Request::Diff { from, to, path } => self
                 .diff(&from, to.as_deref(), path.as_ref())
-                .map(Answer::Diff),
+                .map(|d| Answer::Diff(Box::new(d))),
             Request::Versions { path } => self.versions(&path).map(Answer::Versions),
             Request::Register(_) => Err(ServiceError::LateRegister),
             Request::Backup { .. } | Request::BackupComplete { .. } => {
@@ -224,7 +250,7 @@ impl Service {
         label: Option<String>,
         origin: SetOrigin,
     ) -> Result<CreatedView, ServiceError> {
-        let (_creating, pending) = self.start(names, label, origin)?;
+        let (_creating, pending) = self.start(names, label, origin, None)?;
         self.created_view(pending.complete(true))
     }
 
@@ -234,11 +260,17 @@ impl Service {
     /// False if another set (a backup) is being made: nothing was done and
     /// the scheduler tries again.
     pub fn take_scheduled(&self, schedule: &Schedule) -> bool {
-        match self.create_as(
-            &schedule.volumes,
-            schedule.label.clone(),
-            SetOrigin::Scheduled,
-        ) {
+        let made = if schedule.cluster {
+            self.plan_scheduled(schedule)
+        } else {
+            self.create_as(
+                &schedule.volumes,
+                schedule.label.clone(),
+                SetOrigin::Scheduled,
+            )
+            .map(|_| ())
+        };
+        match made {
             Ok(_) => {}
             Err(ServiceError::Sequence(SequenceError::Busy | SequenceError::Restoring)) => {
                 tracing::warn!(
@@ -298,6 +330,7 @@ impl Service {
         }
         if done > 0 {
             self.refresh();
+            self.repair_later();
         }
         Ok(PruneView { dry_run, sets: out })
     }
@@ -310,7 +343,7 @@ impl Service {
         label: Option<String>,
         keep: bool,
     ) -> Result<Backup<'_>, ServiceError> {
-        let (creating, pending) = self.start(names, label, SetOrigin::Backup)?;
+        let (creating, pending) = self.start(names, label, SetOrigin::Backup, None)?;
         let set = self.store.find_set(&pending.set().id.to_string())?;
         *self
             .in_backup
@@ -324,6 +357,7 @@ impl Service {
             holds: holds(pending.set()),
             total_ms: millis(pending.elapsed()),
             evicted: self.take_evicted(),
+            cluster: None,
         };
         Ok(Backup {
             service: self,
@@ -334,12 +368,14 @@ impl Service {
         })
     }
 
-    /// Runs the sequence up to PostSnapshot.
+    /// Runs the sequence up to PostSnapshot, through the local provider
+    /// or what `wrap` makes of it (a cluster set's part).
     fn start(
         &self,
         names: &[String],
         label: Option<String>,
         origin: SetOrigin,
+        wrap: Option<&dyn Fn(umbra_fs::SetMaker) -> Box<dyn Provider>>,
     ) -> Result<(MutexGuard<'_, ()>, Pending<'_>), ServiceError> {
         let volumes = self.pick_volumes(names)?;
         let creating = match self.creating.try_lock() {
@@ -353,13 +389,17 @@ impl Service {
         }
         let now = Utc::now();
         let name = self.store.free_set_name(&self.name_format().name(now))?;
-        let provider = self.sets.maker(naming::timestamp(now), origin);
+        let maker = self.sets.maker(naming::timestamp(now), origin);
+        let provider: Box<dyn Provider> = match wrap {
+            Some(wrap) => wrap(maker),
+            None => Box::new(maker),
+        };
         let request = SetRequest {
             name,
             label,
             volumes: volumes.iter().map(|v| v.name.clone()).collect(),
         };
-        let result = self.coordinator.snapshot(request, Box::new(provider));
+        let result = self.coordinator.snapshot(request, provider);
         self.refresh();
         Ok((creating, result?))
     }
@@ -378,6 +418,7 @@ impl Service {
             holds: holds(&created.set),
             total_ms: millis(created.total),
             evicted: self.take_evicted(),
+            cluster: None,
         })
     }
 
@@ -493,6 +534,7 @@ impl Service {
             tracing::info!(set = %set.name, id = %set.id, "deleted shadow copy set");
         }
         self.refresh();
+        self.repair_later();
         Ok(doomed.iter().map(view).collect())
     }
 
@@ -678,6 +720,8 @@ fn view(set: &SetInfo) -> SetView {
         origin: set.origin.as_str().into(),
         volumes: set.volumes.iter().map(|v| v.name.clone()).collect(),
         writers: Vec::new(),
+        cluster_id: None,
+        cluster_members: None,
     }
 }
 
@@ -875,6 +919,8 @@ pub(super) mod tests {
                 origin: "manual".into(),
                 volumes: vec!["data".into(), "logs".into()],
                 writers: vec![],
+                cluster_id: None,
+                cluster_members: None,
             }]
         );
     }

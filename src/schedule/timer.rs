@@ -198,6 +198,7 @@ mod tests {
             label: None,
             zone: Zone::Utc,
             retention: Rules::default(),
+            cluster: false,
         }
     }
 

@@ -37,6 +37,13 @@ const STEPS: &[&str] = &[
          name BLOB NOT NULL,
          PRIMARY KEY (volume_id, object)
      ) STRICT, WITHOUT ROWID;",
+    // 5: the cluster set a set belongs to (`umbra create --cluster`): a
+    // pending set with a cluster id is resolved against the cluster at
+    // start, not dropped, since the other hosts may have kept it.
+    "CREATE TABLE set_clusters (
+         set_id INTEGER PRIMARY KEY REFERENCES sets(id) ON DELETE CASCADE,
+         cluster_id TEXT NOT NULL
+     ) STRICT;",
 ];
 
 const SCHEMA_V1: &str = "

@@ -29,7 +29,7 @@ pub use io::{OpenMode, OsIo, StoreFile, StoreIo};
 pub use records::{AttrRecord, DirEntry, FileKind, Timestamp};
 pub use reserve::filesystem_bytes;
 pub use store::{
-    Durability, NewSet, Place, PreImages, Preserved, SetInfo, SetOrigin, SetVolume,
+    ClusterSet, Durability, NewSet, Place, PreImages, Preserved, SetInfo, SetOrigin, SetVolume,
     SetWriterRecord, Store, StoreOptions, StoreStats, VolumeInfo,
 };
 

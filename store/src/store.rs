@@ -143,6 +143,16 @@ pub struct SetWriterRecord {
     pub components: String,
 }
 
+/// A set that belongs to a cluster set (`umbra create --cluster`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClusterSet {
+    pub set: SetId,
+    /// The cluster set id every member's part carries.
+    pub cluster_id: String,
+    /// The cluster's outcome is not yet recorded here.
+    pub pending: bool,
+}
+
 /// A set to commit. `name` is the wanted name; if a set already has it, the
 /// first free of `name-1`, `name-2`, ... is taken.
 #[derive(Clone, Debug)]

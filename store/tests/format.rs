@@ -51,7 +51,7 @@ fn a_new_store_is_a_catalog_a_pack_directory_and_a_reserve() {
 }
 
 #[test]
-fn the_catalog_schema_is_version_3() {
+fn the_catalog_schema_is_version_5() {
     let tmp = tempfile::tempdir().expect("tempdir");
     drop(open(tmp.path()));
     let db = Connection::open(tmp.path().join("catalog.db")).expect("catalog");
@@ -72,7 +72,7 @@ fn the_catalog_schema_is_version_3() {
         [
             ("packs_synced_end".to_string(), 8),
             ("packs_synced_pack".to_string(), 0),
-            ("schema_version".to_string(), 4)
+            ("schema_version".to_string(), 5)
         ]
     );
 
@@ -98,6 +98,7 @@ fn the_catalog_schema_is_version_3() {
         ("table", "handles"),
         ("table", "meta"),
         ("table", "places"),
+        ("table", "set_clusters"),
         ("table", "set_volumes"),
         ("table", "set_writers"),
         ("table", "sets"),
@@ -367,7 +368,7 @@ fn a_version_1_catalog_is_migrated_and_keeps_its_sets() {
     {
         let db = Connection::open(tmp.path().join("catalog.db")).expect("catalog");
         db.execute_batch(
-            "DROP TABLE places;
+            "DROP TABLE set_clusters; DROP TABLE places;
              ALTER TABLE sets DROP COLUMN origin;
              ALTER TABLE sets DROP COLUMN pending;
              UPDATE meta SET value = 1 WHERE key = 'schema_version';",
@@ -391,7 +392,7 @@ fn a_version_1_catalog_is_migrated_and_keeps_its_sets() {
             |r| r.get(0),
         )
         .expect("version");
-    assert_eq!(version, 4);
+    assert_eq!(version, 5);
 }
 
 /// A version 2 catalog (a store made before sets recorded who asked for
@@ -408,7 +409,7 @@ fn a_version_2_catalog_is_migrated_and_its_sets_read_as_manual() {
     {
         let db = Connection::open(tmp.path().join("catalog.db")).expect("catalog");
         db.execute_batch(
-            "DROP TABLE places;
+            "DROP TABLE set_clusters; DROP TABLE places;
              ALTER TABLE sets DROP COLUMN origin;
              UPDATE meta SET value = 2 WHERE key = 'schema_version';",
         )
@@ -472,7 +473,7 @@ fn a_version_3_catalog_is_migrated_and_gains_places() {
     {
         let db = Connection::open(tmp.path().join("catalog.db")).expect("catalog");
         db.execute_batch(
-            "DROP TABLE places;
+            "DROP TABLE set_clusters; DROP TABLE places;
              UPDATE meta SET value = 3 WHERE key = 'schema_version';",
         )
         .expect("back to version 3");
@@ -504,4 +505,67 @@ fn a_version_3_catalog_is_migrated_and_gains_places() {
             .map(|p| p.name),
         Some(b"f".to_vec())
     );
+}
+
+/// A pending set tagged with a cluster set id outlives the next open (the
+/// daemon asks the cluster whether to keep it); an untagged pending set
+/// does not. A version 4 catalog gains the empty `set_clusters` table.
+#[test]
+fn a_pending_cluster_set_outlives_open_and_a_version_4_catalog_gains_set_clusters() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let new = |name: &str, vol| NewSet {
+        name: name.to_string(),
+        label: None,
+        origin: SetOrigin::Manual,
+        created: Timestamp {
+            secs: 1_764_060_170,
+            nanos: 0,
+        },
+        volumes: vec![vol],
+    };
+    {
+        let store = open(tmp.path());
+        let vol = store.ensure_volume("data").expect("volume").id;
+        commit(&store, "old", &[vol]);
+    }
+    {
+        let db = Connection::open(tmp.path().join("catalog.db")).expect("catalog");
+        db.execute_batch(
+            "DROP TABLE set_clusters;
+             UPDATE meta SET value = 4 WHERE key = 'schema_version';",
+        )
+        .expect("back to version 4");
+    }
+    {
+        let store = open(tmp.path());
+        assert_eq!(store.cluster_sets().expect("cluster sets"), []);
+        let vol = store.volumes().expect("volumes")[0].id;
+        let tagged = store
+            .commit_pending_set(&new("tagged", vol))
+            .expect("pending");
+        store
+            .commit_pending_set(&new("untagged", vol))
+            .expect("pending");
+        store
+            .tag_cluster_set(tagged.id, "c-1")
+            .expect("tag the cluster set");
+    }
+    let store = open(tmp.path());
+    let names: Vec<String> = store
+        .sets()
+        .expect("sets")
+        .into_iter()
+        .map(|s| s.name)
+        .collect();
+    assert_eq!(names, ["old", "tagged"]);
+    let clusters = store.cluster_sets().expect("cluster sets");
+    assert_eq!(clusters.len(), 1);
+    assert_eq!(clusters[0].cluster_id, "c-1");
+    assert!(clusters[0].pending);
+    store
+        .record_set_writers(clusters[0].set, &[])
+        .expect("record");
+    assert!(!store.cluster_sets().expect("cluster sets")[0].pending);
+    store.delete_set(clusters[0].set).expect("delete");
+    assert_eq!(store.cluster_sets().expect("cluster sets"), []);
 }

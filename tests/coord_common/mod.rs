@@ -39,11 +39,23 @@ impl Daemon {
              [[volume]]\nname = \"logs\"\nbacking = \"{d}/logs\"\nmount = \"{d}/logs\"\n{extra}"
         );
         std::fs::write(dir.path().join("umbra.toml"), config).expect("config");
-        let log = std::fs::File::create(dir.path().join("daemon.log")).expect("log");
+        let mut daemon = Daemon { dir, child: None };
+        daemon.launch(env);
+        daemon
+    }
+
+    /// Runs `umbra up` over this daemon's config and state (again, after
+    /// `kill`) and waits for `umbra: ready`.
+    pub fn launch(&mut self, env: &[(&str, &Path)]) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.path("daemon.log"))
+            .expect("log");
         let mut child = Command::new(env!("CARGO_BIN_EXE_umbra"))
             .arg("up")
             .arg("--config")
-            .arg(dir.path().join("umbra.toml"))
+            .arg(self.path("umbra.toml"))
             .env("UMBRA_LOG", "debug")
             .env_remove("UMBRA_SOCKET")
             .envs(env.iter().copied())
@@ -60,14 +72,10 @@ impl Daemon {
                 }
             }
         });
-        let daemon = Daemon {
-            dir,
-            child: Some(child),
-        };
+        self.child = Some(child);
         if rx.recv_timeout(Duration::from_secs(20)).is_err() {
-            panic!("umbra up did not get ready: {}", daemon.log());
+            panic!("umbra up did not get ready: {}", self.log());
         }
-        daemon
     }
 
     pub fn path(&self, rel: &str) -> PathBuf {
@@ -138,6 +146,24 @@ impl Daemon {
             started.elapsed() < Duration::from_secs(2),
             "live write was held"
         );
+    }
+}
+
+impl Daemon {
+    /// Kills the daemon with SIGKILL (no unmount, no goodbye to etcd) and
+    /// detaches what it left mounted.
+    pub fn kill(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        let _ = child.kill();
+        let _ = child.wait();
+        for m in ["data", "logs", "snapshots"] {
+            let _ = Command::new("fusermount3")
+                .args(["-u", "-z"])
+                .arg(self.path(m))
+                .status();
+        }
     }
 }
 

@@ -74,12 +74,21 @@ struct FakeProvider {
     calls: Mutex<Vec<String>>,
     sets: Mutex<Vec<i64>>,
     fail_hold: bool,
+    fail_before_freeze: bool,
     fail_first_record: bool,
     hold_for: Duration,
     recorded: Mutex<Vec<SetWriter>>,
 }
 
 impl Provider for FakeProvider {
+    fn before_freeze(&self, _plan: &SetPlan) -> Result<(), ProviderError> {
+        if self.fail_before_freeze {
+            lock(&self.calls).push("before freeze".into());
+            return Err(ProviderError::Failed("another host went away".into()));
+        }
+        Ok(())
+    }
+
     fn prepare(&self, plan: &SetPlan) -> Result<(), ProviderError> {
         lock(&self.calls).push(format!("prepare {}", plan.name));
         Ok(())
@@ -406,6 +415,31 @@ fn a_provider_that_cannot_hold_aborts_the_set() {
         *lock(&provider.calls),
         ["prepare 2026-11-25T084250Z", "hold", "release"]
     );
+    assert_eq!(r.state_of("a"), "stable");
+}
+
+/// A provider that waits for others before Freeze (a cluster set) and
+/// fails there: the writers were never frozen, and hear Abort.
+#[test]
+fn a_provider_failing_before_freeze_aborts_before_any_writer_freezes() {
+    let r = rig();
+    r.writer("a", true, &[]);
+    let provider = FakeProvider {
+        fail_before_freeze: true,
+        ..FakeProvider::default()
+    };
+    let err = r.create(&provider).expect_err("aborted");
+    assert!(err.to_string().contains("another host went away"), "{err}");
+    assert_eq!(
+        r.events_of("a"),
+        [
+            Event::Identify,
+            Event::PrepareForBackup,
+            Event::PrepareForSnapshot,
+            Event::Abort
+        ]
+    );
+    assert_eq!(*lock(&provider.calls), ["before freeze"]);
     assert_eq!(r.state_of("a"), "stable");
 }
 

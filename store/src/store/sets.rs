@@ -12,7 +12,11 @@ impl Store {
     pub(super) fn drop_interrupted_sets(&self) -> Result<()> {
         let interrupted: Vec<(i64, String)> = {
             let conn = self.catalog.reader();
-            let mut stmt = conn.prepare("SELECT id, name FROM sets WHERE pending = 1")?;
+            // A cluster set's fate is the cluster's: the daemon resolves it.
+            let mut stmt = conn.prepare(
+                "SELECT id, name FROM sets WHERE pending = 1
+                 AND id NOT IN (SELECT set_id FROM set_clusters)",
+            )?;
             stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
                 .collect::<rusqlite::Result<_>>()?
         };
@@ -199,6 +203,39 @@ impl Store {
         let ticket = self.commit(tx)?;
         drop(conn);
         self.make_durable(ticket)
+    }
+
+    /// Marks the pending `set` as part of cluster set `cluster_id` and makes
+    /// it durable, row and mark, before the caller tells the cluster it
+    /// holds its part: a set the cluster then keeps survives a power cut.
+    pub fn tag_cluster_set(&self, set: SetId, cluster_id: &str) -> Result<()> {
+        let mut conn = self.catalog.writer();
+        let tx = conn.transaction()?;
+        tx.execute(
+            "INSERT OR REPLACE INTO set_clusters (set_id, cluster_id) VALUES (?1, ?2)",
+            params![set.0, cluster_id],
+        )?;
+        let ticket = self.commit(tx)?;
+        drop(conn);
+        self.make_durable(ticket)
+    }
+
+    /// The cluster set id of every set that has one, with whether the set
+    /// is still pending (its cluster's outcome not yet recorded here).
+    pub fn cluster_sets(&self) -> Result<Vec<ClusterSet>> {
+        let conn = self.catalog.reader();
+        let mut stmt = conn.prepare_cached(
+            "SELECT c.set_id, c.cluster_id, s.pending FROM set_clusters c
+             JOIN sets s ON s.id = c.set_id ORDER BY c.set_id",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok(ClusterSet {
+                set: SetId(r.get(0)?),
+                cluster_id: r.get(1)?,
+                pending: r.get::<_, i64>(2)? != 0,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
     /// The writers of every set, in the order they were recorded.
