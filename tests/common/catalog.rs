@@ -186,31 +186,6 @@ pub fn packs(store: &Path) -> Vec<Pack> {
     out
 }
 
-/// The bytes of `path` below `end` that are allocated data (whole pages,
-/// as SEEK_DATA and SEEK_HOLE see them). The active pack holds zeros
-/// written ahead of its last chunk (FORMAT.md §2, prepared zeros): they
-/// are past the end of the last chunk the catalog names, and not counted.
-pub fn allocated_below(path: &Path, end: u64) -> u64 {
-    use std::os::fd::AsRawFd;
-    let file = fs::File::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let fd = file.as_raw_fd();
-    let limit = end.next_multiple_of(4096);
-    let (mut at, mut data) = (0u64, 0u64);
-    while at < limit {
-        // SAFETY: lseek on a descriptor this function owns.
-        let start = unsafe { libc::lseek(fd, at as i64, libc::SEEK_DATA) };
-        if start < 0 || start as u64 >= limit {
-            break;
-        }
-        // SAFETY: as above.
-        let stop = unsafe { libc::lseek(fd, start, libc::SEEK_HOLE) };
-        let stop = (stop.max(start) as u64).min(limit);
-        data += stop - start as u64;
-        at = stop;
-    }
-    data
-}
-
 /// The data of the chunk at `loc`, if the pack has it all.
 pub fn read_chunk(store: &Path, loc: Location) -> std::io::Result<Vec<u8>> {
     let path = store.join("packs").join(format!("{:08}.pack", loc.pack));
