@@ -19,7 +19,6 @@ use lru::LruCache;
 
 use crate::error::io_err;
 use crate::io::{OpenMode, StoreFile, StoreIo};
-use crate::reserve;
 use crate::{ChunkHash, Error, Result};
 
 pub(crate) const MAGIC: &[u8; 8] = b"UMBRAPK1";
@@ -32,19 +31,6 @@ const PACK_TARGET_SIZE: u64 = 256 * 1024 * 1024;
 /// Packs kept open for reading at most; a reader already handed out stays
 /// open until its user lets go.
 const READERS: usize = 32;
-
-/// Zeros written ahead of the active pack's last chunk, so that an append
-/// overwrites blocks the file already has. Syncing an append that grows
-/// the file commits the filesystem's journal (the new size, the new
-/// extent) on top of flushing the data; syncing an overwrite only flushes
-/// the data. On ext4 that halves what a first overwrite followed by an
-/// fsync waits for (issue 13). One journal commit per this many bytes is
-/// left, and the zeros are written once.
-const PREPARED_AHEAD: u64 = 8 << 20;
-/// The tail is prepared only while the filesystem has this many times
-/// `PREPARED_AHEAD` free: on a nearly full disk the zeros would take room
-/// a live write or a pre-image needs, and there an append stays an append.
-const PREPARE_WHEN_FREE: u64 = 64 * PREPARED_AHEAD;
 
 /// Where a chunk's data lies.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -60,16 +46,6 @@ struct Appender {
     end: u64,
     /// How much of the pack the last completed sync covered.
     synced: u64,
-    /// The file's length: past `end`, zeros written by `prepare_tail`.
-    prepared: u64,
-}
-
-impl Appender {
-    /// The zeros past the last chunk, which belong to no chunk and are
-    /// not counted as the diff area's bytes.
-    fn tail(&self) -> u64 {
-        self.prepared.saturating_sub(self.end)
-    }
 }
 
 pub(crate) struct Packs {
@@ -106,12 +82,10 @@ impl Packs {
         // A chunk is only as durable as its pack's name, and the pack may
         // have been created by a run that crashed before syncing it.
         sync_dir(&*io, dir)?;
-        let mut len = file.size().map_err(io_err(format!("sizing pack {pack}")))?;
+        let len = file.size().map_err(io_err(format!("sizing pack {pack}")))?;
         if len > end {
-            // A torn append, or zeros prepared by an earlier run.
             file.set_len(end)
                 .map_err(io_err(format!("cutting the tail of pack {pack}")))?;
-            len = end;
         } else if len < end {
             tracing::warn!(
                 pack,
@@ -132,7 +106,6 @@ impl Packs {
                 file,
                 end,
                 synced: end,
-                prepared: len,
             }),
             readers: Mutex::new(LruCache::new(
                 NonZeroUsize::new(READERS).unwrap_or(NonZeroUsize::MIN),
@@ -159,9 +132,6 @@ impl Packs {
         record.extend_from_slice(&hash.0);
         record.extend_from_slice(data);
         let at = app.end;
-        if at + record.len() as u64 > app.prepared {
-            self.prepare_tail(&mut app, at + record.len() as u64);
-        }
         app.file
             .write_all_at(&record, at)
             .map_err(io_err(format!("appending to pack {}", app.pack)))?;
@@ -171,34 +141,6 @@ impl Packs {
             offset: at + CHUNK_HEADER,
             len,
         })
-    }
-
-    /// Writes zeros from the end of the file to `PREPARED_AHEAD` past
-    /// `need`, when the filesystem has room to spare. Best effort: on any
-    /// error the zeros are cut off again and the append goes on as one.
-    /// The zeros reach the disk with the next sync, which pays the journal
-    /// commit for all the appends that will overwrite them.
-    fn prepare_tail(&self, app: &mut Appender, need: u64) {
-        let room = reserve::filesystem_free(&self.dir).unwrap_or(0);
-        if room < PREPARE_WHEN_FREE {
-            return;
-        }
-        let from = app.prepared.max(app.end);
-        let to = need + PREPARED_AHEAD;
-        let zeros = vec![0u8; 1 << 20];
-        let mut at = from;
-        while at < to {
-            let len = (to - at).min(zeros.len() as u64) as usize;
-            if let Err(e) = app.file.write_all_at(&zeros[..len], at) {
-                tracing::debug!("preparing the tail of pack {}: {e}", app.pack);
-                // Nothing past `end` is named by a chunk.
-                let _ = app.file.set_len(app.end);
-                app.prepared = app.end;
-                return;
-            }
-            at += len as u64;
-        }
-        app.prepared = to;
     }
 
     /// Makes every chunk appended so far durable (a pack closed for
@@ -258,12 +200,6 @@ impl Packs {
     }
 
     fn start_next(&self, app: &mut Appender) -> Result<()> {
-        if app.tail() > 0 {
-            // A closed pack holds exactly its chunks.
-            app.file
-                .set_len(app.end)
-                .map_err(io_err(format!("cutting the tail of pack {}", app.pack)))?;
-        }
         app.file
             .sync_data()
             .map_err(io_err(format!("syncing pack {}", app.pack)))?;
@@ -276,29 +212,19 @@ impl Packs {
             file,
             end: MAGIC.len() as u64,
             synced: 0,
-            prepared: MAGIC.len() as u64,
         };
         Ok(())
     }
 
     /// Every pack on disk with the bytes it takes (allocated: punched holes
     /// are not counted).
-    /// The active pack's prepared zeros are left out.
     pub fn list(&self) -> Result<Vec<(u32, u64)>> {
-        let (active, tail) = {
-            let app = self.appender.lock().unwrap_or_else(|p| p.into_inner());
-            (app.pack, app.tail())
-        };
         let mut out: Vec<(u32, u64)> = self
             .io
             .list(&self.dir)
             .map_err(io_err("listing packs"))?
             .into_iter()
-            .filter_map(|(name, bytes)| {
-                let pack = pack_number(&name)?;
-                let tail = if pack == active { tail } else { 0 };
-                Some((pack, bytes.saturating_sub(tail)))
-            })
+            .filter_map(|(name, bytes)| Some((pack_number(&name)?, bytes)))
             .collect();
         out.sort_unstable();
         Ok(out)
@@ -363,9 +289,15 @@ impl Packs {
     }
 
     /// Bytes the packs take on disk (allocated, so punched holes do not
-    /// count), without the active pack's prepared zeros.
+    /// count).
     pub fn disk_bytes(&self) -> Result<u64> {
-        Ok(self.list()?.iter().map(|(_, bytes)| bytes).sum())
+        Ok(self
+            .io
+            .list(&self.dir)
+            .map_err(io_err("listing packs"))?
+            .iter()
+            .map(|(_, bytes)| bytes)
+            .sum())
     }
 
     fn reader(&self, pack: u32) -> Result<Arc<dyn StoreFile>> {
@@ -381,17 +313,6 @@ impl Packs {
         );
         readers.put(pack, file.clone());
         Ok(file)
-    }
-}
-
-impl Drop for Packs {
-    /// A store closed cleanly leaves its active pack holding exactly its
-    /// chunks, as a crash's leftovers are cut at the next open.
-    fn drop(&mut self) {
-        let app = self.appender.get_mut().unwrap_or_else(|p| p.into_inner());
-        if app.tail() > 0 && app.file.set_len(app.end).is_ok() {
-            app.prepared = app.end;
-        }
     }
 }
 
@@ -518,58 +439,13 @@ mod tests {
         assert_eq!(&bytes[..8], b"UMBRAPK1");
         assert_eq!(&bytes[8..12], &(data.len() as u32).to_le_bytes());
         assert_eq!(&bytes[12..44], &hash.0);
-        assert_eq!(&bytes[44..44 + data.len()], &data[..]);
-        assert!(
-            bytes[44 + data.len()..].iter().all(|&b| b == 0),
-            "past the chunk: only prepared zeros"
-        );
+        assert_eq!(&bytes[44..], &data[..]);
         assert_eq!(packs.read(&hash, loc).expect("read"), data);
         let (other, _) = chunk(2);
         assert!(matches!(
             packs.read(&other, loc),
             Err(Error::CorruptPack { pack: 0, .. })
         ));
-    }
-
-    #[test]
-    fn appends_overwrite_prepared_zeros_which_are_not_counted_and_are_cut_at_open() {
-        let tmp = tempfile::tempdir().expect("tempdir");
-        let path = pack_path(tmp.path(), 0);
-        let packs = open(tmp.path(), None).expect("open");
-        let (a, a_data) = chunk(1);
-        let a_loc = packs.append(&a, &a_data).expect("append a");
-        let prepared = fs::metadata(&path).expect("stat").len();
-        let a_end = a_loc.offset + u64::from(a_loc.len);
-        assert!(
-            prepared >= a_end + PREPARED_AHEAD,
-            "the tail is prepared ({prepared} bytes for a chunk ending at {a_end})"
-        );
-        let (b, b_data) = chunk(2);
-        let b_loc = packs.append(&b, &b_data).expect("append b");
-        assert_eq!(
-            fs::metadata(&path).expect("stat").len(),
-            prepared,
-            "the second append overwrote zeros: the file did not grow"
-        );
-        let b_end = b_loc.offset + u64::from(b_loc.len);
-        let counted: u64 = packs.list().expect("list").iter().map(|(_, n)| n).sum();
-        assert!(
-            counted < b_end + 8192,
-            "the prepared zeros are not the diff area's bytes: {counted} counted for {b_end}"
-        );
-        assert_eq!(packs.disk_bytes().expect("disk bytes"), counted);
-        drop(packs);
-
-        // A crash leaves the zeros; the next open cuts them.
-        let packs = open(tmp.path(), Some((0, b_end))).expect("reopen");
-        assert_eq!(packs.read(&a, a_loc).expect("read a"), a_data);
-        assert_eq!(packs.read(&b, b_loc).expect("read b"), b_data);
-        packs.roll().expect("roll");
-        assert_eq!(
-            fs::metadata(&path).expect("stat").len(),
-            b_end,
-            "a closed pack holds exactly its chunks"
-        );
     }
 
     #[test]

@@ -42,7 +42,6 @@ fn the_same_block_for_two_objects_or_twice_costs_one_chunk() {
     assert_eq!(stats.block_records, 3);
     assert_eq!(stats.chunks, 1);
     assert_eq!(stats.chunk_bytes, data.len() as u64);
-    drop(store);
     let on_disk = fs::metadata(pack_path(tmp.path(), 0)).expect("pack").len();
     assert_eq!(on_disk, pack_len(&[data.len()]), "appended once");
 }
