@@ -11,6 +11,7 @@ mod daemon;
 mod naming;
 mod protocol;
 mod render;
+mod replicate;
 mod restore;
 mod schedule;
 mod target;
@@ -88,6 +89,23 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Writers { output } => client()?.writers(output.json)?,
         Command::Diff { from, rest, output } => client()?.diff(from, rest, &cwd, output.json)?,
         Command::Versions { path, output } => client()?.versions(path, &cwd, output.json)?,
+        Command::Replicate {
+            sets,
+            to,
+            password_file,
+            volumes,
+            output,
+        } => {
+            let request = replicate::ReplicateRequest {
+                sets,
+                to,
+                password: replicate::password(password_file.as_deref())?,
+                volumes,
+                aws_access_key_id: std::env::var("AWS_ACCESS_KEY_ID").ok(),
+                aws_secret_access_key: std::env::var("AWS_SECRET_ACCESS_KEY").ok(),
+            };
+            replicate::run(&client()?.socket, request, output.json)?;
+        }
         Command::Completions { shell } => {
             let mut command = <Cli as clap::CommandFactory>::command();
             clap_complete::generate(shell, &mut command, "umbra", &mut std::io::stdout());

@@ -27,6 +27,7 @@ use crate::protocol::{
 use crate::schedule::{Candidate, Schedule};
 
 mod history;
+mod replicate;
 mod restore;
 
 #[derive(Debug, thiserror::Error)]
@@ -204,6 +205,9 @@ impl Service {
             Request::Restore { .. } | Request::RestoreComplete { .. } => {
                 Err(ServiceError::NotARestore)
             }
+            Request::Replicate(_) => Err(ServiceError::Refused(
+                "replicate is answered on its own connection".into(),
+            )),
         }
     }
 

@@ -1,0 +1,314 @@
+//! `umbra replicate` into real restic repositories (issue 14): the real
+//! `restic` binary checks each repository (`check --read-data`), lists the
+//! snapshots umbra wrote (tags, time, parent) and restores each into a
+//! directory equal to its set (bytes, modes, owners, ns mtimes, symlinks,
+//! hard links, an empty file, directories). A second replication after k
+//! changes among N files opens about k files.
+
+#![allow(clippy::unwrap_used)] // in a test, an unwrap is an assertion
+
+mod common;
+
+use std::fs;
+use std::os::unix::fs::{PermissionsExt, symlink};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use common::manifest::{Compare, Manifest, assert_same_with};
+use common::servers::ensure_installed;
+use common::{Config, Daemon, SetJson, run_with_timeout, umbra_cmd};
+use serde_json::Value;
+
+const PASSWORD: &str = "umbra-test";
+
+#[track_caller]
+fn ok(out: Output, what: &str) -> String {
+    assert!(
+        out.status.success(),
+        "{what}: {}\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A repository and the restic that reads it.
+struct Restic {
+    repo: String,
+    password: PathBuf,
+    cache: PathBuf,
+    env: Vec<(String, String)>,
+}
+
+impl Restic {
+    fn local(scratch: &Path) -> Restic {
+        let password = scratch.join("password");
+        fs::write(&password, format!("{PASSWORD}\n")).unwrap();
+        Restic {
+            repo: scratch.join("repo").display().to_string(),
+            password,
+            cache: scratch.join("restic-cache"),
+            env: Vec::new(),
+        }
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        let mut cmd = Command::new("restic");
+        cmd.args(args)
+            .env("RESTIC_REPOSITORY", &self.repo)
+            .env("RESTIC_PASSWORD_FILE", &self.password)
+            .env("RESTIC_CACHE_DIR", &self.cache);
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        run_with_timeout(&mut cmd, Duration::from_secs(300))
+    }
+
+    fn snapshots(&self) -> Vec<Value> {
+        let out = ok(self.run(&["snapshots", "--json"]), "restic snapshots");
+        serde_json::from_str(&out).unwrap()
+    }
+}
+
+/// `umbra replicate ARGS --to REPO --json` with the password file.
+fn replicate(d: &Daemon, restic: &Restic, args: &[&str]) -> Value {
+    let out = try_replicate(d, restic, args);
+    serde_json::from_str(&ok(out, "umbra replicate")).unwrap()
+}
+
+fn try_replicate(d: &Daemon, restic: &Restic, args: &[&str]) -> Output {
+    let mut cmd = umbra_cmd();
+    cmd.arg("replicate")
+        .arg("--socket")
+        .arg(&d.layout.socket)
+        .args(args)
+        .arg("--to")
+        .arg(&restic.repo)
+        .arg("--password-file")
+        .arg(&restic.password)
+        .arg("--json");
+    for (k, v) in &restic.env {
+        cmd.env(k, v);
+    }
+    run_with_timeout(&mut cmd, Duration::from_secs(600))
+}
+
+/// A tree with every kind of entry restic keeps.
+fn populate(live: &Path) {
+    fs::create_dir_all(live.join("docs/deep")).unwrap();
+    fs::write(live.join("docs/a.txt"), "alpha\n").unwrap();
+    let big: Vec<u8> = (0..3_000_000u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
+    fs::write(live.join("docs/deep/big.bin"), &big).unwrap();
+    fs::write(live.join("script.sh"), "#!/bin/sh\n").unwrap();
+    fs::set_permissions(live.join("script.sh"), fs::Permissions::from_mode(0o750)).unwrap();
+    fs::set_permissions(live.join("docs/deep"), fs::Permissions::from_mode(0o711)).unwrap();
+    symlink("docs/a.txt", live.join("link")).unwrap();
+    fs::write(live.join("empty"), "").unwrap();
+    fs::create_dir(live.join("empty-dir")).unwrap();
+    fs::write(live.join("linked"), "two names\n").unwrap();
+    fs::hard_link(live.join("linked"), live.join("docs/linked-too")).unwrap();
+    fs::write(live.join("owned"), "nobody's\n").unwrap();
+    std::os::unix::fs::chown(live.join("owned"), Some(65534), Some(65534)).unwrap();
+}
+
+/// restic restores `snapshot` and the tree equals the set's volume.
+fn assert_restores(restic: &Restic, scratch: &Path, snapshot: &str, set_dir: &Path, volume: &str) {
+    let target = scratch.join(format!("restore-{snapshot}"));
+    ok(
+        restic.run(&["restore", snapshot, "--target", target.to_str().unwrap()]),
+        "restic restore",
+    );
+    assert_same_with(
+        &Manifest::capture(set_dir),
+        &Manifest::capture(&target.join("umbra").join(volume)),
+        Compare::EXACT,
+        &format!("restic restore {snapshot} against the set"),
+    );
+}
+
+fn tags(snapshot: &Value) -> Vec<String> {
+    let mut tags: Vec<String> = snapshot["tags"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_str().unwrap().to_string())
+        .collect();
+    tags.sort();
+    tags
+}
+
+fn set_time(set: &SetJson) -> chrono::DateTime<chrono::Utc> {
+    chrono::DateTime::parse_from_rfc3339(&set.created)
+        .unwrap()
+        .into()
+}
+
+#[test]
+fn replicate_writes_each_volume_as_a_snapshot_restic_restores_exactly() {
+    ensure_installed(&[("restic", "restic")]);
+    let d = Daemon::start(Config::volumes(&["data", "vault"]));
+    populate(&d.live("data"));
+    fs::write(d.live("vault").join("secret"), "vault\n").unwrap();
+    let set = d.create_set();
+    // The live volume moves on: the replica is of the set.
+    fs::write(d.live("data").join("docs/a.txt"), "changed after the set\n").unwrap();
+
+    let scratch = d.scratch("replicate");
+    let restic = Restic::local(&scratch);
+    let view = replicate(&d, &restic, &[]);
+    let made = view["snapshots"].as_array().unwrap();
+    assert_eq!(made.len(), 2, "{view}");
+    ok(
+        restic.run(&["check", "--read-data"]),
+        "restic check --read-data",
+    );
+
+    let snapshots = restic.snapshots();
+    assert_eq!(snapshots.len(), 2, "{snapshots:?}");
+    for volume in ["data", "vault"] {
+        let snap = snapshots
+            .iter()
+            .find(|s| tags(s).contains(&format!("umbra-volume:{volume}")))
+            .unwrap_or_else(|| panic!("no snapshot of {volume}: {snapshots:?}"));
+        let mut want = vec![
+            "umbra".to_string(),
+            format!("umbra-set-id:{}", set.id),
+            format!("umbra-set:{}", set.name),
+            format!("umbra-volume:{volume}"),
+        ];
+        want.sort();
+        assert_eq!(tags(snap), want);
+        let time: chrono::DateTime<chrono::Utc> =
+            chrono::DateTime::parse_from_rfc3339(snap["time"].as_str().unwrap())
+                .unwrap()
+                .into();
+        // The set's view shows whole seconds; the snapshot has the ns.
+        assert_eq!(
+            time.timestamp(),
+            set_time(&set).timestamp(),
+            "the snapshot's time is the set's"
+        );
+        assert_eq!(snap["paths"][0], format!("/umbra/{volume}"));
+        assert!(
+            snap.get("parent").is_none(),
+            "a first replica is whole: {snap}"
+        );
+        let id = snap["id"].as_str().unwrap();
+        assert_restores(&restic, &scratch, id, &d.browse(&set, volume), volume);
+    }
+    let restored = scratch.join(format!(
+        "restore-{}",
+        made.iter().find(|m| m["volume"] == "data").unwrap()["snapshot"]
+            .as_str()
+            .unwrap()
+    ));
+    assert_eq!(
+        fs::read_to_string(restored.join("umbra/data/docs/a.txt")).unwrap(),
+        "alpha\n"
+    );
+
+    // Again: the repository holds the set already, nothing is written.
+    let again = replicate(&d, &restic, &[&set.name]);
+    assert!(
+        again["snapshots"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|s| s["already"] == true),
+        "{again}"
+    );
+    assert_eq!(restic.snapshots().len(), 2);
+}
+
+#[test]
+fn a_second_replication_reads_only_what_the_diff_names() {
+    ensure_installed(&[("restic", "restic")]);
+    const DIRS: usize = 40;
+    const PER_DIR: usize = 50;
+    const CHANGED: usize = 10;
+    let d = Daemon::start(Config::default());
+    let live = d.live("data");
+    populate(&live);
+    for dir in 0..DIRS {
+        let dir_path = live.join(format!("d{dir:03}"));
+        fs::create_dir(&dir_path).unwrap();
+        for f in 0..PER_DIR {
+            fs::write(dir_path.join(format!("f{f:03}")), format!("{dir}/{f}\n")).unwrap();
+        }
+    }
+    let first = d.create_set();
+    let scratch = d.scratch("replicate");
+    let restic = Restic::local(&scratch);
+    let full = replicate(&d, &restic, &[]);
+    let full = &full["snapshots"][0];
+    let files = (DIRS * PER_DIR) as u64;
+    assert!(full["opened"].as_u64().unwrap() >= files, "{full}");
+
+    // k changes of every kind: contents, a new file, a removal, a rename,
+    // a mode, a new directory, and one name of a hard-linked pair.
+    for i in 0..CHANGED {
+        fs::write(
+            live.join(format!("d{:03}/f000", i * 3)),
+            format!("changed {i}\n"),
+        )
+        .unwrap();
+    }
+    fs::write(live.join("d001/new"), "new\n").unwrap();
+    fs::remove_file(live.join("d002/f001")).unwrap();
+    fs::rename(live.join("d004/f002"), live.join("d005/moved")).unwrap();
+    fs::set_permissions(live.join("d006/f003"), fs::Permissions::from_mode(0o600)).unwrap();
+    fs::create_dir(live.join("d007/sub")).unwrap();
+    fs::write(live.join("d007/sub/inside"), "inside\n").unwrap();
+    fs::write(live.join("linked"), "two names, changed\n").unwrap();
+    let second = d.create_set();
+
+    let view = replicate(&d, &restic, &[]);
+    let inc = &view["snapshots"][0];
+    assert_eq!(inc["set"], second.name.as_str(), "{view}");
+    assert_eq!(inc["parent_set"], first.name.as_str(), "{view}");
+    let opened = inc["opened"].as_u64().unwrap();
+    // The changed files, the new ones, the moved one, the one whose mode
+    // changed, and the other name of the rewritten hard link.
+    let expected = (CHANGED + 1 + 1 + 1 + 1 + 2) as u64;
+    assert!(
+        opened <= expected,
+        "opened {opened} files for {expected} changes among {files}: {inc}"
+    );
+    let stats = inc["stats"].as_u64().unwrap();
+    assert!(
+        stats < 100,
+        "stat'ed {stats} entries for {expected} changes among {files}: {inc}"
+    );
+    println!(
+        "full: {} files opened, {} stats, {:.2}s; incremental: {opened} opened, {stats} stats, {:.2}s",
+        full["opened"],
+        full["stats"],
+        full["seconds"].as_f64().unwrap(),
+        inc["seconds"].as_f64().unwrap()
+    );
+
+    ok(
+        restic.run(&["check", "--read-data"]),
+        "restic check --read-data",
+    );
+    let snapshots = restic.snapshots();
+    assert_eq!(snapshots.len(), 2);
+    let second_snap = snapshots
+        .iter()
+        .find(|s| tags(s).contains(&format!("umbra-set:{}", second.name)))
+        .unwrap();
+    assert_eq!(second_snap["parent"], full["snapshot"]);
+    for (set, snap) in [(&first, &full["snapshot"]), (&second, &inc["snapshot"])] {
+        assert_restores(
+            &restic,
+            &scratch,
+            snap.as_str().unwrap(),
+            &d.browse(set, "data"),
+            "data",
+        );
+    }
+}
