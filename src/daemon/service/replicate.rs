@@ -87,7 +87,7 @@ impl Service {
                 .clone()
                 .zip(request.aws_secret_access_key.clone()),
         };
-        let repo = Repo::open(&target).map_err(refused)?;
+        let mut repo = Repo::open(&target).map_err(refused)?;
         let host = host_name();
         let mut view = ReplicateView {
             repository: request.to.clone(),
@@ -177,6 +177,9 @@ impl Service {
                 })
                 .map_err(|_| ServiceError::Refused("the replication thread panicked".into()))?
                 .map_err(refused)?;
+                // The next job may build on this snapshot: its trees must
+                // be in the index rustic reads.
+                repo = repo.reopen().map_err(refused)?;
                 tracing::info!(
                     set = %set.name,
                     volume = %volume.name,
