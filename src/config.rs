@@ -7,6 +7,7 @@
 //! to the daemon.
 
 mod places;
+pub mod replica;
 mod schedule;
 mod storage;
 
@@ -74,6 +75,8 @@ pub struct Config {
     pub storage: StorageConfig,
     /// When sets are taken and which retention keeps (`[schedule]`).
     pub schedule: Option<crate::schedule::Schedule>,
+    /// Restic repositories sets are written into (`[[replica]]` tables).
+    pub replicas: Vec<replica::ReplicaConfig>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -245,6 +248,8 @@ pub enum Problem {
     NameFormat(#[from] NameFormatError),
     #[error("schedule: {0}")]
     Schedule(String),
+    #[error("{0}")]
+    Replica(String),
 }
 
 #[derive(Deserialize)]
@@ -272,6 +277,8 @@ struct RawConfig {
     #[serde(default, rename = "writer")]
     writers: Vec<RawWriter>,
     schedule: Option<schedule::RawSchedule>,
+    #[serde(default, rename = "replica")]
+    replicas: Vec<replica::RawReplica>,
 }
 
 #[derive(Deserialize)]
@@ -589,6 +596,21 @@ impl RawConfig {
                     let known: Vec<&str> = volumes.iter().map(|v| v.name.as_str()).collect();
                     Some(raw.resolve(&known).map_err(Problem::Schedule)?)
                 }
+            },
+            replicas: {
+                let known: Vec<&str> = volumes.iter().map(|v| v.name.as_str()).collect();
+                let mut replicas: Vec<replica::ReplicaConfig> = Vec::new();
+                for raw in &self.replicas {
+                    let replica = raw.resolve(&known, base).map_err(Problem::Replica)?;
+                    if replicas.iter().any(|r| r.name == replica.name) {
+                        return Err(Problem::Replica(format!(
+                            "replica {:?}: a second replica of that name",
+                            replica.name
+                        )));
+                    }
+                    replicas.push(replica);
+                }
+                replicas
             },
             state_dir,
             volumes,

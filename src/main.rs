@@ -92,19 +92,33 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Replicate {
             sets,
             to,
+            replica,
             password_file,
             volumes,
             output,
         } => {
             let request = replicate::ReplicateRequest {
                 sets,
-                to,
-                password: replicate::password(password_file.as_deref())?,
                 volumes,
-                aws_access_key_id: std::env::var("AWS_ACCESS_KEY_ID").ok(),
-                aws_secret_access_key: std::env::var("AWS_SECRET_ACCESS_KEY").ok(),
+                ..replicate::request(to, replica, password_file.as_deref())?
             };
             replicate::run(&client()?.socket, request, output.json)?;
+        }
+        Command::Replicas {
+            to,
+            replica,
+            password_file,
+            output,
+        } => {
+            let to = match (to, replica) {
+                (None, None) => None,
+                (to, replica) => Some(replicate::request(to, replica, password_file.as_deref())?),
+            };
+            replicate::list(
+                &client()?.socket,
+                replicate::ReplicasRequest { to },
+                output.json,
+            )?;
         }
         Command::Completions { shell } => {
             let mut command = <Cli as clap::CommandFactory>::command();

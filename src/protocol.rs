@@ -99,6 +99,8 @@ pub enum Request {
     /// Write sets into a restic repository (daemon/service/replicate.rs).
     /// Answers: `{"progress": ...}` lines, then `{"done": ...}`.
     Replicate(crate::replicate::ReplicateRequest),
+    /// What each repository holds. Answer: `[ReplicaView]`.
+    Replicas(crate::replicate::ReplicasRequest),
     /// Only as a connection's first line: the connection becomes a
     /// writer's (umbra-writer(7)). Answer: `{"registered": NAME}`, then
     /// events.

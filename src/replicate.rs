@@ -12,13 +12,19 @@ use crate::client::connection::Session;
 use crate::protocol::Request;
 
 /// What `replicate` asks: the sets (the newest when empty) and volumes
-/// (all the set holds when empty) to write into the repository `to`.
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// (all the set holds when empty) to write into the repository `to`, or
+/// into the configured `[[replica]]` named `replica` (with its password
+/// and keys, and its volumes when none are named).
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ReplicateRequest {
     #[serde(default)]
     pub sets: Vec<String>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub to: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replica: Option<String>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub password: String,
     #[serde(default)]
     pub volumes: Vec<String>,
@@ -34,6 +40,7 @@ impl std::fmt::Debug for ReplicateRequest {
         f.debug_struct("ReplicateRequest")
             .field("sets", &self.sets)
             .field("to", &self.to)
+            .field("replica", &self.replica)
             .field("volumes", &self.volumes)
             .finish_non_exhaustive()
     }
@@ -106,6 +113,29 @@ pub fn password(file: Option<&Path>) -> anyhow::Result<String> {
         anyhow::anyhow!(
             "no repository password: give --password-file, RESTIC_PASSWORD_FILE or RESTIC_PASSWORD"
         )
+    })
+}
+
+/// The repository part of a request: `to` with the caller's password and
+/// AWS keys, or a configured replica (whose secrets the daemon reads,
+/// unless the caller gives a password).
+pub fn request(
+    to: Option<String>,
+    replica: Option<String>,
+    password_file: Option<&Path>,
+) -> anyhow::Result<ReplicateRequest> {
+    let password = if replica.is_some() && password_file.is_none() {
+        String::new()
+    } else {
+        password(password_file)?
+    };
+    Ok(ReplicateRequest {
+        to: to.unwrap_or_default(),
+        replica,
+        password,
+        aws_access_key_id: std::env::var("AWS_ACCESS_KEY_ID").ok(),
+        aws_secret_access_key: std::env::var("AWS_SECRET_ACCESS_KEY").ok(),
+        ..ReplicateRequest::default()
     })
 }
 
@@ -191,4 +221,95 @@ fn bytes(n: u64) -> String {
     } else {
         format!("{value:.1} {}", UNITS[unit])
     }
+}
+
+/// What `replicas` asks: every configured replica, or only the repository
+/// `to` (with its password and keys, as for `replicate`).
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReplicasRequest {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to: Option<ReplicateRequest>,
+}
+
+impl std::fmt::Debug for ReplicasRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReplicasRequest")
+            .field("to", &self.to)
+            .finish()
+    }
+}
+
+/// What one repository holds of umbra's sets.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicaView {
+    /// The `[[replica]]` name; empty for `--to`.
+    pub name: String,
+    pub repository: String,
+    /// The repository's config id; empty if it could not be opened.
+    pub repository_id: String,
+    /// `asked`, `every set` or the calendar time.
+    pub after: String,
+    pub snapshots: Vec<HeldView>,
+    /// Why the repository could not be read.
+    pub error: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeldView {
+    pub snapshot: String,
+    pub set: String,
+    pub set_id: u64,
+    pub volume: String,
+    /// RFC 3339: the set's instant.
+    pub time: String,
+    pub parent: Option<String>,
+    /// Whether the set still exists here.
+    pub set_exists: bool,
+}
+
+/// Sends a `replicas` request and prints what each repository holds.
+pub fn list(socket: &Path, request: ReplicasRequest, json: bool) -> anyhow::Result<()> {
+    let views: Vec<ReplicaView> =
+        crate::client::connection::call(socket, &Request::Replicas(request))?;
+    let mut out = io::stdout().lock();
+    if json {
+        serde_json::to_writer_pretty(&mut out, &views)?;
+        writeln!(out)?;
+        return Ok(());
+    }
+    if views.is_empty() {
+        writeln!(out, "no [[replica]] in the config; name one with --to")?;
+    }
+    for view in &views {
+        let name = if view.name.is_empty() {
+            String::new()
+        } else {
+            format!("{} ", view.name)
+        };
+        writeln!(out, "{name}{} (after: {})", view.repository, view.after)?;
+        if let Some(error) = &view.error {
+            writeln!(out, "  cannot read it: {error}")?;
+            continue;
+        }
+        if view.snapshots.is_empty() {
+            writeln!(out, "  no set replicated yet")?;
+        }
+        for held in &view.snapshots {
+            writeln!(
+                out,
+                "  {} {:<10} {} {}{}",
+                short(&held.snapshot),
+                held.volume,
+                held.set,
+                held.time,
+                if held.set_exists {
+                    ""
+                } else {
+                    " (set deleted here)"
+                }
+            )?;
+        }
+    }
+    Ok(())
 }

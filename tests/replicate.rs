@@ -44,6 +44,7 @@ struct Restic {
 
 impl Restic {
     fn local(scratch: &Path) -> Restic {
+        fs::create_dir_all(scratch).unwrap();
         let password = scratch.join("password");
         fs::write(&password, format!("{PASSWORD}\n")).unwrap();
         Restic {
@@ -435,4 +436,102 @@ fn replicate_to_s3_on_seaweedfs_restic_checks_and_restores() {
         assert!(snapshots.iter().any(|s| s["id"] == id), "{snapshots:?}");
         assert_restores(&restic, &scratch, id, &d.browse(set, "data"), "data");
     }
+}
+
+/// Polls `restic snapshots` until it lists `n` snapshots.
+fn wait_for_snapshots(restic: &Restic, n: usize, what: &str) -> Vec<Value> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let out = restic.run(&["snapshots", "--json"]);
+        if out.status.success() {
+            let snaps: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+            if snaps.len() >= n {
+                return snaps;
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what}: {n} snapshots within 120 s"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+#[test]
+fn configured_replicas_are_written_after_every_set_and_on_their_schedule() {
+    ensure_installed(&[("restic", "restic")]);
+    let dir = tempfile::tempdir().unwrap();
+    let every = Restic::local(&dir.path().join("every"));
+    let timed = Restic::local(&dir.path().join("timed"));
+    let timed_password = dir.path().join("timed-password.sh");
+    fs::write(&timed_password, format!("#!/bin/sh\necho {PASSWORD}\n")).unwrap();
+    fs::set_permissions(&timed_password, fs::Permissions::from_mode(0o700)).unwrap();
+    let config = Config::default()
+        .line("[[replica]]")
+        .line("name = \"every\"")
+        .line(&format!("repository = {:?}", every.repo))
+        .line(&format!(
+            "password_file = {:?}",
+            every.password.display().to_string()
+        ))
+        .line("after = \"every set\"")
+        .line("[[replica]]")
+        .line("name = \"timed\"")
+        .line(&format!("repository = {:?}", timed.repo))
+        .line(&format!(
+            "password_command = {:?}",
+            timed_password.display().to_string()
+        ))
+        .line("after = \"*:*:0/2\"")
+        .line("[[replica]]")
+        .line("name = \"asked\"")
+        .line(&format!(
+            "repository = {:?}",
+            dir.path().join("asked/repo").display().to_string()
+        ))
+        .line(&format!(
+            "password_file = {:?}",
+            every.password.display().to_string()
+        ));
+    let d = Daemon::start(config);
+    fs::write(d.live("data").join("a"), "one\n").unwrap();
+    let set = d.create_set();
+    let snaps = wait_for_snapshots(&every, 1, "after = \"every set\"");
+    assert!(tags(&snaps[0]).contains(&format!("umbra-set:{}", set.name)));
+    let snaps = wait_for_snapshots(&timed, 1, "after = \"*:*:0/2\"");
+    assert!(tags(&snaps[0]).contains(&format!("umbra-set:{}", set.name)));
+
+    // A second set: the every-set replica gets it, built on the first.
+    fs::write(d.live("data").join("b"), "two\n").unwrap();
+    let second = d.create_set();
+    let snaps = wait_for_snapshots(&every, 2, "the second set");
+    let newest = snaps
+        .iter()
+        .find(|s| tags(s).contains(&format!("umbra-set:{}", second.name)))
+        .unwrap();
+    assert!(newest.get("parent").is_some(), "{newest}");
+
+    // By hand, into the replica that is only written when asked.
+    let out = d.umbra_ok(&["replicate", "--replica", "asked", &set.name, "--json"]);
+    let view: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(view["snapshots"][0]["set"], set.name.as_str(), "{view}");
+
+    let out = d.umbra_ok(&["replicas", "--json"]);
+    let replicas: Vec<Value> = serde_json::from_str(&out).unwrap();
+    assert_eq!(replicas.len(), 3, "{out}");
+    let every_view = replicas.iter().find(|r| r["name"] == "every").unwrap();
+    assert_eq!(every_view["after"], "every set");
+    assert!(every_view["error"].is_null(), "{every_view}");
+    let held: Vec<&str> = every_view["snapshots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["set"].as_str().unwrap())
+        .collect();
+    assert_eq!(held, [set.name.as_str(), second.name.as_str()]);
+    let asked = replicas.iter().find(|r| r["name"] == "asked").unwrap();
+    assert_eq!(asked["after"], "asked");
+    assert_eq!(asked["snapshots"].as_array().unwrap().len(), 1, "{asked}");
+    let text = d.umbra_ok(&["replicas"]);
+    assert!(text.contains(&second.name), "{text}");
 }

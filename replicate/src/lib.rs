@@ -142,6 +142,15 @@ pub fn snapshot_path(volume: &str) -> PathBuf {
 impl Repo {
     /// Opens the repository, initialising it when it has no config yet.
     pub fn open(target: &Target) -> Result<Repo> {
+        Repo::open_or_init(target, true)
+    }
+
+    /// Opens the repository, which must exist.
+    pub fn open_existing(target: &Target) -> Result<Repo> {
+        Repo::open_or_init(target, false)
+    }
+
+    fn open_or_init(target: &Target, init: bool) -> Result<Repo> {
         let name = target.repository.clone();
         let err = |e: Box<rustic_core::RusticError>| ReplicateError::Repository {
             repository: name.clone(),
@@ -152,6 +161,12 @@ impl Repo {
         let repo = Repository::new(&opts, &backends).map_err(err)?;
         let credentials = Credentials::password(&target.password);
         let repo = if repo.config_id().map_err(err)?.is_none() {
+            if !init {
+                return Err(ReplicateError::Repository {
+                    repository: name.clone(),
+                    message: "no repository there yet".into(),
+                });
+            }
             repo.init(
                 &credentials,
                 &KeyOptions::default(),

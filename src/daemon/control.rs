@@ -394,6 +394,17 @@ fn serve_client(stream: &UnixStream, service: &Service, timeout: Duration) {
                 }
                 return;
             }
+            Request::Replicas(request) => {
+                first = false;
+                let sent = match service.replicas(&request, peer_uid(writer).or(Some(u32::MAX))) {
+                    Ok(views) => protocol::write_message(&mut writer, &Response::Ok(views)),
+                    Err(e) => protocol::write_message(&mut writer, &Response::<Answer>::error(e)),
+                };
+                if sent.is_ok() {
+                    continue;
+                }
+                return;
+            }
             Request::Replicate(request) => {
                 first = false;
                 if replicate(&mut writer, service, &request) {

@@ -28,6 +28,7 @@ use crate::schedule::{Candidate, Schedule};
 
 mod history;
 mod replicate;
+pub use replicate::start_replicas;
 mod restore;
 
 #[derive(Debug, thiserror::Error)]
@@ -205,8 +206,8 @@ impl Service {
             Request::Restore { .. } | Request::RestoreComplete { .. } => {
                 Err(ServiceError::NotARestore)
             }
-            Request::Replicate(_) => Err(ServiceError::Refused(
-                "replicate is answered on its own connection".into(),
+            Request::Replicate(_) | Request::Replicas(_) => Err(ServiceError::Refused(
+                "replicate and replicas are answered with the caller's uid".into(),
             )),
         }
     }
@@ -229,7 +230,11 @@ impl Service {
         origin: SetOrigin,
     ) -> Result<CreatedView, ServiceError> {
         let (_creating, pending) = self.start(names, label, origin)?;
-        self.created_view(pending.complete(true))
+        let made = self.created_view(pending.complete(true));
+        if made.is_ok() {
+            self.set_made();
+        }
+        made
     }
 
     /// One firing of the schedule: a set through the same writer sequence
