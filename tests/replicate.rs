@@ -535,3 +535,125 @@ fn configured_replicas_are_written_after_every_set_and_on_their_schedule() {
     let text = d.umbra_ok(&["replicas"]);
     assert!(text.contains(&second.name), "{text}");
 }
+
+#[test]
+fn an_unreadable_file_leaves_no_snapshot_behind() {
+    ensure_installed(&[("restic", "restic")]);
+    let mut d = Daemon::prepare(Config::default());
+    d.env("UMBRA_REPLICATE_FAIL_OPEN", "docs/a.txt");
+    d.launch();
+    populate(&d.live("data"));
+    let set = d.create_set();
+    let scratch = d.scratch("replicate");
+    let restic = Restic::local(&scratch);
+    let out = try_replicate(&d, &restic, &[]);
+    assert!(!out.status.success(), "a replication with a hole succeeded");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("could not be read") && err.contains("docs/a.txt") && err.lines().count() == 1,
+        "{err}"
+    );
+    assert!(
+        restic.snapshots().is_empty(),
+        "a snapshot with a hole was kept"
+    );
+    ok(restic.run(&["check"]), "restic check after the failed run");
+
+    // Readable again: the same set replicates whole.
+    d.stop();
+    d.env("UMBRA_REPLICATE_FAIL_OPEN", "");
+    d.launch();
+    let view = replicate(&d, &restic, &[&set.name]);
+    let id = view["snapshots"][0]["snapshot"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    ok(
+        restic.run(&["check", "--read-data"]),
+        "restic check --read-data",
+    );
+    assert_restores(&restic, &scratch, &id, &d.browse(&set, "data"), "data");
+}
+
+#[test]
+fn a_replication_killed_midway_leaves_no_snapshot_and_the_next_one_completes() {
+    ensure_installed(&[("restic", "restic")]);
+    let mut d = Daemon::start(Config::default());
+    let live = d.live("data");
+    // Incompressible bytes, enough that the kill lands mid-run.
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    fs::create_dir(live.join("big")).unwrap();
+    for f in 0..64 {
+        let bytes: Vec<u8> = (0..4 * 1024 * 1024 / 8)
+            .flat_map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x.to_le_bytes()
+            })
+            .collect();
+        fs::write(live.join(format!("big/{f:02}")), bytes).unwrap();
+    }
+    let set = d.create_set();
+    let scratch = d.scratch("replicate");
+    let restic = Restic::local(&scratch);
+    let mut cmd = umbra_cmd();
+    cmd.args(["replicate", "--socket"])
+        .arg(&d.layout.socket)
+        .arg("--to")
+        .arg(&restic.repo)
+        .arg("--password-file")
+        .arg(&restic.password)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    let mut client = cmd.spawn().unwrap();
+    // Some packs are written: the run is under way.
+    let data = Path::new(&restic.repo).join("data");
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while count_files(&data) < 3 {
+        assert!(std::time::Instant::now() < deadline, "no pack within 120 s");
+        assert!(
+            client.try_wait().unwrap().is_none(),
+            "the replication ended before it could be killed"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    d.kill();
+    let _ = client.wait();
+    let packs_before = count_files(&data);
+    assert!(
+        restic.snapshots().is_empty(),
+        "a killed replication left a snapshot"
+    );
+
+    d.launch();
+    let view = replicate(&d, &restic, &[&set.name]);
+    let made = &view["snapshots"][0];
+    println!(
+        "killed after {packs_before} packs; the rerun added {} bytes of 256 MiB read",
+        made["bytes_added"]
+    );
+    let snapshots = restic.snapshots();
+    assert_eq!(snapshots.len(), 1, "{snapshots:?}");
+    // The killed run's packs are in no index: restic check says so without
+    // failing, and prune removes them.
+    ok(
+        restic.run(&["check", "--read-data"]),
+        "restic check --read-data",
+    );
+    ok(restic.run(&["prune"]), "restic prune");
+    ok(restic.run(&["check"]), "restic check after prune");
+    let id = made["snapshot"].as_str().unwrap();
+    assert_restores(&restic, &scratch, id, &d.browse(&set, "data"), "data");
+}
+
+fn count_files(dir: &Path) -> usize {
+    let Ok(subdirs) = fs::read_dir(dir) else {
+        return 0;
+    };
+    subdirs
+        .filter_map(Result::ok)
+        .filter_map(|sub| fs::read_dir(sub.path()).ok())
+        .map(|files| files.count())
+        .sum()
+}

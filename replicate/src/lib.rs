@@ -5,6 +5,7 @@
 //! previous replicated set when there is one. It knows nothing of the
 //! daemon: the caller passes the set's browser path and umbra's diff.
 
+mod gate;
 pub mod node;
 pub mod source;
 
@@ -82,6 +83,7 @@ pub struct Repo {
     repo: Repository<IndexedIdsStatus>,
     name: String,
     target: Target,
+    gate: Arc<gate::Gate>,
     /// The repository's config id: the same repository under another URL
     /// is the same repository.
     pub id: String,
@@ -157,6 +159,14 @@ impl Repo {
             message: one_line(&e.display_log()),
         };
         let backends = backend_options(target)?.to_backends().map_err(err)?;
+        let gate = Arc::new(gate::Gate::default());
+        let backends = rustic_core::RepositoryBackends::new(
+            Arc::new(gate::GatedBackend {
+                inner: backends.repository(),
+                gate: gate.clone(),
+            }),
+            None,
+        );
         let opts = RepositoryOptions::default().cache_dir(target.cache_dir.clone());
         let repo = Repository::new(&opts, &backends).map_err(err)?;
         let credentials = Credentials::password(&target.password);
@@ -183,6 +193,7 @@ impl Repo {
             name,
             id,
             target: target.clone(),
+            gate,
         })
     }
 
@@ -283,11 +294,27 @@ impl Repo {
                 .map(|(h, _)| h.tree)
                 .zip(parent.map(|(_, p)| p)),
         };
+        self.gate.watch(Some(counters.clone()));
         let saved = std::thread::scope(|s| {
             s.spawn(move || walk.run(&tx));
             self.repo.archive(&backup, &src, snap, &[path])
-        })
-        .map_err(|e| self.err(e))?;
+        });
+        self.gate.watch(None);
+        let saved = match saved {
+            Ok(saved) => saved,
+            Err(e) => {
+                let errors = counters.errors.load(Ordering::Relaxed);
+                if errors > 0 {
+                    return Err(ReplicateError::Unreadable {
+                        volume: job.volume.to_string(),
+                        set: job.set_name.to_string(),
+                        errors,
+                        first: first_error(&counters),
+                    });
+                }
+                return Err(self.err(e));
+            }
+        };
         let snapshot = saved.id.to_hex().to_string();
         let errors = counters.errors.load(Ordering::Relaxed);
         let files = counters.files.load(Ordering::Relaxed);
@@ -296,18 +323,15 @@ impl Repo {
             .as_ref()
             .map(|s| s.total_files_processed)
             .unwrap_or_default();
+        // The gate kept rustic from saving a snapshot with holes; a
+        // failure counted after the save, or a count that disagrees, is
+        // still not kept.
         let check = if errors > 0 {
-            let first = counters
-                .first_error
-                .lock()
-                .ok()
-                .and_then(|f| f.clone())
-                .unwrap_or_default();
             Err(ReplicateError::Unreadable {
                 volume: job.volume.to_string(),
                 set: job.set_name.to_string(),
                 errors,
-                first,
+                first: first_error(&counters),
             })
         } else if processed != counters.leaves.load(Ordering::Relaxed) {
             Err(inconsistent(format!(
@@ -351,6 +375,15 @@ impl Repo {
             seconds: started.elapsed().as_secs_f64(),
         })
     }
+}
+
+fn first_error(counters: &Counters) -> String {
+    counters
+        .first_error
+        .lock()
+        .ok()
+        .and_then(|f| f.clone())
+        .unwrap_or_default()
 }
 
 fn held_of(snap: &SnapshotFile) -> Option<Held> {

@@ -76,7 +76,12 @@ impl ReadSourceOpen for SetFile {
 
     fn open(self) -> RusticResult<Self::Reader> {
         self.counters.opened.fetch_add(1, Ordering::Relaxed);
-        match File::open(&self.path) {
+        let opened = if failing(&self.path) {
+            Err(io::Error::from_raw_os_error(libc::EIO))
+        } else {
+            File::open(&self.path)
+        };
+        match opened {
             Ok(file) => Ok(CountingReader {
                 file,
                 path: self.path,
@@ -92,6 +97,15 @@ impl ReadSourceOpen for SetFile {
             }
         }
     }
+}
+
+/// The tests' way to make one file of a set unreadable (the daemon runs
+/// as root and sets are immutable, so nothing else can):
+/// `UMBRA_REPLICATE_FAIL_OPEN` names a path relative to the volume.
+pub const FAIL_OPEN_ENV: &str = "UMBRA_REPLICATE_FAIL_OPEN";
+
+fn failing(path: &Path) -> bool {
+    std::env::var_os(FAIL_OPEN_ENV).is_some_and(|rel| !rel.is_empty() && path.ends_with(rel))
 }
 
 /// Counts bytes and failures of one file's reads.
