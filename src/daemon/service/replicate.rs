@@ -6,7 +6,7 @@
 //! one snapshot per volume, read through the browser mount. Progress goes
 //! to `progress` while a volume is written.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{RecvTimeoutError, SyncSender, sync_channel};
@@ -339,15 +339,45 @@ impl Service {
         Ok(views)
     }
 
-    /// Writes the newest set into each replica `pick` chooses, logging
-    /// the outcome: the daemon's own replications have no client.
+    /// Writes into each replica `pick` chooses the sets made since this
+    /// thread last wrote it (the newest set, the first time), logging the
+    /// outcome: the daemon's own replications have no client.
     fn replicate_configured(&self, pick: impl Fn(&ReplicaConfig) -> bool) {
+        let sets = match self.store.sets() {
+            Ok(sets) => sets,
+            Err(e) => {
+                tracing::error!("replicas: listing the sets: {e}");
+                return;
+            }
+        };
+        let Some(newest) = sets.last() else {
+            return;
+        };
         for replica in self.config.replicas.iter().filter(|r| pick(r)) {
+            let mut written = WRITTEN.lock().unwrap_or_else(|p| p.into_inner());
+            let since = written.get(&replica.name).copied();
+            let wanted: Vec<String> = match since {
+                Some(last) => sets
+                    .iter()
+                    .filter(|s| s.id.0 > last)
+                    .map(|s| s.id.to_string())
+                    .collect(),
+                None => vec![newest.id.to_string()],
+            };
+            if wanted.is_empty() {
+                continue;
+            }
             let request = ReplicateRequest {
                 replica: Some(replica.name.clone()),
+                sets: wanted,
                 ..ReplicateRequest::default()
             };
-            match self.replicate(&request, None, &mut |_| {}) {
+            let done = self.replicate(&request, None, &mut |_| {});
+            if done.is_ok() {
+                written.insert(replica.name.clone(), newest.id.0);
+            }
+            drop(written);
+            match done {
                 Ok(view) => {
                     for s in &view.snapshots {
                         tracing::info!(
@@ -372,6 +402,11 @@ impl Service {
         }
     }
 }
+
+/// The newest set each configured replica got from this daemon: the next
+/// run writes every set made since (two sets made during one replication
+/// are both written).
+static WRITTEN: Mutex<BTreeMap<String, i64>> = Mutex::new(BTreeMap::new());
 
 /// Wakes the replicas' thread after each set; one pending wake is enough.
 static SET_MADE: OnceLock<SyncSender<()>> = OnceLock::new();
