@@ -657,3 +657,59 @@ fn count_files(dir: &Path) -> usize {
         .map(|files| files.count())
         .sum()
 }
+
+#[test]
+fn a_socket_group_member_cannot_make_the_daemon_write_a_local_repository() {
+    let dir = tempfile::tempdir().unwrap();
+    let asked = Restic::local(&dir.path().join("asked"));
+    let d = Daemon::start(
+        Config::default()
+            .line("socket_group = \"nogroup\"")
+            .line("[[replica]]")
+            .line("name = \"asked\"")
+            .line(&format!("repository = {:?}", asked.repo))
+            .line(&format!(
+                "password_file = {:?}",
+                asked.password.display().to_string()
+            )),
+    );
+    common::open_the_way(d.root());
+    fs::write(d.live("data").join("a"), "one\n").unwrap();
+    let set = d.create_set();
+    // A directory anyone may create in: nobody could make a repository
+    // there as itself, but the daemon would make it as root.
+    let open = d.scratch("open");
+    fs::set_permissions(&open, fs::Permissions::from_mode(0o1777)).unwrap();
+    let password = open.join("password");
+    fs::write(&password, format!("{PASSWORD}\n")).unwrap();
+    fs::set_permissions(&password, fs::Permissions::from_mode(0o644)).unwrap();
+    let target = open.join("repo");
+    let as_nobody = |args: &[&str]| {
+        let mut cmd = Command::new("setpriv");
+        cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(common::umbra_bin())
+            .args(args)
+            .arg("--socket")
+            .arg(&d.layout.socket)
+            .current_dir("/");
+        run_with_timeout(&mut cmd, Duration::from_secs(120))
+    };
+    let out = as_nobody(&[
+        "replicate",
+        "--to",
+        target.to_str().unwrap(),
+        "--password-file",
+        password.to_str().unwrap(),
+    ]);
+    let err = common::assert_one_line_error(&out, "nobody names a local repository");
+    assert!(
+        err.contains("only root may replicate to a local repository"),
+        "{err}"
+    );
+    assert!(!target.exists(), "the daemon made {}", target.display());
+    // A replica the administrator configured is theirs to name.
+    let out = as_nobody(&["replicate", "--replica", "asked", &set.name, "--json"]);
+    let view: Value =
+        serde_json::from_str(&ok(out, "nobody writes the configured replica")).unwrap();
+    assert_eq!(view["snapshots"][0]["set"], set.name.as_str());
+}
