@@ -367,6 +367,73 @@ pub enum Command {
         output: Output,
     },
 
+    /// Write sets into a restic repository, one snapshot per volume
+    ///
+    /// With --replica NAME, the repository, password, keys and volumes are those of the
+    /// config's [[replica]] NAME (umbra.toml(5)). Writes each SET (a name, an id or `latest`; the newest when none is given) into the
+    /// restic-format repository REPO: a local absolute path (only root may name one, as the
+    /// daemon writes it as root), or `s3:http(s)://HOST[:PORT]/BUCKET[/PREFIX]` with the keys in
+    /// AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY. A repository without a config is
+    /// initialised. The password is read by this process, as the caller: --password-file, else
+    /// RESTIC_PASSWORD_FILE, else RESTIC_PASSWORD. Each volume becomes one snapshot at the path
+    /// /umbra/VOLUME, with the set's instant as its time and the tags `umbra`,
+    /// `umbra-set:NAME`, `umbra-set-id:ID` and `umbra-volume:VOLUME`. When the repository holds
+    /// a snapshot of an older set that still exists, that snapshot is the parent and only what
+    /// umbra's diff between the two sets names is read from the set. A set already in the
+    /// repository is not written again. A run that cannot read every entry keeps no snapshot.
+    /// Restoring is restic's job: `restic -r REPO restore SNAPSHOT --target DIR`.
+    /// --json prints {repository, repository_id, snapshots: [{set, set_id, volume, snapshot,
+    /// already, parent, parent_set, entries, files, stats, opened, bytes_read, bytes_added,
+    /// seconds}]}. Progress goes to stderr when it is a terminal.
+    Replicate {
+        /// The sets to write: names, ids or `latest`
+        #[arg(value_name = "SET")]
+        sets: Vec<String>,
+
+        /// The repository: /path or s3:http(s)://host[:port]/bucket[/prefix]
+        #[arg(long, value_name = "REPO", required_unless_present = "replica")]
+        to: Option<String>,
+
+        /// A [[replica]] of the config, with its password and keys
+        #[arg(long, value_name = "NAME", conflicts_with = "to")]
+        replica: Option<String>,
+
+        /// A file whose first line is the repository's password
+        #[arg(long, value_name = "FILE")]
+        password_file: Option<PathBuf>,
+
+        /// Only this volume (repeatable)
+        #[arg(long = "volume", value_name = "VOLUME")]
+        volumes: Vec<String>,
+
+        #[command(flatten)]
+        output: Output,
+    },
+
+    /// List what restic repositories hold of umbra's sets
+    ///
+    /// For each [[replica]] of the config (or only REPO with --to, or NAME with --replica):
+    /// its repository, when it is written (`after`), and each snapshot umbra wrote there:
+    /// snapshot id, volume, set, the set's instant, and whether the set still exists here.
+    /// --json prints [{name, repository, repository_id, after, snapshots: [{snapshot, set,
+    /// set_id, volume, time, parent, set_exists}], error}].
+    Replicas {
+        /// Only this repository (with --password-file, as for replicate)
+        #[arg(long, value_name = "REPO", conflicts_with = "replica")]
+        to: Option<String>,
+
+        /// Only this [[replica]] of the config
+        #[arg(long, value_name = "NAME")]
+        replica: Option<String>,
+
+        /// A file whose first line is the repository's password (with --to)
+        #[arg(long, value_name = "FILE")]
+        password_file: Option<PathBuf>,
+
+        #[command(flatten)]
+        output: Output,
+    },
+
     /// Print a shell completion script
     ///
     /// Writes the completion script for SHELL to standard output, made from the same definitions

@@ -8,6 +8,7 @@
 
 mod cluster;
 mod places;
+pub mod replica;
 mod schedule;
 mod storage;
 
@@ -78,6 +79,8 @@ pub struct Config {
     pub schedule: Option<crate::schedule::Schedule>,
     /// The cluster this host takes cluster sets with (`[cluster]`).
     pub cluster: Option<ClusterConfig>,
+    /// Restic repositories sets are written into (`[[replica]]` tables).
+    pub replicas: Vec<replica::ReplicaConfig>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -251,6 +254,8 @@ pub enum Problem {
     Schedule(String),
     #[error("cluster: {0}")]
     Cluster(String),
+    #[error("{0}")]
+    Replica(String),
 }
 
 #[derive(Deserialize)]
@@ -279,6 +284,8 @@ struct RawConfig {
     writers: Vec<RawWriter>,
     schedule: Option<schedule::RawSchedule>,
     cluster: Option<cluster::RawCluster>,
+    #[serde(default, rename = "replica")]
+    replicas: Vec<replica::RawReplica>,
 }
 
 #[derive(Deserialize)]
@@ -600,6 +607,21 @@ impl RawConfig {
             cluster: match &self.cluster {
                 None => None,
                 Some(raw) => Some(raw.resolve().map_err(Problem::Cluster)?),
+            },
+            replicas: {
+                let known: Vec<&str> = volumes.iter().map(|v| v.name.as_str()).collect();
+                let mut replicas: Vec<replica::ReplicaConfig> = Vec::new();
+                for raw in &self.replicas {
+                    let replica = raw.resolve(&known, base).map_err(Problem::Replica)?;
+                    if replicas.iter().any(|r| r.name == replica.name) {
+                        return Err(Problem::Replica(format!(
+                            "replica {:?}: a second replica of that name",
+                            replica.name
+                        )));
+                    }
+                    replicas.push(replica);
+                }
+                replicas
             },
             state_dir,
             volumes,

@@ -308,6 +308,7 @@ fn start(
     }
     let socket = crate::config::shown(control.path());
     let socket_file = control.serve(service.clone(), limits)?;
+    service::start_replicas(&service);
     let timer =
         reload::start_timer(&service, schedule, stamp, last_set).map_err(DaemonError::Scheduler)?;
     announce(&format!("umbra: control socket at {socket}"))?;

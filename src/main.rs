@@ -12,6 +12,7 @@ mod daemon;
 mod naming;
 mod protocol;
 mod render;
+mod replicate;
 mod restore;
 mod schedule;
 mod target;
@@ -90,6 +91,37 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Writers { output } => client()?.writers(output.json)?,
         Command::Diff { from, rest, output } => client()?.diff(from, rest, &cwd, output.json)?,
         Command::Versions { path, output } => client()?.versions(path, &cwd, output.json)?,
+        Command::Replicate {
+            sets,
+            to,
+            replica,
+            password_file,
+            volumes,
+            output,
+        } => {
+            let request = replicate::ReplicateRequest {
+                sets,
+                volumes,
+                ..replicate::request(to, replica, password_file.as_deref())?
+            };
+            replicate::run(&client()?.socket, request, output.json)?;
+        }
+        Command::Replicas {
+            to,
+            replica,
+            password_file,
+            output,
+        } => {
+            let to = match (to, replica) {
+                (None, None) => None,
+                (to, replica) => Some(replicate::request(to, replica, password_file.as_deref())?),
+            };
+            replicate::list(
+                &client()?.socket,
+                replicate::ReplicasRequest { to },
+                output.json,
+            )?;
+        }
         Command::Completions { shell } => {
             let mut command = <Cli as clap::CommandFactory>::command();
             clap_complete::generate(shell, &mut command, "umbra", &mut std::io::stdout());

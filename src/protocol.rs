@@ -105,6 +105,11 @@ pub enum Request {
     /// After `restore`, on the same connection: whether the copy worked;
     /// the writers hear PostRestore. Answer: the final [`RestoreView`].
     RestoreComplete { succeeded: bool },
+    /// Write sets into a restic repository (daemon/service/replicate.rs).
+    /// Answers: `{"progress": ...}` lines, then `{"done": ...}`.
+    Replicate(crate::replicate::ReplicateRequest),
+    /// What each repository holds. Answer: `[ReplicaView]`.
+    Replicas(crate::replicate::ReplicasRequest),
     /// Only as a connection's first line: the connection becomes a
     /// writer's (umbra-writer(7)). Answer: `{"registered": NAME}`, then
     /// events.

@@ -95,4 +95,23 @@ impl Session {
             Response::Error(message) => Err(ClientError::Refused(message)),
         }
     }
+
+    /// The next answer on the connection, for a request answered in
+    /// several lines (a replication's progress).
+    pub fn next<T: DeserializeOwned>(&mut self) -> Result<T, ClientError> {
+        let line = match protocol::read_line(&mut self.reader, MAX_RESPONSE_LINE) {
+            Ok(Some(line)) => line,
+            Ok(None) => return Err(ClientError::NoAnswer),
+            Err(source) => {
+                return Err(ClientError::Io {
+                    socket: self.socket.clone(),
+                    source,
+                });
+            }
+        };
+        match serde_json::from_slice(&line).map_err(ClientError::BadAnswer)? {
+            Response::Ok(answer) => Ok(answer),
+            Response::Error(message) => Err(ClientError::Refused(message)),
+        }
+    }
 }

@@ -394,6 +394,24 @@ fn serve_client(stream: &UnixStream, service: &Service, timeout: Duration) {
                 }
                 return;
             }
+            Request::Replicas(request) => {
+                first = false;
+                let sent = match service.replicas(&request, peer_uid(writer).or(Some(u32::MAX))) {
+                    Ok(views) => protocol::write_message(&mut writer, &Response::Ok(views)),
+                    Err(e) => protocol::write_message(&mut writer, &Response::<Answer>::error(e)),
+                };
+                if sent.is_ok() {
+                    continue;
+                }
+                return;
+            }
+            Request::Replicate(request) => {
+                first = false;
+                if replicate(&mut writer, service, &request) {
+                    continue;
+                }
+                return;
+            }
             other => other,
         };
         first = false;
@@ -466,6 +484,59 @@ fn backup(
             false
         }
     }
+}
+
+/// Serves a replication: progress lines while it runs, then its view.
+/// Returns whether the connection goes on.
+fn replicate(
+    writer: &mut &UnixStream,
+    service: &Service,
+    request: &crate::replicate::ReplicateRequest,
+) -> bool {
+    use crate::replicate::ReplicateMessage;
+    // A replication outlives slow clients: progress that cannot be sent
+    // is dropped, and the replication goes on without its client.
+    let mut listening = true;
+    let caller = peer_uid(writer);
+    let mut progress = |p| {
+        if listening {
+            listening =
+                protocol::write_message(writer, &Response::Ok(ReplicateMessage::Progress(p)))
+                    .is_ok();
+        }
+    };
+    let answer = service.replicate(request, caller.or(Some(u32::MAX)), &mut progress);
+    let sent = match answer {
+        Ok(view) => protocol::write_message(writer, &Response::Ok(ReplicateMessage::Done(view))),
+        Err(e) => {
+            tracing::info!("replicate refused: {e}");
+            protocol::write_message(writer, &Response::<Answer>::error(e))
+        }
+    };
+    sent.is_ok()
+}
+
+/// The uid of the process at the other end of `stream`.
+fn peer_uid(stream: &UnixStream) -> Option<u32> {
+    use std::os::fd::AsRawFd;
+    let mut cred = libc::ucred {
+        pid: 0,
+        uid: 0,
+        gid: 0,
+    };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: `cred` and `len` are valid for writes of the sizes given, and
+    // the descriptor is the stream's own, open for the call.
+    let rc = unsafe {
+        libc::getsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&raw mut cred).cast(),
+            &raw mut len,
+        )
+    };
+    (rc == 0).then_some(cred.uid)
 }
 
 /// Answers a registration and hands the connection to the coordinator; a

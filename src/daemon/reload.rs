@@ -126,6 +126,7 @@ fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
     differs("hold_timeout_secs", old.hold_timeout != new.hold_timeout);
     differs("[[writer]]", old.writers != new.writers);
     differs("[cluster]", old.cluster != new.cluster);
+    differs("[[replica]]", old.replicas != new.replicas);
     differs(
         "max_diff_size, max_sets, on_full or durability",
         old.storage != new.storage,

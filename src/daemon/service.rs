@@ -28,6 +28,8 @@ use crate::schedule::{Candidate, Schedule};
 
 mod cluster;
 mod history;
+mod replicate;
+pub use replicate::start_replicas;
 mod restore;
 
 #[derive(Debug, thiserror::Error)]
@@ -230,6 +232,9 @@ impl Service {
             Request::Restore { .. } | Request::RestoreComplete { .. } => {
                 Err(ServiceError::NotARestore)
             }
+            Request::Replicate(_) | Request::Replicas(_) => Err(ServiceError::Refused(
+                "replicate and replicas are answered with the caller's uid".into(),
+            )),
         }
     }
 
@@ -251,7 +256,11 @@ impl Service {
         origin: SetOrigin,
     ) -> Result<CreatedView, ServiceError> {
         let (_creating, pending) = self.start(names, label, origin, None)?;
-        self.created_view(pending.complete(true))
+        let made = self.created_view(pending.complete(true));
+        if made.is_ok() {
+            self.set_made();
+        }
+        made
     }
 
     /// One firing of the schedule: a set through the same writer sequence

@@ -14,7 +14,7 @@ use crate::target::{self, Mount, TargetError};
 
 impl Service {
     /// A set by name, id or `latest`.
-    fn set_named(&self, key: &str) -> Result<SetInfo, ServiceError> {
+    pub(super) fn set_named(&self, key: &str) -> Result<SetInfo, ServiceError> {
         if key == "latest" {
             return self
                 .store
