@@ -154,11 +154,11 @@ pub fn run(socket: &Path, request: ReplicateRequest, json: bool) -> anyhow::Resu
             ReplicateMessage::Progress(p) => {
                 if let Some(bar) = &bar {
                     bar.set_message(format!(
-                        "{} {}: {} entries, {} files read, {}",
+                        "{} {}: {}, {} read, {}",
                         p.set,
                         p.volume,
-                        p.entries,
-                        p.opened,
+                        counted(p.entries, "entry", "entries"),
+                        counted(p.opened, "file", "files"),
                         bytes(p.bytes_read)
                     ));
                 }
@@ -190,12 +190,12 @@ pub fn run(socket: &Path, request: ReplicateRequest, json: bool) -> anyhow::Resu
         };
         writeln!(
             out,
-            "{} {}: snapshot {} ({how}): {} entries, {} files read ({}), {} added, {:.1}s",
+            "{} {}: snapshot {} ({how}): {}, {} read ({}), {} added, {:.1}s",
             s.set,
             s.volume,
             short(&s.snapshot),
-            s.entries,
-            s.opened,
+            counted(s.entries, "entry", "entries"),
+            counted(s.opened, "file", "files"),
             bytes(s.bytes_read),
             bytes(s.bytes_added),
             s.seconds
@@ -312,4 +312,9 @@ pub fn list(socket: &Path, request: ReplicasRequest, json: bool) -> anyhow::Resu
         }
     }
     Ok(())
+}
+
+/// `n` and the noun it counts, singular for one.
+fn counted(n: u64, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
 }

@@ -577,8 +577,9 @@ fn etcd_stopping_mid_sequence_aborts_cleanly() {
         }
         assert!(
             Instant::now() < deadline,
-            "no cluster set after etcd came back: {}",
-            String::from_utf8_lossy(&out.stderr)
+            "no cluster set after etcd came back: {}\nthe daemon's log:\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            d[1].log()
         );
         thread::sleep(Duration::from_millis(200));
     }

@@ -108,8 +108,9 @@ impl Daemon {
         let out = self.umbra(&all);
         assert!(
             out.status.success(),
-            "umbra {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
+            "umbra {args:?}: {}\nthe daemon's log:\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            self.log()
         );
         serde_json::from_slice(&out.stdout).expect("json")
     }
