@@ -100,16 +100,19 @@ pub struct ReplicatedVolume {
 /// The password as restic finds it: `--password-file`, else
 /// `RESTIC_PASSWORD_FILE`, else `RESTIC_PASSWORD`; read as the caller.
 pub fn password(file: Option<&Path>) -> anyhow::Result<String> {
-    let file = file
-        .map(Path::to_path_buf)
-        .or_else(|| std::env::var_os("RESTIC_PASSWORD_FILE").map(PathBuf::from));
+    let file = file.map(Path::to_path_buf).or_else(|| {
+        std::env::var_os("RESTIC_PASSWORD_FILE")
+            .filter(|f| !f.is_empty())
+            .map(PathBuf::from)
+    });
     if let Some(file) = file {
         let text = std::fs::read_to_string(&file)
             .map_err(|e| anyhow::anyhow!("the password file {}: {e}", file.display()))?;
         // As restic: the first line, without its newline.
         return Ok(text.lines().next().unwrap_or_default().to_string());
     }
-    std::env::var("RESTIC_PASSWORD").map_err(|_| {
+    // Empty counts as unset, as restic has it (it then asks).
+    std::env::var("RESTIC_PASSWORD").ok().filter(|p| !p.is_empty()).ok_or_else(|| {
         anyhow::anyhow!(
             "no repository password: give --password-file, RESTIC_PASSWORD_FILE or RESTIC_PASSWORD"
         )

@@ -156,7 +156,7 @@ impl Repo {
         let name = target.repository.clone();
         let err = |e: Box<rustic_core::RusticError>| ReplicateError::Repository {
             repository: name.clone(),
-            message: one_line(&e.display_log()),
+            message: unreachable_first(one_line(&e.display_log())),
         };
         let backends = backend_options(target)?.to_backends().map_err(err)?;
         let gate = Arc::new(gate::Gate::default());
@@ -454,4 +454,36 @@ fn backend_options(target: &Target) -> Result<BackendOptions> {
 
 fn one_line(s: &str) -> String {
     s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// An S3 server that cannot be reached makes rustic say first that the
+/// repository's `config` "does not exist" (its stat failed); the cause is
+/// at the end of the chain. Says that first, then the rest.
+fn unreachable_first(message: String) -> String {
+    const SENDING: &str = "error sending request for url (";
+    match message.find(SENDING) {
+        Some(at) => {
+            let url = &message[at + SENDING.len()..];
+            let url = url.split(')').next().unwrap_or(url);
+            format!("cannot reach {url} (is the server up?); {message}")
+        }
+        None => message,
+    }
+}
+
+#[cfg(test)]
+mod unreachable_tests {
+    use super::unreachable_first;
+
+    #[test]
+    fn an_unreachable_server_is_named_first() {
+        let said = unreachable_first(
+            "Error: Path `config` does not exist. caused by: send http request, source: error sending request for url (http://127.0.0.1:1/bucket/config)".into(),
+        );
+        assert!(
+            said.starts_with("cannot reach http://127.0.0.1:1/bucket/config (is the server up?); "),
+            "{said}"
+        );
+        assert_eq!(unreachable_first("wrong password".into()), "wrong password");
+    }
 }
