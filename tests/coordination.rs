@@ -700,13 +700,15 @@ fn example(name: &str) -> std::path::PathBuf {
 fn the_sqlite_example_keeps_every_set_whole() {
     let daemon = Daemon::start("");
     let db = daemon.path("data/bank.db");
-    let app = std::process::Command::new(example("sqlite_writer"))
-        .arg(daemon.socket())
-        .arg(&db)
-        .args(["data", "120"])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("the example runs");
+    let mut app = Reaped(Some(
+        std::process::Command::new(example("sqlite_writer"))
+            .arg(daemon.socket())
+            .arg(&db)
+            .args(["data", "120"])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("the example runs"),
+    ));
     eventually("the example to register", || {
         daemon.writer("sqlite")["state"] == "stable"
     });
@@ -717,6 +719,7 @@ fn the_sqlite_example_keeps_every_set_whole() {
         names.push(created["name"].as_str().expect("name").to_string());
         thread::sleep(Duration::from_millis(50));
     }
+    let app = app.0.take().expect("the example is running");
     // SAFETY: signalling a child we spawned and have not reaped.
     unsafe { libc::kill(app.id() as libc::pid_t, libc::SIGTERM) };
     let out = app.wait_with_output().expect("the example ends");
@@ -750,6 +753,19 @@ fn the_sqlite_example_keeps_every_set_whole() {
             .expect("query");
         assert_eq!(total, 1000, "set {name}");
         assert_eq!(moved, logged, "set {name}: only whole transactions");
+    }
+}
+
+/// A child process killed and reaped if the test fails while it runs, so
+/// that a failed test leaves no process behind.
+struct Reaped(Option<std::process::Child>);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }
 
