@@ -11,7 +11,6 @@
 
 mod cache;
 mod catalog;
-mod checkpoint;
 mod durable;
 mod error;
 mod ids;
