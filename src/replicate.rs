@@ -77,24 +77,11 @@ pub struct ReplicatedVolume {
     pub set: String,
     pub set_id: i64,
     pub volume: String,
-    /// The restic snapshot id.
-    pub snapshot: String,
     /// The repository held it already: nothing was written.
     pub already: bool,
-    /// The parent snapshot and its set, when incremental.
-    pub parent: Option<String>,
-    pub parent_set: Option<String>,
-    /// Entries in the snapshot, regular files among them.
-    pub entries: u64,
-    pub files: u64,
-    /// Entries stat'ed in the set (the rest came from the parent's trees).
-    pub stats: u64,
-    /// Files opened and bytes read from the set.
-    pub opened: u64,
-    pub bytes_read: u64,
-    /// Bytes the repository grew by (packed).
-    pub bytes_added: u64,
-    pub seconds: f64,
+    /// The snapshot and what writing it took (all zero when `already`).
+    #[serde(flatten)]
+    pub outcome: umbra_replicate::Outcome,
 }
 
 /// The password as restic finds it: `--password-file`, else
@@ -183,11 +170,11 @@ pub fn run(socket: &Path, request: ReplicateRequest, json: bool) -> anyhow::Resu
             writeln!(
                 out,
                 "{} {}: already in {} as {}",
-                s.set, s.volume, view.repository, s.snapshot
+                s.set, s.volume, view.repository, s.outcome.snapshot
             )?;
             continue;
         }
-        let how = match &s.parent_set {
+        let how = match &s.outcome.parent_set {
             Some(parent) => format!("incremental from {parent}"),
             None => "full".to_string(),
         };
@@ -196,12 +183,12 @@ pub fn run(socket: &Path, request: ReplicateRequest, json: bool) -> anyhow::Resu
             "{} {}: snapshot {} ({how}): {}, {} read ({}), {} added, {:.1}s",
             s.set,
             s.volume,
-            short(&s.snapshot),
-            counted(s.entries, "entry", "entries"),
-            counted(s.opened, "file", "files"),
-            bytes(s.bytes_read),
-            bytes(s.bytes_added),
-            s.seconds
+            short(&s.outcome.snapshot),
+            counted(s.outcome.entries, "entry", "entries"),
+            counted(s.outcome.opened, "file", "files"),
+            bytes(s.outcome.bytes_read),
+            bytes(s.outcome.bytes_added),
+            s.outcome.seconds
         )?;
     }
     Ok(())

@@ -115,8 +115,9 @@ pub struct Job<'a> {
     pub host: &'a str,
 }
 
-/// What one volume's replication did.
-#[derive(Clone, Debug, Default, PartialEq)]
+/// What one volume's replication did (also the daemon's answer for it,
+/// flattened into `umbra replicate --json`).
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Outcome {
     pub snapshot: String,
     pub parent: Option<String>,

@@ -111,17 +111,12 @@ impl Service {
                         set: set.name.clone(),
                         set_id: set.id.0,
                         volume: volume.name.clone(),
-                        snapshot: already.snapshot,
                         already: true,
-                        parent: already.parent,
-                        parent_set: None,
-                        entries: 0,
-                        files: 0,
-                        stats: 0,
-                        opened: 0,
-                        bytes_read: 0,
-                        bytes_added: 0,
-                        seconds: 0.0,
+                        outcome: umbra_replicate::Outcome {
+                            snapshot: already.snapshot,
+                            parent: already.parent,
+                            ..Default::default()
+                        },
                     });
                     continue;
                 }
@@ -185,17 +180,8 @@ impl Service {
                     set: set.name.clone(),
                     set_id: set.id.0,
                     volume: volume.name.clone(),
-                    snapshot: outcome.snapshot,
                     already: false,
-                    parent: outcome.parent,
-                    parent_set: outcome.parent_set,
-                    entries: outcome.entries,
-                    files: outcome.files,
-                    stats: outcome.stats,
-                    opened: outcome.opened,
-                    bytes_read: outcome.bytes_read,
-                    bytes_added: outcome.bytes_added,
-                    seconds: outcome.seconds,
+                    outcome,
                 });
             }
         }
@@ -384,7 +370,7 @@ impl Service {
                             replica = %replica.name,
                             set = %s.set,
                             volume = %s.volume,
-                            snapshot = %s.snapshot,
+                            snapshot = %s.outcome.snapshot,
                             already = s.already,
                             "replica written"
                         );
