@@ -116,31 +116,64 @@ impl Packs {
     /// Appends one chunk and returns where its data lies. The data reaches
     /// the kernel before this returns, so a process crash keeps it.
     pub fn append(&self, hash: &ChunkHash, data: &[u8]) -> Result<ChunkLocation> {
-        let mut app = self.appender.lock().unwrap_or_else(|p| p.into_inner());
-        if app.end >= PACK_TARGET_SIZE {
-            // The closed pack's chunks must stay as durable as the catalog
-            // rows naming them: sync it before moving on.
-            self.start_next(&mut app)?;
-        }
-        let len = u32::try_from(data.len()).map_err(|_| Error::CorruptPack {
-            pack: app.pack,
-            offset: app.end,
-            why: "chunk larger than 4 GiB".into(),
-        })?;
-        let mut record = Vec::with_capacity(CHUNK_HEADER as usize + data.len());
-        record.extend_from_slice(&len.to_le_bytes());
-        record.extend_from_slice(&hash.0);
-        record.extend_from_slice(data);
-        let at = app.end;
-        app.file
-            .write_all_at(&record, at)
-            .map_err(io_err(format!("appending to pack {}", app.pack)))?;
-        app.end += record.len() as u64;
-        Ok(ChunkLocation {
-            pack: app.pack,
-            offset: at + CHUNK_HEADER,
-            len,
+        let mut at = self.append_all(&[(*hash, data)])?;
+        at.pop().ok_or_else(|| Error::CorruptPack {
+            pack: self.active(),
+            offset: 0,
+            why: "an append returned no location".into(),
         })
+    }
+
+    /// Appends `chunks` in order, in as few writes as the pack size allows
+    /// (a window of a sequential first overwrite is a hundred chunks: one
+    /// call, and no copy of them into a buffer first), and returns where
+    /// each one's data lies, like `append`.
+    pub fn append_all(&self, chunks: &[(ChunkHash, &[u8])]) -> Result<Vec<ChunkLocation>> {
+        let mut app = self.appender.lock().unwrap_or_else(|p| p.into_inner());
+        let mut out = Vec::with_capacity(chunks.len());
+        let mut rest = chunks;
+        while !rest.is_empty() {
+            if app.end >= PACK_TARGET_SIZE {
+                // The closed pack's chunks must stay as durable as the
+                // catalog rows naming them: sync it before moving on.
+                self.start_next(&mut app)?;
+            }
+            let mut headers = Vec::new();
+            let mut end = app.end;
+            let mut taken = 0;
+            for (hash, data) in rest {
+                let len = u32::try_from(data.len()).map_err(|_| Error::CorruptPack {
+                    pack: app.pack,
+                    offset: end,
+                    why: "chunk larger than 4 GiB".into(),
+                })?;
+                let mut header = [0u8; CHUNK_HEADER as usize];
+                header[..4].copy_from_slice(&len.to_le_bytes());
+                header[4..].copy_from_slice(&hash.0);
+                headers.push(header);
+                out.push(ChunkLocation {
+                    pack: app.pack,
+                    offset: end + CHUNK_HEADER,
+                    len,
+                });
+                end += CHUNK_HEADER + u64::from(len);
+                taken += 1;
+                if end >= PACK_TARGET_SIZE {
+                    break;
+                }
+            }
+            let parts: Vec<&[u8]> = headers
+                .iter()
+                .zip(&rest[..taken])
+                .flat_map(|(header, (_, data))| [&header[..], data])
+                .collect();
+            app.file
+                .write_all_vectored_at(&parts, app.end)
+                .map_err(io_err(format!("appending to pack {}", app.pack)))?;
+            app.end = end;
+            rest = &rest[taken..];
+        }
+        Ok(out)
     }
 
     /// Makes every chunk appended so far durable (a pack closed for
@@ -419,6 +452,41 @@ mod tests {
     fn chunk(v: u8) -> (ChunkHash, Vec<u8>) {
         let data = vec![v; 1000 + usize::from(v)];
         (ChunkHash::of(&data), data)
+    }
+
+    #[test]
+    fn a_batch_of_more_chunks_than_one_pwritev_takes_lands_as_single_appends_would() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let packs = open(tmp.path(), None).expect("open");
+        let (first_hash, first) = chunk(0);
+        let first_loc = packs.append(&first_hash, &first).expect("append");
+        // 1,500 chunks are 3,000 parts: three pwritev calls.
+        let chunks: Vec<(ChunkHash, Vec<u8>)> = (0..1500u32)
+            .map(|i| {
+                let data = format!("chunk {i} ")
+                    .repeat(1 + (i % 7) as usize)
+                    .into_bytes();
+                (ChunkHash::of(&data), data)
+            })
+            .collect();
+        let batch: Vec<(ChunkHash, &[u8])> = chunks.iter().map(|(h, d)| (*h, &d[..])).collect();
+        let locs = packs.append_all(&batch).expect("append_all");
+        let mut expected = first_loc.offset + u64::from(first_loc.len);
+        for ((hash, data), loc) in chunks.iter().zip(&locs) {
+            assert_eq!(
+                loc.offset,
+                expected + CHUNK_HEADER,
+                "chunks follow each other"
+            );
+            assert_eq!(&packs.read(hash, *loc).expect("read")[..], &data[..]);
+            expected = loc.offset + u64::from(loc.len);
+        }
+        let on_disk = fs::metadata(pack_path(tmp.path(), 0)).expect("pack").len();
+        assert_eq!(on_disk, expected, "nothing after the last chunk");
+        assert_eq!(
+            &packs.read(&first_hash, first_loc).expect("read")[..],
+            &first[..]
+        );
     }
 
     #[test]

@@ -21,6 +21,13 @@ impl Store {
         if pre.is_empty() {
             return Ok(());
         }
+        // Hashed before the catalog's writer is taken: the other writers'
+        // pre-images wait for the transaction, not for this one's hashing.
+        let hashes: Vec<ChunkHash> = pre
+            .blocks
+            .iter()
+            .map(|(_, _, data)| ChunkHash::of(data))
+            .collect();
         let mut conn = self.catalog.writer();
         let tx = conn.transaction()?;
         let v = volume.0;
@@ -39,7 +46,11 @@ impl Store {
         // record; one more would serve none and only wait for pruning. With
         // the newest set at hi this is the plain "first in this epoch" check.
         let from = newest.min(hi);
-        for (object, block, data) in &pre.blocks {
+        // The chunks new to the catalog, appended together after the loop:
+        // a window of a sequential overwrite is one write to the pack.
+        let mut fresh: Vec<(ChunkHash, &[u8])> = Vec::new();
+        let mut fresh_hashes = HashSet::new();
+        for ((object, block, data), hash) in pre.blocks.iter().zip(&hashes) {
             if tx
                 .prepare_cached(
                     "SELECT 1 FROM block_records WHERE volume_id = ?1 AND object = ?2 AND block = ?3 AND hi BETWEEN ?4 AND ?5",
@@ -48,12 +59,20 @@ impl Store {
             {
                 continue;
             }
-            let hash = self.put_chunk(&tx, data)?;
+            if !fresh_hashes.contains(hash) {
+                if self.chunk_known(&tx, hash)? {
+                    self.named_again(*hash);
+                } else {
+                    fresh_hashes.insert(*hash);
+                    fresh.push((*hash, data));
+                }
+            }
             tx.prepare_cached(
                 "INSERT OR IGNORE INTO block_records (volume_id, object, block, hi, hash) VALUES (?1, ?2, ?3, ?4, ?5)",
             )?
             .execute(params![v, object.0 as i64, *block as i64, hi, &hash.0[..]])?;
         }
+        self.put_new_chunks(&tx, &fresh)?;
         for (object, attrs) in &pre.attrs {
             if tx
                 .prepare_cached(
@@ -241,21 +260,36 @@ impl Store {
 
     pub(super) fn put_chunk(&self, tx: &Transaction<'_>, data: &[u8]) -> Result<ChunkHash> {
         let hash = ChunkHash::of(data);
-        let known = tx
+        if self.chunk_known(tx, &hash)? {
+            self.named_again(hash);
+        } else {
+            self.put_new_chunks(tx, &[(hash, data)])?;
+        }
+        Ok(hash)
+    }
+
+    fn chunk_known(&self, tx: &Transaction<'_>, hash: &ChunkHash) -> Result<bool> {
+        Ok(tx
             .prepare_cached("SELECT 1 FROM chunks WHERE hash = ?1")?
-            .exists([&hash.0[..]])?;
-        if !known {
-            let loc = self.packs.append(&hash, data)?;
+            .exists([&hash.0[..]])?)
+    }
+
+    /// Appends chunks the catalog does not name yet (distinct) in one go,
+    /// and names them in `tx`.
+    fn put_new_chunks(&self, tx: &Transaction<'_>, chunks: &[(ChunkHash, &[u8])]) -> Result<()> {
+        if chunks.is_empty() {
+            return Ok(());
+        }
+        let locations = self.packs.append_all(chunks)?;
+        for ((hash, _), loc) in chunks.iter().zip(locations) {
             tx.prepare_cached(
                 "INSERT INTO chunks (hash, pack, offset, len) VALUES (?1, ?2, ?3, ?4)",
             )?
             .execute(params![&hash.0[..], loc.pack, loc.offset as i64, loc.len])?;
             self.chunk_bytes
                 .fetch_add(u64::from(loc.len), Ordering::Relaxed);
-        } else {
-            self.named_again(hash);
         }
-        Ok(hash)
+        Ok(())
     }
 }
 
