@@ -5,9 +5,12 @@
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 use umbra_store::{Store, StoreOptions, Timestamp};
 
+use crate::cow::AHEAD_WINDOWS_MAX;
 use crate::live::{Caller, LiveFs, SetAttrs};
 use crate::{Browser, Volume, commit_set};
 
@@ -237,6 +240,63 @@ fn random_model(names: &[&str], steps: usize, memory: Option<usize>) {
         assert!(
             core.browse(set) == *files,
             "seed {seed}: set {set} differs from its instant"
+        );
+    }
+}
+
+/// Files overwritten sequentially at once after a set share a bounded
+/// number of background windows, every window handed out is ended, and
+/// the set shows every file as it was.
+#[test]
+fn concurrent_sequential_first_overwrites_share_bounded_windows_and_keep_the_set_exact() {
+    const FILES: usize = 6;
+    const MIB: usize = 1 << 20;
+    const SIZE: usize = 28 * MIB;
+    let core = Core::new();
+    let before = |i: usize| -> Vec<u8> { (0..SIZE).map(|b| (b / 4096 + i * 7) as u8).collect() };
+    for i in 0..FILES {
+        core.write_file(&format!("f{i}"), 0, &before(i));
+    }
+    core.snapshot("s");
+    let peak = AtomicUsize::new(0);
+    let done = AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        scope.spawn(|| {
+            while !done.load(Ordering::Acquire) {
+                peak.fetch_max(core.volume.cow.ahead_windows(), Ordering::AcqRel);
+                std::thread::sleep(Duration::from_micros(200));
+            }
+        });
+        let writers: Vec<_> = (0..FILES)
+            .map(|i| {
+                let core = &core;
+                scope.spawn(move || {
+                    for offset in (0..SIZE).step_by(MIB) {
+                        core.write_file(&format!("f{i}"), offset as u64, &vec![0xee; MIB]);
+                    }
+                })
+            })
+            .collect();
+        for w in writers {
+            w.join().expect("writer");
+        }
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while core.volume.cow.ahead_windows() > 0 {
+            assert!(Instant::now() < deadline, "a window was never ended");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        done.store(true, Ordering::Release);
+    });
+    let peak = peak.into_inner();
+    assert!(
+        peak <= AHEAD_WINDOWS_MAX,
+        "{peak} windows in flight, bound {AHEAD_WINDOWS_MAX}"
+    );
+    let files = core.browse("s");
+    for i in 0..FILES {
+        assert!(
+            files[&format!("f{i}")] == before(i),
+            "f{i} differs in the set"
         );
     }
 }

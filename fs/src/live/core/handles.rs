@@ -49,7 +49,12 @@ impl LiveFs {
         let end = offset + data.len() as u64;
         let mut m = self.vol.cow.begin(&[of.object]);
         let ahead = m.write_blocks(of.object, of.file.as_fd(), &of.file, offset, end)?;
-        m.preserve()?;
+        if let Err(e) = m.preserve() {
+            if let Some(w) = ahead {
+                self.vol.cow.end_ahead(w);
+            }
+            return Err(e);
+        }
         debug_assert!(m.all_stored());
         if let Some(w) = ahead {
             let (vol, of) = (self.vol.clone(), of.clone());
