@@ -12,7 +12,7 @@
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -22,6 +22,20 @@ use umbra_coordinator::{Event, Failure, Registration};
 
 /// The application's transaction gate: `true` while a set holds it.
 type Gate = Arc<(Mutex<bool>, Condvar)>;
+
+/// Set while the event thread waits for the gate. The transfer loop
+/// releases the gate and takes it again at once; a mutex is not fair, so
+/// without this the event thread could wait behind transfer after transfer
+/// and miss umbra's answer window.
+type Wanted = Arc<AtomicBool>;
+
+/// Takes the gate for an event, ahead of the transfer loop.
+fn take_gate<'a>(gate: &'a Gate, wanted: &Wanted) -> Result<MutexGuard<'a, bool>, Failure> {
+    wanted.store(true, Ordering::SeqCst);
+    let taken = gate.0.lock().map_err(|_| Failure::fatal("poisoned"));
+    wanted.store(false, Ordering::SeqCst);
+    taken
+}
 
 fn open(db: &PathBuf) -> rusqlite::Result<Connection> {
     let conn = Connection::open(db)?;
@@ -46,18 +60,19 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     )?;
 
     let gate: Gate = Arc::new((Mutex::new(false), Condvar::new()));
+    let wanted: Wanted = Arc::new(AtomicBool::new(false));
     let client = WriterClient::connect(&socket, &Registration::new("sqlite", &[&volume]))?;
     {
-        let gate = gate.clone();
+        let (gate, wanted) = (gate.clone(), wanted.clone());
         let db = db.clone();
         thread::spawn(move || {
             let checkpoint = open(&db);
             let result = client.serve(|event| {
-                let (frozen, wake) = &*gate;
+                let wake = &gate.1;
                 match event.event {
                     Event::PrepareForSnapshot => {
                         // Under the gate: no transaction is half done.
-                        let _quiet = frozen.lock().map_err(|_| Failure::fatal("poisoned"))?;
+                        let _quiet = take_gate(&gate, &wanted)?;
                         let conn = checkpoint
                             .as_ref()
                             .map_err(|e| Failure::fatal(e.to_string()))?;
@@ -65,11 +80,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                             .map_err(|e| Failure::retryable(e.to_string()))?;
                     }
                     Event::Freeze => {
-                        *frozen.lock().map_err(|_| Failure::fatal("poisoned"))? = true;
+                        *take_gate(&gate, &wanted)? = true;
                     }
                     // Abort may come twice, or with nothing frozen.
                     Event::Thaw | Event::Abort => {
-                        *frozen.lock().map_err(|_| Failure::fatal("poisoned"))? = false;
+                        *take_gate(&gate, &wanted)? = false;
                         wake.notify_all();
                     }
                     _ => {}
@@ -88,6 +103,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut conn = conn;
     let mut transfers = 0u64;
     while Instant::now() < until && !stop.load(Ordering::Relaxed) {
+        while wanted.load(Ordering::SeqCst) {
+            thread::yield_now();
+        }
         let (frozen, wake) = &*gate;
         let mut held = frozen.lock().map_err(|_| "poisoned")?;
         while *held {
