@@ -11,14 +11,14 @@
 mod common;
 
 use std::fs;
-use std::os::unix::fs::{PermissionsExt, symlink};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
 use common::manifest::{Compare, Manifest, assert_same_with};
 use common::servers::ensure_installed;
-use common::{Config, Daemon, run_with_timeout, umbra_bin};
+use common::{Config, Daemon, restic_tree, run_with_timeout, umbra_bin};
 
 fn example(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -50,17 +50,7 @@ fn restic_restores_the_set_it_backed_up_exactly() {
     ensure_installed(&[("restic", "restic")]);
     let d = Daemon::start(Config::default());
     let live = d.live("data");
-    fs::create_dir_all(live.join("docs/deep")).unwrap();
-    fs::write(live.join("docs/a.txt"), "alpha\n").unwrap();
-    let big: Vec<u8> = (0..3_000_000u32)
-        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
-        .collect();
-    fs::write(live.join("docs/deep/big.bin"), &big).unwrap();
-    fs::write(live.join("script.sh"), "#!/bin/sh\n").unwrap();
-    fs::set_permissions(live.join("script.sh"), fs::Permissions::from_mode(0o750)).unwrap();
-    fs::set_permissions(live.join("docs/deep"), fs::Permissions::from_mode(0o711)).unwrap();
-    symlink("docs/a.txt", live.join("link")).unwrap();
-    fs::write(live.join("empty"), "").unwrap();
+    restic_tree(&live);
 
     let scratch = d.scratch("restic");
     let repo = scratch.join("repo");

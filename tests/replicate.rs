@@ -10,14 +10,14 @@
 mod common;
 
 use std::fs;
-use std::os::unix::fs::{PermissionsExt, symlink};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
 use common::manifest::{Compare, Manifest, assert_same_with};
 use common::servers::{Server, ensure_installed, wait_for_port};
-use common::{Config, Daemon, SetJson, run_with_timeout, umbra_cmd};
+use common::{Config, Daemon, SetJson, restic_tree, run_with_timeout, umbra_cmd};
 use serde_json::Value;
 
 const PASSWORD: &str = "umbra-test";
@@ -188,26 +188,6 @@ fn try_replicate(d: &Daemon, restic: &Restic, args: &[&str]) -> Output {
     run_with_timeout(&mut cmd, Duration::from_secs(600))
 }
 
-/// A tree with every kind of entry restic keeps.
-fn populate(live: &Path) {
-    fs::create_dir_all(live.join("docs/deep")).unwrap();
-    fs::write(live.join("docs/a.txt"), "alpha\n").unwrap();
-    let big: Vec<u8> = (0..3_000_000u32)
-        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
-        .collect();
-    fs::write(live.join("docs/deep/big.bin"), &big).unwrap();
-    fs::write(live.join("script.sh"), "#!/bin/sh\n").unwrap();
-    fs::set_permissions(live.join("script.sh"), fs::Permissions::from_mode(0o750)).unwrap();
-    fs::set_permissions(live.join("docs/deep"), fs::Permissions::from_mode(0o711)).unwrap();
-    symlink("docs/a.txt", live.join("link")).unwrap();
-    fs::write(live.join("empty"), "").unwrap();
-    fs::create_dir(live.join("empty-dir")).unwrap();
-    fs::write(live.join("linked"), "two names\n").unwrap();
-    fs::hard_link(live.join("linked"), live.join("docs/linked-too")).unwrap();
-    fs::write(live.join("owned"), "nobody's\n").unwrap();
-    std::os::unix::fs::chown(live.join("owned"), Some(65534), Some(65534)).unwrap();
-}
-
 /// restic restores `snapshot` and the tree equals the set's volume.
 fn assert_restores(restic: &Restic, scratch: &Path, snapshot: &str, set_dir: &Path, volume: &str) {
     let target = scratch.join(format!("restore-{snapshot}"));
@@ -244,7 +224,7 @@ fn set_time(set: &SetJson) -> chrono::DateTime<chrono::Utc> {
 fn replicate_writes_each_volume_as_a_snapshot_restic_restores_exactly() {
     ensure_installed(&[("restic", "restic")]);
     let d = Daemon::start(Config::volumes(&["data", "vault"]));
-    populate(&d.live("data"));
+    restic_tree(&d.live("data"));
     fs::write(d.live("vault").join("secret"), "vault\n").unwrap();
     let set = d.create_set();
     // The live volume moves on: the replica is of the set.
@@ -325,7 +305,7 @@ fn a_second_replication_reads_only_what_the_diff_names() {
     const CHANGED: usize = 10;
     let d = Daemon::start(Config::default());
     let live = d.live("data");
-    populate(&live);
+    restic_tree(&live);
     for dir in 0..DIRS {
         let dir_path = live.join(format!("d{dir:03}"));
         fs::create_dir(&dir_path).unwrap();
@@ -410,7 +390,7 @@ fn a_second_replication_reads_only_what_the_diff_names() {
 fn replicate_to_s3_on_seaweedfs_restic_checks_and_restores() {
     ensure_installed(&[("restic", "restic")]);
     let d = Daemon::start(Config::default());
-    populate(&d.live("data"));
+    restic_tree(&d.live("data"));
     let first = d.create_set();
     fs::write(d.live("data").join("docs/a.txt"), "second\n").unwrap();
     fs::remove_file(d.live("data").join("empty")).unwrap();
@@ -542,7 +522,7 @@ fn an_unreadable_file_leaves_no_snapshot_behind() {
     let mut d = Daemon::prepare(Config::default());
     d.env("UMBRA_REPLICATE_FAIL_OPEN", "docs/a.txt");
     d.launch();
-    populate(&d.live("data"));
+    restic_tree(&d.live("data"));
     let set = d.create_set();
     let scratch = d.scratch("replicate");
     let restic = Restic::local(&scratch);

@@ -960,3 +960,30 @@ pub fn open_the_way(dir: &Path) {
         }
     }
 }
+
+/// A tree under `live` with every kind of entry restic keeps: nested
+/// directories with their modes, a file of several MiB, a script, a
+/// symlink, an empty file, an empty directory and a hard link.
+pub fn restic_tree(live: &Path) {
+    use std::os::unix::fs::{PermissionsExt, symlink};
+    fs::create_dir_all(live.join("docs/deep")).expect("laying the restic tree");
+    fs::write(live.join("docs/a.txt"), "alpha\n").expect("laying the restic tree");
+    let big: Vec<u8> = (0..3_000_000u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
+    fs::write(live.join("docs/deep/big.bin"), &big).expect("laying the restic tree");
+    fs::write(live.join("script.sh"), "#!/bin/sh\n").expect("laying the restic tree");
+    fs::set_permissions(live.join("script.sh"), fs::Permissions::from_mode(0o750))
+        .expect("laying the restic tree");
+    fs::set_permissions(live.join("docs/deep"), fs::Permissions::from_mode(0o711))
+        .expect("laying the restic tree");
+    symlink("docs/a.txt", live.join("link")).expect("laying the restic tree");
+    fs::write(live.join("empty"), "").expect("laying the restic tree");
+    fs::create_dir(live.join("empty-dir")).expect("laying the restic tree");
+    fs::write(live.join("linked"), "two names\n").expect("laying the restic tree");
+    fs::hard_link(live.join("linked"), live.join("docs/linked-too"))
+        .expect("laying the restic tree");
+    fs::write(live.join("owned"), "nobody's\n").expect("laying the restic tree");
+    std::os::unix::fs::chown(live.join("owned"), Some(65534), Some(65534))
+        .expect("laying the restic tree");
+}
