@@ -85,6 +85,16 @@ impl Etcd {
         }
     }
 
+    /// Puts `key` while etcd listens on a port no member knows (over the
+    /// same data), and leaves it stopped.
+    fn put_unseen(&mut self, key: &str, value: &str) {
+        let members_port = std::mem::replace(&mut self.client_port, free_port());
+        self.launch();
+        etcd_put(self, key, value);
+        self.kill();
+        self.client_port = members_port;
+    }
+
     fn healthy(&self) -> bool {
         let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.client_port)) else {
             return false;
@@ -595,39 +605,16 @@ fn etcd_stopping_mid_sequence_aborts_cleanly() {
 /// Puts `key` = `value` in etcd through its HTTP gateway, as a member's
 /// transaction would.
 fn etcd_put(etcd: &Etcd, key: &str, value: &str) {
-    fn b64(bytes: &[u8]) -> String {
-        const A: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-        let mut out = String::new();
-        for chunk in bytes.chunks(3) {
-            let n = chunk
-                .iter()
-                .enumerate()
-                .fold(0u32, |n, (i, b)| n | (u32::from(*b) << (16 - 8 * i)));
-            for i in 0..4 {
-                if i <= chunk.len() {
-                    out.push(A[((n >> (18 - 6 * i)) & 63) as usize] as char);
-                } else {
-                    out.push('=');
-                }
-            }
-        }
-        out
-    }
-    let body = json!({"key": b64(key.as_bytes()), "value": b64(value.as_bytes())}).to_string();
-    let mut s = TcpStream::connect(("127.0.0.1", etcd.client_port)).expect("etcd");
-    write!(
-        s,
-        "POST /v3/kv/put HTTP/1.0\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n\
-         Content-Length: {}\r\n\r\n{body}",
-        body.len()
-    )
-    .expect("put");
-    let mut answer = String::new();
-    s.read_to_string(&mut answer).expect("answer");
-    assert!(
-        answer.starts_with("HTTP/1.0 200") || answer.starts_with("HTTP/1.1 200"),
-        "{answer}"
-    );
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    runtime.block_on(async {
+        let mut client = etcd_client::Client::connect([etcd.url()], None)
+            .await
+            .expect("etcd");
+        client.put(key, value, None).await.expect("put");
+    });
 }
 
 /// The cluster name the members of `three` share (from the config).
@@ -857,11 +844,13 @@ fn in_doubt(decide: Option<&str>) -> (Etcd, Vec<Daemon>, String) {
         }
         assert_eq!(parts(daemon, &id).len(), 1, "{:?}", daemon.sets());
     }
-    etcd.launch();
     if let Some(outcome) = decide {
+        // Recorded before any member can reach etcd again: a member that
+        // found no outcome past the plan's deadline would rightly abort.
         let key = format!("/umbra/{}/sets/{id}/outcome", cluster_name(&d[0]));
-        etcd_put(&etcd, &key, outcome);
+        etcd.put_unseen(&key, outcome);
     }
+    etcd.launch();
     (etcd, d, id)
 }
 

@@ -226,7 +226,7 @@ impl Service {
                         settled = false;
                         continue;
                     }
-                    Ok(_) => match cluster.abort(id, "never decided; settled at restart") {
+                    Ok(_) => match cluster.abort(id, "not decided by the plan's deadline") {
                         Some(outcome) => outcome,
                         None => {
                             settled = false;
