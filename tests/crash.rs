@@ -208,3 +208,77 @@ fn sigkill_loses_no_returned_write_of_a_file_still_open() {
     d.launch();
     assert_eq!(std::fs::read(d.live("data").join("open")).unwrap(), data);
 }
+
+/// A rename over an empty directory a set needs is two steps on the backing
+/// filesystem (an exchange, then the replaced directory into the hidden
+/// folder). The daemon is killed at a point between or before them
+/// (`UMBRA_CRASH_AT`, debug builds), and the next start must show the
+/// rename whole or not at all, never the replaced directory under the
+/// source's name; the set shows the tree as it was either way.
+fn rename_over_a_directory_cut_at(point: &str) -> Daemon {
+    use std::os::unix::fs::PermissionsExt;
+
+    let mut d = Daemon::prepare(Config::default());
+    d.env("UMBRA_CRASH_AT", point);
+    d.launch();
+    let live = d.live("data");
+    std::fs::create_dir(live.join("src")).unwrap();
+    std::fs::write(live.join("src/f"), b"moved").unwrap();
+    std::fs::create_dir(live.join("dst")).unwrap();
+    std::fs::set_permissions(live.join("dst"), std::fs::Permissions::from_mode(0o750)).unwrap();
+    let set = d.create_set();
+    let cut = std::fs::rename(live.join("src"), live.join("dst"));
+    assert!(cut.is_err(), "the daemon died inside the rename: {cut:?}");
+    d.kill();
+    d.unset_env("UMBRA_CRASH_AT");
+    d.launch();
+    let view = d.browse(&set, "data");
+    assert_eq!(std::fs::read(view.join("src/f")).unwrap(), b"moved");
+    let dst = std::fs::symlink_metadata(view.join("dst")).unwrap();
+    assert!(dst.is_dir());
+    assert_eq!(dst.permissions().mode() & 0o7777, 0o750);
+    assert_eq!(std::fs::read_dir(view.join("dst")).unwrap().count(), 0);
+    d
+}
+
+#[test]
+fn a_rename_over_a_directory_cut_between_its_steps_is_finished_at_start() {
+    let mut d = rename_over_a_directory_cut_at("rename-swapped");
+    let live = d.live("data");
+    // Whole: the source is gone and its tree is at the destination.
+    assert_eq!(
+        std::fs::symlink_metadata(live.join("src"))
+            .map_err(|e| e.kind())
+            .err(),
+        Some(std::io::ErrorKind::NotFound),
+        "the replaced directory is not left under the source's name"
+    );
+    assert_eq!(std::fs::read(live.join("dst/f")).unwrap(), b"moved");
+    assert!(!d.backing("data").join("src").exists());
+    assert!(
+        d.failure("").contains("finished a rename over a directory"),
+        "the repair is logged"
+    );
+    // Finished once: a second start finds nothing left to do.
+    d.restart();
+    assert!(!d.failure("").contains("finished a rename over a directory"));
+    assert_eq!(std::fs::read(live.join("dst/f")).unwrap(), b"moved");
+    d.stop();
+}
+
+#[test]
+fn a_rename_over_a_directory_cut_before_its_exchange_did_not_happen() {
+    let mut d = rename_over_a_directory_cut_at("rename-noted");
+    let live = d.live("data");
+    // Not at all: both names as they were, the destination untouched.
+    assert_eq!(std::fs::read(live.join("src/f")).unwrap(), b"moved");
+    let dst = std::fs::symlink_metadata(live.join("dst")).unwrap();
+    assert!(dst.is_dir());
+    assert_eq!(std::fs::read_dir(live.join("dst")).unwrap().count(), 0);
+    assert!(!d.failure("").contains("finished a rename over a directory"));
+    // The rename can be made again, whole.
+    std::fs::rename(live.join("src"), live.join("dst")).unwrap();
+    assert_eq!(std::fs::read(live.join("dst/f")).unwrap(), b"moved");
+    assert!(!live.join("src").exists());
+    d.stop();
+}

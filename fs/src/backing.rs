@@ -51,6 +51,18 @@ pub(crate) fn openat(
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
+/// renameat2(2) between two directories given by descriptor.
+pub(crate) fn renameat2(
+    olddir: RawFd,
+    old: &CStr,
+    newdir: RawFd,
+    new: &CStr,
+    flags: u32,
+) -> io::Result<()> {
+    // SAFETY: both names are valid C strings.
+    check(unsafe { libc::renameat2(olddir, old.as_ptr(), newdir, new.as_ptr(), flags) }).map(|_| ())
+}
+
 /// An O_PATH descriptor of `name` in `dir`, never following a symlink.
 pub(crate) fn open_path(dir: BorrowedFd<'_>, name: &CStr) -> io::Result<OwnedFd> {
     openat(dir, name, libc::O_PATH | libc::O_NOFOLLOW, 0)

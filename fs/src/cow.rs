@@ -18,7 +18,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use umbra_store::{
-    AttrRecord, BLOCK_SIZE, DirEntry, Epoch, FileKind, ObjectId, Place, PreImages, Store, VolumeId,
+    AttrRecord, BLOCK_SIZE, DirEntry, Epoch, FileKind, ObjectId, Place, PreImages, Store, Swap,
+    VolumeId,
 };
 
 mod memory;
@@ -292,6 +293,7 @@ impl Cow {
             handles: Vec::new(),
             places: Vec::new(),
             aside: Vec::new(),
+            swaps: Vec::new(),
             children: Vec::new(),
             speculative: usize::MAX,
         }
@@ -439,6 +441,7 @@ pub(crate) struct Mutation<'a> {
     handles: Vec<(ObjectId, Vec<u8>)>,
     places: Vec<(ObjectId, Place)>,
     aside: Vec<ObjectId>,
+    swaps: Vec<(ObjectId, Swap)>,
     /// Directories whose entries' metadata and handles this mutation keeps.
     children: Vec<ObjectId>,
     /// Where the blocks kept ahead of the writes begin in `blocks` (MAX:
@@ -825,6 +828,15 @@ impl Mutation<'_> {
         }
     }
 
+    /// Notes that directory `object` goes into the hidden folder in two
+    /// steps (`PreImages::swaps`); the note is durable before the first
+    /// step, and `Volume::swapped` ends it.
+    pub fn swap(&mut self, object: ObjectId, swap: Swap) {
+        if self.needs(object) {
+            self.swaps.push((object, swap));
+        }
+    }
+
     /// Stores every gathered pre-image in one transaction. The change may
     /// be applied only after this returns Ok.
     pub fn preserve(&mut self) -> Result<()> {
@@ -842,6 +854,7 @@ impl Mutation<'_> {
             handles: std::mem::take(&mut self.handles),
             places: std::mem::take(&mut self.places),
             aside: std::mem::take(&mut self.aside),
+            swaps: std::mem::take(&mut self.swaps),
         };
         if pre.is_empty() {
             let mut preserved = lock(&self.cow.preserved);
@@ -930,6 +943,7 @@ impl Mutation<'_> {
             && self.handles.is_empty()
             && self.places.is_empty()
             && self.aside.is_empty()
+            && self.swaps.is_empty()
             && self.children.is_empty()
     }
 

@@ -21,6 +21,7 @@ mod changes;
 #[cfg(test)]
 mod core_tests;
 mod cow;
+mod crash_point;
 mod error;
 mod fds;
 mod flusher;

@@ -6,16 +6,17 @@
 use std::collections::HashSet;
 use std::ffi::OsStr;
 use std::io;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-use umbra_store::{Epoch, FileKind, ObjectId, Store, VolumeId};
+use umbra_store::{Epoch, FileKind, ObjectId, Store, Swap, VolumeId};
 
 use crate::backing::{self, cstr};
 use crate::cow::{Clock, Cow};
 use crate::error::Context;
-use crate::{HIDDEN_DIR, Result};
+use crate::{FsError, HIDDEN_DIR, Result};
 
 /// Moved-aside inodes live in `<backing>/.umbra/aside/<ino>`.
 const ASIDE_DIR: &str = "aside";
@@ -111,6 +112,13 @@ impl Volume {
         // What a crash or a stop left in the aside folder that no set needs.
         if let Err(e) = volume.clear_leftovers() {
             tracing::warn!(volume = name, "clearing the aside folder: {e}");
+        }
+        // Before anything is freed: a finished swap moves a directory a
+        // set needs into the aside folder.
+        if let Err(e) = volume.finish_swaps() {
+            // The volume still serves; the source name shows the replaced
+            // (empty) directory until a later start finishes the move.
+            tracing::error!(volume = name, "finishing renames a crash cut short: {e}");
         }
         if let Err(e) = volume.free_unreachable_aside() {
             tracing::warn!(
@@ -267,6 +275,78 @@ impl Volume {
         store.forget_objects(self.id, &doomed)?;
         tracing::info!(volume = %self.name, freed = doomed.len() + orphans.len(), "freed moved-aside inodes no set needs");
         Ok(())
+    }
+
+    /// A rename moved directory `object` into the aside folder after its
+    /// swap (`PreImages::swaps`): once that move is durable, the note is
+    /// dropped. Best effort: a note left behind is checked, by handle,
+    /// at the next start.
+    pub(crate) fn swapped(&self, object: ObjectId) {
+        let done = self
+            .sync_aside_dir()
+            .map_err(FsError::from)
+            .and_then(|()| Ok(self.store().swap_done(self.id, object)?));
+        if let Err(e) = done {
+            tracing::warn!(volume = %self.name, object = object.0, "ending a rename's swap: {e}");
+        }
+    }
+
+    /// Finishes the renames over a directory that a crash cut between the
+    /// exchange and the move of the replaced directory into the aside
+    /// folder: a noted directory still at the source's name (the same
+    /// handle: not a later inode of its number) is moved now, as the
+    /// rename would have. A directory elsewhere was never exchanged (the
+    /// crash came first) or was moved already. Only before the live mount
+    /// runs.
+    fn finish_swaps(&self) -> Result<()> {
+        let store = self.store();
+        for (object, swap) in store.swaps(self.id)? {
+            if let Some(parent) = self.swapped_at(&swap)? {
+                let name = cstr(OsStr::from_bytes(&swap.at.name))?;
+                let aname = Self::aside_name(object);
+                backing::renameat2(
+                    parent.as_raw_fd(),
+                    &name,
+                    self.aside_dir.as_raw_fd(),
+                    &aname,
+                    0,
+                )?;
+                self.sync_aside_dir()?;
+                self.mark_aside(object);
+                tracing::info!(volume = %self.name, object = object.0, "finished a rename over a directory that a crash had cut short");
+            }
+            store.swap_done(self.id, object)?;
+        }
+        Ok(())
+    }
+
+    /// The directory holding `swap`'s directory at its noted place, if it
+    /// is there.
+    fn swapped_at(&self, swap: &Swap) -> Result<Option<OwnedFd>> {
+        let parent = match backing::open_by_handle(
+            self.root.as_fd(),
+            &swap.at.parent,
+            libc::O_PATH | libc::O_DIRECTORY,
+        ) {
+            Ok(fd) => fd,
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ESTALE | libc::ENOENT)) => {
+                return Ok(None);
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let found =
+            match backing::open_path(parent.as_fd(), &cstr(OsStr::from_bytes(&swap.at.name))?) {
+                Ok(fd) => fd,
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(None),
+                Err(e) => return Err(e.into()),
+            };
+        Ok((backing::handle_of(found.as_fd())?.0 == swap.handle).then_some(parent))
+    }
+
+    /// Makes the aside folder's entries durable.
+    fn sync_aside_dir(&self) -> io::Result<()> {
+        let dir = backing::reopen(self.aside_dir.as_fd(), libc::O_RDONLY | libc::O_DIRECTORY)?;
+        std::fs::File::from(dir).sync_all()
     }
 
     /// Removes what a crash in the middle of a truncation left in the aside

@@ -43,6 +43,17 @@ const STEPS: &[&str] = &[
          set_id INTEGER PRIMARY KEY REFERENCES sets(id) ON DELETE CASCADE,
          cluster_id TEXT NOT NULL
      ) STRICT;",
+    // 6: a replaced directory a rename swapped to the source's name, on its
+    // way into the hidden folder: a crash between the two steps is finished
+    // at the next start (`Store::swaps`).
+    "CREATE TABLE swaps (
+         volume_id INTEGER NOT NULL,
+         object INTEGER NOT NULL,
+         handle BLOB NOT NULL,
+         parent BLOB NOT NULL,
+         name BLOB NOT NULL,
+         PRIMARY KEY (volume_id, object)
+     ) STRICT, WITHOUT ROWID;",
 ];
 
 const SCHEMA_V1: &str = "

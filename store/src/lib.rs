@@ -29,7 +29,7 @@ pub use records::{AttrRecord, DirEntry, FileKind, Timestamp};
 pub use reserve::filesystem_bytes;
 pub use store::{
     ClusterSet, Durability, NewSet, Place, PreImages, Preserved, SetInfo, SetOrigin, SetVolume,
-    SetWriterRecord, Store, StoreOptions, StoreStats, VolumeInfo,
+    SetWriterRecord, Store, StoreOptions, StoreStats, Swap, VolumeInfo,
 };
 
 /// Size of a data block: the unit of copy-on-write for file contents.

@@ -182,6 +182,11 @@ pub struct PreImages<'a> {
     /// `restore_aside` rebuilds a row a power cut lost from that record and
     /// the inode found in the hidden folder.
     pub aside: Vec<ObjectId>,
+    /// Directories about to be swapped by a rename to `Place` (the
+    /// source's name) and then moved into the hidden folder: two steps, so
+    /// that the destination name never disappears. Synced, so that a crash
+    /// between them is finished at the next start (`Store::swaps`).
+    pub swaps: Vec<(ObjectId, Swap)>,
 }
 
 impl PreImages<'_> {
@@ -192,6 +197,7 @@ impl PreImages<'_> {
             && self.handles.is_empty()
             && self.places.is_empty()
             && self.aside.is_empty()
+            && self.swaps.is_empty()
     }
 }
 
@@ -202,6 +208,15 @@ impl PreImages<'_> {
 pub struct Place {
     pub parent: Vec<u8>,
     pub name: Vec<u8>,
+}
+
+/// A directory between the two steps of a rename that replaces it
+/// (`PreImages::swaps`): its own file handle, which tells it from a later
+/// inode of the same number, and where it sits between the steps.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Swap {
+    pub handle: Vec<u8>,
+    pub at: Place,
 }
 
 /// What the diff area holds.

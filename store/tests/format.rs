@@ -8,7 +8,9 @@ mod common;
 use std::fs;
 
 use rusqlite::Connection;
-use umbra_store::{ChunkHash, Epoch, NewSet, ObjectId, Place, PreImages, SetOrigin, Timestamp};
+use umbra_store::{
+    ChunkHash, Epoch, NewSet, ObjectId, Place, PreImages, SetOrigin, Swap, Timestamp,
+};
 
 use common::{attr, block, commit, dir, hi_now, open, pack_path};
 
@@ -51,7 +53,7 @@ fn a_new_store_is_a_catalog_a_pack_directory_and_a_reserve() {
 }
 
 #[test]
-fn the_catalog_schema_is_version_5() {
+fn the_catalog_schema_is_version_6() {
     let tmp = tempfile::tempdir().expect("tempdir");
     drop(open(tmp.path()));
     let db = Connection::open(tmp.path().join("catalog.db")).expect("catalog");
@@ -72,7 +74,7 @@ fn the_catalog_schema_is_version_5() {
         [
             ("packs_synced_end".to_string(), 8),
             ("packs_synced_pack".to_string(), 0),
-            ("schema_version".to_string(), 5)
+            ("schema_version".to_string(), 6)
         ]
     );
 
@@ -102,6 +104,7 @@ fn the_catalog_schema_is_version_5() {
         ("table", "set_volumes"),
         ("table", "set_writers"),
         ("table", "sets"),
+        ("table", "swaps"),
         ("table", "volumes"),
     ]
     .iter()
@@ -229,6 +232,16 @@ fn one_preservation_writes_the_documented_rows_and_bytes() {
     assert_eq!(hi, Epoch(1));
     let data = block(5);
     let pre = PreImages {
+        swaps: vec![(
+            ObjectId(9),
+            Swap {
+                handle: b"h9".to_vec(),
+                at: Place {
+                    parent: b"src-dir".to_vec(),
+                    name: b"src".to_vec(),
+                },
+            },
+        )],
         blocks: vec![(ObjectId(42), 3, &data[..])],
         attrs: vec![(ObjectId(42), attr(1))],
         dirs: vec![(ObjectId(2), dir(1))],
@@ -368,7 +381,7 @@ fn a_version_1_catalog_is_migrated_and_keeps_its_sets() {
     {
         let db = Connection::open(tmp.path().join("catalog.db")).expect("catalog");
         db.execute_batch(
-            "DROP TABLE set_clusters; DROP TABLE places;
+            "DROP TABLE swaps; DROP TABLE set_clusters; DROP TABLE places;
              ALTER TABLE sets DROP COLUMN origin;
              ALTER TABLE sets DROP COLUMN pending;
              UPDATE meta SET value = 1 WHERE key = 'schema_version';",
@@ -392,7 +405,7 @@ fn a_version_1_catalog_is_migrated_and_keeps_its_sets() {
             |r| r.get(0),
         )
         .expect("version");
-    assert_eq!(version, 5);
+    assert_eq!(version, 6);
 }
 
 /// A version 2 catalog (a store made before sets recorded who asked for
@@ -409,7 +422,7 @@ fn a_version_2_catalog_is_migrated_and_its_sets_read_as_manual() {
     {
         let db = Connection::open(tmp.path().join("catalog.db")).expect("catalog");
         db.execute_batch(
-            "DROP TABLE set_clusters; DROP TABLE places;
+            "DROP TABLE swaps; DROP TABLE set_clusters; DROP TABLE places;
              ALTER TABLE sets DROP COLUMN origin;
              UPDATE meta SET value = 2 WHERE key = 'schema_version';",
         )
@@ -473,7 +486,7 @@ fn a_version_3_catalog_is_migrated_and_gains_places() {
     {
         let db = Connection::open(tmp.path().join("catalog.db")).expect("catalog");
         db.execute_batch(
-            "DROP TABLE set_clusters; DROP TABLE places;
+            "DROP TABLE swaps; DROP TABLE set_clusters; DROP TABLE places;
              UPDATE meta SET value = 3 WHERE key = 'schema_version';",
         )
         .expect("back to version 3");
@@ -531,7 +544,7 @@ fn a_pending_cluster_set_outlives_open_and_a_version_4_catalog_gains_set_cluster
     {
         let db = Connection::open(tmp.path().join("catalog.db")).expect("catalog");
         db.execute_batch(
-            "DROP TABLE set_clusters;
+            "DROP TABLE swaps; DROP TABLE set_clusters;
              UPDATE meta SET value = 4 WHERE key = 'schema_version';",
         )
         .expect("back to version 4");
@@ -568,4 +581,44 @@ fn a_pending_cluster_set_outlives_open_and_a_version_4_catalog_gains_set_cluster
     assert!(!store.cluster_sets().expect("cluster sets")[0].pending);
     store.delete_set(clusters[0].set).expect("delete");
     assert_eq!(store.cluster_sets().expect("cluster sets"), []);
+}
+
+/// A version 5 catalog (before renames noted their swaps) gains an empty
+/// `swaps` table; a swap noted then is listed until it is done.
+#[test]
+fn a_version_5_catalog_is_migrated_and_notes_swaps() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    {
+        let store = open(tmp.path());
+        store.ensure_volume("data").expect("volume");
+    }
+    {
+        let db = Connection::open(tmp.path().join("catalog.db")).expect("catalog");
+        db.execute_batch(
+            "DROP TABLE swaps;
+             UPDATE meta SET value = 5 WHERE key = 'schema_version';",
+        )
+        .expect("back to version 5");
+    }
+    let store = open(tmp.path());
+    let vol = store.volumes().expect("volumes")[0].id;
+    assert_eq!(store.swaps(vol).expect("swaps"), []);
+    commit(&store, "one", &[vol]);
+    let hi = hi_now(&store, vol);
+    let swap = Swap {
+        handle: b"h9".to_vec(),
+        at: Place {
+            parent: b"p".to_vec(),
+            name: b"src".to_vec(),
+        },
+    };
+    let pre = PreImages {
+        attrs: vec![(ObjectId(9), attr(1))],
+        swaps: vec![(ObjectId(9), swap.clone())],
+        ..Default::default()
+    };
+    store.preserve(vol, hi, &pre).expect("preserve");
+    assert_eq!(store.swaps(vol).expect("swaps"), [(ObjectId(9), swap)]);
+    store.swap_done(vol, ObjectId(9)).expect("done");
+    assert_eq!(store.swaps(vol).expect("swaps"), []);
 }

@@ -271,7 +271,7 @@ fn a_catalog_from_a_newer_umbra_is_refused() {
             |r| r.get(0),
         )
         .expect("schema_version");
-    assert_eq!(v, 5);
+    assert_eq!(v, 6);
     db.execute(
         "UPDATE meta SET value = 99 WHERE key = 'schema_version'",
         [],
@@ -280,7 +280,7 @@ fn a_catalog_from_a_newer_umbra_is_refused() {
     drop(db);
     match Store::open(tmp.path(), Default::default()) {
         Err(Error::SchemaTooNew { found, supported }) => {
-            assert_eq!((found, supported), (99, 5));
+            assert_eq!((found, supported), (99, 6));
         }
         Err(other) => panic!("expected SchemaTooNew, got {other:?}"),
         Ok(_) => panic!("expected SchemaTooNew, the store opened"),

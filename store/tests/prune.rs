@@ -4,7 +4,7 @@
 
 mod common;
 
-use umbra_store::{Epoch, Error, ObjectId, Place, PreImages, SetId};
+use umbra_store::{Epoch, Error, ObjectId, Place, PreImages, SetId, Swap};
 
 use common::{attr, block, commit, epoch_of, hi_now, temp_store};
 
@@ -214,8 +214,16 @@ fn with_no_set_left_preserving_stores_nothing() {
         handles: vec![(FILE, vec![1, 2, 3])],
         places: vec![(FILE, place(b"f"))],
         aside: vec![FILE],
+        swaps: vec![(
+            FILE,
+            Swap {
+                handle: vec![4, 5, 6],
+                at: place(b"src"),
+            },
+        )],
     };
     store.preserve(vol, hi, &pre).expect("preserve");
+    assert_eq!(store.swaps(vol).expect("swaps"), []);
     let stats = store.stats().expect("stats");
     assert_eq!(
         (

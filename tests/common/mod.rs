@@ -555,6 +555,11 @@ impl Daemon {
         self.env.push((key.to_string(), value.to_string()));
     }
 
+    /// Takes `key` out of the environment of later launches.
+    pub fn unset_env(&mut self, key: &str) {
+        self.env.retain(|(k, _)| k != key);
+    }
+
     /// The stderr file the next `launch` writes the daemon's log to.
     pub fn next_stderr_path(&self) -> PathBuf {
         self.layout

@@ -29,13 +29,13 @@ use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
-use umbra_store::{FileKind, ObjectId, Place, Timestamp};
+use umbra_store::{FileKind, ObjectId, Place, Swap, Timestamp};
 
 use super::caller::{AsCaller, Caller};
 use super::nodes::{Node, Nodes, ROOT};
 use super::privileges;
 use crate::attr::Attr;
-use crate::backing::{self, cstr};
+use crate::backing::{self, cstr, renameat2};
 use crate::{FsError, HIDDEN_DIR, Result, Volume};
 
 /// Makes the kernel forget the attributes it cached for a FUSE inode.
@@ -407,9 +407,4 @@ fn write_at(file: &File, data: &[u8], offset: u64) -> io::Result<usize> {
         }
     }
     Ok(done)
-}
-
-fn renameat2(olddir: i32, old: &CStr, newdir: i32, new: &CStr, flags: u32) -> io::Result<()> {
-    // SAFETY: both names are valid C strings.
-    check(unsafe { libc::renameat2(olddir, old.as_ptr(), newdir, new.as_ptr(), flags) })
 }

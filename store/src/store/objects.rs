@@ -19,6 +19,41 @@ impl Store {
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
+    /// The directories of `volume` a rename swapped to a source's name and
+    /// had not yet moved into the hidden folder when it was last noted:
+    /// each with the place it was swapped to (`PreImages::swaps`).
+    pub fn swaps(&self, volume: VolumeId) -> Result<Vec<(ObjectId, Swap)>> {
+        let conn = self.catalog.reader();
+        let mut stmt = conn.prepare_cached(
+            "SELECT object, handle, parent, name FROM swaps WHERE volume_id = ?1",
+        )?;
+        let rows = stmt.query_map([volume.0], |r| {
+            Ok((
+                ObjectId(r.get::<_, i64>(0)? as u64),
+                Swap {
+                    handle: r.get(1)?,
+                    at: Place {
+                        parent: r.get(2)?,
+                        name: r.get(3)?,
+                    },
+                },
+            ))
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// `object`'s swap is finished (it is in the hidden folder, or was
+    /// never swapped). Not synced: a row that outlives a crash is checked
+    /// against the volume before anything is moved.
+    pub fn swap_done(&self, volume: VolumeId, object: ObjectId) -> Result<()> {
+        let mut conn = self.catalog.writer();
+        let tx = conn.transaction()?;
+        tx.prepare_cached("DELETE FROM swaps WHERE volume_id = ?1 AND object = ?2")?
+            .execute(params![volume.0, object.0 as i64])?;
+        self.commit(tx)?;
+        Ok(())
+    }
+
     /// Every object of `volume` with an aside row.
     pub fn aside_objects(&self, volume: VolumeId) -> Result<Vec<ObjectId>> {
         let conn = self.catalog.reader();

@@ -128,6 +128,12 @@ impl Store {
             ))?
             .execute(params![v, object.0 as i64, place.parent, place.name])?;
         }
+        for (object, swap) in &pre.swaps {
+            tx.prepare_cached(
+                "INSERT OR REPLACE INTO swaps (volume_id, object, handle, parent, name) VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?
+            .execute(params![v, object.0 as i64, swap.handle, swap.at.parent, swap.at.name])?;
+        }
         let ticket = self.commit(tx)?;
         drop(conn);
         if aside_only(pre) {
@@ -301,4 +307,5 @@ fn aside_only(pre: &PreImages<'_>) -> bool {
         && pre.dirs.is_empty()
         && pre.handles.is_empty()
         && pre.places.is_empty()
+        && pre.swaps.is_empty()
 }

@@ -294,6 +294,20 @@ impl LiveFs {
                         return Err(errno(libc::ENOTDIR));
                     }
                     m.aside(object);
+                    if is_dir(dst_st) {
+                        // Between the exchange and the move below, the
+                        // replaced directory sits at the source's name.
+                        m.swap(
+                            object,
+                            Swap {
+                                handle: backing::handle_of(dst_fd.as_fd())?.0,
+                                at: Place {
+                                    parent: backing::handle_of(parent_fd.as_fd())?.0,
+                                    name: name.as_bytes().to_vec(),
+                                },
+                            },
+                        );
+                    }
                     aside = Some((object, is_dir(dst_st)));
                 }
             }
@@ -322,12 +336,18 @@ impl LiveFs {
             }
             Some((object, true)) => {
                 // Directories cannot be linked: swap, then move the (empty)
-                // replaced directory aside from the source name.
+                // replaced directory aside from the source name. A crash
+                // between the two is finished at the next start
+                // (`Volume::finish_swaps`), or the source name would show
+                // the replaced directory.
+                crate::crash_point::crash_point("rename-noted");
                 renameat2(pfd, &csrc, npfd, &cdst, libc::RENAME_EXCHANGE)?;
+                crate::crash_point::crash_point("rename-swapped");
                 let aname = Volume::aside_name(object);
                 // SAFETY: both names are valid C strings.
                 check(unsafe { libc::renameat(pfd, csrc.as_ptr(), afd, aname.as_ptr()) })?;
                 self.vol.mark_aside(object);
+                self.vol.swapped(object);
             }
         }
         self.renamed(src, newparent, newname);
