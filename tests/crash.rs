@@ -282,3 +282,39 @@ fn a_rename_over_a_directory_cut_before_its_exchange_did_not_happen() {
     assert!(!live.join("src").exists());
     d.stop();
 }
+
+/// A rename over a file a set needs first gives the replaced file a second
+/// name in the hidden folder. Killed right after that, the rename did not
+/// happen: the next start shows both files as they were, the replaced one
+/// an ordinary live file again (one link, linkable), and the set whole.
+#[test]
+fn a_rename_over_a_file_cut_after_its_hidden_link_did_not_happen() {
+    use std::os::unix::fs::MetadataExt;
+
+    let mut d = Daemon::prepare(Config::default());
+    d.env("UMBRA_CRASH_AT", "replace-linked");
+    d.launch();
+    let live = d.live("data");
+    std::fs::write(live.join("src"), b"new").unwrap();
+    std::fs::write(live.join("dst"), b"old").unwrap();
+    let set = d.create_set();
+    let cut = std::fs::rename(live.join("src"), live.join("dst"));
+    assert!(cut.is_err(), "the daemon died inside the rename: {cut:?}");
+    d.kill();
+    d.unset_env("UMBRA_CRASH_AT");
+    d.launch();
+    assert_eq!(std::fs::read(live.join("src")).unwrap(), b"new");
+    assert_eq!(std::fs::read(live.join("dst")).unwrap(), b"old");
+    assert_eq!(std::fs::metadata(live.join("dst")).unwrap().nlink(), 1);
+    std::fs::hard_link(live.join("dst"), live.join("again")).unwrap();
+    assert_eq!(std::fs::metadata(live.join("dst")).unwrap().nlink(), 2);
+    let view = d.browse(&set, "data");
+    assert_eq!(std::fs::read(view.join("src")).unwrap(), b"new");
+    assert_eq!(std::fs::read(view.join("dst")).unwrap(), b"old");
+    assert!(!view.join("again").exists());
+    // The rename can be made again, whole.
+    std::fs::rename(live.join("src"), live.join("dst")).unwrap();
+    assert_eq!(std::fs::read(live.join("dst")).unwrap(), b"new");
+    assert_eq!(std::fs::read(view.join("dst")).unwrap(), b"old");
+    d.stop();
+}

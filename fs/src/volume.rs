@@ -113,6 +113,12 @@ impl Volume {
         if let Err(e) = volume.clear_leftovers() {
             tracing::warn!(volume = name, "clearing the aside folder: {e}");
         }
+        if let Err(e) = volume.take_back_unreplaced() {
+            tracing::error!(
+                volume = name,
+                "taking back files a crash left both live and aside: {e}"
+            );
+        }
         // Before anything is freed: a finished swap moves a directory a
         // set needs into the aside folder.
         if let Err(e) = volume.finish_swaps() {
@@ -289,6 +295,38 @@ impl Volume {
         if let Err(e) = done {
             tracing::warn!(volume = %self.name, object = object.0, "ending a rename's swap: {e}");
         }
+    }
+
+    /// Takes the hidden name back from every file a crash left with a live
+    /// name too. A rename or truncation that replaces a file a set needs
+    /// first links it into the aside folder, then replaces the live name:
+    /// a file in the aside folder with two links was cut between the two,
+    /// so the replacement never happened and the file is live, not aside
+    /// (`link` of it would fail, `umbra diff` would call it gone). Only
+    /// before the live mount runs: nothing else links into the folder.
+    fn take_back_unreplaced(&self) -> Result<()> {
+        let store = self.store();
+        let dir = self.aside_dir.as_fd();
+        for (name, ino, kind) in backing::list_dir(dir)? {
+            if kind == FileKind::Directory
+                || name.to_str().and_then(|n| n.parse::<u64>().ok()) != Some(ino)
+            {
+                continue;
+            }
+            let cname = cstr(&name)?;
+            if backing::statat(dir, &cname)?.st_nlink < 2 {
+                continue;
+            }
+            // SAFETY: cname is a valid C string.
+            if unsafe { libc::unlinkat(dir.as_raw_fd(), cname.as_ptr(), 0) } < 0 {
+                return Err(io::Error::last_os_error().into());
+            }
+            let object = ObjectId(ino);
+            store.drop_aside(self.id, object)?;
+            lock(&self.aside).remove(&object);
+            tracing::info!(volume = %self.name, object = ino, "a replacement a crash cut short never happened: the file is live again");
+        }
+        Ok(())
     }
 
     /// Finishes the renames over a directory that a crash cut between the

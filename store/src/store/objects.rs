@@ -54,6 +54,19 @@ impl Store {
         Ok(())
     }
 
+    /// `object` is not aside after all: the replacement that was to move it
+    /// never happened (a crash came first), and it is live. Not synced: a
+    /// row that outlives a crash names an inode the aside folder does not
+    /// hold, which the volume ignores and frees with its set.
+    pub fn drop_aside(&self, volume: VolumeId, object: ObjectId) -> Result<()> {
+        let mut conn = self.catalog.writer();
+        let tx = conn.transaction()?;
+        tx.prepare_cached("DELETE FROM aside WHERE volume_id = ?1 AND object = ?2")?
+            .execute(params![volume.0, object.0 as i64])?;
+        self.commit(tx)?;
+        Ok(())
+    }
+
     /// Every object of `volume` with an aside row.
     pub fn aside_objects(&self, volume: VolumeId) -> Result<Vec<ObjectId>> {
         let conn = self.catalog.reader();

@@ -327,6 +327,7 @@ impl LiveFs {
                 let aname = Volume::aside_name(object);
                 // SAFETY: both names are valid C strings.
                 check(unsafe { libc::linkat(npfd, cdst.as_ptr(), afd, aname.as_ptr(), 0) })?;
+                crate::crash_point::crash_point("replace-linked");
                 if let Err(e) = renameat2(pfd, &csrc, npfd, &cdst, flags) {
                     // SAFETY: aname is a valid C string.
                     unsafe { libc::unlinkat(afd, aname.as_ptr(), 0) };
