@@ -318,3 +318,52 @@ fn a_rename_over_a_file_cut_after_its_hidden_link_did_not_happen() {
     assert_eq!(std::fs::read(view.join("dst")).unwrap(), b"old");
     d.stop();
 }
+
+/// A truncation of a file a set needs builds its successor in the hidden
+/// folder first. Killed then, the successor is removed at the next start;
+/// its inode number, free again, must not be taken for a hidden inode when
+/// a new file gets it (the live mount showed such a file with nlink 0).
+#[test]
+fn a_truncation_cut_after_building_its_successor_leaves_no_hidden_number() {
+    use std::os::unix::fs::MetadataExt;
+
+    let mut d = Daemon::prepare(Config::default());
+    d.env("UMBRA_CRASH_AT", "truncate-built");
+    d.launch();
+    let live = d.live("data");
+    // Large enough to be moved aside whole rather than copied.
+    let kept = common::ops::fill(7, 300_001);
+    std::fs::write(live.join("f"), &kept).unwrap();
+    let set = d.create_set();
+    let cut = std::fs::OpenOptions::new()
+        .write(true)
+        .open(live.join("f"))
+        .and_then(|f| f.set_len(0));
+    assert!(
+        cut.is_err(),
+        "the daemon died inside the truncation: {cut:?}"
+    );
+    d.kill();
+    d.unset_env("UMBRA_CRASH_AT");
+    d.launch();
+    assert_eq!(std::fs::read(live.join("f")).unwrap(), kept);
+    assert_eq!(
+        std::fs::read(d.browse(&set, "data").join("f")).unwrap(),
+        kept
+    );
+    // New files take free inode numbers, the successor's among them.
+    for i in 0..64 {
+        let path = live.join(format!("new{i}"));
+        std::fs::write(&path, b"x").unwrap();
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().nlink(),
+            1,
+            "{} (inode {})",
+            path.display(),
+            std::fs::metadata(d.backing("data").join(format!("new{i}")))
+                .unwrap()
+                .ino()
+        );
+    }
+    d.stop();
+}

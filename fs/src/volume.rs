@@ -75,8 +75,12 @@ impl Volume {
             .context(|| format!("creating {}/{HIDDEN_DIR}", backing.display()))?;
         let aside_dir = ensure_dir(hidden.as_fd(), OsStr::new(ASIDE_DIR))
             .context(|| format!("creating {}/{HIDDEN_DIR}/{ASIDE_DIR}", backing.display()))?;
+        // Only the names of moved inodes (their numbers): a truncation's
+        // half-built successor left by a crash is removed below, and its
+        // number, free again, may be the next new file's.
         let aside = backing::list_dir(aside_dir.as_fd())?
             .into_iter()
+            .filter(|(name, ino, _)| name.to_str() == Some(ino.to_string().as_str()))
             .map(|(_, ino, _)| ObjectId(ino))
             .collect();
         let any_set = store

@@ -183,6 +183,7 @@ impl LiveFs {
         check(unsafe { libc::futimens(new.as_raw_fd(), times.as_ptr()) })?;
         let successor = ObjectId(backing::fstat(new.as_fd())?.st_ino);
         m.preserve()?;
+        crate::crash_point::crash_point("truncate-built");
         // A truncation never touches its directory: the swap's link and
         // rename must not show in the parent's times either.
         let pst = backing::fstat(parent_fd.as_fd())?;
