@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use rusqlite::config::DbConfig;
 use rusqlite::{Connection, OpenFlags};
 
+use crate::checkpoint::Checkpointer;
 use crate::{Error, Result};
 
 /// The schema this build writes: version 1 and then every step of `STEPS`.
@@ -144,6 +145,8 @@ const STATEMENTS: usize = 64;
 
 pub(crate) struct Catalog {
     writer: Mutex<Connection>,
+    /// Runs the WAL's checkpoints outside the writer's commits.
+    _checkpointer: Checkpointer,
     /// Threads waiting for the writer right now.
     waiting: AtomicUsize,
     /// When background work last yielded the writer (`let_writers_in`).
@@ -178,7 +181,7 @@ impl Drop for Reader<'_> {
 
 impl Catalog {
     pub fn open(path: &Path) -> Result<Catalog> {
-        let writer = Connection::open(path)?;
+        let mut writer = Connection::open(path)?;
         writer.pragma_update(None, "journal_mode", "WAL")?;
         // NORMAL in WAL mode: a commit survives a process crash without an
         // fsync per transaction.
@@ -189,6 +192,7 @@ impl Catalog {
         writer.set_prepared_statement_cache_capacity(STATEMENTS);
         stable_plans(&writer)?;
         migrate(&writer)?;
+        let checkpointer = Checkpointer::start(path, &mut writer)?;
         let mut readers = Vec::with_capacity(READERS);
         for _ in 0..READERS {
             let r = Connection::open_with_flags(
@@ -202,6 +206,7 @@ impl Catalog {
         }
         Ok(Catalog {
             writer: Mutex::new(writer),
+            _checkpointer: checkpointer,
             waiting: AtomicUsize::new(0),
             yielded: Mutex::new(None),
             readers: Mutex::new(readers),

@@ -11,6 +11,7 @@
 
 mod cache;
 mod catalog;
+mod checkpoint;
 mod durable;
 mod error;
 mod ids;
