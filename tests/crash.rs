@@ -9,6 +9,7 @@
 
 mod common;
 
+use std::path::Path;
 use std::thread;
 use std::time::Duration;
 
@@ -209,6 +210,29 @@ fn sigkill_loses_no_returned_write_of_a_file_still_open() {
     assert_eq!(std::fs::read(d.live("data").join("open")).unwrap(), data);
 }
 
+/// A daemon whose first run kills itself at `point` (`UMBRA_CRASH_AT`,
+/// debug builds), after `setup` laid its volume and took a set.
+fn crashing_at(point: &str, setup: impl FnOnce(&Path)) -> (Daemon, SetJson) {
+    let mut d = Daemon::prepare(Config::default());
+    d.env("UMBRA_CRASH_AT", point);
+    d.launch();
+    setup(&d.live("data"));
+    let set = d.create_set();
+    (d, set)
+}
+
+/// `cut` was the operation the daemon died in; it starts again, without
+/// the crash point.
+fn restart_after(d: &mut Daemon, cut: std::io::Result<()>) {
+    assert!(
+        cut.is_err(),
+        "the daemon died inside the operation: {cut:?}"
+    );
+    d.kill();
+    d.unset_env("UMBRA_CRASH_AT");
+    d.launch();
+}
+
 /// A rename over an empty directory a set needs is two steps on the backing
 /// filesystem (an exchange, then the replaced directory into the hidden
 /// folder). The daemon is killed at a point between or before them
@@ -218,20 +242,15 @@ fn sigkill_loses_no_returned_write_of_a_file_still_open() {
 fn rename_over_a_directory_cut_at(point: &str) -> Daemon {
     use std::os::unix::fs::PermissionsExt;
 
-    let mut d = Daemon::prepare(Config::default());
-    d.env("UMBRA_CRASH_AT", point);
-    d.launch();
+    let (mut d, set) = crashing_at(point, |live| {
+        std::fs::create_dir(live.join("src")).unwrap();
+        std::fs::write(live.join("src/f"), b"moved").unwrap();
+        std::fs::create_dir(live.join("dst")).unwrap();
+        std::fs::set_permissions(live.join("dst"), std::fs::Permissions::from_mode(0o750)).unwrap();
+    });
     let live = d.live("data");
-    std::fs::create_dir(live.join("src")).unwrap();
-    std::fs::write(live.join("src/f"), b"moved").unwrap();
-    std::fs::create_dir(live.join("dst")).unwrap();
-    std::fs::set_permissions(live.join("dst"), std::fs::Permissions::from_mode(0o750)).unwrap();
-    let set = d.create_set();
     let cut = std::fs::rename(live.join("src"), live.join("dst"));
-    assert!(cut.is_err(), "the daemon died inside the rename: {cut:?}");
-    d.kill();
-    d.unset_env("UMBRA_CRASH_AT");
-    d.launch();
+    restart_after(&mut d, cut);
     let view = d.browse(&set, "data");
     assert_eq!(std::fs::read(view.join("src/f")).unwrap(), b"moved");
     let dst = std::fs::symlink_metadata(view.join("dst")).unwrap();
@@ -291,18 +310,13 @@ fn a_rename_over_a_directory_cut_before_its_exchange_did_not_happen() {
 fn a_rename_over_a_file_cut_after_its_hidden_link_did_not_happen() {
     use std::os::unix::fs::MetadataExt;
 
-    let mut d = Daemon::prepare(Config::default());
-    d.env("UMBRA_CRASH_AT", "replace-linked");
-    d.launch();
+    let (mut d, set) = crashing_at("replace-linked", |live| {
+        std::fs::write(live.join("src"), b"new").unwrap();
+        std::fs::write(live.join("dst"), b"old").unwrap();
+    });
     let live = d.live("data");
-    std::fs::write(live.join("src"), b"new").unwrap();
-    std::fs::write(live.join("dst"), b"old").unwrap();
-    let set = d.create_set();
     let cut = std::fs::rename(live.join("src"), live.join("dst"));
-    assert!(cut.is_err(), "the daemon died inside the rename: {cut:?}");
-    d.kill();
-    d.unset_env("UMBRA_CRASH_AT");
-    d.launch();
+    restart_after(&mut d, cut);
     assert_eq!(std::fs::read(live.join("src")).unwrap(), b"new");
     assert_eq!(std::fs::read(live.join("dst")).unwrap(), b"old");
     assert_eq!(std::fs::metadata(live.join("dst")).unwrap().nlink(), 1);
@@ -327,25 +341,17 @@ fn a_rename_over_a_file_cut_after_its_hidden_link_did_not_happen() {
 fn a_truncation_cut_after_building_its_successor_leaves_no_hidden_number() {
     use std::os::unix::fs::MetadataExt;
 
-    let mut d = Daemon::prepare(Config::default());
-    d.env("UMBRA_CRASH_AT", "truncate-built");
-    d.launch();
-    let live = d.live("data");
     // Large enough to be moved aside whole rather than copied.
     let kept = common::ops::fill(7, 300_001);
-    std::fs::write(live.join("f"), &kept).unwrap();
-    let set = d.create_set();
+    let (mut d, set) = crashing_at("truncate-built", |live| {
+        std::fs::write(live.join("f"), &kept).unwrap();
+    });
+    let live = d.live("data");
     let cut = std::fs::OpenOptions::new()
         .write(true)
         .open(live.join("f"))
         .and_then(|f| f.set_len(0));
-    assert!(
-        cut.is_err(),
-        "the daemon died inside the truncation: {cut:?}"
-    );
-    d.kill();
-    d.unset_env("UMBRA_CRASH_AT");
-    d.launch();
+    restart_after(&mut d, cut);
     assert_eq!(std::fs::read(live.join("f")).unwrap(), kept);
     assert_eq!(
         std::fs::read(d.browse(&set, "data").join("f")).unwrap(),

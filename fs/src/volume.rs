@@ -4,7 +4,7 @@
 //! and the snapshot browser (which reads unchanged objects from it).
 
 use std::collections::HashSet;
-use std::ffi::OsStr;
+use std::ffi::{CString, OsStr};
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
@@ -80,8 +80,7 @@ impl Volume {
         // number, free again, may be the next new file's.
         let aside = backing::list_dir(aside_dir.as_fd())?
             .into_iter()
-            .filter(|(name, ino, _)| name.to_str() == Some(ino.to_string().as_str()))
-            .map(|(_, ino, _)| ObjectId(ino))
+            .filter_map(|(name, ino, _)| moved_object(&name, ino))
             .collect();
         let any_set = store
             .sets()?
@@ -312,22 +311,14 @@ impl Volume {
         let store = self.store();
         let dir = self.aside_dir.as_fd();
         for (name, ino, kind) in backing::list_dir(dir)? {
-            if kind == FileKind::Directory
-                || name.to_str().and_then(|n| n.parse::<u64>().ok()) != Some(ino)
-            {
+            let Some(object) = moved_object(&name, ino) else {
+                continue;
+            };
+            if kind == FileKind::Directory || backing::statat(dir, &cstr(&name)?)?.st_nlink < 2 {
                 continue;
             }
-            let cname = cstr(&name)?;
-            if backing::statat(dir, &cname)?.st_nlink < 2 {
-                continue;
-            }
-            // SAFETY: cname is a valid C string.
-            if unsafe { libc::unlinkat(dir.as_raw_fd(), cname.as_ptr(), 0) } < 0 {
-                return Err(io::Error::last_os_error().into());
-            }
-            let object = ObjectId(ino);
+            self.unlink_aside(object)?;
             store.drop_aside(self.id, object)?;
-            lock(&self.aside).remove(&object);
             tracing::info!(volume = %self.name, object = ino, "a replacement a crash cut short never happened: the file is live again");
         }
         Ok(())
@@ -343,8 +334,7 @@ impl Volume {
     fn finish_swaps(&self) -> Result<()> {
         let store = self.store();
         for (object, swap) in store.swaps(self.id)? {
-            if let Some(parent) = self.swapped_at(&swap)? {
-                let name = cstr(OsStr::from_bytes(&swap.at.name))?;
+            if let Some((parent, name)) = self.swapped_at(&swap)? {
                 let aname = Self::aside_name(object);
                 backing::renameat2(
                     parent.as_raw_fd(),
@@ -362,9 +352,9 @@ impl Volume {
         Ok(())
     }
 
-    /// The directory holding `swap`'s directory at its noted place, if it
-    /// is there.
-    fn swapped_at(&self, swap: &Swap) -> Result<Option<OwnedFd>> {
+    /// The directory holding `swap`'s directory at its noted place, and
+    /// its name there, if it is there.
+    fn swapped_at(&self, swap: &Swap) -> Result<Option<(OwnedFd, CString)>> {
         let parent = match backing::open_by_handle(
             self.root.as_fd(),
             &swap.at.parent,
@@ -376,13 +366,13 @@ impl Volume {
             }
             Err(e) => return Err(e.into()),
         };
-        let found =
-            match backing::open_path(parent.as_fd(), &cstr(OsStr::from_bytes(&swap.at.name))?) {
-                Ok(fd) => fd,
-                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(None),
-                Err(e) => return Err(e.into()),
-            };
-        Ok((backing::handle_of(found.as_fd())?.0 == swap.handle).then_some(parent))
+        let name = cstr(OsStr::from_bytes(&swap.at.name))?;
+        let found = match backing::open_path(parent.as_fd(), &name) {
+            Ok(fd) => fd,
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        Ok((backing::handle_of(found.as_fd())?.0 == swap.handle).then_some((parent, name)))
     }
 
     /// Makes the aside folder's entries durable.
@@ -530,4 +520,11 @@ fn ensure_dir(parent: BorrowedFd<'_>, name: &OsStr) -> io::Result<OwnedFd> {
         libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW,
         0,
     )
+}
+
+/// The object an entry of the aside folder holds, if it is named by its
+/// own inode number, as every moved inode is (a truncation's half-built
+/// successor is not).
+fn moved_object(name: &OsStr, ino: u64) -> Option<ObjectId> {
+    (name.to_str()?.parse::<u64>().ok()? == ino).then_some(ObjectId(ino))
 }

@@ -55,8 +55,8 @@ struct Shared {
 struct Signal {
     shared: Mutex<Shared>,
     changed: Condvar,
-    /// The WAL's pages the last checkpoint copied into the database
-    /// (0 once the WAL was restarted).
+    /// The WAL's pages the last checkpoint copied into the database; 0
+    /// again once a commit finds the WAL restarted.
     copied: AtomicI32,
 }
 
@@ -117,15 +117,14 @@ impl Checkpointer {
                 }
                 return Ok(());
             }
-            let copied = hook.copied.load(Ordering::Acquire);
-            // Fewer pages than the last checkpoint copied: the WAL was
-            // restarted since.
-            let waiting = if pages < copied {
-                pages
-            } else {
-                pages - copied
-            };
-            if waiting >= CHECKPOINT_PAGES {
+            let mut copied = hook.copied.load(Ordering::Acquire);
+            if pages < copied {
+                // Fewer pages than the last checkpoint copied: the WAL was
+                // restarted since, and none of these is copied yet.
+                hook.copied.store(0, Ordering::Release);
+                copied = 0;
+            }
+            if pages - copied >= CHECKPOINT_PAGES {
                 hook.lock().due = true;
                 hook.changed.notify_one();
             }

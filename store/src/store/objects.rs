@@ -46,12 +46,7 @@ impl Store {
     /// never swapped). Not synced: a row that outlives a crash is checked
     /// against the volume before anything is moved.
     pub fn swap_done(&self, volume: VolumeId, object: ObjectId) -> Result<()> {
-        let mut conn = self.catalog.writer();
-        let tx = conn.transaction()?;
-        tx.prepare_cached("DELETE FROM swaps WHERE volume_id = ?1 AND object = ?2")?
-            .execute(params![volume.0, object.0 as i64])?;
-        self.commit(tx)?;
-        Ok(())
+        self.delete_row("swaps", volume, object)
     }
 
     /// `object` is not aside after all: the replacement that was to move it
@@ -59,10 +54,18 @@ impl Store {
     /// row that outlives a crash names an inode the aside folder does not
     /// hold, which the volume ignores and frees with its set.
     pub fn drop_aside(&self, volume: VolumeId, object: ObjectId) -> Result<()> {
+        self.delete_row("aside", volume, object)
+    }
+
+    /// Deletes `object`'s row of `table` (keyed by volume and object), in a
+    /// commit of its own, not synced.
+    fn delete_row(&self, table: &str, volume: VolumeId, object: ObjectId) -> Result<()> {
         let mut conn = self.catalog.writer();
         let tx = conn.transaction()?;
-        tx.prepare_cached("DELETE FROM aside WHERE volume_id = ?1 AND object = ?2")?
-            .execute(params![volume.0, object.0 as i64])?;
+        tx.prepare_cached(&format!(
+            "DELETE FROM {table} WHERE volume_id = ?1 AND object = ?2"
+        ))?
+        .execute(params![volume.0, object.0 as i64])?;
         self.commit(tx)?;
         Ok(())
     }
