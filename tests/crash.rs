@@ -333,6 +333,23 @@ fn a_rename_over_a_file_cut_after_its_hidden_link_did_not_happen() {
     d.stop();
 }
 
+/// A set of a file `f` large enough to be moved aside whole when
+/// truncated (rather than copied), and a truncation of it to zero that
+/// kills the daemon at `point`; the daemon has started again. Returns the
+/// bytes the set keeps.
+fn truncation_cut_at(point: &str) -> (Daemon, SetJson, Vec<u8>) {
+    let kept = common::ops::fill(7, 300_001);
+    let (mut d, set) = crashing_at(point, |live| {
+        std::fs::write(live.join("f"), &kept).unwrap();
+    });
+    let cut = std::fs::OpenOptions::new()
+        .write(true)
+        .open(d.live("data").join("f"))
+        .and_then(|f| f.set_len(0));
+    restart_after(&mut d, cut);
+    (d, set, kept)
+}
+
 /// A truncation of a file a set needs builds its successor in the hidden
 /// folder first. Killed then, the successor is removed at the next start;
 /// its inode number, free again, must not be taken for a hidden inode when
@@ -341,17 +358,8 @@ fn a_rename_over_a_file_cut_after_its_hidden_link_did_not_happen() {
 fn a_truncation_cut_after_building_its_successor_leaves_no_hidden_number() {
     use std::os::unix::fs::MetadataExt;
 
-    // Large enough to be moved aside whole rather than copied.
-    let kept = common::ops::fill(7, 300_001);
-    let (mut d, set) = crashing_at("truncate-built", |live| {
-        std::fs::write(live.join("f"), &kept).unwrap();
-    });
+    let (mut d, set, kept) = truncation_cut_at("truncate-built");
     let live = d.live("data");
-    let cut = std::fs::OpenOptions::new()
-        .write(true)
-        .open(live.join("f"))
-        .and_then(|f| f.set_len(0));
-    restart_after(&mut d, cut);
     assert_eq!(std::fs::read(live.join("f")).unwrap(), kept);
     assert_eq!(
         std::fs::read(d.browse(&set, "data").join("f")).unwrap(),
@@ -371,5 +379,46 @@ fn a_truncation_cut_after_building_its_successor_leaves_no_hidden_number() {
                 .ino()
         );
     }
+    d.stop();
+}
+
+/// Killed after the swap itself (the kept file renamed aside, the empty
+/// successor under its name) and before the daemon recorded the successor
+/// as the file's alias: the truncation happened, the set still reads the
+/// bytes it kept, the kept file has its hidden name only, and the live
+/// file is an ordinary one that takes writes, links and truncations again.
+#[test]
+fn a_truncation_cut_after_its_swap_is_whole_and_the_set_keeps_the_bytes() {
+    use std::os::unix::fs::MetadataExt;
+
+    let (mut d, set, kept) = truncation_cut_at("truncate-swapped");
+    let live = d.live("data");
+    let view = d.browse(&set, "data");
+    assert_eq!(std::fs::read(live.join("f")).unwrap(), b"");
+    assert_eq!(std::fs::metadata(live.join("f")).unwrap().nlink(), 1);
+    assert_eq!(std::fs::read(view.join("f")).unwrap(), kept);
+    let aside = d.backing("data").join(".umbra/aside");
+    let hidden: Vec<_> = std::fs::read_dir(&aside)
+        .unwrap()
+        .map(|e| e.unwrap())
+        .collect();
+    assert_eq!(hidden.len(), 1, "only the kept file is aside: {hidden:?}");
+    assert_eq!(hidden[0].metadata().unwrap().nlink(), 1);
+    assert_eq!(std::fs::read(hidden[0].path()).unwrap(), kept);
+    // The successor is live like any file.
+    std::fs::write(live.join("f"), b"after").unwrap();
+    std::fs::hard_link(live.join("f"), live.join("g")).unwrap();
+    assert_eq!(std::fs::metadata(live.join("f")).unwrap().nlink(), 2);
+    assert_eq!(std::fs::read(live.join("g")).unwrap(), b"after");
+    assert_eq!(std::fs::read(view.join("f")).unwrap(), kept);
+    assert!(!view.join("g").exists());
+    // A second set and a truncation in it keep what this one needs.
+    let second = d.create_set();
+    std::fs::write(live.join("f"), b"").unwrap();
+    assert_eq!(
+        std::fs::read(d.browse(&second, "data").join("f")).unwrap(),
+        b"after"
+    );
+    assert_eq!(std::fs::read(view.join("f")).unwrap(), kept);
     d.stop();
 }

@@ -198,6 +198,7 @@ impl LiveFs {
             unsafe { libc::unlinkat(afd, aname.as_ptr(), 0) };
             return Err(e.into());
         }
+        crate::crash_point::crash_point("truncate-swapped");
         let parent_times = [
             libc::timespec {
                 tv_sec: pst.st_atime,
