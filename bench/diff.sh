@@ -30,24 +30,9 @@ TARGET=${CARGO_TARGET_DIR:-$REPO/target}
 UMBRA=$TARGET/release/umbra
 log() { printf '[diff-bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 
-if [[ -z ${BENCH_NO_BUILD:-} ]]; then
-    log "building umbra (release)"
-    (cd "$REPO" && cargo build --release --bin umbra -q)
-fi
-
-WORK=$(mktemp -d "${BENCH_DIR:-/var/tmp}/umbra-diff-bench.XXXXXX")
-DAEMON=
-cleanup() {
-    if [[ -n $DAEMON ]] && kill -0 "$DAEMON" 2>/dev/null; then
-        kill -TERM "$DAEMON"
-        wait "$DAEMON" 2>/dev/null || true
-    fi
-    for m in "$WORK/live" "$WORK/snapshots" "$WORK/btrfs"; do
-        mountpoint -q "$m" 2>/dev/null && umount -l "$m"
-    done
-    [[ -n ${BENCH_KEEP:-} ]] || rm -rf "$WORK"
-}
-trap cleanup EXIT
+. "$REPO/bench/two-sets.sh"
+build_umbra
+make_workdir diff
 
 BACKING=$WORK/backing
 if [[ $PROVIDER == btrfs ]]; then
@@ -59,57 +44,18 @@ if [[ $PROVIDER == btrfs ]]; then
     BACKING=$WORK/btrfs/data
     btrfs -q subvolume create "$BACKING"
 fi
-log "making $FILES files natively in $BACKING"
-python3 - "$BACKING" "$FILES" <<'PY'
-import os, sys
-root, n = sys.argv[1], int(sys.argv[2])
-for i in range(n):
-    d = os.path.join(root, f"d{i // 1000:04d}")
-    if i % 1000 == 0:
-        os.makedirs(d, exist_ok=True)
-    with open(os.path.join(d, f"f{i % 1000:03d}"), "w") as f:
-        f.write(f"file {i}\n")
-PY
-mkdir -p "$WORK/live" "$WORK/snapshots" "$WORK/state"
+lay_files "$BACKING"
 if [[ $PROVIDER == btrfs ]]; then
-    volume="backing = \"$BACKING\"
+    L=$BACKING
+    start_umbra "backing = \"$BACKING\"
 provider = \"btrfs\""
 else
-    volume="backing = \"$BACKING\"
-mount = \"$WORK/live\""
+    L=$WORK/live
+    start_live_volume "$BACKING" "$L"
 fi
-cat > "$WORK/umbra.toml" <<TOML
-state_dir = "$WORK/state"
-snapshots = "$WORK/snapshots"
-[[volume]]
-name = "data"
-$volume
-TOML
-"$UMBRA" up --config "$WORK/umbra.toml" > "$WORK/up.log" 2>&1 &
-DAEMON=$!
-for _ in $(seq 200); do grep -q "umbra: ready" "$WORK/up.log" && break; sleep 0.1; done
-U=("$UMBRA" --config "$WORK/umbra.toml")
-set_of() { python3 -c 'import json,sys; s=json.load(sys.stdin); print(s["name"], s["id"])'; }
-read -r A A_ID < <("${U[@]}" create --json | set_of)
-
-log "making $CHANGES changes to the live volume"
-L=$WORK/live
-[[ $PROVIDER == btrfs ]] && L=$BACKING
-for i in $(seq 0 $((CHANGES - 1))); do
-    # A distinct file for each change (7919 is prime: coprime with the
-    # file count as long as that is not a multiple of it).
-    n=$(( (i * 7919) % FILES ))
-    d=$(printf 'd%04d' $(( n / 1000 )))
-    f=$(printf 'f%03d' $(( n % 1000 )))
-    case $(( i % 10 )) in
-        0|1|2|3) echo "changed $i" >> "$L/$d/$f" ;;
-        4|5) echo "new $i" > "$L/$d/new$i" ;;
-        6|7) rm -f "$L/$d/$f" ;;
-        8) mv "$L/$d/$f" "$L/$d/renamed$i" 2>/dev/null || true ;;
-        9) chmod 600 "$L/$d/$f" 2>/dev/null || true ;;
-    esac
-done
-read -r B B_ID < <("${U[@]}" create --json | set_of)
+read -r A A_ID < <(take_set)
+make_changes "$L"
+read -r B B_ID < <(take_set)
 
 # Median wall seconds of REPS runs of a command.
 timed() {
