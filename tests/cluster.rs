@@ -432,6 +432,25 @@ fn plain_writer(daemon: &Daemon) -> Seen {
     .0
 }
 
+/// A writer on `daemon` that answers `event` with `act` and every other
+/// event at once.
+fn writer_acting(daemon: &Daemon, name: &str, event: &'static str, act: Act) -> Seen {
+    raw_writer(
+        &daemon.socket(),
+        json!({"name": name, "volumes": ["data"]}),
+        move |e| if e == event { act.clone() } else { Act::Ok },
+    )
+    .0
+}
+
+/// Every writer of `seen` was told Abort and never PostSnapshot.
+fn assert_told_abort(seen: &[&Seen]) {
+    for seen in seen {
+        wait_for_event(seen, "abort");
+        assert!(!events(seen).contains(&"post-snapshot".to_string()));
+    }
+}
+
 /// Runs `create --cluster` on `daemon` on a thread: its output and when
 /// it ended.
 fn create_in_background(daemon: &Daemon) -> thread::JoinHandle<(std::process::Output, Instant)> {
@@ -485,14 +504,7 @@ fn a_member_killed_mid_freeze_aborts_the_set_everywhere_by_its_lease() {
     let a = plain_writer(&d[0]);
     let b = plain_writer(&d[1]);
     // C's writer takes its time at Freeze: C dies while A and B wait frozen.
-    let (c, _) = raw_writer(
-        &d[2].socket(),
-        json!({"name": "slow", "volumes": ["data"]}),
-        |event| match event {
-            "freeze" => Act::Hang(Duration::from_secs(3)),
-            _ => Act::Ok,
-        },
-    );
+    let c = writer_acting(&d[2], "slow", "freeze", Act::Hang(Duration::from_secs(3)));
     let create = create_in_background(&d[0]);
     wait_for_event(&c, "freeze");
     wait_for_event(&b, "freeze");
@@ -505,10 +517,7 @@ fn a_member_killed_mid_freeze_aborts_the_set_everywhere_by_its_lease() {
     // etcd's shortest lease is 2 s; the deadline (4 s) never came into it.
     let took = ended - killed;
     assert!(took < DEADLINE, "aborted {took:?} after the kill");
-    for seen in [&a, &b] {
-        wait_for_event(seen, "abort");
-        assert!(!events(seen).contains(&"post-snapshot".to_string()));
-    }
+    assert_told_abort(&[&a, &b]);
     assert_no_cluster_set(&[&d[0], &d[1]]);
 }
 
@@ -519,14 +528,7 @@ fn a_writer_dying_mid_freeze_aborts_the_set_everywhere() {
     let a = plain_writer(&d[0]);
     let c = plain_writer(&d[2]);
     // B's writer goes away when told to freeze.
-    let (b, _) = raw_writer(
-        &d[1].socket(),
-        json!({"name": "dying", "volumes": ["data"]}),
-        |event| match event {
-            "freeze" => Act::Close,
-            _ => Act::Ok,
-        },
-    );
+    let b = writer_acting(&d[1], "dying", "freeze", Act::Close);
     let started = Instant::now();
     let out = d[0].umbra(&["create", "--cluster"]);
     let took = started.elapsed();
@@ -536,10 +538,7 @@ fn a_writer_dying_mid_freeze_aborts_the_set_everywhere() {
     assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
     assert!(took < DEADLINE, "took {took:?}");
     assert!(events(&b).contains(&"freeze".to_string()));
-    for seen in [&a, &c] {
-        wait_for_event(seen, "abort");
-        assert!(!events(seen).contains(&"post-snapshot".to_string()));
-    }
+    assert_told_abort(&[&a, &c]);
     assert_no_cluster_set(&[&d[0], &d[1], &d[2]]);
 }
 
@@ -549,14 +548,7 @@ fn etcd_stopping_mid_sequence_aborts_cleanly() {
     let d = three(&etcd);
     let a = plain_writer(&d[0]);
     let b = plain_writer(&d[1]);
-    let (c, _) = raw_writer(
-        &d[2].socket(),
-        json!({"name": "slow", "volumes": ["data"]}),
-        |event| match event {
-            "freeze" => Act::Hang(Duration::from_secs(1)),
-            _ => Act::Ok,
-        },
-    );
+    let c = writer_acting(&d[2], "slow", "freeze", Act::Hang(Duration::from_secs(1)));
     let create = create_in_background(&d[0]);
     wait_for_event(&c, "freeze");
     wait_for_event(&b, "freeze");
@@ -572,10 +564,7 @@ fn etcd_stopping_mid_sequence_aborts_cleanly() {
         took < DEADLINE + Duration::from_secs(3),
         "took {took:?}: {err}"
     );
-    for seen in [&a, &b, &c] {
-        wait_for_event(seen, "abort");
-        assert!(!events(seen).contains(&"post-snapshot".to_string()));
-    }
+    assert_told_abort(&[&a, &b, &c]);
     assert_no_cluster_set(&[&d[0], &d[1], &d[2]]);
     // etcd back: nothing to repair, and the next cluster set works.
     etcd.launch();
@@ -633,13 +622,11 @@ fn kill_c_after_its_capture(
     d: &mut [Daemon],
     decide: Option<&str>,
 ) -> (std::process::Output, String) {
-    let (c, _) = raw_writer(
-        &d[2].socket(),
-        json!({"name": "slow", "volumes": ["data"]}),
-        |event| match event {
-            "post-snapshot" => Act::Hang(Duration::from_secs(4)),
-            _ => Act::Ok,
-        },
+    let c = writer_acting(
+        &d[2],
+        "slow",
+        "post-snapshot",
+        Act::Hang(Duration::from_secs(4)),
     );
     let create = create_in_background(&d[0]);
     wait_for_event(&c, "post-snapshot");
@@ -812,13 +799,11 @@ fn in_doubt(decide: Option<&str>) -> (Etcd, Vec<Daemon>, String) {
     let mut etcd = Etcd::start();
     let d = three(&etcd);
     let a = plain_writer(&d[0]);
-    let (c, _) = raw_writer(
-        &d[2].socket(),
-        json!({"name": "slow", "volumes": ["data"]}),
-        |event| match event {
-            "post-snapshot" => Act::Hang(Duration::from_secs(1)),
-            _ => Act::Ok,
-        },
+    let c = writer_acting(
+        &d[2],
+        "slow",
+        "post-snapshot",
+        Act::Hang(Duration::from_secs(1)),
     );
     let create = create_in_background(&d[0]);
     wait_for_event(&c, "post-snapshot");
@@ -907,13 +892,11 @@ fn a_member_that_stops_leaves_at_once_and_the_others_go_on() {
 fn a_second_planner_is_told_a_cluster_set_is_being_made() {
     let etcd = Etcd::start();
     let d = three(&etcd);
-    let (c, _) = raw_writer(
-        &d[2].socket(),
-        json!({"name": "slow", "volumes": ["data"]}),
-        |event| match event {
-            "freeze" => Act::Hang(Duration::from_millis(1500)),
-            _ => Act::Ok,
-        },
+    let c = writer_acting(
+        &d[2],
+        "slow",
+        "freeze",
+        Act::Hang(Duration::from_millis(1500)),
     );
     let first = create_in_background(&d[0]);
     wait_for_event(&c, "freeze");
