@@ -596,20 +596,27 @@ mod tests {
             .collect()
     }
 
-    #[test]
-    fn requests_are_answered_line_by_line() {
-        let f = fixture();
+    /// Sends `request` (whole lines) on a fresh connection, closes its
+    /// writing side, serves it to the end and returns the answers.
+    fn exchange(service: &Service, request: &[u8]) -> Vec<String> {
         let (mut client, server) = UnixStream::pair().expect("pair");
-        client
-            .write_all(b"{\"op\":\"list\"}\n{\"op\":\"delete\",\"sets\":[\"x\"]}\n")
-            .expect("writes");
+        client.write_all(request).expect("writes");
         client
             .shutdown(std::net::Shutdown::Write)
             .expect("shutdown");
-        serve_client(&server, &f.service, TIMEOUT);
+        serve_client(&server, service, TIMEOUT);
         drop(server);
+        answers(&client)
+    }
+
+    #[test]
+    fn requests_are_answered_line_by_line() {
+        let f = fixture();
         assert_eq!(
-            answers(&client),
+            exchange(
+                &f.service,
+                b"{\"op\":\"list\"}\n{\"op\":\"delete\",\"sets\":[\"x\"]}\n"
+            ),
             [
                 "{\"ok\":[]}",
                 "{\"error\":\"no shadow copy set named \\\"x\\\"\"}"
@@ -620,13 +627,7 @@ mod tests {
     #[test]
     fn a_malformed_line_is_answered_and_the_connection_dropped() {
         let f = fixture();
-        let (mut client, server) = UnixStream::pair().expect("pair");
-        client
-            .write_all(b"{\"op\":\"launch\"}\n{\"op\":\"list\"}\n")
-            .expect("writes");
-        serve_client(&server, &f.service, TIMEOUT);
-        drop(server);
-        let answers = answers(&client);
+        let answers = exchange(&f.service, b"{\"op\":\"launch\"}\n{\"op\":\"list\"}\n");
         assert_eq!(answers.len(), 1, "{answers:?}");
         assert!(
             answers[0].starts_with("{\"error\":\"malformed request: unknown variant `launch`"),
@@ -637,31 +638,22 @@ mod tests {
     #[test]
     fn register_is_only_a_first_message_and_names_known_volumes() {
         let f = fixture();
-        let (mut client, server) = UnixStream::pair().expect("pair");
-        client
-            .write_all(b"{\"op\":\"list\"}\n{\"op\":\"register\",\"name\":\"w\"}\n")
-            .expect("writes");
-        client
-            .shutdown(std::net::Shutdown::Write)
-            .expect("shutdown");
-        serve_client(&server, &f.service, TIMEOUT);
-        drop(server);
         assert_eq!(
-            answers(&client),
+            exchange(
+                &f.service,
+                b"{\"op\":\"list\"}\n{\"op\":\"register\",\"name\":\"w\"}\n"
+            ),
             [
                 "{\"ok\":[]}",
                 "{\"error\":\"register must be the first message of a connection\"}"
             ]
         );
 
-        let (mut client, server) = UnixStream::pair().expect("pair");
-        client
-            .write_all(b"{\"op\":\"register\",\"name\":\"w\",\"volumes\":[\"nope\"]}\n")
-            .expect("writes");
-        serve_client(&server, &f.service, TIMEOUT);
-        drop(server);
         assert_eq!(
-            answers(&client),
+            exchange(
+                &f.service,
+                b"{\"op\":\"register\",\"name\":\"w\",\"volumes\":[\"nope\"]}\n"
+            ),
             ["{\"error\":\"no volume named \\\"nope\\\"\"}"]
         );
 
