@@ -26,8 +26,6 @@ FILES=${BENCH_FILES:-1000000}
 CHANGES=${BENCH_CHANGES:-100}
 PROVIDER=${BENCH_PROVIDER:-cow}
 REPS=${BENCH_REPS:-3}
-TARGET=${CARGO_TARGET_DIR:-$REPO/target}
-UMBRA=$TARGET/release/umbra
 log() { printf '[diff-bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 
 . "$REPO/bench/two-sets.sh"

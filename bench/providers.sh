@@ -34,25 +34,9 @@ us() { echo "${EPOCHREALTIME/./}"; }
 
 [ "$(id -u)" = 0 ] || die "run as root: the harness makes a loop btrfs, mounts FUSE and drops caches"
 
-need=()
-command -v fio >/dev/null || need+=(fio)
-command -v jq >/dev/null || need+=(jq)
-command -v mkfs.btrfs >/dev/null || need+=(btrfs-progs)
-command -v fusermount3 >/dev/null || need+=(fuse3)
-if [ ${#need[@]} -gt 0 ]; then
-  log "installing ${need[*]}"
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
-  apt-get install -y -qq "${need[@]}" >/dev/null
-fi
-
-TARGET_DIR=${CARGO_TARGET_DIR:-$REPO/target}
-if [ "${BENCH_NO_BUILD:-0}" != 1 ]; then
-  log "building umbra (release)"
-  (cd "$REPO" && cargo build --release --quiet --bin umbra)
-fi
-UMBRA="$TARGET_DIR/release/umbra"
-[ -x "$UMBRA" ] || die "no umbra binary at $UMBRA"
+. "$REPO/bench/common.sh"
+install_missing fio:fio jq:jq mkfs.btrfs:btrfs-progs fusermount3:fuse3
+build_umbra
 
 R=$(mktemp -d "${BENCH_DIR:-/var/tmp}/umbra-providers.XXXXXX")
 B="$R/btrfs"

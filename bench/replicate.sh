@@ -19,8 +19,6 @@ set -Eeuo pipefail
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 FILES=${BENCH_FILES:-1000000}
 CHANGES=${BENCH_CHANGES:-100}
-TARGET=${CARGO_TARGET_DIR:-$REPO/target}
-UMBRA=$TARGET/release/umbra
 log() { printf '[replicate-bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 
 command -v restic >/dev/null || { log "restic is needed (apt-get install restic)"; exit 1; }

@@ -84,27 +84,9 @@ rec() { printf '%s\t%s\t%s\t%s\t%s\n' "$@" >> "$RESULTS"; log "$2 [$3] = $4 $5";
 [ -e /dev/fuse ] || die "/dev/fuse is missing"
 
 # ------------------------------------------------------------------ tools
-need=()
-command -v fio >/dev/null || need+=(fio)
-command -v bindfs >/dev/null || need+=(bindfs)
-command -v rsync >/dev/null || need+=(rsync)
-command -v jq >/dev/null || need+=(jq)
-command -v fusermount3 >/dev/null || need+=(fuse3)
-command -v python3 >/dev/null || need+=(python3)
-if [ ${#need[@]} -gt 0 ]; then
-  log "installing ${need[*]}"
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
-  apt-get install -y -qq "${need[@]}" >/dev/null
-fi
-
-TARGET_DIR=${CARGO_TARGET_DIR:-$REPO/target}
-if [ "${BENCH_NO_BUILD:-0}" != 1 ]; then
-  log "building umbra (release)"
-  (cd "$REPO" && cargo build --release --quiet --bin umbra)
-fi
-UMBRA="$TARGET_DIR/release/umbra"
-[ -x "$UMBRA" ] || die "no umbra binary at $UMBRA"
+. "$REPO/bench/common.sh"
+install_missing fio:fio bindfs:bindfs rsync:rsync jq:jq fusermount3:fuse3 python3:python3
+build_umbra
 
 # passthrough_hp is an example of libfuse's source tree, in no binary
 # package: it is built once from Debian's fuse3 source package (the libfuse

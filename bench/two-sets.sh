@@ -4,17 +4,12 @@
 # changes of every kind through the live volume, a second set. Keeping it in
 # one place keeps the two benches measuring the same two sets.
 #
-# The sourcing script sets REPO, FILES, CHANGES, UMBRA and a `log` function
-# first. This file sets WORK, DAEMON and U (the umbra command with the
-# bench's config) and defines the functions below; it runs nothing itself.
+# The sourcing script sets REPO, FILES, CHANGES and a `log` function first.
+# This file sets WORK, DAEMON and U (the umbra command with the bench's
+# config), brings in bench/common.sh (build_umbra sets UMBRA) and defines
+# the functions below; it runs nothing itself.
 
-# Builds umbra in release unless BENCH_NO_BUILD is set.
-build_umbra() {
-    if [[ -z ${BENCH_NO_BUILD:-} ]]; then
-        log "building umbra (release)"
-        (cd "$REPO" && cargo build --release --bin umbra -q)
-    fi
-}
+. "$REPO/bench/common.sh"
 
 # A fresh work directory under BENCH_DIR named after $1; on exit the daemon
 # is stopped, everything mounted under the directory is unmounted (deepest
