@@ -88,7 +88,12 @@ def run(d, punching):
 
 def main():
     parent = os.path.abspath(sys.argv[1] if len(sys.argv) > 1 else "/var/tmp")
-    runs = int(sys.argv[2]) if len(sys.argv) > 2 else 2
+    runs = sys.argv[2] if len(sys.argv) > 2 else "2"
+    if not os.path.isdir(parent):
+        sys.exit(f"punches.py: {parent} is not a directory")
+    if not runs.isdigit() or not 1 <= int(runs) <= 100:
+        sys.exit(f"punches.py: RUNS must be a number from 1 to 100, not {runs!r}")
+    runs = int(runs)
     point, opts = mount_options(parent)
     print(f"{parent} is on {point} ({opts})\n")
     print("| 64 KiB append + fdatasync, 2.5 s | appends | p50 µs | p99 µs | max µs |")
@@ -102,4 +107,7 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except OSError as e:
+        sys.exit(f"punches.py: {e} (it needs 1 GiB free and a filesystem that punches holes)")
