@@ -26,7 +26,7 @@
 
 use std::ffi::c_int;
 use std::path::Path;
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -55,6 +55,11 @@ struct Shared {
 struct Signal {
     shared: Mutex<Shared>,
     changed: Condvar,
+    /// A checkpoint was asked for and has not started yet: the commits
+    /// after the one that asked neither lock `shared` nor wake the thread
+    /// (it rests between checkpoints on `changed`, and every wake-up would
+    /// be a context switch inside a commit holding the catalog's writer).
+    asked: AtomicBool,
     /// The WAL's pages the last checkpoint copied into the database; 0
     /// again once a commit finds the WAL restarted.
     copied: AtomicI32,
@@ -78,6 +83,7 @@ impl Checkpointer {
         let signal = Arc::new(Signal {
             shared: Mutex::new(Shared::default()),
             changed: Condvar::new(),
+            asked: AtomicBool::new(false),
             copied: AtomicI32::new(0),
         });
         let conn = Connection::open(path)?;
@@ -124,7 +130,7 @@ impl Checkpointer {
                 hook.copied.store(0, Ordering::Release);
                 copied = 0;
             }
-            if pages - copied >= CHECKPOINT_PAGES {
+            if pages - copied >= CHECKPOINT_PAGES && !hook.asked.swap(true, Ordering::AcqRel) {
                 hook.lock().due = true;
                 hook.changed.notify_one();
             }
@@ -146,6 +152,9 @@ fn serve(conn: &Connection, signal: &Signal) {
         if s.due {
             s.due = false;
             drop(s);
+            // Commits from here on may ask again (for what this
+            // checkpoint does not copy).
+            signal.asked.store(false, Ordering::Release);
             match conn.wal_checkpoint_v2(None::<&str>, CheckpointMode::PASSIVE) {
                 Ok((_, copied)) => signal.copied.store(copied, Ordering::Release),
                 Err(e) => tracing::debug!("checkpointing the catalog: {e}"),
