@@ -112,15 +112,9 @@ impl Volume {
             cow,
             open_writes: Mutex::new(None),
         };
-        // What a crash or a stop left in the aside folder that no set needs.
-        if let Err(e) = volume.clear_leftovers() {
-            tracing::warn!(volume = name, "clearing the aside folder: {e}");
-        }
-        if let Err(e) = volume.take_back_unreplaced() {
-            tracing::error!(
-                volume = name,
-                "taking back files a crash left both live and aside: {e}"
-            );
+        // What a crash left in the aside folder halfway through.
+        if let Err(e) = volume.tidy_after_crash() {
+            tracing::error!(volume = name, "tidying the aside folder after a crash: {e}");
         }
         // Before anything is freed: a finished swap moves a directory a
         // set needs into the aside folder.
@@ -246,11 +240,12 @@ impl Volume {
         // A row a power cut lost after its inode moved (aside rows are not
         // synced on their own) is rebuilt before anything is freed.
         let rows: HashSet<ObjectId> = store.aside_objects(self.id)?.into_iter().collect();
-        let unrowed: Vec<ObjectId> = listed
-            .iter()
-            .filter_map(|(name, _, _)| name.to_str()?.parse().ok().map(ObjectId))
-            .filter(|o| !rows.contains(o))
-            .collect();
+        let moved = || {
+            listed
+                .iter()
+                .filter_map(|(name, ino, _)| moved_object(name, *ino))
+        };
+        let unrowed: Vec<ObjectId> = moved().filter(|o| !rows.contains(o)).collect();
         let restored = store.restore_aside(self.id, &unrowed)?;
         if !restored.is_empty() {
             tracing::info!(volume = %self.name, restored = restored.len(), "rebuilt the aside rows of moved-aside inodes");
@@ -260,9 +255,7 @@ impl Volume {
         let rows: HashSet<ObjectId> = store.aside_objects(self.id)?.into_iter().collect();
         let mut pinned: HashSet<u64> = store.presented(self.id)?.into_iter().collect();
         pinned.extend(lock(&self.held).iter().copied());
-        let orphans: Vec<ObjectId> = listed
-            .iter()
-            .filter_map(|(name, _, _)| name.to_str()?.parse().ok().map(ObjectId))
+        let orphans: Vec<ObjectId> = moved()
             .filter(|o| !rows.contains(o) && !pinned.contains(&o.0))
             .collect();
         if doomed.is_empty() && orphans.is_empty() {
@@ -298,30 +291,6 @@ impl Volume {
         if let Err(e) = done {
             tracing::warn!(volume = %self.name, object = object.0, "ending a rename's swap: {e}");
         }
-    }
-
-    /// Takes the hidden name back from every file a crash left with a live
-    /// name too. A rename or truncation that replaces a file a set needs
-    /// first links it into the aside folder, then replaces the live name:
-    /// a file in the aside folder with two links was cut between the two,
-    /// so the replacement never happened and the file is live, not aside
-    /// (`link` of it would fail, `umbra diff` would call it gone). Only
-    /// before the live mount runs: nothing else links into the folder.
-    fn take_back_unreplaced(&self) -> Result<()> {
-        let store = self.store();
-        let dir = self.aside_dir.as_fd();
-        for (name, ino, kind) in backing::list_dir(dir)? {
-            let Some(object) = moved_object(&name, ino) else {
-                continue;
-            };
-            if kind == FileKind::Directory || backing::statat(dir, &cstr(&name)?)?.st_nlink < 2 {
-                continue;
-            }
-            self.unlink_aside(object)?;
-            store.drop_aside(self.id, object)?;
-            tracing::info!(volume = %self.name, object = ino, "a replacement a crash cut short never happened: the file is live again");
-        }
-        Ok(())
     }
 
     /// Finishes the renames over a directory that a crash cut between the
@@ -381,27 +350,43 @@ impl Volume {
         std::fs::File::from(dir).sync_all()
     }
 
-    /// Removes what a crash in the middle of a truncation left in the aside
-    /// folder: its half-built successors (any name that is not an object's
-    /// number). Only before the live mount runs, when none is being built.
-    fn clear_leftovers(&self) -> Result<()> {
+    /// Undoes, in one pass over the aside folder, the steps a crash left
+    /// half done. Only before the live mount runs, when nothing else
+    /// builds or links there.
+    ///
+    /// - A truncation builds its successor under a name that is not an
+    ///   inode number: any such file is a leftover and goes.
+    /// - A rename or truncation that replaces a file a set needs first
+    ///   links it into the folder, then replaces the live name: a moved
+    ///   file with two links was cut between the two, so the replacement
+    ///   never happened and the file is live, not aside (`link` of it
+    ///   would fail, `umbra diff` would call it gone). Its hidden name and
+    ///   aside row go.
+    fn tidy_after_crash(&self) -> Result<()> {
         let dir = self.aside_dir.as_fd();
-        for (name, _, kind) in backing::list_dir(dir)? {
-            if name.to_str().is_some_and(|n| n.parse::<u64>().is_ok())
-                || kind == FileKind::Directory
-            {
+        for (name, ino, kind) in backing::list_dir(dir)? {
+            if kind == FileKind::Directory {
                 continue;
             }
             let c = cstr(&name)?;
-            // SAFETY: c is a valid C string.
-            if unsafe { libc::unlinkat(std::os::fd::AsRawFd::as_raw_fd(&dir), c.as_ptr(), 0) } < 0 {
-                return Err(io::Error::last_os_error()).context(|| {
-                    format!(
-                        "volume {}: removing {name:?} from the aside folder",
-                        self.name
-                    )
-                });
+            let Some(object) = moved_object(&name, ino) else {
+                // SAFETY: c is a valid C string.
+                if unsafe { libc::unlinkat(dir.as_raw_fd(), c.as_ptr(), 0) } < 0 {
+                    return Err(io::Error::last_os_error()).context(|| {
+                        format!(
+                            "volume {}: removing {name:?} from the aside folder",
+                            self.name
+                        )
+                    });
+                }
+                continue;
+            };
+            if backing::statat(dir, &c)?.st_nlink < 2 {
+                continue;
             }
+            self.unlink_aside(object)?;
+            self.store().drop_aside(self.id, object)?;
+            tracing::info!(volume = %self.name, object = ino, "a replacement a crash cut short never happened: the file is live again");
         }
         Ok(())
     }
