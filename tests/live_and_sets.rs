@@ -775,6 +775,51 @@ fn a_long_listing_of_a_large_directory_matches_the_backing_directory() {
     );
 }
 
+/// Lookups and listings of one directory run side by side
+/// (FUSE_PARALLEL_DIROPS): four threads stat every name of a large
+/// directory, cold, while two others list it, and every answer is the
+/// backing file's (inode, size, mode), through a restart too.
+#[test]
+fn parallel_lookups_and_listings_of_one_directory_answer_as_the_backing_one() {
+    let mut d = Daemon::start(Config::default());
+    let backing = d.backing("data").join("wide");
+    fs::create_dir(&backing).unwrap();
+    for i in 0..3000 {
+        let path = backing.join(format!("f{i:04}"));
+        fs::write(&path, vec![b'x'; i % 53]).unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o600 + (i as u32 % 8))).unwrap();
+    }
+    let wanted: Arc<Vec<String>> = Arc::new((0..3000).map(|i| format!("f{i:04}")).collect());
+    for round in 0..2 {
+        let live = d.live("data").join("wide");
+        let mut workers = Vec::new();
+        for k in 0..4 {
+            let (live, backing, wanted) = (live.clone(), backing.clone(), wanted.clone());
+            workers.push(thread::spawn(move || {
+                for name in wanted.iter().skip(k).step_by(4) {
+                    let seen = fs::symlink_metadata(live.join(name)).unwrap();
+                    let real = fs::symlink_metadata(backing.join(name)).unwrap();
+                    assert_eq!(
+                        (seen.ino(), seen.len(), seen.mode()),
+                        (real.ino(), real.len(), real.mode()),
+                        "{name}, round {round}"
+                    );
+                }
+            }));
+        }
+        for _ in 0..2 {
+            let live = live.clone();
+            workers.push(thread::spawn(move || {
+                assert_eq!(names(&live).len(), 3000, "round {round}");
+            }));
+        }
+        for w in workers {
+            w.join().unwrap();
+        }
+        d.restart();
+    }
+}
+
 /// The live mount answers xattr questions as the backing file does, while
 /// it keeps their names in memory: a miss, then a set, a remove, a chmod
 /// that rewrites an access ACL, and a file that inherits a default ACL at

@@ -101,6 +101,13 @@ impl Filesystem for LiveAdapter {
         // pins no inode.
         let _ = config
             .add_capabilities(InitFlags::FUSE_DO_READDIRPLUS | InitFlags::FUSE_READDIRPLUS_AUTO);
+        // Lookups and listings of one directory may run side by side, as
+        // they do natively and with libfuse's default: the kernel still
+        // holds the directory exclusively for every change of its entries,
+        // and the daemon already serves lookups of one inode from several
+        // directories at once (hard links). Four threads looking up 20,000
+        // names of one directory cold: 44k/s without, 84-92k/s with.
+        let _ = config.add_capabilities(InitFlags::FUSE_PARALLEL_DIROPS);
         // The kernel checks ACLs only if asked; without FUSE_DONT_MASK it
         // would still apply the umask itself, before a default ACL could
         // stand in for it. It caches each inode's ACL until it next
